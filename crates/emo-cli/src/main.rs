@@ -1,0 +1,203 @@
+//! `emo`: chat with a model, benchmark hooked passes, and (as later issues add them) run the paper's
+//! pipeline, from the shell.
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use emo_model::bench::{hooks_for, HookLoad};
+use emo_model::device::{device_name, parse_device, parse_kind};
+use emo_model::{ChatMessage, DecodeState, GenerationConfig, HookSet, LoadOptions, LogitsFor, Model};
+use tch::Tensor;
+
+#[derive(Parser)]
+#[command(name = "emo", version, about = "Find and control the emotion circuits of language models")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Options every model-running command shares.
+#[derive(Args, Clone)]
+struct ModelArgs {
+    /// Built-in alias (smollm2-135m, qwen2.5-coder-0.5b), a .gguf file, a Hugging Face folder or repo id.
+    #[arg(long, short, default_value = emo_model::model::DEFAULT_MODEL)]
+    model: String,
+    /// auto (CUDA when present), cpu, cuda, cuda:N.
+    #[arg(long, default_value = "auto")]
+    device: String,
+    /// f32, bf16 or f16 (f32 on CPU: bf16 matrix products are slow there).
+    #[arg(long, default_value = "f32")]
+    dtype: String,
+    /// CPU threads for LibTorch (default: LibTorch's choice).
+    #[arg(long)]
+    threads: Option<i32>,
+}
+
+impl ModelArgs {
+    fn load(&self) -> Result<Model> {
+        if let Some(n) = self.threads {
+            tch::set_num_threads(n);
+        }
+        let opts = LoadOptions { device: parse_device(&self.device)?, kind: parse_kind(&self.dtype)? };
+        Model::load(&self.model, opts).with_context(|| format!("loading model `{}`", self.model))
+    }
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Reply to each prompt with the model's chat template and greedy decoding; prints only the replies.
+    Generate {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// System message.
+        #[arg(long)]
+        system: Option<String>,
+        /// Maximum new tokens per reply.
+        #[arg(long, default_value_t = 100)]
+        max_new_tokens: usize,
+        /// Minimum new tokens before end-of-sequence is allowed.
+        #[arg(long, default_value_t = 0)]
+        min_new_tokens: usize,
+        /// Hugging Face repetition penalty (1.0 = off).
+        #[arg(long, default_value_t = 1.0)]
+        repetition_penalty: f32,
+        /// Forbid repeated n-grams of this size (0 = off).
+        #[arg(long, default_value_t = 0)]
+        no_repeat_ngram_size: usize,
+        /// One JSON object per prompt: {"prompt", "reply", "token_ids"}.
+        #[arg(long)]
+        json: bool,
+        /// The user prompts, decoded together in one batch.
+        #[arg(required = true)]
+        prompts: Vec<String>,
+    },
+    /// Time a forward pass and greedy generation (one JSON line), in the spirit of llama-bench.
+    Bench {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Batch size.
+        #[arg(long, default_value_t = 1)]
+        batch: usize,
+        /// Prompt tokens per row.
+        #[arg(long, default_value_t = 64)]
+        tokens: usize,
+        /// New tokens per row for the generation timing (forced length).
+        #[arg(long, default_value_t = 64)]
+        new_tokens: usize,
+        /// Hooks carried: none, capture (4 sites x every layer, last token), edit (residual add on 10 layers).
+        #[arg(long, default_value = "none")]
+        hooks: String,
+        /// Timed repetitions of the forward pass (the median is reported).
+        #[arg(long, default_value_t = 10)]
+        reps: usize,
+    },
+}
+
+fn main() {
+    if let Err(e) = run(Cli::parse()) {
+        eprintln!("emo: error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Generate {
+            model,
+            system,
+            max_new_tokens,
+            min_new_tokens,
+            repetition_penalty,
+            no_repeat_ngram_size,
+            json,
+            prompts,
+        } => {
+            let m = model.load()?;
+            let conversations: Vec<Vec<ChatMessage>> = prompts
+                .iter()
+                .map(|p| {
+                    let mut c = Vec::new();
+                    if let Some(s) = &system {
+                        c.push(ChatMessage::system(s));
+                    }
+                    c.push(ChatMessage::user(p));
+                    c
+                })
+                .collect();
+            let cfg = GenerationConfig {
+                max_new_tokens,
+                min_new_tokens,
+                repetition_penalty,
+                no_repeat_ngram_size,
+                ..Default::default()
+            };
+            let replies = m.generate_chat(&conversations, &cfg, &mut HookSet::new())?;
+            for (prompt, r) in prompts.iter().zip(replies) {
+                if json {
+                    let line = serde_json::json!({"prompt": prompt, "reply": r.text, "token_ids": r.generated.tokens});
+                    println!("{line}");
+                } else {
+                    println!("{}", r.text.trim());
+                }
+            }
+        }
+        Command::Bench { model, batch, tokens, new_tokens, hooks, reps } => {
+            let load: HookLoad = hooks.parse()?;
+            anyhow::ensure!(batch > 0 && tokens > 0 && reps > 0, "--batch, --tokens and --reps must be positive");
+            let m = model.load()?;
+            let t = &m.transformer;
+            let cfg = t.config();
+            // Deterministic pseudo-text: the speed of a pass does not depend on which ids it sees.
+            tch::manual_seed(0);
+            let ids = Tensor::randint(cfg.vocab_size as i64, [batch as i64, tokens as i64], (tch::Kind::Int64, tch::Device::Cpu));
+            let valid = Tensor::ones([batch as i64, tokens as i64], (tch::Kind::Bool, tch::Device::Cpu));
+            let lens = vec![tokens as i64; batch];
+            let mut hook = hooks_for(load, cfg);
+            let mut one_forward = || -> Result<f64> {
+                let mut set = HookSet::new();
+                if let Some(h) = hook.as_deref_mut() {
+                    set.push(h);
+                }
+                let mut state = DecodeState::new(&lens, cfg.n_layers, t.device(), false);
+                let start = Instant::now();
+                let out = t.forward_chunk(&ids, &valid, &mut state, &mut set, LogitsFor::Last)?;
+                let _ = out.sum(tch::Kind::Float).double_value(&[]); // wait for the device
+                Ok(start.elapsed().as_secs_f64() * 1e3)
+            };
+            one_forward()?; // warm-up
+            let mut times: Vec<f64> = (0..reps).map(|_| one_forward()).collect::<Result<_>>()?;
+            times.sort_by(f64::total_cmp);
+            let forward_ms = times[times.len() / 2];
+
+            let prompts: Vec<Vec<u32>> = Vec::<i64>::try_from(ids.view(-1))?
+                .chunks(tokens)
+                .map(|c| c.iter().map(|&x| x as u32).collect())
+                .collect();
+            let gcfg = GenerationConfig { max_new_tokens: new_tokens, ignore_eos: true, ..Default::default() };
+            let mut set = HookSet::new();
+            if let Some(h) = hook.as_deref_mut() {
+                set.push(h);
+            }
+            let start = Instant::now();
+            let out = m.generate_ids(&prompts, &gcfg, &mut set)?;
+            let secs = start.elapsed().as_secs_f64();
+            let produced: usize = out.iter().map(|g| g.tokens.len()).sum();
+            let line = serde_json::json!({
+                "model": model.model,
+                "device": device_name(t.device()),
+                "dtype": model.dtype,
+                "threads": tch::get_num_threads(),
+                "batch": batch,
+                "tokens": tokens,
+                "new_tokens": new_tokens,
+                "hooks": hooks,
+                "forward_ms": forward_ms,
+                "forward_ms_min": times[0],
+                "generate_s": secs,
+                "generate_tokens_per_s": produced as f64 / secs,
+            });
+            println!("{line}");
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,54 @@
+//! The hook workloads of the performance goals, shared by `emo bench` and the criterion benches so both
+//! measure the same thing.
+use std::str::FromStr;
+
+use tch::{Kind, Tensor};
+
+use crate::hooks::{AddVector, Capture, Hook, HookPoint, Positions, Scale};
+use crate::{ModelError, TransformerConfig};
+
+/// Which hooks a benchmarked pass carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HookLoad {
+    /// No hooks (baseline).
+    None,
+    /// Capture `hook_resid_mid`, `hook_resid_post`, `attn.hook_z` and `mlp.hook_post` of every layer at the
+    /// last prompt token (the elicitation workload).
+    Capture,
+    /// One RMS-scaled residual edit on each of 10 middle layers, at the last prompt token and every generated
+    /// token (the steering workload).
+    Edit,
+}
+
+impl FromStr for HookLoad {
+    type Err = ModelError;
+    fn from_str(s: &str) -> Result<Self, ModelError> {
+        match s {
+            "none" => Ok(HookLoad::None),
+            "capture" => Ok(HookLoad::Capture),
+            "edit" => Ok(HookLoad::Edit),
+            _ => Err(ModelError::InvalidArgument(format!("unknown hook load `{s}` (none, capture, edit)"))),
+        }
+    }
+}
+
+/// Builds the hooks for `load` on a model of shape `cfg`; the caller puts them into a `HookSet`.
+pub fn hooks_for(load: HookLoad, cfg: &TransformerConfig) -> Option<Box<dyn Hook>> {
+    match load {
+        HookLoad::None => None,
+        HookLoad::Capture => {
+            let points = (0..cfg.n_layers).flat_map(|l| {
+                [HookPoint::ResidMid(l), HookPoint::ResidPost(l), HookPoint::AttnZ(l), HookPoint::MlpPost(l)]
+            });
+            Some(Box::new(Capture::new(points, Positions::LastPrompt)))
+        }
+        HookLoad::Edit => {
+            let first = cfg.scale_layer(11, 28);
+            let v = Tensor::randn([cfg.d_model as i64], (Kind::Float, tch::Device::Cpu));
+            let v = &v / v.norm();
+            let vectors: Vec<(HookPoint, Tensor)> =
+                (first..(first + 10).min(cfg.n_layers)).map(|l| (HookPoint::ResidPost(l), v.shallow_clone())).collect();
+            Some(Box::new(AddVector::new(vectors, Scale::Rms(8.0), Positions::LastPromptAndGenerated)))
+        }
+    }
+}

@@ -1,0 +1,252 @@
+//! The transformer's hyper-parameters, read from a Hugging Face `config.json` or from GGUF metadata.
+//!
+//! Llama (incl. Llama 3.x and SmolLM2) and Qwen2/Qwen2.5 share one decoder; what differs is captured here:
+//! q/k/v biases (Qwen2), Llama-3 RoPE frequency scaling, and tied embeddings.
+use std::path::Path;
+
+use serde_json::Value;
+
+use crate::gguf::GgufFile;
+use crate::{ModelError, Result};
+
+/// The model families this crate implements.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Architecture {
+    /// Llama 2/3.x, SmolLM, and other `LlamaForCausalLM` checkpoints.
+    Llama,
+    /// Qwen2 and Qwen2.5 (`Qwen2ForCausalLM`): Llama with biases on q, k and v.
+    Qwen2,
+}
+
+impl Architecture {
+    /// Parses an HF `model_type` or GGUF `general.architecture`.
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "llama" | "smollm" | "mistral" => Some(Architecture::Llama),
+            "qwen2" => Some(Architecture::Qwen2),
+            _ => None,
+        }
+    }
+
+    /// The name used by GGUF metadata keys (`{arch}.block_count`, ...).
+    pub fn gguf_name(self) -> &'static str {
+        match self {
+            Architecture::Llama => "llama",
+            Architecture::Qwen2 => "qwen2",
+        }
+    }
+}
+
+/// RoPE frequency scaling (`rope_scaling` in HF configs).
+#[derive(Clone, Debug, PartialEq)]
+pub enum RopeScaling {
+    /// Llama 3.1+: long wavelengths divided by `factor`, short kept, a smooth ramp between.
+    Llama3 {
+        /// Overall scale.
+        factor: f64,
+        /// Wavelength bound (in units of `original_max_position`) below which frequencies are scaled.
+        low_freq_factor: f64,
+        /// Wavelength bound above which frequencies are kept.
+        high_freq_factor: f64,
+        /// The context length the model was pre-trained with.
+        original_max_position: f64,
+    },
+    /// Linear position interpolation.
+    Linear {
+        /// Positions are divided by this.
+        factor: f64,
+    },
+    /// Explicit per-frequency divisors, as GGUF's `rope_freqs.weight` stores them.
+    Divisors(Vec<f32>),
+}
+
+/// Everything the decoder needs to know about its shape.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TransformerConfig {
+    /// Family.
+    pub arch: Architecture,
+    /// Vocabulary size (rows of the embedding).
+    pub vocab_size: usize,
+    /// Residual width.
+    pub d_model: usize,
+    /// Number of decoder blocks.
+    pub n_layers: usize,
+    /// Query heads.
+    pub n_heads: usize,
+    /// Key/value heads (grouped-query attention when smaller than `n_heads`).
+    pub n_kv_heads: usize,
+    /// Width of one head.
+    pub d_head: usize,
+    /// MLP hidden width.
+    pub d_mlp: usize,
+    /// RMSNorm epsilon.
+    pub rms_norm_eps: f64,
+    /// RoPE base.
+    pub rope_theta: f64,
+    /// RoPE scaling, if any.
+    pub rope_scaling: Option<RopeScaling>,
+    /// Context length the model supports.
+    pub max_position: usize,
+    /// Whether the unembedding reuses the embedding matrix.
+    pub tie_embeddings: bool,
+    /// Whether q, k and v projections carry biases.
+    pub qkv_bias: bool,
+}
+
+impl TransformerConfig {
+    /// Reads an HF `config.json`.
+    pub fn from_hf_config(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| ModelError::io(path, e))?;
+        let v: Value = serde_json::from_str(&text)
+            .map_err(|e| ModelError::format(path, format!("invalid JSON: {e}")))?;
+        Self::from_hf_value(path, &v)
+    }
+
+    /// Parses an HF config already read as JSON; `path` is used in error messages.
+    pub fn from_hf_value(path: &Path, v: &Value) -> Result<Self> {
+        let model_type = v.get("model_type").and_then(Value::as_str).unwrap_or("");
+        let arch = Architecture::parse(model_type).ok_or_else(|| ModelError::UnknownArchitecture {
+            path: path.to_path_buf(),
+            arch: model_type.to_string(),
+        })?;
+        let uint = |key: &str| -> Result<usize> {
+            v.get(key).and_then(Value::as_u64).map(|x| x as usize).ok_or_else(|| ModelError::Metadata {
+                path: path.to_path_buf(),
+                key: key.to_string(),
+                msg: "missing or not a non-negative integer".into(),
+            })
+        };
+        let d_model = uint("hidden_size")?;
+        let n_heads = uint("num_attention_heads")?;
+        let n_kv_heads = uint("num_key_value_heads").unwrap_or(n_heads);
+        let d_head = v.get("head_dim").and_then(Value::as_u64).map(|x| x as usize).unwrap_or(d_model / n_heads.max(1));
+        let rope_scaling = match v.get("rope_scaling") {
+            Some(Value::Object(s)) => {
+                let kind = s.get("rope_type").or_else(|| s.get("type")).and_then(Value::as_str).unwrap_or("");
+                let num = |k: &str, d: f64| s.get(k).and_then(Value::as_f64).unwrap_or(d);
+                match kind {
+                    "llama3" => Some(RopeScaling::Llama3 {
+                        factor: num("factor", 8.0),
+                        low_freq_factor: num("low_freq_factor", 1.0),
+                        high_freq_factor: num("high_freq_factor", 4.0),
+                        original_max_position: num("original_max_position_embeddings", 8192.0),
+                    }),
+                    "linear" => Some(RopeScaling::Linear { factor: num("factor", 1.0) }),
+                    "default" | "" => None,
+                    other => {
+                        return Err(ModelError::Metadata {
+                            path: path.to_path_buf(),
+                            key: "rope_scaling.rope_type".into(),
+                            msg: format!("unsupported RoPE scaling `{other}` (supported: llama3, linear)"),
+                        })
+                    }
+                }
+            }
+            _ => None,
+        };
+        let cfg = TransformerConfig {
+            arch,
+            vocab_size: uint("vocab_size")?,
+            d_model,
+            n_layers: uint("num_hidden_layers")?,
+            n_heads,
+            n_kv_heads,
+            d_head,
+            d_mlp: uint("intermediate_size")?,
+            rms_norm_eps: v.get("rms_norm_eps").and_then(Value::as_f64).unwrap_or(1e-6),
+            rope_theta: v.get("rope_theta").and_then(Value::as_f64).unwrap_or(10_000.0),
+            rope_scaling,
+            max_position: uint("max_position_embeddings").unwrap_or(4096),
+            tie_embeddings: v.get("tie_word_embeddings").and_then(Value::as_bool).unwrap_or(false),
+            qkv_bias: match arch {
+                Architecture::Qwen2 => true,
+                Architecture::Llama => v.get("attention_bias").and_then(Value::as_bool).unwrap_or(false),
+            },
+        };
+        cfg.validate(path)?;
+        Ok(cfg)
+    }
+
+    /// Reads the `{arch}.*` metadata of a GGUF file. Tied embeddings and biases are decided by which
+    /// tensors the file holds.
+    pub fn from_gguf(gguf: &GgufFile) -> Result<Self> {
+        let path = gguf.path();
+        let arch_name = gguf.architecture()?;
+        let arch = Architecture::parse(arch_name)
+            .ok_or_else(|| ModelError::UnknownArchitecture { path: path.to_path_buf(), arch: arch_name.to_string() })?;
+        let a = arch.gguf_name();
+        let uint = |k: &str| gguf.get_u64(&format!("{a}.{k}")).map(|x| x as usize);
+        let d_model = uint("embedding_length")?;
+        let n_heads = uint("attention.head_count")?;
+        let n_kv_heads = uint("attention.head_count_kv").unwrap_or(n_heads);
+        let d_head = uint("attention.key_length").unwrap_or(d_model / n_heads.max(1));
+        let vocab_size = match uint("vocab_size") {
+            Ok(n) => n,
+            Err(_) => gguf.get_array("tokenizer.ggml.tokens")?.len(),
+        };
+        let rope_scaling = if gguf.tensor_info("rope_freqs.weight").is_some() {
+            Some(RopeScaling::Divisors(gguf.dequantize("rope_freqs.weight")?))
+        } else {
+            match gguf.get(&format!("{a}.rope.scaling.type")).and_then(|v| v.as_str()) {
+                Some("linear") => Some(RopeScaling::Linear {
+                    factor: gguf.get_f64(&format!("{a}.rope.scaling.factor")).unwrap_or(1.0),
+                }),
+                _ => None,
+            }
+        };
+        let cfg = TransformerConfig {
+            arch,
+            vocab_size,
+            d_model,
+            n_layers: uint("block_count")?,
+            n_heads,
+            n_kv_heads,
+            d_head,
+            d_mlp: uint("feed_forward_length")?,
+            rms_norm_eps: gguf.get_f64(&format!("{a}.attention.layer_norm_rms_epsilon")).unwrap_or(1e-6),
+            rope_theta: gguf.get_f64(&format!("{a}.rope.freq_base")).unwrap_or(10_000.0),
+            rope_scaling,
+            max_position: uint("context_length").unwrap_or(4096),
+            tie_embeddings: gguf.tensor_info("output.weight").is_none(),
+            qkv_bias: gguf.tensor_info("blk.0.attn_q.bias").is_some(),
+        };
+        cfg.validate(path)?;
+        Ok(cfg)
+    }
+
+    fn validate(&self, path: &Path) -> Result<()> {
+        let bad = |key: &str, msg: String| ModelError::Metadata { path: path.to_path_buf(), key: key.into(), msg };
+        for (key, v) in [
+            ("d_model", self.d_model),
+            ("n_layers", self.n_layers),
+            ("n_heads", self.n_heads),
+            ("n_kv_heads", self.n_kv_heads),
+            ("d_head", self.d_head),
+            ("d_mlp", self.d_mlp),
+            ("vocab_size", self.vocab_size),
+        ] {
+            if v == 0 || v > (1 << 24) {
+                return Err(bad(key, format!("implausible value {v}")));
+            }
+        }
+        if self.n_heads % self.n_kv_heads != 0 {
+            return Err(bad("n_kv_heads", format!("{} query heads are not a multiple of {} KV heads", self.n_heads, self.n_kv_heads)));
+        }
+        if self.d_head % 2 != 0 {
+            return Err(bad("d_head", format!("RoPE needs an even head width, got {}", self.d_head)));
+        }
+        Ok(())
+    }
+
+    /// Query heads per key/value head.
+    pub fn group_size(&self) -> usize {
+        self.n_heads / self.n_kv_heads
+    }
+
+    /// Scales a layer index given for a `reference_layers`-deep model (the paper's 28) to this depth,
+    /// rounding to nearest, as the spec prescribes for layer ranges.
+    pub fn scale_layer(&self, layer: usize, reference_layers: usize) -> usize {
+        let scaled = (layer as f64 * self.n_layers as f64 / reference_layers as f64).round() as usize;
+        scaled.min(self.n_layers.saturating_sub(1))
+    }
+}

@@ -1,0 +1,227 @@
+//! Batched greedy decoding with left padding and a KV cache, with Hugging Face's semantics for
+//! `max_new_tokens`, `min_new_tokens`, `repetition_penalty` and `no_repeat_ngram_size` (spec section 3).
+//! Hooks stay active for the prompt and every generated token.
+use std::collections::{HashMap, HashSet};
+
+use tch::{Kind, Tensor};
+
+use crate::hooks::HookSet;
+use crate::kv_cache::DecodeState;
+use crate::transformer::{LogitsFor, Transformer};
+use crate::{ModelError, Result};
+
+/// Decoding settings. Greedy only: the paper's runs are greedy.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GenerationConfig {
+    /// Stop after this many new tokens.
+    pub max_new_tokens: usize,
+    /// End-of-sequence is forbidden before this many new tokens.
+    pub min_new_tokens: usize,
+    /// Hugging Face's CTRL-style penalty on every token already in the sequence (1.0 = off).
+    pub repetition_penalty: f32,
+    /// Forbid repeating any n-gram of this size (0 = off).
+    pub no_repeat_ngram_size: usize,
+    /// Tokens that end a sequence; empty = the model's own.
+    pub eos_token_ids: Vec<u32>,
+    /// Ignore end-of-sequence tokens and always produce `max_new_tokens` (benchmarks).
+    pub ignore_eos: bool,
+    /// Use the KV cache (off only to check it: every step then re-runs the whole sequence).
+    pub use_cache: bool,
+}
+
+impl Default for GenerationConfig {
+    fn default() -> Self {
+        GenerationConfig {
+            max_new_tokens: 100,
+            min_new_tokens: 0,
+            repetition_penalty: 1.0,
+            no_repeat_ngram_size: 0,
+            eos_token_ids: Vec::new(),
+            ignore_eos: false,
+            use_cache: true,
+        }
+    }
+}
+
+impl GenerationConfig {
+    /// Plain greedy decoding of at most `max_new_tokens`.
+    pub fn greedy(max_new_tokens: usize) -> Self {
+        GenerationConfig { max_new_tokens, ..Default::default() }
+    }
+
+    /// The paper's elicitation: greedy, 100 new tokens.
+    pub fn elicitation() -> Self {
+        Self::greedy(100)
+    }
+
+    /// The paper's steering validation: min 10, penalty 1.05, no repeated trigrams.
+    pub fn steering() -> Self {
+        GenerationConfig { min_new_tokens: 10, repetition_penalty: 1.05, no_repeat_ngram_size: 3, ..Self::greedy(100) }
+    }
+
+    /// The paper's circuit modulation: min 10, penalty 1.1, no repeated trigrams.
+    pub fn modulation() -> Self {
+        GenerationConfig { repetition_penalty: 1.1, ..Self::steering() }
+    }
+
+    fn needs_host_logits(&self) -> bool {
+        self.repetition_penalty != 1.0 || self.no_repeat_ngram_size > 0 || self.min_new_tokens > 0
+    }
+}
+
+/// Why a row stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StopReason {
+    /// It produced an end-of-sequence token (not included in `tokens`).
+    Eos,
+    /// It reached `max_new_tokens`.
+    Length,
+}
+
+/// One row's result.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Generated {
+    /// New tokens, without the end-of-sequence token.
+    pub tokens: Vec<u32>,
+    /// Why it stopped.
+    pub stop: StopReason,
+}
+
+/// Left-pads token rows into `[batch, max_len]` ids and a validity mask (false = padding).
+pub fn left_pad(rows: &[Vec<u32>], pad_id: u32) -> Result<(Tensor, Tensor, Vec<i64>)> {
+    if rows.is_empty() || rows.iter().any(|r| r.is_empty()) {
+        return Err(ModelError::InvalidArgument("every prompt needs at least one token".into()));
+    }
+    let width = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let mut ids = Vec::with_capacity(rows.len() * width);
+    let mut valid = Vec::with_capacity(rows.len() * width);
+    for r in rows {
+        let pad = width - r.len();
+        ids.extend(std::iter::repeat_n(pad_id as i64, pad).chain(r.iter().map(|&t| t as i64)));
+        valid.extend(std::iter::repeat_n(false, pad).chain(std::iter::repeat_n(true, r.len())));
+    }
+    let b = rows.len() as i64;
+    let lens = rows.iter().map(|r| r.len() as i64).collect();
+    Ok((Tensor::from_slice(&ids).view([b, width as i64]), Tensor::from_slice(&valid).view([b, width as i64]), lens))
+}
+
+/// Greedy-decodes every prompt of `prompts` in one batch.
+pub fn generate(
+    model: &Transformer,
+    prompts: &[Vec<u32>],
+    cfg: &GenerationConfig,
+    pad_id: u32,
+    hooks: &mut HookSet,
+) -> Result<Vec<Generated>> {
+    let (ids, valid, lens) = left_pad(prompts, pad_id)?;
+    let b = prompts.len();
+    let device = model.device();
+    let eos: HashSet<u32> = cfg.eos_token_ids.iter().copied().collect();
+    let mut seqs: Vec<Vec<u32>> = prompts.to_vec();
+    let mut out: Vec<Generated> = (0..b).map(|_| Generated { tokens: Vec::new(), stop: StopReason::Length }).collect();
+    let mut done = vec![false; b];
+    if cfg.max_new_tokens == 0 {
+        return Ok(out);
+    }
+    let n_layers = model.config().n_layers;
+    let mut state = DecodeState::new(&lens, n_layers, device, cfg.use_cache);
+    let mut logits = model.forward_chunk(&ids, &valid, &mut state, hooks, LogitsFor::Last)?;
+    for step in 0..cfg.max_new_tokens {
+        let last = logits.select(1, logits.size()[1] - 1).to_kind(Kind::Float); // [b, vocab]
+        let next: Vec<u32> = if cfg.needs_host_logits() {
+            let vocab = last.size()[1] as usize;
+            let flat = Vec::<f32>::try_from(last.to_device(tch::Device::Cpu).contiguous().view(-1))?;
+            (0..b)
+                .map(|r| {
+                    let mut row = flat[r * vocab..(r + 1) * vocab].to_vec();
+                    process_logits(&mut row, &seqs[r], step, cfg, &eos);
+                    argmax(&row)
+                })
+                .collect()
+        } else {
+            Vec::<i64>::try_from(last.argmax(-1, false).to_device(tch::Device::Cpu))?
+                .into_iter()
+                .map(|t| t as u32)
+                .collect()
+        };
+        let mut feed = Vec::with_capacity(b);
+        for r in 0..b {
+            let tok = next[r];
+            if !done[r] {
+                if !cfg.ignore_eos && eos.contains(&tok) {
+                    done[r] = true;
+                    out[r].stop = StopReason::Eos;
+                } else {
+                    out[r].tokens.push(tok);
+                }
+            }
+            seqs[r].push(tok);
+            // Finished rows keep running on padding, as in Hugging Face; nobody reads them.
+            feed.push(if done[r] { pad_id as i64 } else { tok as i64 });
+        }
+        if done.iter().all(|&d| d) || step + 1 == cfg.max_new_tokens {
+            break;
+        }
+        if cfg.use_cache {
+            let tokens = Tensor::from_slice(&feed).view([b as i64, 1]);
+            let ones = Tensor::ones([b as i64, 1], (Kind::Bool, tch::Device::Cpu));
+            logits = model.forward_chunk(&tokens, &ones, &mut state, hooks, LogitsFor::Last)?;
+        } else {
+            // Re-run everything: only to check the cache.
+            let rows: Vec<Vec<u32>> = seqs.iter().map(|s| s.to_vec()).collect();
+            let (ids, valid, _) = left_pad(&rows, pad_id)?;
+            let mut fresh = DecodeState::new(&lens, n_layers, device, false);
+            logits = model.forward_chunk(&ids, &valid, &mut fresh, hooks, LogitsFor::Last)?;
+        }
+    }
+    Ok(out)
+}
+
+/// Applies the logits processors in Hugging Face's order to one row. `seq` is the row's prompt and new
+/// tokens so far (never padding: unlike Hugging Face, left padding is not penalised), `step` the number of
+/// tokens generated so far.
+pub fn process_logits(row: &mut [f32], seq: &[u32], step: usize, cfg: &GenerationConfig, eos: &HashSet<u32>) {
+    if cfg.repetition_penalty != 1.0 {
+        let p = cfg.repetition_penalty;
+        let seen: HashSet<u32> = seq.iter().copied().collect();
+        for t in seen {
+            if let Some(x) = row.get_mut(t as usize) {
+                *x = if *x < 0.0 { *x * p } else { *x / p };
+            }
+        }
+    }
+    let n = cfg.no_repeat_ngram_size;
+    if n > 0 && seq.len() + 1 >= n {
+        let prefix = &seq[seq.len() + 1 - n..];
+        let mut banned: HashMap<u32, ()> = HashMap::new();
+        for w in seq.windows(n) {
+            if &w[..n - 1] == prefix {
+                banned.insert(w[n - 1], ());
+            }
+        }
+        for t in banned.keys() {
+            if let Some(x) = row.get_mut(*t as usize) {
+                *x = f32::NEG_INFINITY;
+            }
+        }
+    }
+    if step < cfg.min_new_tokens {
+        for &t in eos {
+            if let Some(x) = row.get_mut(t as usize) {
+                *x = f32::NEG_INFINITY;
+            }
+        }
+    }
+}
+
+/// Index of the first maximum, as `torch.argmax`.
+fn argmax(row: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &x) in row.iter().enumerate() {
+        if x > row[best] {
+            best = i;
+        }
+    }
+    best as u32
+}

@@ -1,0 +1,127 @@
+//! Per-batch decoding state: the key/value cache, which key slots hold real tokens (left padding does not),
+//! and each row's absolute position, from which hooks and RoPE take their positions.
+use tch::{Device, Kind, Tensor};
+
+/// The state of a batch of sequences across forward calls.
+pub struct DecodeState {
+    batch: i64,
+    device: Device,
+    cache: bool,
+    // Per layer: preallocated [batch, n_kv, capacity, d_head] buffers, so appending a token copies one slot
+    // instead of the whole cache.
+    kv: Vec<Option<(Tensor, Tensor)>>,
+    len: i64,
+    key_valid: Tensor,
+    seen: Tensor,
+    prompt_lens: Tensor,
+    chunk_valid: Option<Tensor>,
+    step: usize,
+}
+
+impl DecodeState {
+    /// A fresh state for rows whose prompts have `prompt_lens` real tokens. With `cache` false, keys and
+    /// values are not kept: every call must then pass whole sequences.
+    pub fn new(prompt_lens: &[i64], n_layers: usize, device: Device, cache: bool) -> Self {
+        let b = prompt_lens.len() as i64;
+        DecodeState {
+            batch: b,
+            device,
+            cache,
+            kv: (0..n_layers).map(|_| None).collect(),
+            len: 0,
+            key_valid: Tensor::zeros([b, 0], (Kind::Bool, device)),
+            seen: Tensor::zeros([b, 1], (Kind::Int64, device)),
+            prompt_lens: Tensor::from_slice(prompt_lens).view([b, 1]).to_device(device),
+            chunk_valid: None,
+            step: 0,
+        }
+    }
+
+    /// Whether keys and values are kept between calls.
+    pub fn caches(&self) -> bool {
+        self.cache
+    }
+
+    /// Number of rows.
+    pub fn batch(&self) -> i64 {
+        self.batch
+    }
+
+    /// Key slots filled so far (padding included).
+    pub fn len(&self) -> i64 {
+        self.len
+    }
+
+    /// Whether nothing has been run yet.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Prompt length of each row, [batch, 1].
+    pub fn prompt_lens(&self) -> &Tensor {
+        &self.prompt_lens
+    }
+
+    /// Forward calls completed so far: 0 during the prompt's.
+    pub fn step(&self) -> usize {
+        self.step
+    }
+
+    /// Starts a chunk: returns the absolute positions of its tokens ([batch, chunk], -1 for padding) and the
+    /// attention mask ([batch, 1, chunk, keys] bool, true = may attend).
+    pub(crate) fn begin_chunk(&mut self, valid: &Tensor) -> (Tensor, Tensor) {
+        let t = valid.size()[1];
+        let offsets = valid.cumsum(1, Kind::Int64) - 1;
+        let positions = (&self.seen + offsets).where_self(valid, &Tensor::from(-1i64).to_device(self.device));
+        let key_valid = Tensor::cat(&[&self.key_valid, valid], 1);
+        let total = self.len + t;
+        let q_slot = Tensor::arange_start(self.len, total, (Kind::Int64, self.device)).unsqueeze(1);
+        let k_slot = Tensor::arange(total, (Kind::Int64, self.device)).unsqueeze(0);
+        let causal = k_slot.le_tensor(&q_slot); // [t, T]
+        // A padding query may attend to itself, so no softmax row is empty (an empty row would give NaN,
+        // which then leaks through 0 * NaN into real tokens' attention).
+        let itself = k_slot.eq_tensor(&q_slot);
+        let mask = key_valid.unsqueeze(1).logical_and(&causal.unsqueeze(0)).logical_or(&itself.unsqueeze(0));
+        self.key_valid = key_valid;
+        self.chunk_valid = Some(valid.shallow_clone());
+        (positions, mask.unsqueeze(1))
+    }
+
+    /// Stores the chunk's keys and values of layer `l` and returns all keys and values so far.
+    pub(crate) fn append_kv(&mut self, l: usize, k: &Tensor, v: &Tensor) -> (Tensor, Tensor) {
+        let t = k.size()[2];
+        if !self.cache {
+            return (k.shallow_clone(), v.shallow_clone());
+        }
+        let need = self.len + t;
+        let slot = &mut self.kv[l];
+        let grow = match slot {
+            None => true,
+            Some((kb, _)) => kb.size()[2] < need,
+        };
+        if grow {
+            let mut size = k.size();
+            size[2] = (need.max(64) as u64).next_power_of_two() as i64;
+            let kb = Tensor::zeros(&size, (k.kind(), k.device()));
+            let vb = Tensor::zeros(&size, (v.kind(), v.device()));
+            if let Some((ok, ov)) = slot.as_ref() {
+                kb.narrow(2, 0, self.len).copy_(&ok.narrow(2, 0, self.len));
+                vb.narrow(2, 0, self.len).copy_(&ov.narrow(2, 0, self.len));
+            }
+            *slot = Some((kb, vb));
+        }
+        let (kb, vb) = slot.as_ref().expect("allocated above");
+        kb.narrow(2, self.len, t).copy_(k);
+        vb.narrow(2, self.len, t).copy_(v);
+        (kb.narrow(2, 0, need), vb.narrow(2, 0, need))
+    }
+
+    /// Ends the chunk started by `begin_chunk`.
+    pub(crate) fn end_chunk(&mut self, t: i64) {
+        if let Some(valid) = self.chunk_valid.take() {
+            self.seen = &self.seen + valid.sum_dim_intlist(1, true, Kind::Int64);
+        }
+        self.len += t;
+        self.step += 1;
+    }
+}

@@ -1,0 +1,41 @@
+//! `emo-model`: a LibTorch-backed decoder-only transformer (Llama and Qwen2 families) whose every
+//! activation can be read or edited through typed hooks named as in TransformerLens.
+//!
+//! ```no_run
+//! use emo_model::{Model, LoadOptions, ChatMessage, GenerationConfig, HookSet, HookPoint, Capture, Positions};
+//! let model = Model::load("smollm2-135m", LoadOptions::default())?;
+//! let mut capture = Capture::new([HookPoint::ResidPost(10)], Positions::LastPrompt);
+//! let replies = model.generate_chat(
+//!     &[vec![ChatMessage::user("The train was late again.")]],
+//!     &GenerationConfig::greedy(40),
+//!     &mut HookSet::new().with(&mut capture),
+//! )?;
+//! let resid = capture.per_row(HookPoint::ResidPost(10), 1)?; // [1, d_model]
+//! # Ok::<(), emo_model::ModelError>(())
+//! ```
+#![warn(missing_docs)]
+
+pub mod bench;
+pub mod chat;
+pub mod config;
+pub mod device;
+pub mod error;
+pub mod generate;
+pub mod gguf;
+pub mod hooks;
+pub mod kv_cache;
+pub mod model;
+pub mod quant;
+pub mod tokenizer;
+pub mod transformer;
+pub mod weights;
+
+pub use chat::{ChatMessage, ChatTemplate};
+pub use config::{Architecture, TransformerConfig};
+pub use error::{ModelError, Result};
+pub use generate::{GenerationConfig, Generated, StopReason};
+pub use hooks::{Ablate, AddVector, Capture, FnHook, Hook, HookContext, HookPoint, HookSet, Positions, Scale};
+pub use kv_cache::DecodeState;
+pub use model::{LoadOptions, Model, Reply};
+pub use tokenizer::Tokenizer;
+pub use transformer::{LogitsFor, Transformer};

@@ -1,0 +1,293 @@
+//! The decoder shared by the Llama and Qwen2 families: embeddings, pre-norm blocks with grouped-query
+//! attention (RoPE, optional q/k/v biases) and a SwiGLU MLP, final RMSNorm, unembedding. Every hook point of
+//! [`HookPoint`] is computed here and passed through the call's [`HookSet`].
+use tch::{Device, Kind, Tensor};
+
+use crate::config::{RopeScaling, TransformerConfig};
+use crate::hooks::{HookContext, HookPoint, HookSet};
+use crate::kv_cache::DecodeState;
+use crate::weights::WeightSource;
+use crate::{ModelError, Result};
+
+/// For which positions of a chunk to compute logits. Generation needs only the last one, which skips most
+/// of the unembedding (a fifth of SmolLM2's weights).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogitsFor {
+    /// Every position: [batch, chunk, vocab].
+    All,
+    /// The last position of the chunk: [batch, 1, vocab].
+    Last,
+    /// None (activations only); `forward_chunk` returns an empty tensor.
+    Skip,
+}
+
+struct Block {
+    attn_norm: Tensor,
+    // q, k and v fused into one matmul: fewer kernel launches per token.
+    qkv_w: Tensor,
+    qkv_b: Option<Tensor>,
+    o_w: Tensor,
+    mlp_norm: Tensor,
+    // gate and up fused likewise.
+    gate_up_w: Tensor,
+    down_w: Tensor,
+}
+
+/// A loaded decoder on one device, in one dtype.
+pub struct Transformer {
+    cfg: TransformerConfig,
+    device: Device,
+    kind: Kind,
+    embed: Tensor,
+    blocks: Vec<Block>,
+    norm: Tensor,
+    lm_head: Tensor,
+    inv_freq: Tensor,
+}
+
+impl Transformer {
+    /// Loads weights from `src` (Hugging Face names), checks every shape against `cfg`, and moves them to
+    /// `device` in `kind`.
+    pub fn load(cfg: TransformerConfig, src: &dyn WeightSource, device: Device, kind: Kind) -> Result<Self> {
+        let d = cfg.d_model as i64;
+        let hd = cfg.d_head as i64;
+        let nh = cfg.n_heads as i64;
+        let nkv = cfg.n_kv_heads as i64;
+        let dm = cfg.d_mlp as i64;
+        let get = |name: &str, shape: &[i64]| -> Result<Tensor> {
+            let t = src.tensor(name)?;
+            if t.size() != shape {
+                return Err(ModelError::ShapeMismatch {
+                    path: src.path().to_path_buf(),
+                    name: name.to_string(),
+                    got: t.size(),
+                    expected: shape.to_vec(),
+                });
+            }
+            Ok(t.to_kind(kind).to_device(device))
+        };
+        let embed = get("model.embed_tokens.weight", &[cfg.vocab_size as i64, d])?;
+        let mut blocks = Vec::with_capacity(cfg.n_layers);
+        for l in 0..cfg.n_layers {
+            let p = |s: &str| format!("model.layers.{l}.{s}");
+            let q = get(&p("self_attn.q_proj.weight"), &[nh * hd, d])?;
+            let k = get(&p("self_attn.k_proj.weight"), &[nkv * hd, d])?;
+            let v = get(&p("self_attn.v_proj.weight"), &[nkv * hd, d])?;
+            let qkv_b = if cfg.qkv_bias {
+                let qb = get(&p("self_attn.q_proj.bias"), &[nh * hd])?;
+                let kb = get(&p("self_attn.k_proj.bias"), &[nkv * hd])?;
+                let vb = get(&p("self_attn.v_proj.bias"), &[nkv * hd])?;
+                Some(Tensor::cat(&[qb, kb, vb], 0))
+            } else {
+                None
+            };
+            let gate = get(&p("mlp.gate_proj.weight"), &[dm, d])?;
+            let up = get(&p("mlp.up_proj.weight"), &[dm, d])?;
+            blocks.push(Block {
+                attn_norm: get(&p("input_layernorm.weight"), &[d])?,
+                qkv_w: Tensor::cat(&[q, k, v], 0),
+                qkv_b,
+                o_w: get(&p("self_attn.o_proj.weight"), &[d, nh * hd])?,
+                mlp_norm: get(&p("post_attention_layernorm.weight"), &[d])?,
+                gate_up_w: Tensor::cat(&[gate, up], 0),
+                down_w: get(&p("mlp.down_proj.weight"), &[d, dm])?,
+            });
+        }
+        let norm = get("model.norm.weight", &[d])?;
+        let lm_head = if cfg.tie_embeddings || !src.contains("lm_head.weight") {
+            embed.shallow_clone()
+        } else {
+            get("lm_head.weight", &[cfg.vocab_size as i64, d])?
+        };
+        let inv_freq = rope_inv_freq(&cfg).to_device(device);
+        Ok(Transformer { cfg, device, kind, embed, blocks, norm, lm_head, inv_freq })
+    }
+
+    /// The model's shape.
+    pub fn config(&self) -> &TransformerConfig {
+        &self.cfg
+    }
+
+    /// The device the weights live on.
+    pub fn device(&self) -> Device {
+        self.device
+    }
+
+    /// The dtype of weights and activations.
+    pub fn kind(&self) -> Kind {
+        self.kind
+    }
+
+    /// The unembedding matrix, [vocab, d_model].
+    pub fn unembed(&self) -> &Tensor {
+        &self.lm_head
+    }
+
+    /// `W_O` of a layer, [d_model, n_heads * d_head]: head h writes through columns h*d_head..(h+1)*d_head.
+    pub fn w_o(&self, layer: usize) -> Option<&Tensor> {
+        self.blocks.get(layer).map(|b| &b.o_w)
+    }
+
+    /// `W_down` of a layer, [d_model, d_mlp].
+    pub fn w_down(&self, layer: usize) -> Option<&Tensor> {
+        self.blocks.get(layer).map(|b| &b.down_w)
+    }
+
+    /// Runs one chunk of tokens for every row of `state`: the left-padded prompts first, then one token per
+    /// row per decoding step. `tokens` is [batch, chunk] i64 and `valid` [batch, chunk] bool (false for left
+    /// padding). The chunk's keys and values are appended to `state`. Returns logits as `logits` asks.
+    pub fn forward_chunk(
+        &self,
+        tokens: &Tensor,
+        valid: &Tensor,
+        state: &mut DecodeState,
+        hooks: &mut HookSet,
+        logits: LogitsFor,
+    ) -> Result<Tensor> {
+        let _guard = tch::no_grad_guard();
+        let (b, t) = tokens.size2().map_err(ModelError::Torch)?;
+        if valid.size() != [b, t] || state.batch() != b {
+            return Err(ModelError::InvalidArgument(format!(
+                "tokens {:?}, mask {:?} and a decode state of batch {} do not match",
+                tokens.size(),
+                valid.size(),
+                state.batch()
+            )));
+        }
+        if !state.caches() && !state.is_empty() {
+            return Err(ModelError::InvalidArgument(
+                "a decode state without a KV cache serves one forward call; start a new one".into(),
+            ));
+        }
+        let vocab = self.cfg.vocab_size as i64;
+        if t > 0 {
+            let (lo, hi) = (tokens.min().int64_value(&[]), tokens.max().int64_value(&[]));
+            if lo < 0 || hi >= vocab {
+                return Err(ModelError::InvalidArgument(format!("token ids must be in 0..{vocab}, got {lo}..={hi}")));
+            }
+        }
+        hooks.route(self.cfg.n_layers);
+        let tokens = tokens.to_device(self.device);
+        let valid = valid.to_device(self.device);
+
+        let (positions, mask) = state.begin_chunk(&valid);
+        let prompt_lens = state.prompt_lens().shallow_clone();
+        let ctx = HookContext { positions: &positions, prompt_lens: &prompt_lens, step: state.step() };
+        let (cos, sin) = self.rope(&positions);
+
+        let mut h = hooks.apply(HookPoint::Embed, Tensor::embedding(&self.embed, &tokens, -1, false, false), &ctx)?;
+        for (l, blk) in self.blocks.iter().enumerate() {
+            h = hooks.apply(HookPoint::ResidPre(l), h, &ctx)?;
+            let attn = self.attention(l, blk, &h, &cos, &sin, &mask, state, hooks, &ctx)?;
+            let attn = hooks.apply(HookPoint::AttnOut(l), attn, &ctx)?;
+            h = hooks.apply(HookPoint::ResidMid(l), h + attn, &ctx)?;
+            let x = rms_norm(&h, &blk.mlp_norm, self.cfg.rms_norm_eps);
+            let gu = x.linear::<&Tensor>(&blk.gate_up_w, None).chunk(2, -1);
+            let post = hooks.apply(HookPoint::MlpPost(l), gu[0].silu() * &gu[1], &ctx)?;
+            let mlp = hooks.apply(HookPoint::MlpOut(l), post.linear::<&Tensor>(&blk.down_w, None), &ctx)?;
+            h = hooks.apply(HookPoint::ResidPost(l), h + mlp, &ctx)?;
+        }
+        state.end_chunk(t);
+        let h = hooks.apply(HookPoint::LnFinal, rms_norm(&h, &self.norm, self.cfg.rms_norm_eps), &ctx)?;
+        let (h, lctx) = match logits {
+            LogitsFor::Skip => return Ok(Tensor::empty([0], (self.kind, self.device))),
+            LogitsFor::All => (h, None),
+            LogitsFor::Last => (h.narrow(1, t - 1, 1), Some(positions.narrow(1, t - 1, 1))),
+        };
+        let out = h.linear::<&Tensor>(&self.lm_head, None);
+        match lctx {
+            None => hooks.apply(HookPoint::Logits, out, &ctx),
+            Some(p) => {
+                let c = HookContext { positions: &p, prompt_lens: ctx.prompt_lens, step: ctx.step };
+                hooks.apply(HookPoint::Logits, out, &c)
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn attention(
+        &self,
+        l: usize,
+        blk: &Block,
+        h: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        mask: &Tensor,
+        state: &mut DecodeState,
+        hooks: &mut HookSet,
+        ctx: &HookContext,
+    ) -> Result<Tensor> {
+        let (b, t, _) = h.size3().map_err(ModelError::Torch)?;
+        let (nh, nkv, hd) = (self.cfg.n_heads as i64, self.cfg.n_kv_heads as i64, self.cfg.d_head as i64);
+        let x = rms_norm(h, &blk.attn_norm, self.cfg.rms_norm_eps);
+        let qkv = x.linear(&blk.qkv_w, blk.qkv_b.as_ref());
+        let parts = qkv.split_with_sizes([nh * hd, nkv * hd, nkv * hd], -1);
+        let q = parts[0].view([b, t, nh, hd]).transpose(1, 2);
+        let k = parts[1].view([b, t, nkv, hd]).transpose(1, 2);
+        let v = parts[2].view([b, t, nkv, hd]).transpose(1, 2);
+        let q = apply_rope(&q, cos, sin);
+        let k = apply_rope(&k, cos, sin);
+        let (k, v) = state.append_kv(l, &k, &v);
+        let z = Tensor::scaled_dot_product_attention(&q, &k, &v, Some(mask), 0.0, false, None, nkv != nh);
+        // hook_z is [batch, pos, head, d_head], TransformerLens' layout.
+        let z = hooks.apply(HookPoint::AttnZ(l), z.transpose(1, 2), ctx)?;
+        Ok(z.reshape([b, t, nh * hd]).linear::<&Tensor>(&blk.o_w, None))
+    }
+
+    fn rope(&self, positions: &Tensor) -> (Tensor, Tensor) {
+        // Angles in f32 as Hugging Face computes them; padding (-1) gets position 0, it is masked anyway.
+        let pos = positions.clamp_min(0).to_kind(Kind::Float).unsqueeze(-1);
+        let freqs = pos * &self.inv_freq; // [b, t, d_head/2]
+        let emb = Tensor::cat(&[&freqs, &freqs], -1).unsqueeze(1); // [b, 1, t, d_head]
+        (emb.cos().to_kind(self.kind), emb.sin().to_kind(self.kind))
+    }
+}
+
+fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Tensor {
+    // In f32 whatever the dtype, as Hugging Face does.
+    let xf = x.to_kind(Kind::Float);
+    let var = xf.square().mean_dim(-1, true, Kind::Float);
+    (xf * (var + eps).rsqrt()).to_kind(x.kind()) * w
+}
+
+fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Tensor {
+    let half = x.size()[3] / 2;
+    let x1 = x.narrow(3, 0, half);
+    let x2 = x.narrow(3, half, half);
+    let rotated = Tensor::cat(&[-x2, x1], 3);
+    x * cos + rotated * sin
+}
+
+/// RoPE inverse frequencies, [d_head/2] f32, with the model's scaling applied.
+fn rope_inv_freq(cfg: &TransformerConfig) -> Tensor {
+    let dim = cfg.d_head as i64;
+    let exps = Tensor::arange_start_step(0, dim, 2, (Kind::Int64, Device::Cpu)).to_kind(Kind::Float) / dim as f64;
+    let inv = Tensor::from(cfg.rope_theta as f32).pow(&exps).reciprocal();
+    match &cfg.rope_scaling {
+        None => inv,
+        Some(RopeScaling::Linear { factor }) => inv / *factor,
+        Some(RopeScaling::Divisors(d)) => inv / Tensor::from_slice(d),
+        Some(RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position }) => {
+            let v: Vec<f32> = Vec::<f32>::try_from(&inv).unwrap_or_default();
+            let low_wl = original_max_position / low_freq_factor;
+            let high_wl = original_max_position / high_freq_factor;
+            let scaled: Vec<f32> = v
+                .iter()
+                .map(|&f| {
+                    let f = f as f64;
+                    let wl = 2.0 * std::f64::consts::PI / f;
+                    let g = if wl < high_wl {
+                        f
+                    } else if wl > low_wl {
+                        f / factor
+                    } else {
+                        let smooth = (original_max_position / wl - low_freq_factor) / (high_freq_factor - low_freq_factor);
+                        (1.0 - smooth) * f / factor + smooth * f
+                    };
+                    g as f32
+                })
+                .collect();
+            Tensor::from_slice(&scaled)
+        }
+    }
+}

@@ -1,0 +1,189 @@
+//! Where weights come from: a GGUF file or Hugging Face safetensors (single or sharded, memory-mapped).
+//! Both are addressed by Hugging Face tensor names, so the decoder has one loading path.
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use safetensors::{Dtype, SafeTensors};
+use tch::{Kind, Tensor};
+
+use crate::config::{Architecture, TransformerConfig};
+use crate::gguf::GgufFile;
+use crate::{ModelError, Result};
+
+/// A source of named weights, by Hugging Face name (`model.layers.0.self_attn.q_proj.weight`).
+pub trait WeightSource {
+    /// Whether the tensor exists.
+    fn contains(&self, name: &str) -> bool;
+    /// The tensor on the CPU, in its stored float type (dequantized to f32 for GGUF).
+    fn tensor(&self, name: &str) -> Result<Tensor>;
+    /// The file or folder, for error messages.
+    fn path(&self) -> &Path;
+}
+
+/// Weights of a GGUF file, renamed to Hugging Face names and, for the Llama family, with llama.cpp's
+/// Q/K row permutation undone so that the decoder sees Hugging Face's layout.
+pub struct GgufWeights<'a> {
+    gguf: &'a GgufFile,
+    cfg: TransformerConfig,
+}
+
+impl<'a> GgufWeights<'a> {
+    /// Wraps an open GGUF file whose config was read with [`TransformerConfig::from_gguf`].
+    pub fn new(gguf: &'a GgufFile, cfg: TransformerConfig) -> Self {
+        GgufWeights { gguf, cfg }
+    }
+
+    fn gguf_name(name: &str) -> Option<String> {
+        let simple = match name {
+            "model.embed_tokens.weight" => Some("token_embd.weight"),
+            "model.norm.weight" => Some("output_norm.weight"),
+            "lm_head.weight" => Some("output.weight"),
+            _ => None,
+        };
+        if let Some(s) = simple {
+            return Some(s.to_string());
+        }
+        let rest = name.strip_prefix("model.layers.")?;
+        let (layer, field) = rest.split_once('.')?;
+        let g = match field {
+            "input_layernorm.weight" => "attn_norm.weight",
+            "post_attention_layernorm.weight" => "ffn_norm.weight",
+            "self_attn.q_proj.weight" => "attn_q.weight",
+            "self_attn.k_proj.weight" => "attn_k.weight",
+            "self_attn.v_proj.weight" => "attn_v.weight",
+            "self_attn.o_proj.weight" => "attn_output.weight",
+            "self_attn.q_proj.bias" => "attn_q.bias",
+            "self_attn.k_proj.bias" => "attn_k.bias",
+            "self_attn.v_proj.bias" => "attn_v.bias",
+            "mlp.gate_proj.weight" => "ffn_gate.weight",
+            "mlp.up_proj.weight" => "ffn_up.weight",
+            "mlp.down_proj.weight" => "ffn_down.weight",
+            _ => return None,
+        };
+        Some(format!("blk.{layer}.{g}"))
+    }
+}
+
+impl WeightSource for GgufWeights<'_> {
+    fn contains(&self, name: &str) -> bool {
+        Self::gguf_name(name).is_some_and(|g| self.gguf.tensor_info(&g).is_some())
+    }
+
+    fn tensor(&self, name: &str) -> Result<Tensor> {
+        let missing = || ModelError::MissingTensor { path: self.gguf.path().to_path_buf(), name: name.to_string() };
+        let gname = Self::gguf_name(name).ok_or_else(missing)?;
+        let info = self.gguf.tensor_info(&gname).ok_or_else(missing)?;
+        let shape = info.shape();
+        let data = self.gguf.dequantize(&gname)?;
+        let t = Tensor::f_from_slice(&data)?.f_reshape(&shape)?;
+        // llama.cpp permutes Q and K rows for its interleaved RoPE; Hugging Face (and we) use the half-split
+        // layout, so invert the permutation per head: [heads, 2, d/2] -> [heads, d/2, 2].
+        if self.cfg.arch == Architecture::Llama {
+            let heads = if name.ends_with("q_proj.weight") || name.ends_with("q_proj.bias") {
+                Some(self.cfg.n_heads)
+            } else if name.ends_with("k_proj.weight") || name.ends_with("k_proj.bias") {
+                Some(self.cfg.n_kv_heads)
+            } else {
+                None
+            };
+            if let Some(h) = heads {
+                return Ok(unpermute_rows(&t, h as i64));
+            }
+        }
+        Ok(t)
+    }
+
+    fn path(&self) -> &Path {
+        self.gguf.path()
+    }
+}
+
+/// Inverts llama.cpp's `permute(w, n_head)` on the rows of `w` (weight [rows, cols] or bias [rows]).
+fn unpermute_rows(w: &Tensor, n_head: i64) -> Tensor {
+    let size = w.size();
+    let rows = size[0];
+    let half = rows / n_head / 2;
+    let mut view: Vec<i64> = vec![n_head, half, 2];
+    view.extend_from_slice(&size[1..]);
+    w.reshape(&view).transpose(1, 2).reshape(&size)
+}
+
+/// Hugging Face safetensors weights, single file or sharded with `model.safetensors.index.json`,
+/// memory-mapped.
+pub struct SafetensorsWeights {
+    dir: PathBuf,
+    files: Vec<(PathBuf, memmap2::Mmap)>,
+    // tensor name -> index into `files`
+    index: BTreeMap<String, usize>,
+}
+
+impl SafetensorsWeights {
+    /// Opens every `*.safetensors` of a model folder (the shards listed in the index when there is one).
+    pub fn open(dir: &Path) -> Result<Self> {
+        let index_path = dir.join("model.safetensors.index.json");
+        let mut names: Vec<String> = if index_path.exists() {
+            let text = std::fs::read_to_string(&index_path).map_err(|e| ModelError::io(&index_path, e))?;
+            let v: serde_json::Value = serde_json::from_str(&text)
+                .map_err(|e| ModelError::format(&index_path, format!("invalid JSON: {e}")))?;
+            let map = v.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| {
+                ModelError::format(&index_path, "no `weight_map` object")
+            })?;
+            map.values().filter_map(|f| f.as_str().map(str::to_string)).collect()
+        } else {
+            let rd = std::fs::read_dir(dir).map_err(|e| ModelError::io(dir, e))?;
+            rd.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.ends_with(".safetensors"))
+                .collect()
+        };
+        names.sort();
+        names.dedup();
+        if names.is_empty() {
+            return Err(ModelError::format(dir, "no *.safetensors weights in this folder"));
+        }
+        let mut files = Vec::new();
+        let mut index = BTreeMap::new();
+        for name in names {
+            let path = dir.join(&name);
+            let file = std::fs::File::open(&path).map_err(|e| ModelError::io(&path, e))?;
+            // SAFETY: the map is read-only; a file changed underneath us is the user's doing, as with any mmap.
+            let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| ModelError::io(&path, e))?;
+            let st = SafeTensors::deserialize(&mmap)
+                .map_err(|e| ModelError::format(&path, format!("invalid safetensors: {e}")))?;
+            for t in st.names() {
+                index.insert(t.to_string(), files.len());
+            }
+            files.push((path, mmap));
+        }
+        Ok(SafetensorsWeights { dir: dir.to_path_buf(), files, index })
+    }
+}
+
+impl WeightSource for SafetensorsWeights {
+    fn contains(&self, name: &str) -> bool {
+        self.index.contains_key(name)
+    }
+
+    fn tensor(&self, name: &str) -> Result<Tensor> {
+        let &i = self
+            .index
+            .get(name)
+            .ok_or_else(|| ModelError::MissingTensor { path: self.dir.clone(), name: name.to_string() })?;
+        let (path, mmap) = &self.files[i];
+        let st = SafeTensors::deserialize(mmap).map_err(|e| ModelError::format(path, format!("invalid safetensors: {e}")))?;
+        let view = st.tensor(name).map_err(|e| ModelError::format(path, format!("tensor `{name}`: {e}")))?;
+        let kind = match view.dtype() {
+            Dtype::F32 => Kind::Float,
+            Dtype::F16 => Kind::Half,
+            Dtype::BF16 => Kind::BFloat16,
+            Dtype::F64 => Kind::Double,
+            other => return Err(ModelError::format(path, format!("tensor `{name}` has unsupported dtype {other:?}"))),
+        };
+        let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
+        Ok(Tensor::f_from_data_size(view.data(), &shape, kind)?)
+    }
+
+    fn path(&self) -> &Path {
+        &self.dir
+    }
+}

@@ -1,0 +1,169 @@
+//! Hook semantics on the real default model: identity hooks change nothing, edits act only from their
+//! position on, and positions mean the same with and without the KV cache and at any padding.
+mod common;
+
+use emo_model::{
+    AddVector, Capture, DecodeState, FnHook, GenerationConfig, HookPoint, HookSet, LogitsFor, Positions, Scale,
+};
+use tch::{Kind, Tensor};
+
+fn prompts() -> Vec<Vec<u32>> {
+    let m = common::smollm2();
+    common::conversations().iter().map(|c| m.encode_chat(c).unwrap()).collect()
+}
+
+fn full_logits(rows: &[Vec<u32>], hooks: &mut HookSet) -> Tensor {
+    let m = common::smollm2();
+    let (ids, valid, lens) = emo_model::generate::left_pad(rows, m.pad_token_id()).unwrap();
+    let mut state = DecodeState::new(&lens, m.transformer.config().n_layers, tch::Device::Cpu, false);
+    m.transformer.forward_chunk(&ids, &valid, &mut state, hooks, LogitsFor::All).unwrap()
+}
+
+#[test]
+fn hook_point_names_round_trip() {
+    let all = HookPoint::all(30);
+    assert_eq!(all.len(), 1 + 7 * 30 + 2);
+    for p in all {
+        assert_eq!(p.to_string().parse::<HookPoint>().unwrap(), p);
+    }
+    assert_eq!(HookPoint::AttnZ(3).to_string(), "blocks.3.attn.hook_z");
+    assert_eq!(HookPoint::MlpPost(0).to_string(), "blocks.0.mlp.hook_post");
+    assert_eq!(HookPoint::LnFinal.to_string(), "ln_final.hook_normalized");
+    let err = "blocks.x.hook_resid_post".parse::<HookPoint>().unwrap_err().to_string();
+    assert!(err.contains("blocks.x.hook_resid_post"), "{err}");
+}
+
+#[test]
+fn identity_hooks_change_nothing() {
+    let rows = prompts();
+    let base = full_logits(&rows, &mut HookSet::new());
+    let n = common::smollm2().transformer.config().n_layers;
+    let mut set = HookSet::new();
+    for p in HookPoint::all(n) {
+        set.push_owned(FnHook::new(p, |act: &Tensor, _ctx: &emo_model::HookContext| Ok(Some(act.copy()))));
+    }
+    let hooked = full_logits(&rows, &mut set);
+    assert_eq!(f64::try_from((&hooked - &base).abs().max()).unwrap(), 0.0);
+}
+
+#[test]
+fn an_edit_at_position_p_changes_nothing_before_p() {
+    let rows = vec![prompts().remove(0)];
+    let base = full_logits(&rows, &mut HookSet::new());
+    let p = 20;
+    let d = common::smollm2().transformer.config().d_model as i64;
+    let v = Tensor::ones([d], (Kind::Float, tch::Device::Cpu));
+    let mut edit = AddVector::new([(HookPoint::ResidPost(5), v)], Scale::Rms(8.0), Positions::Range(p, p + 1));
+    let edited = full_logits(&rows, &mut HookSet::new().with(&mut edit));
+    let before = (edited.narrow(1, 0, p) - base.narrow(1, 0, p)).abs().max();
+    let after = (edited.narrow(1, p, 1) - base.narrow(1, p, 1)).abs().max();
+    assert_eq!(f64::try_from(before).unwrap(), 0.0);
+    assert!(f64::try_from(after).unwrap() > 1e-2, "the edit did nothing at its own position");
+}
+
+#[test]
+fn hook_errors_are_reported_not_panics() {
+    let rows = vec![prompts().remove(3)];
+    let m = common::smollm2();
+    let bad = Tensor::ones([7], (Kind::Float, tch::Device::Cpu));
+    let mut edit = AddVector::new([(HookPoint::ResidMid(2), bad)], Scale::Fixed(1.0), Positions::All);
+    let err = m
+        .generate_ids(&rows, &GenerationConfig::greedy(3), &mut HookSet::new().with(&mut edit))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("blocks.2.hook_resid_mid"), "{err}");
+    // A hook returning the wrong shape is refused with the point's name.
+    let mut set = HookSet::new();
+    set.push_owned(FnHook::new(HookPoint::MlpOut(1), |act: &Tensor, _: &emo_model::HookContext| {
+        Ok(Some(act.narrow(2, 0, 3)))
+    }));
+    let err = m.generate_ids(&rows, &GenerationConfig::greedy(3), &mut set).unwrap_err().to_string();
+    assert!(err.contains("blocks.1.hook_mlp_out") && err.contains("shape"), "{err}");
+}
+
+#[test]
+fn kv_cache_gives_the_logits_of_a_full_reforward() {
+    let m = common::smollm2();
+    let rows = vec![prompts().remove(1)];
+    let plen = rows[0].len() as i64;
+    let mut cap = Capture::new([HookPoint::Logits], Positions::LastPromptAndGenerated);
+    let cfg = GenerationConfig { ignore_eos: true, ..GenerationConfig::greedy(40) };
+    let gen = m.generate_ids(&rows, &cfg, &mut HookSet::new().with(&mut cap)).unwrap();
+    assert_eq!(gen[0].tokens.len(), 40);
+    let cached = cap.get(HookPoint::Logits).unwrap();
+    // Logits exist for the last prompt token and the first 39 generated tokens.
+    assert_eq!(Vec::<i64>::try_from(&cached.positions).unwrap(), (plen - 1..plen + 39).collect::<Vec<_>>());
+
+    let mut seq = rows[0].clone();
+    seq.extend(&gen[0].tokens[..39]);
+    let full = full_logits(&[seq], &mut HookSet::new());
+    let reference = full.narrow(1, plen - 1, 40).squeeze_dim(0);
+    let diff = f64::try_from((cached.values - reference).abs().max()).unwrap();
+    assert!(diff < 1e-3, "cached vs full logits differ by {diff}");
+    // And greedy without the cache (re-running everything per step) picks the same tokens.
+    let nocache = GenerationConfig { use_cache: false, ..cfg };
+    let gen2 = m.generate_ids(&rows, &nocache, &mut HookSet::new()).unwrap();
+    assert_eq!(gen[0].tokens, gen2[0].tokens);
+}
+
+#[test]
+fn a_padded_batch_gives_each_prompt_its_own_output() {
+    let m = common::smollm2();
+    let rows = prompts();
+    let lens: Vec<usize> = rows.iter().map(Vec::len).collect();
+    assert!(lens.iter().min() != lens.iter().max(), "prompts should differ in length: {lens:?}");
+    let cfg = GenerationConfig::greedy(24);
+    let points = [HookPoint::ResidPost(10), HookPoint::AttnZ(3)];
+    let mut cap = Capture::new(points, Positions::LastPrompt);
+    let batch = m.generate_ids(&rows, &cfg, &mut HookSet::new().with(&mut cap)).unwrap();
+    let batched = cap.per_row(HookPoint::ResidPost(10), rows.len()).unwrap();
+    for (i, row) in rows.iter().enumerate() {
+        let mut cap1 = Capture::new(points, Positions::LastPrompt);
+        let alone = m.generate_ids(std::slice::from_ref(row), &cfg, &mut HookSet::new().with(&mut cap1)).unwrap();
+        assert_eq!(batch[i].tokens, alone[0].tokens, "prompt {i}");
+        let single = cap1.per_row(HookPoint::ResidPost(10), 1).unwrap();
+        let diff = f64::try_from((batched.get(i as i64) - single.get(0)).abs().max()).unwrap();
+        assert!(diff < 1e-4, "prompt {i}: captured residual differs by {diff}");
+    }
+}
+
+#[test]
+fn positions_mean_the_same_with_and_without_the_cache() {
+    let m = common::smollm2();
+    let rows: Vec<Vec<u32>> = prompts().into_iter().take(2).collect();
+    let d = m.transformer.config().d_model as i64;
+    tch::manual_seed(1);
+    let v = Tensor::randn([d], (Kind::Float, tch::Device::Cpu));
+    let run = |use_cache: bool| {
+        let mut steer = AddVector::new(
+            [(HookPoint::ResidPost(8), v.shallow_clone())],
+            Scale::Rms(4.0),
+            Positions::LastPromptAndGenerated,
+        );
+        let mut cap = Capture::new([HookPoint::ResidPost(12)], Positions::Generated);
+        let cfg = GenerationConfig { use_cache, ignore_eos: true, ..GenerationConfig::greedy(12) };
+        let out = m.generate_ids(&rows, &cfg, &mut HookSet::new().with(&mut steer).with(&mut cap)).unwrap();
+        (out, cap)
+    };
+    let (with, cap_with) = run(true);
+    let (without, cap_without) = run(false);
+    assert_eq!(with, without);
+    // Without the cache every step re-runs every position, so keep the last capture of each (row, position).
+    let a = cap_with.get(HookPoint::ResidPost(12)).unwrap();
+    let b = cap_without.get(HookPoint::ResidPost(12)).unwrap();
+    let key = |c: &emo_model::hooks::Captured| {
+        let rows = Vec::<i64>::try_from(&c.rows).unwrap();
+        let pos = Vec::<i64>::try_from(&c.positions).unwrap();
+        let mut map = std::collections::BTreeMap::new();
+        for (i, k) in rows.into_iter().zip(pos).enumerate() {
+            map.insert(k, i as i64);
+        }
+        map
+    };
+    let (ka, kb) = (key(&a), key(&b));
+    assert_eq!(ka.keys().collect::<Vec<_>>(), kb.keys().collect::<Vec<_>>());
+    for (k, &ia) in &ka {
+        let diff = f64::try_from((a.values.get(ia) - b.values.get(kb[k])).abs().max()).unwrap();
+        assert!(diff < 1e-3, "{k:?}: {diff}");
+    }
+}

