@@ -45,6 +45,11 @@ pub struct Transformer {
     inv_freq: Tensor,
 }
 
+// SAFETY: a `Transformer` owns its weight tensors and never mutates them after `load` (every forward op
+// is out-of-place on them), and LibTorch tensor reads are thread-safe; sharing `&Transformer` across threads
+// (e.g. one model serving several worker threads) is therefore sound.
+unsafe impl Sync for Transformer {}
+
 impl Transformer {
     /// Loads weights from `src` (Hugging Face names), checks every shape against `cfg`, and moves them to
     /// `device` in `kind`.

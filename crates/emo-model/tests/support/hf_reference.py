@@ -26,7 +26,7 @@ def main() -> None:
     folder, name = os.path.split(os.path.abspath(req["gguf"]))
     t0 = time.time()
     tok = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, torch_dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
     model.eval()
     load_s = time.time() - t0
     items = []
