@@ -45,6 +45,12 @@ impl ModelArgs {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Print the file or folder a --model reference resolves to (aliases: smollm2-135m, qwen2.5-coder-0.5b).
+    Resolve {
+        /// Alias, path or Hugging Face repo id.
+        #[arg(default_value = emo_model::model::DEFAULT_MODEL)]
+        model: String,
+    },
     /// Reply to each prompt with the model's chat template and greedy decoding; prints only the replies.
     Generate {
         #[command(flatten)]
@@ -102,6 +108,7 @@ fn main() {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
+        Command::Resolve { model } => println!("{}", emo_model::model::resolve(&model)?.display()),
         Command::Generate {
             model,
             system,

@@ -120,7 +120,15 @@ impl TransformerConfig {
         let n_heads = uint("num_attention_heads")?;
         let n_kv_heads = uint("num_key_value_heads").unwrap_or(n_heads);
         let d_head = v.get("head_dim").and_then(Value::as_u64).map(|x| x as usize).unwrap_or(d_model / n_heads.max(1));
-        let rope_scaling = match v.get("rope_scaling") {
+        // transformers 5 writes `rope_parameters` (theta and scaling together); older configs `rope_theta`
+        // and `rope_scaling`.
+        let rope_params = v.get("rope_parameters").or_else(|| v.get("rope_scaling"));
+        let rope_theta = v
+            .get("rope_theta")
+            .or_else(|| v.get("rope_parameters").and_then(|p| p.get("rope_theta")))
+            .and_then(Value::as_f64)
+            .unwrap_or(10_000.0);
+        let rope_scaling = match rope_params {
             Some(Value::Object(s)) => {
                 let kind = s.get("rope_type").or_else(|| s.get("type")).and_then(Value::as_str).unwrap_or("");
                 let num = |k: &str, d: f64| s.get(k).and_then(Value::as_f64).unwrap_or(d);
@@ -154,7 +162,7 @@ impl TransformerConfig {
             d_head,
             d_mlp: uint("intermediate_size")?,
             rms_norm_eps: v.get("rms_norm_eps").and_then(Value::as_f64).unwrap_or(1e-6),
-            rope_theta: v.get("rope_theta").and_then(Value::as_f64).unwrap_or(10_000.0),
+            rope_theta,
             rope_scaling,
             max_position: uint("max_position_embeddings").unwrap_or(4096),
             tie_embeddings: v.get("tie_word_embeddings").and_then(Value::as_bool).unwrap_or(false),

@@ -70,9 +70,13 @@ impl WeightSource for GgufWeights<'_> {
     }
 
     fn tensor(&self, name: &str) -> Result<Tensor> {
-        let missing = || ModelError::MissingTensor { path: self.gguf.path().to_path_buf(), name: name.to_string() };
-        let gname = Self::gguf_name(name).ok_or_else(missing)?;
-        let info = self.gguf.tensor_info(&gname).ok_or_else(missing)?;
+        let path = self.gguf.path().to_path_buf();
+        let gname = Self::gguf_name(name)
+            .ok_or_else(|| ModelError::MissingTensor { path: path.clone(), name: name.to_string() })?;
+        let info = self
+            .gguf
+            .tensor_info(&gname)
+            .ok_or_else(|| ModelError::MissingTensor { path, name: format!("{gname} (Hugging Face `{name}`)") })?;
         let shape = info.shape();
         let data = self.gguf.dequantize(&gname)?;
         let t = Tensor::f_from_slice(&data)?.f_reshape(&shape)?;
