@@ -9,8 +9,10 @@
 //! tokens count from 0, generated tokens continue after them, left padding is -1). Position selectors
 //! ([`Positions`]) are defined on those absolute positions, so "last prompt token" or "every generated token"
 //! select the same tokens with or without the KV cache and at any amount of batch padding.
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::fmt;
+use std::rc::Rc;
 use std::str::FromStr;
 
 use tch::{Kind, Tensor};
@@ -152,21 +154,54 @@ pub struct HookContext<'a> {
     pub prompt_lens: &'a Tensor,
     /// 0 for the forward that includes the prompt, n for the n-th decoding step.
     pub step: usize,
+    // Selections are the same at every hook point of a chunk: compute each once, not once per point.
+    selections: RefCell<Vec<(Positions, Rc<Selection>)>>,
 }
 
-impl HookContext<'_> {
-    /// A [batch, chunk] boolean mask of the tokens `sel` selects in this chunk.
-    pub fn mask(&self, sel: &Positions) -> Tensor {
+/// The tokens of a chunk that a [`Positions`] selects.
+pub struct Selection {
+    /// [batch, chunk] bool.
+    pub mask: Tensor,
+    /// Row of each selected token, [n] i64.
+    pub rows: Tensor,
+    /// Column (index within the chunk) of each selected token, [n] i64.
+    pub cols: Tensor,
+    /// Absolute position of each selected token, [n] i64.
+    pub positions: Tensor,
+}
+
+impl<'a> HookContext<'a> {
+    /// A context for a chunk with these absolute positions and prompt lengths.
+    pub fn new(positions: &'a Tensor, prompt_lens: &'a Tensor, step: usize) -> Self {
+        HookContext { positions, prompt_lens, step, selections: RefCell::new(Vec::new()) }
+    }
+
+    /// The tokens `sel` selects in this chunk (computed once per chunk and selector).
+    pub fn select(&self, sel: &Positions) -> Rc<Selection> {
+        if let Some((_, s)) = self.selections.borrow().iter().find(|(p, _)| p == sel) {
+            return Rc::clone(s);
+        }
         let p = self.positions;
-        let real = p.ge(0);
-        match sel {
-            Positions::All => real,
-            Positions::Prompt => real.logical_and(&p.lt_tensor(self.prompt_lens)),
+        let mask = match sel {
+            Positions::All => p.ge(0),
+            Positions::Prompt => p.ge(0).logical_and(&p.lt_tensor(self.prompt_lens)),
             Positions::LastPrompt => p.eq_tensor(&(self.prompt_lens - 1)),
             Positions::Generated => p.ge_tensor(self.prompt_lens),
             Positions::LastPromptAndGenerated => p.ge_tensor(&(self.prompt_lens - 1)),
             Positions::Range(a, b) => p.ge(*a).logical_and(&p.lt(*b)),
-        }
+        };
+        let idx = mask.nonzero(); // [n, 2]: (row, column)
+        let rows = idx.select(1, 0);
+        let cols = idx.select(1, 1);
+        let positions = p.index(&[Some(&rows), Some(&cols)]);
+        let s = Rc::new(Selection { mask, rows, cols, positions });
+        self.selections.borrow_mut().push((sel.clone(), Rc::clone(&s)));
+        s
+    }
+
+    /// A [batch, chunk] boolean mask of the tokens `sel` selects in this chunk.
+    pub fn mask(&self, sel: &Positions) -> Tensor {
+        self.select(sel).mask.shallow_clone()
     }
 }
 
@@ -378,19 +413,15 @@ impl Hook for Capture {
     }
 
     fn call(&mut self, point: HookPoint, act: &Tensor, ctx: &HookContext) -> Result<Option<Tensor>> {
-        let mask = ctx.mask(&self.positions);
-        let idx = mask.nonzero(); // [n, 2]: (row, column in chunk)
-        if idx.size()[0] == 0 {
+        let sel = ctx.select(&self.positions);
+        if sel.rows.size()[0] == 0 {
             return Ok(None);
         }
-        let rows = idx.select(1, 0);
-        let cols = idx.select(1, 1);
-        let values = act.index(&[Some(&rows), Some(&cols)]);
-        let positions = ctx.positions.index(&[Some(&rows), Some(&cols)]);
+        let values = act.index(&[Some(&sel.rows), Some(&sel.cols)]);
         let cpu = tch::Device::Cpu;
         self.chunks.entry(point).or_default().push(Captured {
-            rows: rows.to_device(cpu),
-            positions: positions.to_device(cpu),
+            rows: sel.rows.to_device(cpu),
+            positions: sel.positions.to_device(cpu),
             values: values.to_device(cpu).to_kind(Kind::Float),
         });
         Ok(None)

@@ -177,7 +177,7 @@ impl Transformer {
 
         let (positions, mask) = state.begin_chunk(&valid);
         let prompt_lens = state.prompt_lens().shallow_clone();
-        let ctx = HookContext { positions: &positions, prompt_lens: &prompt_lens, step: state.step() };
+        let ctx = HookContext::new(&positions, &prompt_lens, state.step());
         let (cos, sin) = self.rope(&positions);
 
         let mut h = hooks.apply(HookPoint::Embed, Tensor::embedding(&self.embed, &tokens, -1, false, false), &ctx)?;
@@ -203,7 +203,7 @@ impl Transformer {
         match lctx {
             None => hooks.apply(HookPoint::Logits, out, &ctx),
             Some(p) => {
-                let c = HookContext { positions: &p, prompt_lens: ctx.prompt_lens, step: ctx.step };
+                let c = HookContext::new(&p, ctx.prompt_lens, ctx.step);
                 hooks.apply(HookPoint::Logits, out, &c)
             }
         }
@@ -233,7 +233,17 @@ impl Transformer {
         let q = apply_rope(&q, cos, sin);
         let k = apply_rope(&k, cos, sin);
         let (k, v) = state.append_kv(l, &k, &v);
-        let z = Tensor::scaled_dot_product_attention(&q, &k, &v, Some(mask), 0.0, false, None, nkv != nh);
+        // Grouped-query attention without copying keys and values per query head: fold each KV head's group
+        // of query heads into the query length (head h uses KV head h / group, as HF's repeat_kv).
+        let group = nh / nkv;
+        let z = if group == 1 {
+            Tensor::scaled_dot_product_attention(&q, &k, &v, Some(mask), 0.0, false, None, false)
+        } else {
+            let keys = k.size()[2];
+            let q = q.reshape([b, nkv, group * t, hd]);
+            let m = mask.unsqueeze(2).expand([b, 1, group, t, keys], false).reshape([b, 1, group * t, keys]);
+            Tensor::scaled_dot_product_attention(&q, &k, &v, Some(&m), 0.0, false, None, false).reshape([b, nh, t, hd])
+        };
         // hook_z is [batch, pos, head, d_head], TransformerLens' layout.
         let z = hooks.apply(HookPoint::AttnZ(l), z.transpose(1, 2), ctx)?;
         Ok(z.reshape([b, t, nh * hd]).linear::<&Tensor>(&blk.o_w, None))
