@@ -4,6 +4,8 @@
 //! Needs the two offline models and a venv with gguf-py: `scripts/setup.sh --test`. Models are looked
 //! up in `$EMO_MODELS_DIR` (default `<workspace>/.cache/models`), Python at `$EMO_PYTHON` (default
 //! `<workspace>/.venv/bin/python`). Missing prerequisites fail the tests; they are never skipped.
+mod common;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -11,6 +13,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Instant;
 
+use common::models_dir;
 use emo_model::gguf::{GgmlType, GgufFile, GgufValue, GgufWriter};
 use emo_model::{quant, ModelError};
 use half::{bf16, f16};
@@ -34,16 +37,6 @@ fn heavy() -> MutexGuard<'static, ()> {
     HEAVY.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn models_dir() -> PathBuf {
-    std::env::var_os("EMO_MODELS_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace().join(".cache/models"))
-}
-
 fn model(name: &str) -> PathBuf {
     let p = models_dir().join(name);
     assert!(p.is_file(), "model {} is missing: {SETUP}", p.display());
@@ -51,10 +44,7 @@ fn model(name: &str) -> PathBuf {
 }
 
 fn python() -> PathBuf {
-    let py = std::env::var_os("EMO_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace().join(".venv/bin/python"));
-    assert!(py.exists(), "Python {} is missing: {SETUP}", py.display());
+    let py = common::python();
     let ok = Command::new(&py)
         .args(["-c", "import gguf, numpy"])
         .output();

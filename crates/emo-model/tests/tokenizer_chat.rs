@@ -6,6 +6,8 @@
 //!
 //! Environment: `EMO_MODELS_DIR` (default `<workspace>/.cache/models`), `EMO_PYTHON` (default
 //! `<workspace>/.venv/bin/python`).
+mod common;
+
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -13,24 +15,13 @@ use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::Instant;
 
+use common::{models_dir, python};
 use emo_model::chat::{ChatMessage, ChatTemplate, Date};
 use emo_model::gguf::{GgufFile, GgufValue};
 use emo_model::tokenizer::Tokenizer;
 use emo_model::ModelError;
 
 const SETUP_HINT: &str = "run `scripts/setup.sh --test` from the workspace root";
-
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn models_dir() -> PathBuf {
-    std::env::var_os("EMO_MODELS_DIR").map(PathBuf::from).unwrap_or_else(|| workspace().join(".cache/models"))
-}
-
-fn python() -> PathBuf {
-    std::env::var_os("EMO_PYTHON").map(PathBuf::from).unwrap_or_else(|| workspace().join(".venv/bin/python"))
-}
 
 #[derive(Clone, Copy, Debug)]
 struct Model {

@@ -11,6 +11,11 @@ pub fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
+/// The folder holding the offline models (`$EMO_MODELS_DIR`, else where `scripts/setup.sh` puts them).
+pub fn models_dir() -> PathBuf {
+    std::env::var_os("EMO_MODELS_DIR").map(PathBuf::from).unwrap_or_else(|| workspace().join(".cache/models"))
+}
+
 /// The offline model file of an alias, or a panic telling how to install it.
 pub fn model_file(alias: &str) -> PathBuf {
     emo_model::model::resolve(alias)

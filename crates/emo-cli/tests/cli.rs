@@ -1,0 +1,66 @@
+//! The `emo` binary from the outside, on the real default model.
+use std::process::Command;
+
+fn emo(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_emo")).args(args).output().expect("run emo")
+}
+
+#[test]
+fn generate_prints_one_json_object_per_prompt() {
+    let out = emo(&["generate", "--device", "cpu", "--json", "--max-new-tokens", "8", "Hi", "Name a colour."]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let lines: Vec<serde_json::Value> =
+        String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[0]["prompt"], "Hi");
+    assert_eq!(lines[1]["prompt"], "Name a colour.");
+    for l in &lines {
+        let ids = l["token_ids"].as_array().unwrap();
+        assert!(!ids.is_empty() && ids.len() <= 8, "{l}");
+        assert!(!l["reply"].as_str().unwrap().is_empty(), "{l}");
+    }
+}
+
+#[test]
+fn generate_prints_only_the_replies() {
+    let out = emo(&["generate", "--device", "cpu", "--max-new-tokens", "6", "--system", "Answer briefly.", "Hi"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(!text.trim().is_empty());
+    assert!(!text.contains("<|im_start|>") && !text.contains("Answer briefly."), "{text}");
+}
+
+#[test]
+fn bench_prints_one_json_line_with_timings() {
+    for hooks in ["none", "capture", "edit"] {
+        let out = emo(&[
+            "bench", "--device", "cpu", "--batch", "2", "--tokens", "8", "--new-tokens", "4", "--reps", "2", "--hooks", hooks,
+        ]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert!(v["forward_ms"].as_f64().unwrap() > 0.0, "{v}");
+        assert!(v["generate_tokens_per_s"].as_f64().unwrap() > 0.0, "{v}");
+        assert_eq!(v["hooks"], hooks);
+    }
+}
+
+#[test]
+fn bad_input_is_a_clear_error() {
+    let out = emo(&["generate", "--model", "no-such-model", "Hi"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no-such-model") && err.contains("smollm2-135m"), "{err}");
+    let out = emo(&["bench", "--hooks", "sometimes"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("sometimes"));
+    let out = emo(&["generate", "--device", "tpu", "Hi"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("tpu"));
+}
+
+#[test]
+fn resolve_prints_the_model_file() {
+    let out = emo(&["resolve", "qwen2.5-coder-0.5b"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let path = String::from_utf8(out.stdout).unwrap();
+    assert!(path.trim().ends_with("Qwen2.5-Coder-0.5B-Instruct.Q4_K_M.gguf"), "{path}");
+}
