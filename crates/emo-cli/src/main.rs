@@ -90,7 +90,8 @@ enum Command {
         /// New tokens per row for the generation timing (forced length).
         #[arg(long, default_value_t = 64)]
         new_tokens: usize,
-        /// Hooks carried: none, capture (4 sites x every layer, last token), edit (residual add on 10 layers).
+        /// Hooks carried: none, capture (4 sites x every layer, last token), edit (residual add on 10 layers),
+        /// or compare: all three forward passes interleaved, with their ratios (no generation timing).
         #[arg(long, default_value = "none")]
         hooks: String,
         /// Timed repetitions of the forward pass (the median is reported).
@@ -104,6 +105,14 @@ fn main() {
         eprintln!("emo: error: {e:#}");
         std::process::exit(1);
     }
+}
+
+/// Peak resident memory of this process (Linux), in MB.
+fn peak_rss_mb() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
 }
 
 fn run(cli: Cli) -> Result<()> {
@@ -149,8 +158,13 @@ fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::Bench { model, batch, tokens, new_tokens, hooks, reps } => {
-            let load: HookLoad = hooks.parse()?;
             anyhow::ensure!(batch > 0 && tokens > 0 && reps > 0, "--batch, --tokens and --reps must be positive");
+            let compare = hooks == "compare";
+            let loads: Vec<HookLoad> = if compare {
+                vec![HookLoad::None, HookLoad::Capture, HookLoad::Edit]
+            } else {
+                vec![hooks.parse()?]
+            };
             let m = model.load()?;
             let t = &m.transformer;
             let cfg = t.config();
@@ -159,10 +173,10 @@ fn run(cli: Cli) -> Result<()> {
             let ids = Tensor::randint(cfg.vocab_size as i64, [batch as i64, tokens as i64], (tch::Kind::Int64, tch::Device::Cpu));
             let valid = Tensor::ones([batch as i64, tokens as i64], (tch::Kind::Bool, tch::Device::Cpu));
             let lens = vec![tokens as i64; batch];
-            let mut hook = hooks_for(load, cfg);
-            let mut one_forward = || -> Result<f64> {
+            let mut hook_objs: Vec<_> = loads.iter().map(|&l| hooks_for(l, cfg)).collect();
+            let mut one_forward = |k: usize| -> Result<f64> {
                 let mut set = HookSet::new();
-                if let Some(h) = hook.as_deref_mut() {
+                if let Some(h) = hook_objs[k].as_deref_mut() {
                     set.push(h);
                 }
                 let mut state = DecodeState::new(&lens, cfg.n_layers, t.device(), false);
@@ -171,10 +185,39 @@ fn run(cli: Cli) -> Result<()> {
                 let _ = out.sum(tch::Kind::Float).double_value(&[]); // wait for the device
                 Ok(start.elapsed().as_secs_f64() * 1e3)
             };
-            one_forward()?; // warm-up
-            let mut times: Vec<f64> = (0..reps).map(|_| one_forward()).collect::<Result<_>>()?;
-            times.sort_by(f64::total_cmp);
-            let forward_ms = times[times.len() / 2];
+            // Interleaved rounds, so that drift in the machine's speed hits every workload alike.
+            let mut times: Vec<Vec<f64>> = vec![Vec::new(); loads.len()];
+            for k in 0..loads.len() {
+                one_forward(k)?; // warm-up
+            }
+            for _ in 0..reps {
+                for (k, ts) in times.iter_mut().enumerate() {
+                    ts.push(one_forward(k)?);
+                }
+            }
+            for ts in &mut times {
+                ts.sort_by(f64::total_cmp);
+            }
+            let median = |ts: &Vec<f64>| ts[ts.len() / 2];
+            if compare {
+                let base = median(&times[0]);
+                let line = serde_json::json!({
+                    "model": model.model,
+                    "device": device_name(t.device()),
+                    "dtype": model.dtype,
+                    "threads": tch::get_num_threads(),
+                    "batch": batch,
+                    "tokens": tokens,
+                    "reps": reps,
+                    "forward_ms": {"none": base, "capture": median(&times[1]), "edit": median(&times[2])},
+                    "ratio_to_none": {"capture": median(&times[1]) / base, "edit": median(&times[2]) / base},
+                });
+                println!("{line}");
+                return Ok(());
+            }
+            let times = &times[0];
+            let forward_ms = median(times);
+            let mut hook = hook_objs.pop().flatten();
 
             let prompts: Vec<Vec<u32>> = Vec::<i64>::try_from(ids.view(-1))?
                 .chunks(tokens)
@@ -202,6 +245,7 @@ fn run(cli: Cli) -> Result<()> {
                 "forward_ms_min": times[0],
                 "generate_s": secs,
                 "generate_tokens_per_s": produced as f64 / secs,
+                "peak_rss_mb": peak_rss_mb(),
             });
             println!("{line}");
         }

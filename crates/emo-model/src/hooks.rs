@@ -467,19 +467,21 @@ impl Hook for AddVector {
             });
         }
         let v = v.to_device(act.device()).to_kind(act.kind());
-        // Broadcast the [batch, chunk] mask over the trailing dimensions.
-        let mut mask = ctx.mask(&self.positions).to_kind(act.kind());
-        for _ in 0..trailing.len() {
-            mask = mask.unsqueeze(-1);
+        // Work on the selected tokens only: a steering edit touches one token per row per step.
+        let sel = ctx.select(&self.positions);
+        if sel.rows.size()[0] == 0 {
+            return Ok(None);
         }
+        let index = [Some(sel.rows.shallow_clone()), Some(sel.cols.shallow_clone())];
+        let h = act.index(&index);
         let delta = match self.scale {
             Scale::Fixed(alpha) => v * alpha,
             Scale::Rms(alpha) => {
-                let rms = (act.square().mean_dim(-1, true, act.kind()) + 1e-12).sqrt();
+                let rms = (h.square().mean_dim(-1, true, h.kind()) + 1e-12).sqrt();
                 rms * v * alpha
             }
         };
-        Ok(Some(act + mask * delta))
+        Ok(Some(act.index_put(&index, &(h + delta), false)))
     }
 }
 
