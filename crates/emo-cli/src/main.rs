@@ -199,19 +199,22 @@ fn run(cli: Cli) -> Result<()> {
                 ts.sort_by(f64::total_cmp);
             }
             let median = |ts: &Vec<f64>| ts[ts.len() / 2];
+            let mut line = serde_json::json!({
+                "model": model.model,
+                "device": device_name(t.device()),
+                "dtype": model.dtype,
+                "threads": tch::get_num_threads(),
+                "batch": batch,
+                "tokens": tokens,
+                "reps": reps,
+                "hooks": hooks,
+            });
             if compare {
                 let base = median(&times[0]);
-                let line = serde_json::json!({
-                    "model": model.model,
-                    "device": device_name(t.device()),
-                    "dtype": model.dtype,
-                    "threads": tch::get_num_threads(),
-                    "batch": batch,
-                    "tokens": tokens,
-                    "reps": reps,
-                    "forward_ms": {"none": base, "capture": median(&times[1]), "edit": median(&times[2])},
-                    "ratio_to_none": {"capture": median(&times[1]) / base, "edit": median(&times[2]) / base},
-                });
+                line["forward_ms"] =
+                    serde_json::json!({"none": base, "capture": median(&times[1]), "edit": median(&times[2])});
+                line["ratio_to_none"] =
+                    serde_json::json!({"capture": median(&times[1]) / base, "edit": median(&times[2]) / base});
                 println!("{line}");
                 return Ok(());
             }
@@ -232,21 +235,12 @@ fn run(cli: Cli) -> Result<()> {
             let out = m.generate_ids(&prompts, &gcfg, &mut set)?;
             let secs = start.elapsed().as_secs_f64();
             let produced: usize = out.iter().map(|g| g.tokens.len()).sum();
-            let line = serde_json::json!({
-                "model": model.model,
-                "device": device_name(t.device()),
-                "dtype": model.dtype,
-                "threads": tch::get_num_threads(),
-                "batch": batch,
-                "tokens": tokens,
-                "new_tokens": new_tokens,
-                "hooks": hooks,
-                "forward_ms": forward_ms,
-                "forward_ms_min": times[0],
-                "generate_s": secs,
-                "generate_tokens_per_s": produced as f64 / secs,
-                "peak_rss_mb": peak_rss_mb(),
-            });
+            line["new_tokens"] = new_tokens.into();
+            line["forward_ms"] = forward_ms.into();
+            line["forward_ms_min"] = times[0].into();
+            line["generate_s"] = secs.into();
+            line["generate_tokens_per_s"] = (produced as f64 / secs).into();
+            line["peak_rss_mb"] = peak_rss_mb().into();
             println!("{line}");
         }
     }

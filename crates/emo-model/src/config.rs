@@ -237,10 +237,10 @@ impl TransformerConfig {
                 return Err(bad(key, format!("implausible value {v}")));
             }
         }
-        if self.n_heads % self.n_kv_heads != 0 {
+        if !self.n_heads.is_multiple_of(self.n_kv_heads) {
             return Err(bad("n_kv_heads", format!("{} query heads are not a multiple of {} KV heads", self.n_heads, self.n_kv_heads)));
         }
-        if self.d_head % 2 != 0 {
+        if !self.d_head.is_multiple_of(2) {
             return Err(bad("d_head", format!("RoPE needs an even head width, got {}", self.d_head)));
         }
         Ok(())
