@@ -36,3 +36,28 @@ fn llama3_rope_scaling_matches_hugging_face() {
     let diff = ours.iter().zip(&hf).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
     assert!(diff < 1e-4, "max |logit difference| {diff}");
 }
+
+#[test]
+fn bf16_and_f16_run_close_to_f32() {
+    let dir = common::scratch("tiny-llama3-dtypes");
+    let script = common::workspace().join("crates/emo-model/tests/support/tiny_llama3.py");
+    assert!(Command::new(common::python()).arg(script).arg(&dir).status().unwrap().success());
+    let cfg = TransformerConfig::from_hf_config(&dir.join("config.json")).unwrap();
+    let weights = SafetensorsWeights::open(&dir).unwrap();
+    let ids: Vec<u32> = (0..40).map(|i| (i * 7 % 300) as u32).collect();
+    let run = |kind: tch::Kind| {
+        let model = Transformer::load(cfg.clone(), &weights, tch::Device::Cpu, kind).unwrap();
+        assert_eq!(model.kind(), kind);
+        let (x, valid, lens) = emo_model::generate::left_pad(&[ids.clone()], 0).unwrap();
+        let mut state = DecodeState::new(&lens, 2, tch::Device::Cpu, false);
+        let out = model.forward_chunk(&x, &valid, &mut state, &mut HookSet::new(), LogitsFor::All).unwrap();
+        assert_eq!(out.kind(), kind);
+        out.to_kind(tch::Kind::Float)
+    };
+    let reference = run(tch::Kind::Float);
+    let scale = f64::try_from(reference.abs().max()).unwrap();
+    for kind in [tch::Kind::BFloat16, tch::Kind::Half] {
+        let diff = f64::try_from((run(kind) - &reference).abs().max()).unwrap();
+        assert!(diff < 0.05 * scale, "{kind:?}: max |difference| {diff} (scale {scale})");
+    }
+}

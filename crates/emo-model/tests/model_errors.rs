@@ -82,3 +82,13 @@ fn unknown_references_and_options_are_errors() {
     assert!(emo_model::device::parse_device("tpu").is_err());
     assert!(emo_model::device::parse_kind("f8").is_err());
 }
+
+#[test]
+fn a_hub_id_without_network_says_how_to_pass_a_local_path() {
+    // An empty hf-hub cache and an endpoint nobody listens on: the offline situation of this machine.
+    let home = common::scratch("hf-home");
+    std::env::set_var("HF_HOME", &home);
+    std::env::set_var("HF_ENDPOINT", "http://127.0.0.1:9");
+    let err = Model::load("someorg/some-model", opts()).err().expect("loaded without network").to_string();
+    assert!(err.contains("someorg/some-model") && err.contains("--model /path/to/folder"), "{err}");
+}
