@@ -45,6 +45,11 @@ impl ModelArgs {
 
 #[derive(Subcommand)]
 enum Command {
+    /// SEV scenario-event data: the built-in set or another in the paper's schema.
+    Dataset {
+        #[command(subcommand)]
+        command: DatasetCommand,
+    },
     /// Print the file or folder a --model reference resolves to (aliases: smollm2-135m, qwen2.5-coder-0.5b).
     Resolve {
         /// Alias, path or Hugging Face repo id.
@@ -100,11 +105,37 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum DatasetCommand {
+    /// Print a split as JSONL in the paper's schema.
+    Export {
+        /// sev (discovery) or test.
+        #[arg(long, default_value = "sev")]
+        split: String,
+        /// A JSONL file (taken as that split) or a folder with sev.jsonl and test_set.jsonl; default: built-in.
+        #[arg(long)]
+        dataset: Option<std::path::PathBuf>,
+    },
+}
+
 fn main() {
     if let Err(e) = run(Cli::parse()) {
+        // A closed pipe (`emo dataset export | head`) is the reader's choice, not an error.
+        if e.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe) {
+            return;
+        }
         eprintln!("emo: error: {e:#}");
         std::process::exit(1);
     }
+}
+
+/// Writes to stdout, returning write errors (a closed pipe) instead of panicking like `print!`.
+fn emit(text: impl std::fmt::Display) -> Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    write!(out, "{text}")?;
+    out.flush()?;
+    Ok(())
 }
 
 /// Peak resident memory of this process (Linux), in MB.
@@ -117,7 +148,12 @@ fn peak_rss_mb() -> Option<f64> {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Resolve { model } => println!("{}", emo_model::model::resolve(&model)?.display()),
+        Command::Dataset { command: DatasetCommand::Export { split, dataset } } => {
+            let split: emo_data::Split = split.parse()?;
+            let scenarios = emo_data::sev::load_split(dataset.as_deref(), split)?;
+            emit(emo_data::sev::to_jsonl(&scenarios))?;
+        }
+        Command::Resolve { model } => emit(format!("{}\n", emo_model::model::resolve(&model)?.display()))?,
         Command::Generate {
             model,
             system,
@@ -151,9 +187,9 @@ fn run(cli: Cli) -> Result<()> {
             for (prompt, r) in prompts.iter().zip(replies) {
                 if json {
                     let line = serde_json::json!({"prompt": prompt, "reply": r.text, "token_ids": r.generated.tokens});
-                    println!("{line}");
+                    emit(format!("{line}\n"))?;
                 } else {
-                    println!("{}", r.text.trim());
+                    emit(format!("{}\n", r.text.trim()))?;
                 }
             }
         }
@@ -215,7 +251,7 @@ fn run(cli: Cli) -> Result<()> {
                     serde_json::json!({"none": base, "capture": median(&times[1]), "edit": median(&times[2])});
                 line["ratio_to_none"] =
                     serde_json::json!({"capture": median(&times[1]) / base, "edit": median(&times[2]) / base});
-                println!("{line}");
+                emit(format!("{line}\n"))?;
                 return Ok(());
             }
             let times = &times[0];
@@ -241,7 +277,7 @@ fn run(cli: Cli) -> Result<()> {
             line["generate_s"] = secs.into();
             line["generate_tokens_per_s"] = (produced as f64 / secs).into();
             line["peak_rss_mb"] = peak_rss_mb().into();
-            println!("{line}");
+            emit(format!("{line}\n"))?;
         }
     }
     Ok(())

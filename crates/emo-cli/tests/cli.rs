@@ -64,3 +64,20 @@ fn resolve_prints_the_model_file() {
     let path = String::from_utf8(out.stdout).unwrap();
     assert!(path.trim().ends_with("Qwen2.5-Coder-0.5B-Instruct.Q4_K_M.gguf"), "{path}");
 }
+
+#[test]
+fn dataset_export_prints_the_split_in_the_papers_schema() {
+    let out = emo(&["dataset", "export", "--split", "test"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 160);
+    for key in ["theme", "scenario", "event", "skeleton_id"] {
+        assert!(lines[0].get(key).is_some(), "{key} missing in {}", lines[0]);
+    }
+    assert!(lines[0]["skeleton_id"].as_str().unwrap().contains("_test_"));
+    let out = emo(&["dataset", "export", "--split", "train"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("`train`"));
+    let out = emo(&["dataset", "export", "--dataset", "/nonexistent.jsonl"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent.jsonl"));
+}
