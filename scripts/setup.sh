@@ -93,4 +93,17 @@ if ! check_sha "$QWEN" "$QWEN_SHA"; then
   mv "$QWEN.part" "$QWEN"
 fi
 
-say "ready: venv $VENV, models in $MODELS"
+# 3. the NRC Emotion Lexicon (Mohammad & Turney 2013; research use only, never committed), from PyPI nrclex.
+LEXICON="${EMO_LEXICON:-$ROOT/.cache/lexicon/nrc_en.json}"
+LEXICON_SHA=437a177fdb118b330516de72fe4bb6919c53a6d5f772a6ee3bb835c0912066b0
+if ! check_sha "$LEXICON" "$LEXICON_SHA"; then
+  say "downloading the NRC Emotion Lexicon (415 kB, PyPI nrclex==4.1.0)"
+  mkdir -p "$(dirname "$LEXICON")"
+  tmp="$(mktemp -d)"
+  fetch_wheel nrclex==4.1.0 "$tmp"
+  check_sha "$tmp/nrclex/data/nrc_en.json" "$LEXICON_SHA" || { echo "setup.sh: sha256 mismatch for nrc_en.json" >&2; exit 1; }
+  mv "$tmp/nrclex/data/nrc_en.json" "$LEXICON"
+  rm -rf "$tmp"
+fi
+
+say "ready: venv $VENV, models in $MODELS, lexicon $LEXICON"

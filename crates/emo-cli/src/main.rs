@@ -50,6 +50,27 @@ enum Command {
         #[command(subcommand)]
         command: DatasetCommand,
     },
+    /// Measure a judge against reference labels (schema of the paper's steering_labeled.jsonl).
+    JudgeEval {
+        /// JSONL with `emotion`, `gen_text`, `judge.match` per line.
+        #[arg(long)]
+        labels: std::path::PathBuf,
+        /// lexicon (NRC word-emotion lexicon) or chat (the paper's judge prompt on --model).
+        #[arg(long, default_value = "lexicon")]
+        judge: String,
+        /// Chat model for --judge chat.
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Texts per batch.
+        #[arg(long, default_value_t = 16)]
+        batch: usize,
+        /// Judge an evenly spread subset of this many labels.
+        #[arg(long)]
+        limit: Option<usize>,
+        /// One JSON line instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print the file or folder a --model reference resolves to (aliases: smollm2-135m, qwen2.5-coder-0.5b).
     Resolve {
         /// Alias, path or Hugging Face repo id.
@@ -152,6 +173,44 @@ fn run(cli: Cli) -> Result<()> {
             let split: emo_data::Split = split.parse()?;
             let scenarios = emo_data::sev::load_split(dataset.as_deref(), split)?;
             emit(emo_data::sev::to_jsonl(&scenarios))?;
+        }
+        Command::JudgeEval { labels, judge, model, batch, limit, json } => {
+            let mut all = emo_data::judge::load_labels(&labels)?;
+            if let Some(n) = limit.filter(|&n| n > 0 && n < all.len()) {
+                let stride = all.len() as f64 / n as f64;
+                all = (0..n).map(|i| all[(i as f64 * stride) as usize].clone()).collect();
+            }
+            let report = match judge.as_str() {
+                "lexicon" => {
+                    let mut j = emo_data::LexiconJudge::load(&emo_data::LexiconJudge::default_path())
+                        .context("loading the NRC lexicon (run scripts/setup.sh)")?;
+                    emo_data::judge::evaluate(&mut j, &all, batch)?
+                }
+                "chat" => {
+                    let m = model.load()?;
+                    let mut j = emo_data::ChatJudge::new(&m, format!("chat:{}", model.model))?;
+                    emo_data::judge::evaluate(&mut j, &all, batch)?
+                }
+                other => anyhow::bail!("unknown judge `{other}` (lexicon, chat)"),
+            };
+            if json {
+                let l = &report.labeled;
+                let line = serde_json::json!({
+                    "judge": report.judge, "n": l.n, "failures": l.failures, "accuracy": l.accuracy,
+                    "precision": l.precision, "recall": l.recall, "kappa": l.kappa, "texts_per_s": l.texts_per_s,
+                    "cross": report.cross,
+                });
+                emit(format!("{line}\n"))?;
+            } else {
+                let mut t = format!("judge {}\n| view | n | failures | accuracy | precision | recall | kappa | texts/s |\n|---|---|---|---|---|---|---|---|\n", report.judge);
+                for (name, a) in [("labeled", &report.labeled), ("cross-emotion", &report.cross)] {
+                    t += &format!(
+                        "| {name} | {} | {} | {:.3} | {:.3} | {:.3} | {:.3} | {:.1} |\n",
+                        a.n, a.failures, a.accuracy, a.precision, a.recall, a.kappa, a.texts_per_s
+                    );
+                }
+                emit(t)?;
+            }
         }
         Command::Resolve { model } => emit(format!("{}\n", emo_model::model::resolve(&model)?.display()))?,
         Command::Generate {

@@ -1,13 +1,19 @@
 //! `emo-data`: the inputs of the method besides a model — SEV scenario-event data (the paper's files or this
-//! project's own built-in set), the exact elicitation and neutral prompts, and (later) emotion judges.
+//! project's own built-in set), the exact elicitation and neutral prompts, and emotion judges.
 #![warn(missing_docs)]
 
+pub mod chat_judge;
 pub mod emotion;
 pub mod error;
+pub mod judge;
+pub mod lexicon_judge;
 pub mod prompts;
 pub mod sev;
 
+pub use chat_judge::ChatJudge;
 pub use emotion::{Emotion, Valence};
 pub use error::DataError;
+pub use judge::{Judge, Verdict};
+pub use lexicon_judge::LexiconJudge;
 pub use prompts::{elicitation_prompt, neutral_prompt, PromptItem};
 pub use sev::{Dataset, Events, Scenario, Split};
