@@ -1,0 +1,89 @@
+//! Judges on real inputs: the NRC lexicon judge's decision rule, the paper's judge prompt on the default
+//! chat model, and the evaluation against the paper's labels.
+use std::path::Path;
+
+use emo_data::judge::{evaluate, load_labels, Judge};
+use emo_data::{ChatJudge, DataError, Emotion, LexiconJudge};
+use emo_model::{LoadOptions, Model};
+
+fn lexicon() -> LexiconJudge {
+    let path = LexiconJudge::default_path();
+    LexiconJudge::load(&path).unwrap_or_else(|e| panic!("{e}\n(run `scripts/setup.sh` to fetch the NRC lexicon)"))
+}
+
+#[test]
+fn lexicon_rule_negation_and_intensity() {
+    let mut j = lexicon();
+    let angry = "This is an outrage, the manager insulted me and I will fight this.";
+    let w = j.weights(angry);
+    assert!(w[Emotion::Anger.index()] > 0.0, "{w:?}");
+    let v = j.judge(&[(Emotion::Anger, angry), (Emotion::Happiness, angry)]).unwrap();
+    assert_eq!(v[0].matched, Some(true));
+    assert_eq!(v[1].matched, Some(false));
+    // Negation removes the next words' emotion; an intensifier doubles it.
+    let plain = j.weights("the party was fun")[Emotion::Happiness.index()];
+    assert!(plain > 0.0);
+    assert_eq!(j.weights("the party was not fun")[Emotion::Happiness.index()], 0.0);
+    assert_eq!(j.weights("the party was so fun")[Emotion::Happiness.index()], 2.0 * plain);
+    // No emotion words: no match, score 0.
+    let v = j.judge(&[(Emotion::Fear, "The meeting is at noon.")]).unwrap();
+    assert_eq!((v[0].matched, v[0].score), (Some(false), 0.0));
+}
+
+#[test]
+fn a_malformed_lexicon_or_label_file_is_an_error_naming_it() {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let bad = dir.join("bad_lexicon.json");
+    std::fs::write(&bad, "[1, 2]").unwrap();
+    let e = LexiconJudge::load(&bad).err().unwrap().to_string();
+    assert!(e.contains("bad_lexicon.json"), "{e}");
+    let labels = dir.join("bad_labels.jsonl");
+    std::fs::write(&labels, "{\"emotion\": \"anger\", \"gen_text\": \"x\", \"judge\": {\"match\": 1}}\n{\"emotion\": \"joy\", \"gen_text\": \"x\", \"judge\": {\"match\": 1}}\n").unwrap();
+    match load_labels(&labels) {
+        Err(e @ DataError::Record { .. }) => {
+            let s = e.to_string();
+            assert!(s.contains("bad_labels.jsonl:2: emotion") && s.contains("`joy`"), "{s}");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn lexicon_judge_against_the_papers_labels() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/upstream/steering_labeled.jsonl");
+    if !path.exists() {
+        eprintln!("NOTICE: {} is absent; the judge is not measured in this run", path.display());
+        return;
+    }
+    let labels = load_labels(&path).unwrap();
+    assert_eq!(labels.len(), 2880);
+    assert_eq!(labels.iter().filter(|l| !l.matched).count(), 253);
+    let report = evaluate(&mut lexicon(), &labels, 64).unwrap();
+    assert_eq!(report.labeled.n, 2880);
+    assert_eq!(report.cross.n, 2 * (2880 - 253));
+    // Telling a reply's own emotion from another must beat chance clearly.
+    assert!(report.cross.kappa > 0.2, "{report:?}");
+    eprintln!("{}", serde_json::to_string(&report).unwrap());
+}
+
+#[test]
+fn chat_judge_reads_the_forced_decision_batched_like_alone() {
+    let model = Model::load("smollm2-135m", LoadOptions { device: tch::Device::Cpu, kind: tch::Kind::Float })
+        .unwrap_or_else(|e| panic!("{e}\n(run `scripts/setup.sh`)"));
+    let mut j = ChatJudge::new(&model, "chat").unwrap();
+    let ids = j.prompt_ids(Emotion::Anger, "How dare they cancel it again!").unwrap();
+    let text = model.tokenizer.decode(&ids, false).unwrap();
+    assert!(text.ends_with("{\"match\": "), "{text}");
+    assert!(text.contains("Target emotion: anger\nText:\nHow dare they cancel it again!\n"), "{text}");
+    let items = [
+        (Emotion::Anger, "How dare they cancel it again! This is outrageous."),
+        (Emotion::Happiness, "What a lovely day, everything went perfectly."),
+        (Emotion::Fear, "I heard footsteps behind me in the dark."),
+    ];
+    let batched = j.judge(&items).unwrap();
+    for (k, item) in items.iter().enumerate() {
+        let alone = j.judge(std::slice::from_ref(item)).unwrap();
+        assert!((alone[0].score - batched[k].score).abs() < 1e-4, "{k}: {alone:?} vs {:?}", batched[k]);
+        assert!(batched[k].score > 0.0 && batched[k].score < 1.0);
+    }
+}
