@@ -54,6 +54,17 @@ fn check_model(alias: &str) {
         let hf_cont: Vec<u32> = serde_json::from_value(item["continuation"].clone()).unwrap();
         let hf_cont: Vec<u32> = hf_cont.into_iter().take_while(|t| !model.eos_token_ids.contains(t)).collect();
         assert_eq!(ours[0].tokens, hf_cont, "{alias} conversation {k}: greedy continuation");
+
+        // min_new_tokens, repetition_penalty and no_repeat_ngram_size with Hugging Face's semantics.
+        for (name, settings) in
+            [("steering", GenerationConfig::steering()), ("modulation", GenerationConfig::modulation())]
+        {
+            let settings = GenerationConfig { max_new_tokens: NEW_TOKENS, ..settings };
+            let ours = model.generate_ids(&prompts[k..k + 1], &settings, &mut HookSet::new()).unwrap();
+            let hf: Vec<u32> = serde_json::from_value(item[format!("continuation_{name}")].clone()).unwrap();
+            let hf: Vec<u32> = hf.into_iter().take_while(|t| !model.eos_token_ids.contains(t)).collect();
+            assert_eq!(ours[0].tokens, hf, "{alias} conversation {k}: {name} settings");
+        }
     }
     let batched = model.generate_ids(&prompts, &cfg, &mut HookSet::new()).unwrap();
     for (k, item) in items.iter().enumerate() {

@@ -5,7 +5,8 @@ greedy continuation.
 usage: hf_reference.py REQUEST.json OUT_DIR
 REQUEST: {"gguf": path, "conversations": [[{"role", "content"}...]...], "max_new_tokens": N, "eos_token_ids": [...],
           "threads": T}
-OUT_DIR/reference.json: {"items": [{"rendered", "ids", "continuation", "logits_file"}], "load_s"}
+OUT_DIR/reference.json: {"items": [{"rendered", "ids", "continuation", "continuation_steering",
+                          "continuation_modulation", "logits_file"}], "load_s"}
 OUT_DIR/logits_K.f32: little-endian f32 last-position logits of conversation K.
 """
 import json
@@ -44,9 +45,25 @@ def main() -> None:
                 eos_token_id=req["eos_token_ids"],
                 pad_token_id=req["eos_token_ids"][0],
             )[0, len(ids):].tolist()
+            # The paper's steering and modulation settings (spec section 3), Hugging Face's processors.
+            penalised = {}
+            for name, penalty in (("steering", 1.05), ("modulation", 1.1)):
+                penalised[name] = model.generate(
+                    x,
+                    attention_mask=torch.ones_like(x),
+                    do_sample=False,
+                    max_new_tokens=int(req["max_new_tokens"]),
+                    min_new_tokens=10,
+                    repetition_penalty=penalty,
+                    no_repeat_ngram_size=3,
+                    eos_token_id=req["eos_token_ids"],
+                    pad_token_id=req["eos_token_ids"][0],
+                )[0, len(ids):].tolist()
         logits_file = os.path.join(out_dir, f"logits_{k}.f32")
         logits.astype("<f4").tofile(logits_file)
-        items.append({"rendered": rendered, "ids": ids, "continuation": gen, "logits_file": logits_file})
+        items.append({"rendered": rendered, "ids": ids, "continuation": gen, "logits_file": logits_file,
+                      "continuation_steering": penalised["steering"],
+                      "continuation_modulation": penalised["modulation"]})
     with open(os.path.join(out_dir, "reference.json"), "w") as f:
         json.dump({"items": items, "load_s": load_s}, f)
 
