@@ -55,9 +55,22 @@ enum Command {
         /// JSONL with `emotion`, `gen_text`, `judge.match` per line.
         #[arg(long)]
         labels: std::path::PathBuf,
-        /// lexicon (NRC word-emotion lexicon) or chat (the paper's judge prompt on --model).
+        /// lexicon (NRC word-emotion lexicon), chat (the paper's judge prompt on --model), or openai (the
+        /// paper's judge on an OpenAI-compatible endpoint).
         #[arg(long, default_value = "lexicon")]
         judge: String,
+        /// For --judge openai: base URL including /v1 (default $OPENAI_BASE_URL or OpenAI's).
+        #[arg(long)]
+        base_url: Option<String>,
+        /// For --judge openai: API key (default $OPENAI_API_KEY).
+        #[arg(long)]
+        api_key: Option<String>,
+        /// For --judge openai: model name.
+        #[arg(long, default_value = "gpt-4o-mini")]
+        judge_model: String,
+        /// For --judge openai: sampling temperature.
+        #[arg(long, default_value_t = 0.0)]
+        temperature: f64,
         /// Chat model for --judge chat.
         #[command(flatten)]
         model: ModelArgs,
@@ -174,7 +187,7 @@ fn run(cli: Cli) -> Result<()> {
             let scenarios = emo_data::sev::load_split(dataset.as_deref(), split)?;
             emit(emo_data::sev::to_jsonl(&scenarios))?;
         }
-        Command::JudgeEval { labels, judge, model, batch, limit, json } => {
+        Command::JudgeEval { labels, judge, base_url, api_key, judge_model, temperature, model, batch, limit, json } => {
             let mut all = emo_data::judge::load_labels(&labels)?;
             if let Some(n) = limit.filter(|&n| n > 0 && n < all.len()) {
                 let stride = all.len() as f64 / n as f64;
@@ -191,22 +204,31 @@ fn run(cli: Cli) -> Result<()> {
                     let mut j = emo_data::ChatJudge::new(&m, format!("chat:{}", model.model))?;
                     emo_data::judge::evaluate(&mut j, &all, batch)?
                 }
-                other => anyhow::bail!("unknown judge `{other}` (lexicon, chat)"),
+                "openai" => {
+                    let mut cfg = emo_data::OpenAiConfig::from_env();
+                    cfg.base_url = base_url.unwrap_or(cfg.base_url);
+                    cfg.api_key = api_key.or(cfg.api_key);
+                    cfg.model = judge_model;
+                    cfg.temperature = temperature;
+                    emo_data::judge::evaluate(&mut emo_data::OpenAiJudge::new(cfg), &all, batch)?
+                }
+                other => anyhow::bail!("unknown judge `{other}` (lexicon, chat, openai)"),
             };
             if json {
                 let l = &report.labeled;
                 let line = serde_json::json!({
-                    "judge": report.judge, "n": l.n, "failures": l.failures, "accuracy": l.accuracy,
+                    "judge": report.judge, "n": l.n, "failures": l.failures, "api_failures": l.api_failures,
+                    "parse_failures": l.parse_failures, "accuracy": l.accuracy,
                     "precision": l.precision, "recall": l.recall, "kappa": l.kappa, "texts_per_s": l.texts_per_s,
                     "cross": report.cross,
                 });
                 emit(format!("{line}\n"))?;
             } else {
-                let mut t = format!("judge {}\n| view | n | failures | accuracy | precision | recall | kappa | texts/s |\n|---|---|---|---|---|---|---|---|\n", report.judge);
+                let mut t = format!("judge {}\n| view | n | API failures | parse failures | accuracy | precision | recall | kappa | texts/s |\n|---|---|---|---|---|---|---|---|---|\n", report.judge);
                 for (name, a) in [("labeled", &report.labeled), ("cross-emotion", &report.cross)] {
                     t += &format!(
-                        "| {name} | {} | {} | {:.3} | {:.3} | {:.3} | {:.3} | {:.1} |\n",
-                        a.n, a.failures, a.accuracy, a.precision, a.recall, a.kappa, a.texts_per_s
+                        "| {name} | {} | {} | {} | {:.3} | {:.3} | {:.3} | {:.3} | {:.1} |\n",
+                        a.n, a.api_failures, a.parse_failures, a.accuracy, a.precision, a.recall, a.kappa, a.texts_per_s
                     );
                 }
                 emit(t)?;

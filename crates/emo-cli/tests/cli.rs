@@ -81,3 +81,29 @@ fn dataset_export_prints_the_split_in_the_papers_schema() {
     let out = emo(&["dataset", "export", "--dataset", "/nonexistent.jsonl"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent.jsonl"));
 }
+
+#[test]
+fn judge_eval_prints_the_agreement_as_one_json_line() {
+    let labels = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("labels.jsonl");
+    let rows = [
+        ("anger", "This is an outrage, I will fight this insult!", 1),
+        ("happiness", "What a wonderful, joyful celebration.", 1),
+        ("fear", "The meeting is at noon.", 0),
+        ("sadness", "I weep for the loss of my dear friend.", 1),
+    ];
+    let text: String = rows
+        .iter()
+        .map(|(e, t, m)| serde_json::json!({"emotion": e, "gen_text": t, "judge": {"match": m}}).to_string() + "\n")
+        .collect();
+    std::fs::write(&labels, text).unwrap();
+    let out = emo(&["judge-eval", "--labels", labels.to_str().unwrap(), "--judge", "lexicon", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for key in ["accuracy", "precision", "recall", "kappa", "texts_per_s"] {
+        assert!(v[key].is_number(), "{key} missing in {v}");
+    }
+    assert_eq!(v["n"], 4);
+    assert_eq!(v["cross"]["n"], 6);
+    let out = emo(&["judge-eval", "--labels", "/nonexistent/labels.jsonl"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/labels.jsonl"));
+}

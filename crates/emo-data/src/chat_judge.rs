@@ -70,7 +70,7 @@ impl Judge for ChatJudge<'_> {
             .into_iter()
             .map(|d| {
                 let p = 1.0 / (1.0 + (-d).exp()); // P("1") among {"1", "0"}
-                Verdict { matched: Some(p > 0.5), score: p }
+                Verdict::decided(p > 0.5, p)
             })
             .collect())
     }

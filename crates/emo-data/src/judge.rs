@@ -10,11 +10,34 @@ use crate::{DataError, Emotion};
 /// A judge's decision on one (target emotion, text).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Verdict {
-    /// Whether the text's style matches the target emotion; `None` when the judge failed on it (API or
-    /// parse error), which is counted apart instead of silently as "no match".
+    /// Whether the text's style matches the target emotion; `None` when the judge failed on it, which is
+    /// counted apart instead of silently as "no match".
     pub matched: Option<bool>,
     /// The judge's confidence that it matches, in 0..=1 where it has one.
     pub score: f64,
+    /// Why there is no decision.
+    pub failure: Option<Failure>,
+}
+
+impl Verdict {
+    /// A decision with a score.
+    pub fn decided(matched: bool, score: f64) -> Self {
+        Verdict { matched: Some(matched), score, failure: None }
+    }
+
+    /// No decision.
+    pub fn failed(failure: Failure) -> Self {
+        Verdict { matched: None, score: 0.0, failure: Some(failure) }
+    }
+}
+
+/// Why a judge could not decide.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Failure {
+    /// The service failed (network, HTTP status, after retries).
+    Api(String),
+    /// The service answered, but not with a readable decision.
+    Parse(String),
 }
 
 /// Anything that can judge texts against target emotions, in batches.
@@ -71,6 +94,10 @@ pub struct Agreement {
     pub n: usize,
     /// Items the judge failed on (counted apart, not as "no match").
     pub failures: usize,
+    /// Of those, service failures (network, HTTP status).
+    pub api_failures: usize,
+    /// Of those, answers without a readable decision.
+    pub parse_failures: usize,
     /// Fraction of agreeing verdicts among the judged items.
     pub accuracy: f64,
     /// Of the judge's "match", the fraction the reference also says match.
@@ -84,11 +111,14 @@ pub struct Agreement {
 }
 
 impl Agreement {
-    /// Compares predictions (`None` = failure) with reference labels.
-    pub fn compute(pred: &[Option<bool>], truth: &[bool], seconds: f64) -> Agreement {
+    /// Compares verdicts with reference labels.
+    pub fn compute(verdicts: &[Verdict], truth: &[bool], seconds: f64) -> Agreement {
         let (mut tp, mut fp, mut tn, mut fn_, mut failures) = (0f64, 0f64, 0f64, 0f64, 0usize);
-        for (p, &t) in pred.iter().zip(truth) {
-            match (p, t) {
+        let count = |kind: fn(&Failure) -> bool| verdicts.iter().filter(|v| v.failure.as_ref().is_some_and(kind)).count();
+        let api_failures = count(|f| matches!(f, Failure::Api(_)));
+        let parse_failures = count(|f| matches!(f, Failure::Parse(_)));
+        for (v, &t) in verdicts.iter().zip(truth) {
+            match (&v.matched, t) {
                 (None, _) => failures += 1,
                 (Some(true), true) => tp += 1.0,
                 (Some(true), false) => fp += 1.0,
@@ -101,13 +131,15 @@ impl Agreement {
         let po = ratio(tp + tn, n);
         let pe = ratio((tp + fp) * (tp + fn_) + (tn + fn_) * (tn + fp), n * n);
         Agreement {
-            n: pred.len(),
+            n: verdicts.len(),
             failures,
+            api_failures,
+            parse_failures,
             accuracy: po,
             precision: ratio(tp, tp + fp),
             recall: ratio(tp, tp + fn_),
             kappa: if pe < 1.0 { (po - pe) / (1.0 - pe) } else { 0.0 },
-            texts_per_s: ratio(pred.len() as f64, seconds),
+            texts_per_s: ratio(verdicts.len() as f64, seconds),
         }
     }
 }
@@ -126,11 +158,11 @@ pub struct JudgeReport {
 
 /// Runs `judge` over `labels` in batches of `batch` and measures both views.
 pub fn evaluate(judge: &mut dyn Judge, labels: &[Labeled], batch: usize) -> Result<JudgeReport, DataError> {
-    let run = |judge: &mut dyn Judge, items: &[(Emotion, &str)]| -> Result<(Vec<Option<bool>>, f64), DataError> {
+    let run = |judge: &mut dyn Judge, items: &[(Emotion, &str)]| -> Result<(Vec<Verdict>, f64), DataError> {
         let start = Instant::now();
         let mut out = Vec::with_capacity(items.len());
         for chunk in items.chunks(batch.max(1)) {
-            out.extend(judge.judge(chunk)?.into_iter().map(|v| v.matched));
+            out.extend(judge.judge(chunk)?);
         }
         Ok((out, start.elapsed().as_secs_f64()))
     };
@@ -161,18 +193,20 @@ mod tests {
     #[test]
     fn kappa_and_friends_on_a_hand_counted_table() {
         // tp 40, fp 10, fn 5, tn 45; one failure.
-        let mut pred = vec![Some(true); 40];
+        let yes = Verdict::decided(true, 1.0);
+        let no = Verdict::decided(false, 0.0);
+        let mut pred = vec![yes.clone(); 40];
         let mut truth = vec![true; 40];
-        pred.extend(vec![Some(true); 10]);
+        pred.extend(vec![yes; 10]);
         truth.extend(vec![false; 10]);
-        pred.extend(vec![Some(false); 5]);
+        pred.extend(vec![no.clone(); 5]);
         truth.extend(vec![true; 5]);
-        pred.extend(vec![Some(false); 45]);
+        pred.extend(vec![no; 45]);
         truth.extend(vec![false; 45]);
-        pred.push(None);
+        pred.push(Verdict::failed(Failure::Parse("prose".into())));
         truth.push(true);
         let a = Agreement::compute(&pred, &truth, 2.0);
-        assert_eq!((a.n, a.failures), (101, 1));
+        assert_eq!((a.n, a.failures, a.api_failures, a.parse_failures), (101, 1, 0, 1));
         assert!((a.accuracy - 0.85).abs() < 1e-12);
         assert!((a.precision - 0.8).abs() < 1e-12);
         assert!((a.recall - 40.0 / 45.0).abs() < 1e-12);

@@ -107,7 +107,7 @@ impl Judge for LexiconJudge {
                 let target = w[e.index()];
                 let total: f64 = w.iter().sum();
                 let top = w.iter().cloned().fold(0.0, f64::max);
-                Verdict { matched: Some(target > 0.0 && target >= top), score: if total > 0.0 { target / total } else { 0.0 } }
+                Verdict::decided(target > 0.0 && target >= top, if total > 0.0 { target / total } else { 0.0 })
             })
             .collect())
     }

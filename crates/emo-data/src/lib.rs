@@ -7,6 +7,7 @@ pub mod emotion;
 pub mod error;
 pub mod judge;
 pub mod lexicon_judge;
+pub mod openai_judge;
 pub mod prompts;
 pub mod sev;
 
@@ -15,5 +16,6 @@ pub use emotion::{Emotion, Valence};
 pub use error::DataError;
 pub use judge::{Judge, Verdict};
 pub use lexicon_judge::LexiconJudge;
+pub use openai_judge::{OpenAiConfig, OpenAiJudge};
 pub use prompts::{elicitation_prompt, neutral_prompt, PromptItem};
 pub use sev::{Dataset, Events, Scenario, Split};
