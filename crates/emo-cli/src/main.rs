@@ -55,9 +55,10 @@ enum Command {
         /// JSONL with `emotion`, `gen_text`, `judge.match` per line.
         #[arg(long)]
         labels: std::path::PathBuf,
-        /// lexicon (NRC word-emotion lexicon), chat (the paper's judge prompt on --model), or openai (the
-        /// paper's judge on an OpenAI-compatible endpoint).
-        #[arg(long, default_value = "lexicon")]
+        /// lexicon (NRC word-emotion lexicon), embedding (all-MiniLM-L6-v2 + a classifier trained on the
+        /// project's corpus), chat (the paper's judge prompt on --model), or openai (the paper's judge on an
+        /// OpenAI-compatible endpoint). The default is the local judge that measured best (docs/judges.md).
+        #[arg(long, default_value = "embedding")]
         judge: String,
         /// For --judge openai: base URL including /v1 (default $OPENAI_BASE_URL or OpenAI's).
         #[arg(long)]
@@ -199,6 +200,11 @@ fn run(cli: Cli) -> Result<()> {
                         .context("loading the NRC lexicon (run scripts/setup.sh)")?;
                     emo_data::judge::evaluate(&mut j, &all, batch)?
                 }
+                "embedding" => {
+                    let mut j = emo_data::EmbeddingJudge::load_default()
+                        .context("loading the sentence encoder (run scripts/setup.sh)")?;
+                    emo_data::judge::evaluate(&mut j, &all, batch)?
+                }
                 "chat" => {
                     let m = model.load()?;
                     let mut j = emo_data::ChatJudge::new(&m, format!("chat:{}", model.model))?;
@@ -212,7 +218,7 @@ fn run(cli: Cli) -> Result<()> {
                     cfg.temperature = temperature;
                     emo_data::judge::evaluate(&mut emo_data::OpenAiJudge::new(cfg), &all, batch)?
                 }
-                other => anyhow::bail!("unknown judge `{other}` (lexicon, chat, openai)"),
+                other => anyhow::bail!("unknown judge `{other}` (lexicon, embedding, chat, openai)"),
             };
             if json {
                 let l = &report.labeled;

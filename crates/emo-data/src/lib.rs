@@ -3,6 +3,7 @@
 #![warn(missing_docs)]
 
 pub mod chat_judge;
+pub mod embedding_judge;
 pub mod emotion;
 pub mod error;
 pub mod judge;
@@ -12,6 +13,7 @@ pub mod prompts;
 pub mod sev;
 
 pub use chat_judge::ChatJudge;
+pub use embedding_judge::EmbeddingJudge;
 pub use emotion::{Emotion, Valence};
 pub use error::DataError;
 pub use judge::{Judge, Verdict};

@@ -16,6 +16,7 @@
 #![warn(missing_docs)]
 
 pub mod bench;
+pub mod bert;
 pub mod chat;
 pub mod config;
 pub mod device;
@@ -30,6 +31,7 @@ pub mod tokenizer;
 pub mod transformer;
 pub mod weights;
 
+pub use bert::SentenceEncoder;
 pub use chat::{ChatMessage, ChatTemplate};
 pub use config::{Architecture, TransformerConfig};
 pub use error::{ModelError, Result};

@@ -48,7 +48,7 @@ fn bf16_and_f16_run_close_to_f32() {
     let run = |kind: tch::Kind| {
         let model = Transformer::load(cfg.clone(), &weights, tch::Device::Cpu, kind).unwrap();
         assert_eq!(model.kind(), kind);
-        let (x, valid, lens) = emo_model::generate::left_pad(&[ids.clone()], 0).unwrap();
+        let (x, valid, lens) = emo_model::generate::left_pad(std::slice::from_ref(&ids), 0).unwrap();
         let mut state = DecodeState::new(&lens, 2, tch::Device::Cpu, false);
         let out = model.forward_chunk(&x, &valid, &mut state, &mut HookSet::new(), LogitsFor::All).unwrap();
         assert_eq!(out.kind(), kind);
