@@ -1,7 +1,7 @@
 //! The paper's judge prompt (spec section 9), verbatim, on any local chat model. Instead of parsing free
 //! text, the reply is forced to start with `{"match": ` and the decision is read from the next-token
 //! logits of "1" against "0": one forward pass per text, batched.
-use emo_model::{ChatMessage, DecodeState, HookSet, LogitsFor, Model};
+use emo_model::{ChatMessage, HookSet, LogitsFor, Model};
 
 use crate::judge::{Judge, Verdict};
 use crate::{DataError, Emotion};
@@ -59,10 +59,8 @@ impl Judge for ChatJudge<'_> {
             return Ok(Vec::new());
         }
         let prompts = items.iter().map(|(e, t)| self.prompt_ids(*e, t)).collect::<Result<Vec<_>, _>>()?;
-        let t = &self.model.transformer;
-        let (ids, valid, lens) = emo_model::generate::left_pad(&prompts, self.model.pad_token_id())?;
-        let mut state = DecodeState::new(&lens, t.config().n_layers, t.device(), false);
-        let logits = t.forward_chunk(&ids, &valid, &mut state, &mut HookSet::new(), LogitsFor::Last)?;
+        let logits =
+            self.model.transformer.forward_rows(&prompts, self.model.pad_token_id(), &mut HookSet::new(), LogitsFor::Last)?;
         let last = logits.select(1, 0).to_kind(tch::Kind::Float).to_device(tch::Device::Cpu);
         let diff = last.select(1, self.one) - last.select(1, self.zero);
         let diff = Vec::<f64>::try_from(diff.to_kind(tch::Kind::Double)).map_err(emo_model::ModelError::Torch)?;

@@ -1,7 +1,7 @@
 //! Batched greedy decoding with left padding and a KV cache, with Hugging Face's semantics for
 //! `max_new_tokens`, `min_new_tokens`, `repetition_penalty` and `no_repeat_ngram_size` (spec section 3).
 //! Hooks stay active for the prompt and every generated token.
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
 use tch::{Kind, Tensor};
 
@@ -169,8 +169,7 @@ pub fn generate(
             logits = model.forward_chunk(&tokens, &ones, &mut state, hooks, LogitsFor::Last)?;
         } else {
             // Re-run everything: only to check the cache.
-            let rows: Vec<Vec<u32>> = seqs.iter().map(|s| s.to_vec()).collect();
-            let (ids, valid, _) = left_pad(&rows, pad_id)?;
+            let (ids, valid, _) = left_pad(&seqs, pad_id)?;
             let mut fresh = DecodeState::new(&lens, n_layers, device, false);
             logits = model.forward_chunk(&ids, &valid, &mut fresh, hooks, LogitsFor::Last)?;
         }
@@ -194,14 +193,9 @@ pub fn process_logits(row: &mut [f32], seq: &[u32], step: usize, cfg: &Generatio
     let n = cfg.no_repeat_ngram_size;
     if n > 0 && seq.len() + 1 >= n {
         let prefix = &seq[seq.len() + 1 - n..];
-        let mut banned: HashMap<u32, ()> = HashMap::new();
-        for w in seq.windows(n) {
-            if &w[..n - 1] == prefix {
-                banned.insert(w[n - 1], ());
-            }
-        }
-        for t in banned.keys() {
-            if let Some(x) = row.get_mut(*t as usize) {
+        let banned: HashSet<u32> = seq.windows(n).filter(|w| &w[..n - 1] == prefix).map(|w| w[n - 1]).collect();
+        for t in banned {
+            if let Some(x) = row.get_mut(t as usize) {
                 *x = f32::NEG_INFINITY;
             }
         }

@@ -89,7 +89,7 @@ impl Model {
                 eos.push(id as u32);
             }
         }
-        let transformer = Transformer::load(cfg, &GgufWeights::new(&gguf, TransformerConfig::from_gguf(&gguf)?), opts.device, opts.kind)?;
+        let transformer = Transformer::load(cfg.clone(), &GgufWeights::new(&gguf, cfg), opts.device, opts.kind)?;
         Self::assemble(transformer, tokenizer, eos, path)
     }
 

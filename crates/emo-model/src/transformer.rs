@@ -138,6 +138,14 @@ impl Transformer {
         self.blocks.get(layer).map(|b| &b.down_w)
     }
 
+    /// One forward pass, without a cache, over whole token rows (left-padded with `pad_id`; every token counts
+    /// as prompt for hook positions). Returns logits as `logits` asks.
+    pub fn forward_rows(&self, rows: &[Vec<u32>], pad_id: u32, hooks: &mut HookSet, logits: LogitsFor) -> Result<Tensor> {
+        let (ids, valid, lens) = crate::generate::left_pad(rows, pad_id)?;
+        let mut state = DecodeState::new(&lens, self.cfg.n_layers, self.device, false);
+        self.forward_chunk(&ids, &valid, &mut state, hooks, logits)
+    }
+
     /// Runs one chunk of tokens for every row of `state`: the left-padded prompts first, then one token per
     /// row per decoding step. `tokens` is [batch, chunk] i64 and `valid` [batch, chunk] bool (false for left
     /// padding). The chunk's keys and values are appended to `state`. Returns logits as `logits` asks.

@@ -32,10 +32,7 @@ fn hf_folder() -> &'static PathBuf {
 }
 
 fn last_logits(model: &Model, ids: &[u32]) -> tch::Tensor {
-    let t = &model.transformer;
-    let (x, valid, lens) = emo_model::generate::left_pad(&[ids.to_vec()], 0).unwrap();
-    let mut state = emo_model::DecodeState::new(&lens, t.config().n_layers, t.device(), false);
-    t.forward_chunk(&x, &valid, &mut state, &mut HookSet::new(), emo_model::LogitsFor::Last).unwrap()
+    model.transformer.forward_rows(&[ids.to_vec()], 0, &mut HookSet::new(), emo_model::LogitsFor::Last).unwrap()
 }
 
 /// A copy of the folder (symlinked shards) in which `edit` may break one thing.

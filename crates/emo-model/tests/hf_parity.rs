@@ -76,10 +76,8 @@ fn check_model(alias: &str) {
 }
 
 fn last_logits(model: &Model, ids: &[u32]) -> Vec<f32> {
-    let t = &model.transformer;
-    let (x, valid, lens) = emo_model::generate::left_pad(&[ids.to_vec()], 0).unwrap();
-    let mut state = emo_model::DecodeState::new(&lens, t.config().n_layers, t.device(), false);
-    let logits = t.forward_chunk(&x, &valid, &mut state, &mut HookSet::new(), emo_model::LogitsFor::Last).unwrap();
+    let rows = [ids.to_vec()];
+    let logits = model.transformer.forward_rows(&rows, 0, &mut HookSet::new(), emo_model::LogitsFor::Last).unwrap();
     Vec::<f32>::try_from(logits.view(-1)).unwrap()
 }
 

@@ -3,7 +3,7 @@
 mod common;
 
 use emo_model::{
-    AddVector, Capture, DecodeState, FnHook, GenerationConfig, HookPoint, HookSet, LogitsFor, Positions, Scale,
+    AddVector, Capture, FnHook, GenerationConfig, HookPoint, HookSet, LogitsFor, Positions, Scale,
 };
 use tch::{Kind, Tensor};
 
@@ -14,9 +14,7 @@ fn prompts() -> Vec<Vec<u32>> {
 
 fn full_logits(rows: &[Vec<u32>], hooks: &mut HookSet) -> Tensor {
     let m = common::smollm2();
-    let (ids, valid, lens) = emo_model::generate::left_pad(rows, m.pad_token_id()).unwrap();
-    let mut state = DecodeState::new(&lens, m.transformer.config().n_layers, tch::Device::Cpu, false);
-    m.transformer.forward_chunk(&ids, &valid, &mut state, hooks, LogitsFor::All).unwrap()
+    m.transformer.forward_rows(rows, m.pad_token_id(), hooks, LogitsFor::All).unwrap()
 }
 
 #[test]

@@ -7,7 +7,7 @@ use std::process::Command;
 
 use emo_model::config::RopeScaling;
 use emo_model::weights::SafetensorsWeights;
-use emo_model::{DecodeState, HookSet, LogitsFor, Transformer, TransformerConfig};
+use emo_model::{HookSet, LogitsFor, Transformer, TransformerConfig};
 
 #[test]
 fn llama3_rope_scaling_matches_hugging_face() {
@@ -28,9 +28,7 @@ fn llama3_rope_scaling_matches_hugging_face() {
     let bytes = std::fs::read(dir.join("logits.f32")).unwrap();
     let hf: Vec<f32> = bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
 
-    let (x, valid, lens) = emo_model::generate::left_pad(&[ids], 0).unwrap();
-    let mut state = DecodeState::new(&lens, 2, tch::Device::Cpu, false);
-    let ours = model.forward_chunk(&x, &valid, &mut state, &mut HookSet::new(), LogitsFor::All).unwrap();
+    let ours = model.forward_rows(&[ids], 0, &mut HookSet::new(), LogitsFor::All).unwrap();
     let ours = Vec::<f32>::try_from(ours.view(-1)).unwrap();
     assert_eq!(ours.len(), hf.len());
     let diff = ours.iter().zip(&hf).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
@@ -48,9 +46,7 @@ fn bf16_and_f16_run_close_to_f32() {
     let run = |kind: tch::Kind| {
         let model = Transformer::load(cfg.clone(), &weights, tch::Device::Cpu, kind).unwrap();
         assert_eq!(model.kind(), kind);
-        let (x, valid, lens) = emo_model::generate::left_pad(std::slice::from_ref(&ids), 0).unwrap();
-        let mut state = DecodeState::new(&lens, 2, tch::Device::Cpu, false);
-        let out = model.forward_chunk(&x, &valid, &mut state, &mut HookSet::new(), LogitsFor::All).unwrap();
+        let out = model.forward_rows(std::slice::from_ref(&ids), 0, &mut HookSet::new(), LogitsFor::All).unwrap();
         assert_eq!(out.kind(), kind);
         out.to_kind(tch::Kind::Float)
     };
