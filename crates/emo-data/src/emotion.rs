@@ -92,6 +92,11 @@ impl Valence {
             Valence::Negative => "negative",
         }
     }
+
+    /// Position in [`Valence::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
 }
 
 impl fmt::Display for Valence {

@@ -128,6 +128,15 @@ pub fn load_split(source: Option<&Path>, split: Split) -> Result<Vec<Scenario>, 
     }
 }
 
+/// `n` scenarios spread evenly over `scenarios` (every theme of a split is kept when `n` >= the number of
+/// themes), in order; all of them when `n` is at least their number.
+pub fn spread(scenarios: &[Scenario], n: usize) -> Vec<Scenario> {
+    if n >= scenarios.len() {
+        return scenarios.to_vec();
+    }
+    (0..n).map(|i| scenarios[i * scenarios.len() / n].clone()).collect()
+}
+
 /// Reads a JSONL file of scenarios in the paper's schema.
 pub fn load_jsonl(path: &Path) -> Result<Vec<Scenario>, DataError> {
     let text = std::fs::read_to_string(path).map_err(|source| DataError::Io { path: path.to_path_buf(), source })?;

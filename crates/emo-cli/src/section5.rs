@@ -1,0 +1,350 @@
+//! The paper's section 5 from the shell: `emo elicit`, `emo directions`, `emo steer`, `emo report`, and
+//! `emo section5`, which runs them all.
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use emo_data::{Judge, Split};
+use emo_directions::directions::GroupFilter;
+use emo_directions::elicit::{elicitation_stage, open_run, stage_name};
+use emo_directions::run::{run_stage, DatasetInfo, RunDir};
+use emo_directions::steer::{parse_positions, steering_stage};
+use emo_directions::{ElicitOptions, EmotionDirections, SteerOptions};
+use emo_model::GenerationConfig;
+
+use crate::{emit, ModelArgs};
+
+/// Where the prompts come from.
+#[derive(Args, Clone, Debug)]
+pub struct DataArgs {
+    /// A JSONL file in the paper's schema, or a folder with sev.jsonl and test_set.jsonl; default: built-in.
+    #[arg(long)]
+    pub dataset: Option<PathBuf>,
+    /// sev (discovery) or test.
+    #[arg(long, default_value = "sev")]
+    pub split: String,
+    /// Use only this many scenarios, spread evenly over the split (every theme); 18 prompts each.
+    #[arg(long)]
+    pub limit: Option<usize>,
+}
+
+impl DataArgs {
+    fn load(&self) -> Result<(Split, Vec<emo_data::Scenario>, DatasetInfo)> {
+        let split: Split = self.split.parse()?;
+        let mut scenarios = emo_data::sev::load_split(self.dataset.as_deref(), split)?;
+        if let Some(n) = self.limit {
+            anyhow::ensure!(n > 0, "--limit must be at least 1");
+            scenarios = emo_data::sev::spread(&scenarios, n);
+        }
+        let source = self.dataset.as_ref().map_or("builtin".to_string(), |p| p.display().to_string());
+        let info = DatasetInfo::of(&source, split, &scenarios);
+        Ok((split, scenarios, info))
+    }
+}
+
+/// Which judge decides whether a reply expresses its emotion.
+#[derive(Args, Clone, Debug)]
+pub struct JudgeArgs {
+    /// embedding (default; all-MiniLM-L6-v2 + the project's classifier), lexicon (NRC), or openai (the paper's
+    /// GPT-4o-mini judge on an OpenAI-compatible endpoint: $OPENAI_BASE_URL, $OPENAI_API_KEY).
+    #[arg(long, default_value = "embedding")]
+    pub judge: String,
+}
+
+impl JudgeArgs {
+    pub fn load(&self) -> Result<Box<dyn Judge>> {
+        make_judge(&self.judge, emo_data::OpenAiConfig::from_env())
+    }
+}
+
+/// The judges that need no chat model: `embedding`, `lexicon`, `openai`.
+pub fn make_judge(name: &str, openai: emo_data::OpenAiConfig) -> Result<Box<dyn Judge>> {
+    Ok(match name {
+        "embedding" => {
+            Box::new(emo_data::EmbeddingJudge::load_default().context("loading the sentence encoder (run scripts/setup.sh)")?)
+        }
+        "lexicon" => Box::new(
+            emo_data::LexiconJudge::load(&emo_data::LexiconJudge::default_path())
+                .context("loading the NRC lexicon (run scripts/setup.sh)")?,
+        ),
+        "openai" => Box::new(emo_data::OpenAiJudge::new(openai)),
+        other => anyhow::bail!("unknown judge `{other}` (embedding, lexicon, openai; judge-eval also takes chat)"),
+    })
+}
+
+/// `emo elicit`.
+#[derive(Args, Clone, Debug)]
+pub struct ElicitArgs {
+    /// The run folder (created; an unfinished run there is resumed).
+    #[arg(long)]
+    pub out: PathBuf,
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub data: DataArgs,
+    #[command(flatten)]
+    pub judge: JudgeArgs,
+    /// Prompts per batch.
+    #[arg(long, default_value_t = 16)]
+    pub batch: usize,
+    /// Maximum new tokens per reply (the paper: 100).
+    #[arg(long, default_value_t = 100)]
+    pub max_new_tokens: usize,
+    /// Generate and judge without capturing activations (to measure what capturing costs).
+    #[arg(long)]
+    pub no_capture: bool,
+    /// No progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+pub fn elicit(a: &ElicitArgs) -> Result<()> {
+    let (split, scenarios, info) = a.data.load()?;
+    let model = a.model.load()?;
+    let run = RunDir::new(&a.out);
+    let manifest = open_run(&run, &model, &a.model.model)?;
+    let mut judge = a.judge.load()?;
+    let opts = ElicitOptions {
+        batch_size: a.batch,
+        generation: GenerationConfig::greedy(a.max_new_tokens),
+        capture: !a.no_capture,
+        progress: !a.quiet,
+    };
+    let name = stage_name(&manifest, split);
+    let stage = elicitation_stage(name.clone(), &scenarios, info, &judge.name(), &opts)?;
+    let stats = run_stage(&run, &model, judge.as_mut(), &stage)?;
+    let acc = emo_directions::Accuracy::of(&run.read_replies(&name)?)?;
+    emit(format!(
+        "{name}: {} prompts, {} new tokens in {:.1} s of generation ({:.2} prompts/s, {:.1} tokens/s), judged in {:.1} s; peak RSS {:.0} MB\nprompting accuracy (judge {}):\n{}\nwrote {}\n",
+        stats.prompts,
+        stats.new_tokens,
+        stats.generate_seconds,
+        stats.prompts as f64 / stats.generate_seconds,
+        stats.new_tokens as f64 / stats.generate_seconds,
+        stats.judge_seconds,
+        stats.peak_rss_mb,
+        judge.name(),
+        acc.markdown(),
+        run.replies(&name).display()
+    ))
+}
+
+/// `emo directions`.
+#[derive(Args, Clone, Debug)]
+pub struct DirectionsArgs {
+    /// The run folder of an `emo elicit`.
+    pub run: PathBuf,
+    /// Use every scenario-event group, not only those whose six replies all matched (for models whose
+    /// replies rarely pass the judge).
+    #[arg(long)]
+    pub all_groups: bool,
+    /// Also write directions.npz (arrays `resid_mid.{emotion}`, `resid_post.{emotion}`).
+    #[arg(long)]
+    pub npz: bool,
+    /// Skip the probes, PCA and figures.
+    #[arg(long)]
+    pub no_analysis: bool,
+}
+
+pub fn directions(a: &DirectionsArgs) -> Result<()> {
+    let run = RunDir::new(&a.run);
+    let t = Instant::now();
+    let filter = if a.all_groups { GroupFilter::All } else { GroupFilter::Complete };
+    let summary = emo_directions::extract::extract(&run, filter, a.npz)?;
+    emit(format!(
+        "directions from {} of {} scenario-event groups ({:?}) in {:.1} s: {}\ncontrol vectors: {}\n",
+        summary.groups_used,
+        summary.groups_total,
+        summary.filter,
+        t.elapsed().as_secs_f64(),
+        run.directions().display(),
+        run.control_vectors().display()
+    ))?;
+    if !a.no_analysis {
+        let t = Instant::now();
+        emo_directions::analysis::analyze(&run)?;
+        emit(format!("probes, PCA and cosine structure in {:.1} s: {}\n", t.elapsed().as_secs_f64(), run.analysis().display()))?;
+    }
+    Ok(())
+}
+
+/// `emo steer`.
+#[derive(Args, Clone, Debug)]
+pub struct SteerArgs {
+    /// The run folder holding directions.safetensors.
+    pub run: PathBuf,
+    #[command(flatten)]
+    pub data: DataArgs,
+    #[command(flatten)]
+    pub judge: JudgeArgs,
+    /// Directions from elsewhere: .safetensors or .npz (`resid_post.{emotion}` arrays) or a folder of
+    /// llama.cpp control vectors `{emotion}.gguf`.
+    #[arg(long)]
+    pub directions: Option<PathBuf>,
+    /// `h += alpha * RMS(h) * v`.
+    #[arg(long, default_value_t = 8.0)]
+    pub alpha: f64,
+    /// Inclusive layer range FIRST-LAST (default: the paper's 11-20 of 28 scaled to the model).
+    #[arg(long)]
+    pub layers: Option<String>,
+    /// last-prompt-and-generated (the authors'), last-prompt, generated, prompt, all.
+    #[arg(long, default_value = "last-prompt-and-generated")]
+    pub positions: String,
+    /// Prompts per batch.
+    #[arg(long, default_value_t = 16)]
+    pub batch: usize,
+    /// Model device/dtype/threads (the model itself is the run's).
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+    /// f32, bf16 or f16.
+    #[arg(long, default_value = "f32")]
+    pub dtype: String,
+    /// CPU threads for LibTorch.
+    #[arg(long)]
+    pub threads: Option<i32>,
+    /// No progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+fn parse_layers(s: &str) -> Result<(usize, usize)> {
+    let (a, b) = s.split_once('-').with_context(|| format!("--layers `{s}`: expected FIRST-LAST, e.g. 11-20"))?;
+    Ok((a.trim().parse().with_context(|| format!("--layers `{s}`"))?, b.trim().parse().with_context(|| format!("--layers `{s}`"))?))
+}
+
+pub fn steer(a: &SteerArgs) -> Result<()> {
+    let run = RunDir::new(&a.run);
+    let manifest = run.require_manifest()?;
+    let directions = match &a.directions {
+        Some(p) => emo_directions::extract::import_directions(p, manifest.model.n_layers, manifest.model.d_model)?,
+        None => EmotionDirections::load(&run.directions())
+            .with_context(|| format!("reading the directions of {} (run `emo directions` first)", run.path.display()))?,
+    };
+    let (split, scenarios, info) = a.data.load()?;
+    let model_args = ModelArgs { model: manifest.model.path.clone(), device: a.device.clone(), dtype: a.dtype.clone(), threads: a.threads };
+    let model = model_args.load()?;
+    open_run(&run, &model, &manifest.model.reference)?;
+    let mut judge = a.judge.load()?;
+    let opts = SteerOptions {
+        alpha: a.alpha,
+        layers: a.layers.as_deref().map(parse_layers).transpose()?,
+        positions: parse_positions(&a.positions)?,
+        batch_size: a.batch,
+        progress: !a.quiet,
+        ..Default::default()
+    };
+    let name = format!("steering-{split}");
+    let stage = steering_stage(name.clone(), &scenarios, info, &judge.name(), &directions, model.transformer.config(), &opts)?;
+    let stats = run_stage(&run, &model, judge.as_mut(), &stage)?;
+    let acc = emo_directions::Accuracy::of(&run.read_replies(&name)?)?;
+    let s = stage.settings.steering.as_ref().expect("a steering stage");
+    emit(format!(
+        "{name}: alpha {} on layers {}-{} at {}, {} prompts in {:.1} s of generation ({:.1} tokens/s)\nsteering accuracy (judge {}):\n{}\nwrote {}\n",
+        s.alpha,
+        s.layers.0,
+        s.layers.1,
+        s.positions,
+        stats.prompts,
+        stats.generate_seconds,
+        stats.new_tokens as f64 / stats.generate_seconds,
+        judge.name(),
+        acc.markdown(),
+        run.replies(&name).display()
+    ))
+}
+
+/// `emo report`.
+#[derive(Args, Clone, Debug)]
+pub struct ReportArgs {
+    /// The run folder.
+    pub run: PathBuf,
+}
+
+pub fn report(a: &ReportArgs) -> Result<()> {
+    let run = RunDir::new(&a.run);
+    let path = emo_directions::report::write_report(&run)?;
+    emit(format!("wrote {}\n", path.display()))
+}
+
+/// `emo section5`: the whole of paper section 5 on one model.
+#[derive(Args, Clone, Debug)]
+pub struct Section5Args {
+    /// The run folder (an unfinished run there is resumed).
+    #[arg(long, default_value = "runs/section5")]
+    pub out: PathBuf,
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// A folder with sev.jsonl and test_set.jsonl (the paper's files); default: built-in.
+    #[arg(long)]
+    pub dataset: Option<PathBuf>,
+    /// Scenarios per split, spread over the themes (the default finishes in minutes on a laptop CPU).
+    #[arg(long, default_value_t = 8)]
+    pub limit: usize,
+    /// Every scenario of both splits (2,880 prompts per split and step).
+    #[arg(long)]
+    pub full: bool,
+    #[command(flatten)]
+    pub judge: JudgeArgs,
+    /// Prompts per batch.
+    #[arg(long, default_value_t = 16)]
+    pub batch: usize,
+    /// Group filter for the directions: complete (the paper), all, or auto (complete when at least a quarter
+    /// of the groups are complete, else all: small models rarely follow the emotion instruction).
+    #[arg(long, default_value = "auto")]
+    pub groups: String,
+    /// No progress bars.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+pub fn section5(a: &Section5Args) -> Result<()> {
+    let limit = (!a.full).then_some(a.limit);
+    let data = |split: &str| DataArgs { dataset: a.dataset.clone(), split: split.into(), limit };
+    let t = Instant::now();
+    for split in ["sev", "test"] {
+        elicit(&ElicitArgs {
+            out: a.out.clone(),
+            model: a.model.clone(),
+            data: data(split),
+            judge: a.judge.clone(),
+            batch: a.batch,
+            max_new_tokens: 100,
+            no_capture: false,
+            quiet: a.quiet,
+        })?;
+    }
+    let run = RunDir::new(&a.out);
+    let all_groups = match a.groups.as_str() {
+        "complete" => false,
+        "all" => true,
+        "auto" => {
+            let acts = emo_directions::run::load_activations(&run)?;
+            let complete = acts.groups(true).len();
+            let total = acts.groups(false).len();
+            let all = complete * 4 < total;
+            if all {
+                emit(format!("only {complete} of {total} groups have all six replies matched: using all groups\n"))?;
+            }
+            all
+        }
+        other => anyhow::bail!("--groups `{other}`: expected complete, all or auto"),
+    };
+    directions(&DirectionsArgs { run: a.out.clone(), all_groups, npz: true, no_analysis: false })?;
+    steer(&SteerArgs {
+        run: a.out.clone(),
+        data: data("test"),
+        judge: a.judge.clone(),
+        directions: None,
+        alpha: 8.0,
+        layers: None,
+        positions: "last-prompt-and-generated".into(),
+        batch: a.batch,
+        device: a.model.device.clone(),
+        dtype: a.model.dtype.clone(),
+        threads: a.model.threads,
+        quiet: a.quiet,
+    })?;
+    report(&ReportArgs { run: a.out.clone() })?;
+    emit(format!("section 5 done in {:.0} s; report: {}\n", t.elapsed().as_secs_f64(), run.report().display()))
+}

@@ -1,0 +1,92 @@
+//! Elicitation (spec sections 2-4): every scenario x valence x emotion with the elicitation prompt, greedy
+//! batched generation, the last prompt token's `hook_resid_mid` and `hook_resid_post` of every layer captured in
+//! the prefill of the same pass, every reply judged.
+use emo_data::{PromptItem, Scenario, Split};
+use emo_model::{GenerationConfig, Model};
+
+use crate::error::{DirectionsError, Result};
+use crate::run::{
+    DatasetInfo, GenerationSettings, Manifest, ModelInfo, PromptKind, RunDir, Stage, StageSettings, ELICIT,
+};
+use crate::store::write_json;
+
+/// How to run an elicitation.
+#[derive(Clone, Debug)]
+pub struct ElicitOptions {
+    /// Prompts per batch.
+    pub batch_size: usize,
+    /// Decoding (the paper: greedy, 100 new tokens).
+    pub generation: GenerationConfig,
+    /// Capture the residuals (off only to measure what capturing costs).
+    pub capture: bool,
+    /// Draw a progress bar.
+    pub progress: bool,
+}
+
+impl Default for ElicitOptions {
+    fn default() -> Self {
+        ElicitOptions { batch_size: 16, generation: GenerationConfig::elicitation(), capture: true, progress: true }
+    }
+}
+
+/// Opens a run folder for `model`: writes a new manifest, or checks that an existing one is for the same model
+/// file.
+pub fn open_run(run: &RunDir, model: &Model, reference: &str) -> Result<Manifest> {
+    let info = ModelInfo::of(model, reference)?;
+    match run.read_manifest()? {
+        Some(m) if m.model.sha256 != info.sha256 => Err(DirectionsError::Invalid(format!(
+            "{} was made with model {} (sha256 {}), not {} (sha256 {}); use a new run folder",
+            run.path.display(),
+            m.model.path,
+            m.model.sha256,
+            info.path,
+            info.sha256
+        ))),
+        Some(m) => Ok(m),
+        None => {
+            let m = Manifest::new(info);
+            write_json(&run.manifest(), &m)?;
+            Ok(m)
+        }
+    }
+}
+
+/// The stage name of an elicitation on `split` in a run: `elicit` for the run's first (the one the directions
+/// come from), `prompting-{split}` for another split (replies and verdicts only).
+pub fn stage_name(manifest: &Manifest, split: Split) -> String {
+    match manifest.stages.get(ELICIT) {
+        Some(info) if info.settings.dataset.split != split.to_string() => format!("prompting-{split}"),
+        _ => ELICIT.to_string(),
+    }
+}
+
+/// The elicitation stage over `scenarios` (prompt order: scenario, valence, emotion; fixed-size batches).
+pub fn elicitation_stage<'a>(
+    name: String,
+    scenarios: &'a [Scenario],
+    dataset: DatasetInfo,
+    judge: &str,
+    opts: &ElicitOptions,
+) -> Result<Stage<'a>> {
+    if opts.batch_size == 0 {
+        return Err(DirectionsError::Invalid("batch size must be at least 1".into()));
+    }
+    let items = PromptItem::all(scenarios);
+    Ok(Stage {
+        settings: StageSettings {
+            dataset,
+            batch_size: opts.batch_size,
+            generation: GenerationSettings::from(&opts.generation),
+            judge: judge.to_string(),
+            prompt: PromptKind::Elicitation,
+            // Only the run's own elicitation feeds the directions.
+            capture: opts.capture && name == ELICIT,
+            steering: None,
+        },
+        name,
+        scenarios,
+        batches: items.chunks(opts.batch_size).map(<[_]>::to_vec).collect(),
+        steering: None,
+        progress: opts.progress,
+    })
+}

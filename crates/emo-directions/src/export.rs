@@ -1,0 +1,800 @@
+//! Exporting emotion directions for other tools: NumPy `.npy` / `.npz` files and llama.cpp control
+//! vectors (GGUF, one file per emotion).
+//!
+//! Every writer is atomic: it writes a temporary file in the destination's folder and renames it into
+//! place, so a killed process leaves either the old file or the new one, never half of one. Every
+//! reader checks sizes, shapes and types before it allocates or builds a tensor, and reports a bad
+//! file as an error naming it, never a panic.
+//!
+//! Control vectors follow llama.cpp (`common_control_vector_load`, `llama_adapter_cvec`): tensor
+//! `direction.N` is added to the output of block `N`, for `N >= 1`. A direction tensor of shape
+//! `[n_layers, d_model]` taken at `resid_post` therefore maps row `N` to `direction.N`; row 0 has no
+//! slot in the format and is not exported.
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use emo_model::gguf::{GgmlType, GgufFile, GgufValue, GgufWriter};
+use tch::{Device, Kind, Tensor};
+
+use crate::error::{io, DirectionsError, Result};
+
+// ---------------------------------------------------------------------------------------------------
+// Tensors <-> f32 buffers
+// ---------------------------------------------------------------------------------------------------
+
+/// A floating-point tensor's shape and its values in C order as `f32` (converted from any float kind,
+/// copied to the CPU). `Err` holds what is wrong, for the caller to attach a file name to.
+fn tensor_to_f32(t: &Tensor) -> std::result::Result<(Vec<i64>, Vec<f32>), String> {
+    // Asking an undefined tensor for its kind or size aborts inside LibTorch; check first.
+    if !t.defined() {
+        return Err("the tensor is undefined".into());
+    }
+    let kind = t.f_kind().map_err(|e| e.to_string())?;
+    if !matches!(
+        kind,
+        Kind::Float | Kind::Double | Kind::Half | Kind::BFloat16
+    ) {
+        return Err(format!("expected a floating-point tensor, got {kind:?}"));
+    }
+    let shape = t.size();
+    let cpu = t
+        .f_detach()
+        .and_then(|t| t.f_to(Device::Cpu))
+        .and_then(|t| t.f_to_dtype(Kind::Float, false, false))
+        .and_then(|t| t.f_contiguous())
+        .map_err(|e| e.to_string())?;
+    let n = shape
+        .iter()
+        .try_fold(1usize, |acc, &d| acc.checked_mul(usize::try_from(d).ok()?))
+        .ok_or_else(|| format!("shape {shape:?} is too large"))?;
+    let mut data = vec![0f32; n];
+    if n > 0 {
+        cpu.f_copy_data(&mut data, n).map_err(|e| e.to_string())?;
+    }
+    Ok((shape, data))
+}
+
+/// A CPU `f32` tensor of `shape` holding `data`; the caller has checked that the sizes agree
+/// (`Tensor::f_from_data_size` would read past a short buffer, so it is not used).
+fn f32_tensor(data: &[f32], shape: &[i64]) -> std::result::Result<Tensor, String> {
+    Tensor::f_from_slice(data)
+        .and_then(|t| t.f_reshape(shape))
+        .map_err(|e| e.to_string())
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Atomic writes
+// ---------------------------------------------------------------------------------------------------
+
+/// Makes temporary names unique within the process, so concurrent writers never share one.
+static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// A hidden temporary path next to `path` (same folder, so the final rename cannot cross devices).
+fn tmp_path(path: &Path) -> PathBuf {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "export".into());
+    let n = TMP_COUNTER.fetch_add(1, Ordering::Relaxed);
+    path.with_file_name(format!(".{name}.{}.{n}.tmp", std::process::id()))
+}
+
+/// Runs `fill` on a buffered temporary file, syncs it and renames it to `path`; on any error the
+/// temporary file is removed and `path` is left untouched.
+fn write_atomic(path: &Path, fill: impl FnOnce(&mut BufWriter<File>) -> Result<()>) -> Result<()> {
+    if path.file_name().is_none() {
+        return Err(DirectionsError::Invalid(format!(
+            "{}: not a file path",
+            path.display()
+        )));
+    }
+    let tmp = tmp_path(path);
+    let result = (|| {
+        let mut out = BufWriter::new(File::create(&tmp).map_err(io(path))?);
+        fill(&mut out)?;
+        let file = out.into_inner().map_err(|e| io(path)(e.into_error()))?;
+        file.sync_all().map_err(io(path))?;
+        drop(file);
+        std::fs::rename(&tmp, path).map_err(io(path))
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+// ---------------------------------------------------------------------------------------------------
+// .npy
+// ---------------------------------------------------------------------------------------------------
+
+/// The first six bytes of every `.npy` file.
+const NPY_MAGIC: &[u8; 6] = b"\x93NUMPY";
+/// NumPy aligns the data to this many bytes (`numpy.lib.format.ARRAY_ALIGN`), so it can be mapped.
+const NPY_ALIGN: usize = 64;
+/// Larger headers are refused before allocating: NumPy itself refuses more than 10,000 bytes by
+/// default, so a bigger one is damage, not data.
+const NPY_MAX_HEADER: usize = 1 << 20;
+
+/// The `.npy` image (version 1.0, or 2.0 if the header outgrows 1.0's 16-bit length) of an `f32`
+/// array in C order.
+fn npy_bytes(shape: &[i64], data: &[f32]) -> Vec<u8> {
+    let dims = match shape {
+        [] => "()".to_string(),
+        [d] => format!("({d},)"),
+        _ => format!(
+            "({})",
+            shape
+                .iter()
+                .map(i64::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    };
+    let dict = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {dims}, }}");
+    // Magic, version, header length field, dict, padding spaces and '\n' make a multiple of 64.
+    let (major, len_field) = if dict.len() + 1 + 10 + NPY_ALIGN <= u16::MAX as usize {
+        (1u8, 2usize)
+    } else {
+        (2u8, 4usize)
+    };
+    let unpadded = NPY_MAGIC.len() + 2 + len_field + dict.len() + 1;
+    let header_len = dict.len() + 1 + (NPY_ALIGN - unpadded % NPY_ALIGN) % NPY_ALIGN;
+
+    let mut out = Vec::with_capacity(NPY_MAGIC.len() + 2 + len_field + header_len + 4 * data.len());
+    out.extend_from_slice(NPY_MAGIC);
+    out.extend_from_slice(&[major, 0]);
+    if major == 1 {
+        out.extend_from_slice(&(header_len as u16).to_le_bytes());
+    } else {
+        out.extend_from_slice(&(header_len as u32).to_le_bytes());
+    }
+    out.extend_from_slice(dict.as_bytes());
+    out.resize(out.len() + header_len - dict.len() - 1, b' ');
+    out.push(b'\n');
+    debug_assert_eq!(out.len() % NPY_ALIGN, 0);
+    out.extend(data.iter().flat_map(|v| v.to_le_bytes()));
+    out
+}
+
+/// The `.npy` image of a tensor, or what is wrong with the tensor.
+fn tensor_npy_bytes(tensor: &Tensor) -> std::result::Result<Vec<u8>, String> {
+    let (shape, data) = tensor_to_f32(tensor)?;
+    Ok(npy_bytes(&shape, &data))
+}
+
+/// Writes a floating-point tensor of any rank as a NumPy `.npy` file (format 1.0, `<f4`, C order;
+/// other float kinds are converted to `f32`). Atomic.
+pub fn write_npy(path: impl AsRef<Path>, tensor: &Tensor) -> Result<()> {
+    let path = path.as_ref();
+    let bytes = tensor_npy_bytes(tensor).map_err(|msg| {
+        DirectionsError::Invalid(format!(
+            "{}: cannot write the tensor: {msg}",
+            path.display()
+        ))
+    })?;
+    write_atomic(path, |out| out.write_all(&bytes).map_err(io(path)))
+}
+
+/// Reads a NumPy `.npy` file as a CPU `f32` tensor.
+///
+/// Accepts format versions 1.0, 2.0 and 3.0 and dtypes `<f4` and `<f8` (converted to `f32`, rounding
+/// to nearest); refuses other dtypes and Fortran-ordered arrays of rank 2 or more, naming the file.
+pub fn read_npy(path: impl AsRef<Path>) -> Result<Tensor> {
+    let path = path.as_ref();
+    let bytes = std::fs::read(path).map_err(io(path))?;
+    parse_npy(&bytes).map_err(|msg| DirectionsError::Format {
+        path: path.to_path_buf(),
+        msg,
+    })
+}
+
+/// The element types [`read_npy`] accepts.
+#[derive(Clone, Copy)]
+enum NpyDtype {
+    F4,
+    F8,
+}
+
+/// Parses a `.npy` image; `Err` says what is wrong.
+fn parse_npy(bytes: &[u8]) -> std::result::Result<Tensor, String> {
+    if bytes.len() < 8 || &bytes[..6] != NPY_MAGIC {
+        return Err("not a NumPy .npy file (bad magic)".into());
+    }
+    let (major, minor) = (bytes[6], bytes[7]);
+    let len_field = match (major, minor) {
+        (1, 0) => 2,
+        (2, 0) | (3, 0) => 4,
+        _ => {
+            return Err(format!(
+                "unsupported .npy format version {major}.{minor} (supported: 1.0, 2.0, 3.0)"
+            ))
+        }
+    };
+    let start = 8 + len_field;
+    if bytes.len() < start {
+        return Err(format!(
+            "truncated .npy header: the file has {} bytes",
+            bytes.len()
+        ));
+    }
+    let header_len = if len_field == 2 {
+        u16::from_le_bytes([bytes[8], bytes[9]]) as usize
+    } else {
+        u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize
+    };
+    if header_len > NPY_MAX_HEADER {
+        return Err(format!(
+            "the .npy header claims {header_len} bytes, more than the {NPY_MAX_HEADER} allowed"
+        ));
+    }
+    let data_start = start + header_len;
+    if bytes.len() < data_start {
+        return Err(format!(
+            "truncated .npy header: it needs bytes {start}..{data_start}, but the file has {} bytes",
+            bytes.len()
+        ));
+    }
+    // Versions 1 and 2 are latin-1, version 3 UTF-8; the fields we read are ASCII either way.
+    let header = String::from_utf8_lossy(&bytes[start..data_start]);
+    let header = parse_npy_header(&header)?;
+    let dtype = match header.descr.as_str() {
+        "<f4" => NpyDtype::F4,
+        "<f8" => NpyDtype::F8,
+        // Same layout on little-endian hosts, which is all LibTorch's CPU builds are.
+        "=f4" if cfg!(target_endian = "little") => NpyDtype::F4,
+        "=f8" if cfg!(target_endian = "little") => NpyDtype::F8,
+        other => {
+            return Err(format!(
+                "unsupported dtype '{other}' (supported: '<f4', '<f8')"
+            ))
+        }
+    };
+    // A Fortran-ordered array of rank 0 or 1 has the same bytes as a C-ordered one.
+    if header.fortran_order && header.shape.len() > 1 {
+        return Err(format!(
+            "the array of shape {:?} is in Fortran order, which is not supported (save it with numpy.ascontiguousarray)",
+            header.shape
+        ));
+    }
+    let numel = header
+        .shape
+        .iter()
+        .try_fold(1u64, |acc, &d| acc.checked_mul(d))
+        .filter(|&n| n <= (isize::MAX as u64) / 8)
+        .ok_or_else(|| format!("shape {:?} is too large", header.shape))? as usize;
+    let itemsize = match dtype {
+        NpyDtype::F4 => 4,
+        NpyDtype::F8 => 8,
+    };
+    let payload = &bytes[data_start..];
+    if payload.len() != numel * itemsize {
+        return Err(format!(
+            "shape {:?} of '{}' needs {} bytes of data after the header, but the file has {}",
+            header.shape,
+            header.descr,
+            numel * itemsize,
+            payload.len()
+        ));
+    }
+    let data: Vec<f32> = match dtype {
+        NpyDtype::F4 => payload
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
+        NpyDtype::F8 => payload
+            .chunks_exact(8)
+            .map(|c| f64::from_le_bytes(c.try_into().expect("chunks of 8")) as f32)
+            .collect(),
+    };
+    let shape: Vec<i64> = header.shape.iter().map(|&d| d as i64).collect();
+    f32_tensor(&data, &shape)
+}
+
+/// The fields of a `.npy` header that matter.
+struct NpyHeader {
+    descr: String,
+    fortran_order: bool,
+    shape: Vec<u64>,
+}
+
+/// A Python literal as found in `.npy` headers.
+#[derive(Debug)]
+enum PyLit {
+    Str(String),
+    Bool(bool),
+    Int(u64),
+    None,
+    /// A tuple or a list.
+    Seq(Vec<PyLit>),
+    Dict(Vec<(String, PyLit)>),
+}
+
+/// Parses the header dict (`{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), }`).
+fn parse_npy_header(text: &str) -> std::result::Result<NpyHeader, String> {
+    let bad = |msg: &str| format!("malformed .npy header {:?}: {msg}", text.trim_end());
+    let mut p = LitParser {
+        s: text.as_bytes(),
+        pos: 0,
+    };
+    let lit = p.value(0).map_err(|m| bad(&m))?;
+    p.skip_ws();
+    if p.pos != p.s.len() {
+        return Err(bad("unexpected text after the dict"));
+    }
+    let PyLit::Dict(entries) = lit else {
+        return Err(bad("not a dict"));
+    };
+    let get = |key: &str| entries.iter().find(|(k, _)| k == key).map(|(_, v)| v);
+    let descr = match get("descr") {
+        Some(PyLit::Str(s)) => s.clone(),
+        Some(PyLit::Seq(_)) => return Err("unsupported structured dtype (a list of fields); only '<f4' and '<f8' arrays are supported".into()),
+        Some(_) => return Err(bad("'descr' is not a string")),
+        None => return Err(bad("no 'descr'")),
+    };
+    let fortran_order = match get("fortran_order") {
+        Some(PyLit::Bool(b)) => *b,
+        Some(_) => return Err(bad("'fortran_order' is not True or False")),
+        None => return Err(bad("no 'fortran_order'")),
+    };
+    let shape = match get("shape") {
+        Some(PyLit::Seq(items)) => items
+            .iter()
+            .map(|d| match d {
+                PyLit::Int(v) => Ok(*v),
+                _ => Err(bad("'shape' holds a non-integer")),
+            })
+            .collect::<std::result::Result<Vec<_>, _>>()?,
+        Some(_) => return Err(bad("'shape' is not a tuple")),
+        None => return Err(bad("no 'shape'")),
+    };
+    Ok(NpyHeader {
+        descr,
+        fortran_order,
+        shape,
+    })
+}
+
+/// A recursive-descent parser for the Python literals NumPy writes (`repr` of a dict of str, bool,
+/// and tuples of ints); nesting is capped so a crafted header cannot overflow the stack.
+struct LitParser<'a> {
+    s: &'a [u8],
+    pos: usize,
+}
+
+impl LitParser<'_> {
+    const MAX_DEPTH: usize = 8;
+
+    fn skip_ws(&mut self) {
+        while self.s.get(self.pos).is_some_and(u8::is_ascii_whitespace) {
+            self.pos += 1;
+        }
+    }
+
+    fn peek(&mut self) -> Option<u8> {
+        self.skip_ws();
+        self.s.get(self.pos).copied()
+    }
+
+    fn value(&mut self, depth: usize) -> std::result::Result<PyLit, String> {
+        if depth > Self::MAX_DEPTH {
+            return Err("nested too deeply".into());
+        }
+        match self.peek() {
+            None => Err("unexpected end".into()),
+            Some(b'{') => {
+                self.pos += 1;
+                let mut entries = Vec::new();
+                loop {
+                    if self.peek() == Some(b'}') {
+                        self.pos += 1;
+                        return Ok(PyLit::Dict(entries));
+                    }
+                    let PyLit::Str(key) = self.value(depth + 1)? else {
+                        return Err("a dict key is not a string".into());
+                    };
+                    if self.peek() != Some(b':') {
+                        return Err(format!("expected ':' after key '{key}'"));
+                    }
+                    self.pos += 1;
+                    let v = self.value(depth + 1)?;
+                    entries.push((key, v));
+                    match self.peek() {
+                        Some(b',') => self.pos += 1,
+                        Some(b'}') => {}
+                        _ => return Err("expected ',' or '}' in the dict".into()),
+                    }
+                }
+            }
+            Some(open @ (b'(' | b'[')) => {
+                let close = if open == b'(' { b')' } else { b']' };
+                self.pos += 1;
+                let mut items = Vec::new();
+                loop {
+                    if self.peek() == Some(close) {
+                        self.pos += 1;
+                        return Ok(PyLit::Seq(items));
+                    }
+                    items.push(self.value(depth + 1)?);
+                    match self.peek() {
+                        Some(b',') => self.pos += 1,
+                        Some(c) if c == close => {}
+                        _ => return Err("expected ',' or a closing bracket in a sequence".into()),
+                    }
+                }
+            }
+            Some(q @ (b'\'' | b'"')) => {
+                self.pos += 1;
+                let start = self.pos;
+                // NumPy's dtype strings never contain escapes; a backslash is refused, not guessed at.
+                while let Some(&c) = self.s.get(self.pos) {
+                    if c == q {
+                        let s = String::from_utf8_lossy(&self.s[start..self.pos]).into_owned();
+                        self.pos += 1;
+                        return Ok(PyLit::Str(s));
+                    }
+                    if c == b'\\' {
+                        return Err("escape sequences in strings are not supported".into());
+                    }
+                    self.pos += 1;
+                }
+                Err("unterminated string".into())
+            }
+            Some(c) if c.is_ascii_digit() => {
+                let start = self.pos;
+                while self.s.get(self.pos).is_some_and(u8::is_ascii_digit) {
+                    self.pos += 1;
+                }
+                let digits = std::str::from_utf8(&self.s[start..self.pos]).expect("ASCII digits");
+                let v = digits
+                    .parse::<u64>()
+                    .map_err(|_| format!("integer {digits} is too large"))?;
+                // Python 2 wrote long integers with an `L` suffix (`(3L, 4L)`).
+                if self.s.get(self.pos) == Some(&b'L') {
+                    self.pos += 1;
+                }
+                Ok(PyLit::Int(v))
+            }
+            Some(_) => {
+                let start = self.pos;
+                while self
+                    .s
+                    .get(self.pos)
+                    .is_some_and(|c| c.is_ascii_alphanumeric() || *c == b'_')
+                {
+                    self.pos += 1;
+                }
+                match &self.s[start..self.pos] {
+                    b"True" => Ok(PyLit::Bool(true)),
+                    b"False" => Ok(PyLit::Bool(false)),
+                    b"None" => Ok(PyLit::None),
+                    _ => Err(format!("unexpected character '{}'", self.s[start] as char)),
+                }
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// .npz
+// ---------------------------------------------------------------------------------------------------
+
+/// Writes named tensors as a NumPy `.npz` archive, as `numpy.savez` does: one stored (uncompressed)
+/// zip entry `NAME.npy` per tensor, in the given order. Names must be non-empty and distinct. Atomic.
+pub fn write_npz(path: impl AsRef<Path>, tensors: &[(String, Tensor)]) -> Result<()> {
+    let path = path.as_ref();
+    let invalid = |msg: String| DirectionsError::Invalid(format!("{}: {msg}", path.display()));
+    // Encode everything first, so a bad tensor fails before any file is created.
+    let mut entries = Vec::with_capacity(tensors.len());
+    for (i, (name, tensor)) in tensors.iter().enumerate() {
+        if name.is_empty() {
+            return Err(invalid(format!("array {i} has an empty name")));
+        }
+        if tensors[..i].iter().any(|(n, _)| n == name) {
+            return Err(invalid(format!("array name `{name}` appears twice")));
+        }
+        let bytes = tensor_npy_bytes(tensor)
+            .map_err(|msg| invalid(format!("cannot write array `{name}`: {msg}")))?;
+        entries.push((format!("{name}.npy"), bytes));
+    }
+    write_atomic(path, |out| {
+        let zip_err = |e: zip::result::ZipError| match e {
+            zip::result::ZipError::Io(e) => io(path)(e),
+            e => invalid(e.to_string()),
+        };
+        let mut zip = zip::ZipWriter::new(out);
+        for (name, bytes) in &entries {
+            let options = zip::write::SimpleFileOptions::default()
+                .compression_method(zip::CompressionMethod::Stored)
+                // Zip64 only where an entry needs it, so small archives stay plain zip.
+                .large_file(bytes.len() as u64 >= u32::MAX as u64);
+            zip.start_file(name.as_str(), options).map_err(zip_err)?;
+            zip.write_all(bytes).map_err(io(path))?;
+        }
+        zip.finish().map_err(zip_err)?;
+        Ok(())
+    })
+}
+
+/// Reads a NumPy `.npz` archive (stored or deflated entries, as `numpy.savez` and
+/// `numpy.savez_compressed` write them) as `(name, tensor)` pairs in archive order, with the `.npy`
+/// suffix stripped from each name. Directory entries are skipped.
+pub fn read_npz(path: impl AsRef<Path>) -> Result<Vec<(String, Tensor)>> {
+    let path = path.as_ref();
+    let format = |msg: String| DirectionsError::Format {
+        path: path.to_path_buf(),
+        msg,
+    };
+    let file = File::open(path).map_err(io(path))?;
+    let mut archive = zip::ZipArchive::new(std::io::BufReader::new(file))
+        .map_err(|e| format(format!("not a readable .npz (zip) archive: {e}")))?;
+    let mut out = Vec::with_capacity(archive.len());
+    for i in 0..archive.len() {
+        let mut entry = archive
+            .by_index(i)
+            .map_err(|e| format(format!("zip entry {i}: {e}")))?;
+        if entry.is_dir() {
+            continue;
+        }
+        let entry_name = entry.name().to_owned();
+        // Reading more than the declared size would mean a lying header; stop one byte past it.
+        let declared = entry.size();
+        let mut bytes = Vec::with_capacity(declared.min(1 << 30) as usize);
+        (&mut entry)
+            .take(declared.saturating_add(1))
+            .read_to_end(&mut bytes)
+            .map_err(|e| format(format!("entry `{entry_name}`: {e}")))?;
+        if bytes.len() as u64 != declared {
+            return Err(format(format!(
+                "entry `{entry_name}` declares {declared} bytes but holds {}",
+                bytes.len()
+            )));
+        }
+        let tensor =
+            parse_npy(&bytes).map_err(|msg| format(format!("entry `{entry_name}`: {msg}")))?;
+        let name = entry_name
+            .strip_suffix(".npy")
+            .unwrap_or(&entry_name)
+            .to_owned();
+        out.push((name, tensor));
+    }
+    Ok(out)
+}
+
+// ---------------------------------------------------------------------------------------------------
+// llama.cpp control vectors
+// ---------------------------------------------------------------------------------------------------
+
+/// `general.architecture` of every control vector.
+const CVEC_ARCH: &str = "controlvector";
+/// The key naming the model family the vector was made for.
+const CVEC_MODEL_HINT: &str = "controlvector.model_hint";
+/// The key counting the direction tensors (llama.cpp's and repeng's convention; llama.cpp ignores it).
+const CVEC_LAYER_COUNT: &str = "controlvector.layer_count";
+/// Prefix of the tensor names; the suffix is the block the vector is added after.
+const CVEC_PREFIX: &str = "direction.";
+
+/// A llama.cpp control vector read back from GGUF.
+#[derive(Debug)]
+pub struct ControlVector {
+    /// `controlvector.model_hint` (the model family, e.g. `llama`).
+    pub model_hint: String,
+    /// `controlvector.layer_count` as stored: by llama.cpp's and repeng's convention the number of
+    /// direction tensors (`n_layers - 1` for a full vector), not the model's layer count.
+    pub layer_count: usize,
+    /// Length of every direction.
+    pub d_model: usize,
+    /// Direction added to the output of block `N`, by `N` (always >= 1): CPU `f32`, shape `[d_model]`.
+    pub layers: BTreeMap<usize, Tensor>,
+}
+
+impl ControlVector {
+    /// The smallest layer count that holds every direction: the highest block index plus one.
+    pub fn n_layers(&self) -> usize {
+        self.layers.keys().next_back().map_or(1, |&n| n + 1)
+    }
+
+    /// The directions as an `[n_layers, d_model]` `f32` tensor in resid_post order (row `N` is the
+    /// vector added after block `N`), with zero rows where the file has no vector, row 0 included.
+    /// `Invalid` if a direction's block is `n_layers` or more.
+    pub fn to_tensor(&self, n_layers: usize) -> Result<Tensor> {
+        if let Some(&max) = self.layers.keys().next_back().filter(|&&n| n >= n_layers) {
+            return Err(DirectionsError::Invalid(format!(
+                "control vector has a direction for block {max}, which does not fit in {n_layers} layers"
+            )));
+        }
+        let d = self.d_model;
+        let total = n_layers
+            .checked_mul(d)
+            .ok_or_else(|| DirectionsError::Invalid(format!("{n_layers} x {d} is too large")))?;
+        let mut dense = vec![0f32; total];
+        for (&layer, t) in &self.layers {
+            let (_, data) = tensor_to_f32(t).map_err(|msg| {
+                DirectionsError::Invalid(format!("control vector direction {layer}: {msg}"))
+            })?;
+            if data.len() != d {
+                return Err(DirectionsError::Invalid(format!(
+                    "control vector direction {layer} has {} values, expected d_model = {d}",
+                    data.len()
+                )));
+            }
+            dense[layer * d..(layer + 1) * d].copy_from_slice(&data);
+        }
+        f32_tensor(&dense, &[n_layers as i64, d as i64]).map_err(DirectionsError::Invalid)
+    }
+}
+
+/// Writes one emotion's directions as a llama.cpp control vector (GGUF v3, loadable with
+/// `llama-cli --control-vector FILE`).
+///
+/// `directions_resid_post` is `[n_layers, d_model]` at `resid_post`; row `N` (times `scale`) becomes
+/// `direction.N` for `N` in `1..n_layers`. **Row 0 is not written**: llama.cpp has no slot for block 0.
+/// Metadata: `general.architecture = "controlvector"`, `controlvector.model_hint = model_hint`,
+/// `controlvector.layer_count = n_layers - 1` (u32, the number of direction tensors, as llama.cpp's
+/// `cvector-generator` writes it). Refuses fewer than 2 layers and non-finite values. Atomic.
+pub fn write_control_vector(
+    path: impl AsRef<Path>,
+    directions_resid_post: &Tensor,
+    model_hint: &str,
+    scale: f32,
+) -> Result<()> {
+    let path = path.as_ref();
+    let invalid = |msg: String| {
+        DirectionsError::Invalid(format!(
+            "{}: cannot write control vector: {msg}",
+            path.display()
+        ))
+    };
+    if !scale.is_finite() {
+        return Err(invalid(format!("scale {scale} is not finite")));
+    }
+    let (shape, data) = tensor_to_f32(directions_resid_post).map_err(invalid)?;
+    let (n_layers, d) = match shape[..] {
+        [l, d] if l >= 2 && d >= 1 => (l as usize, d as usize),
+        _ => {
+            return Err(invalid(format!(
+                "expected directions of shape [n_layers >= 2, d_model >= 1], got {shape:?}"
+            )))
+        }
+    };
+    let mut writer = GgufWriter::new();
+    writer.add_metadata("general.architecture", GgufValue::String(CVEC_ARCH.into()));
+    writer.add_metadata(CVEC_MODEL_HINT, GgufValue::String(model_hint.into()));
+    let count = u32::try_from(n_layers - 1)
+        .map_err(|_| invalid(format!("{n_layers} layers is too many")))?;
+    writer.add_metadata(CVEC_LAYER_COUNT, GgufValue::U32(count));
+    for layer in 1..n_layers {
+        let row: Vec<f32> = data[layer * d..(layer + 1) * d]
+            .iter()
+            .map(|v| v * scale)
+            .collect();
+        if let Some(i) = row.iter().position(|v| !v.is_finite()) {
+            return Err(invalid(format!(
+                "row {layer} (times scale {scale}) has a non-finite value {} at index {i}",
+                row[i]
+            )));
+        }
+        writer
+            .add_f32_tensor(format!("{CVEC_PREFIX}{layer}"), &[d], &row)
+            .map_err(|e| invalid(e.to_string()))?;
+    }
+    // GgufWriter::write is atomic itself (temporary file in the same folder, then rename).
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(crate::error::io(dir))?;
+    }
+    writer.write(path)?;
+    Ok(())
+}
+
+/// Reads a llama.cpp control vector, checking it as llama.cpp would: `general.architecture` is
+/// `controlvector`, every tensor is named `direction.N` with `N >= 1` (each `N` once), is F32 and
+/// 1-D, and all have the same length. `controlvector.layer_count` may be any integer type (llama.cpp
+/// writes i32, repeng u32); `controlvector.model_hint` may be absent (read as "").
+pub fn read_control_vector(path: impl AsRef<Path>) -> Result<ControlVector> {
+    let path = path.as_ref();
+    let format = |msg: String| DirectionsError::Format {
+        path: path.to_path_buf(),
+        msg,
+    };
+    let gguf = GgufFile::open(path)?;
+
+    match gguf.get("general.architecture") {
+        Some(GgufValue::String(a)) if a == CVEC_ARCH => {}
+        Some(GgufValue::String(a)) => {
+            return Err(format(format!(
+                "general.architecture is `{a}`, expected `{CVEC_ARCH}`: not a control vector"
+            )))
+        }
+        Some(v) => {
+            return Err(format(format!(
+                "general.architecture is a {}, expected the string `{CVEC_ARCH}`",
+                v.type_name()
+            )))
+        }
+        None => {
+            return Err(format(
+                "no general.architecture: not a control vector".into(),
+            ))
+        }
+    }
+    let model_hint = match gguf.get(CVEC_MODEL_HINT) {
+        None => String::new(),
+        Some(GgufValue::String(s)) => s.clone(),
+        Some(v) => {
+            return Err(format(format!(
+                "{CVEC_MODEL_HINT} is a {}, expected a string",
+                v.type_name()
+            )))
+        }
+    };
+    let layer_count = match gguf.get(CVEC_LAYER_COUNT) {
+        None => return Err(format(format!("no {CVEC_LAYER_COUNT}"))),
+        Some(v) => v
+            .as_u64()
+            .and_then(|n| usize::try_from(n).ok())
+            .ok_or_else(|| {
+                format(format!(
+                    "{CVEC_LAYER_COUNT} is {v:?}, expected a non-negative integer"
+                ))
+            })?,
+    };
+
+    let mut d_model: Option<usize> = None;
+    let mut layers = BTreeMap::new();
+    for info in gguf.tensors() {
+        let name = &info.name;
+        let layer = name
+            .strip_prefix(CVEC_PREFIX)
+            .filter(|n| !n.is_empty() && n.bytes().all(|c| c.is_ascii_digit()))
+            .and_then(|n| n.parse::<usize>().ok())
+            .ok_or_else(|| format(format!("tensor `{name}` is not named `direction.N`")))?;
+        if layer == 0 {
+            return Err(format(format!(
+                "tensor `{name}`: block 0 is not allowed (llama.cpp adds direction.N after block N, N >= 1)"
+            )));
+        }
+        if info.dtype != GgmlType::F32 {
+            return Err(format(format!(
+                "tensor `{name}` has type {}, expected F32",
+                info.dtype
+            )));
+        }
+        // ggml counts trailing dims of 1 as absent, so [d, 1] is 1-D to llama.cpp too.
+        if info.dims.is_empty() || info.dims[1..].iter().any(|&x| x != 1) {
+            return Err(format(format!(
+                "tensor `{name}` has shape {:?}, expected 1-D",
+                info.shape()
+            )));
+        }
+        let len = usize::try_from(info.dims[0])
+            .ok()
+            .filter(|&n| n > 0)
+            .ok_or_else(|| format(format!("tensor `{name}` has length {}", info.dims[0])))?;
+        match d_model {
+            None => d_model = Some(len),
+            Some(d) if d != len => {
+                return Err(format(format!(
+                    "tensor `{name}` has length {len}, but earlier directions have length {d}"
+                )))
+            }
+            Some(_) => {}
+        }
+        let data = gguf.dequantize(name)?;
+        let tensor = f32_tensor(&data, &[len as i64])
+            .map_err(|m| format(format!("tensor `{name}`: {m}")))?;
+        if layers.insert(layer, tensor).is_some() {
+            return Err(format(format!(
+                "tensor `{name}`: block {layer} has more than one direction"
+            )));
+        }
+    }
+    let d_model = d_model.ok_or_else(|| format("no direction.N tensors".into()))?;
+    Ok(ControlVector {
+        model_hint,
+        layer_count,
+        d_model,
+        layers,
+    })
+}

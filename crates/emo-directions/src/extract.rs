@@ -1,0 +1,87 @@
+//! From a run's activations to its direction files, and directions brought in from other tools.
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use emo_data::Emotion;
+use tch::{Kind, Tensor};
+
+use crate::directions::{DirectionsSummary, EmotionDirections, GroupFilter, Site};
+use crate::error::{DirectionsError, Result};
+use crate::export::{read_control_vector, read_npz, write_control_vector, write_npz};
+use crate::run::{load_activations, RunDir};
+use crate::store::write_json;
+
+/// Computes the run's directions and writes `directions.safetensors`, `directions.json`,
+/// `control_vectors/{emotion}.gguf` (the `resid_post` directions) and, with `npz`, `directions.npz`.
+pub fn extract(run: &RunDir, filter: GroupFilter, npz: bool) -> Result<DirectionsSummary> {
+    let manifest = run.require_manifest()?;
+    let acts = load_activations(run)?;
+    let (dirs, summary) = EmotionDirections::compute(&acts, filter)?;
+    let meta = BTreeMap::from([
+        ("model".to_string(), manifest.model.path.clone()),
+        ("model_sha256".to_string(), manifest.model.sha256.clone()),
+        ("filter".to_string(), format!("{filter:?}").to_lowercase()),
+        ("groups_used".to_string(), summary.groups_used.to_string()),
+    ]);
+    dirs.save(&run.directions(), &meta)?;
+    write_json(&run.directions_summary(), &summary)?;
+    for e in Emotion::ALL {
+        let path = run.control_vectors().join(format!("{}.gguf", e.name()));
+        write_control_vector(&path, &dirs.get(Site::ResidPost, e), &manifest.model.architecture, 1.0)?;
+    }
+    if npz {
+        write_npz(run.path.join("directions.npz"), &named(&dirs))?;
+    }
+    Ok(summary)
+}
+
+fn named(dirs: &EmotionDirections) -> Vec<(String, Tensor)> {
+    Site::ALL
+        .iter()
+        .flat_map(|&s| Emotion::ALL.iter().map(move |&e| (format!("{}.{}", s.name(), e.name()), dirs.get(s, e))))
+        .collect()
+}
+
+/// Reads directions for an `n_layers` x `d_model` model from a `.safetensors` or `.npz` file (arrays
+/// `resid_mid.{emotion}` and `resid_post.{emotion}`; a missing `resid_mid` is zero), or from a folder of llama.cpp
+/// control vectors `{emotion}.gguf` (`resid_post` only; block 0, which control vectors cannot hold, is zero).
+pub fn import_directions(path: &Path, n_layers: usize, d_model: usize) -> Result<EmotionDirections> {
+    let shape = [n_layers as i64, d_model as i64];
+    let zeros = || Tensor::zeros(shape, (Kind::Float, tch::Device::Cpu));
+    let mut by_name: BTreeMap<String, Tensor> = if path.is_dir() {
+        Emotion::ALL
+            .iter()
+            .map(|e| {
+                let f = path.join(format!("{}.gguf", e.name()));
+                Ok((format!("resid_post.{}", e.name()), read_control_vector(&f)?.to_tensor(n_layers)?))
+            })
+            .collect::<Result<_>>()?
+    } else if path.extension().is_some_and(|x| x == "npz") {
+        read_npz(path)?.into_iter().collect()
+    } else {
+        let d = EmotionDirections::load(path)?;
+        named(&d).into_iter().collect()
+    };
+    let mut sites = Vec::new();
+    for site in Site::ALL {
+        let rows = Emotion::ALL
+            .iter()
+            .map(|e| {
+                let name = format!("{}.{}", site.name(), e.name());
+                match by_name.remove(&name) {
+                    Some(t) if t.size() == shape => Ok(t.to_kind(Kind::Float)),
+                    Some(t) => Err(DirectionsError::Format {
+                        path: path.into(),
+                        msg: format!("`{name}` has shape {:?}; the model needs {shape:?}", t.size()),
+                    }),
+                    None if site == Site::ResidMid => Ok(zeros()),
+                    None => Err(DirectionsError::Format { path: path.into(), msg: format!("no `{name}`") }),
+                }
+            })
+            .collect::<Result<Vec<_>>>()?;
+        sites.push(Tensor::stack(&rows, 0));
+    }
+    let resid_post = sites.pop().expect("two sites");
+    let resid_mid = sites.pop().expect("two sites");
+    Ok(EmotionDirections { resid_mid, resid_post })
+}

@@ -1,0 +1,27 @@
+//! `emo-directions`: paper section 5 — elicit emotional replies while reading the last prompt token's
+//! residual stream, extract context-agnostic emotion directions, analyse them (linear probes, PCA, cosine
+//! structure), export them (safetensors, `.npy`/`.npz`, llama.cpp control vectors) and validate them by
+//! steering generation.
+#![warn(missing_docs)]
+
+pub mod accuracy;
+pub mod analysis;
+pub mod directions;
+pub mod elicit;
+pub mod error;
+pub mod export;
+pub mod extract;
+pub mod figures;
+pub mod pca;
+pub mod probe;
+pub mod report;
+pub mod run;
+pub mod steer;
+pub mod store;
+
+pub use accuracy::Accuracy;
+pub use directions::{Activations, DirectionsSummary, EmotionDirections, GroupFilter, Site};
+pub use elicit::ElicitOptions;
+pub use error::{DirectionsError, Result};
+pub use run::{ReplyRecord, RunDir};
+pub use steer::SteerOptions;
