@@ -107,3 +107,50 @@ fn judge_eval_prints_the_agreement_as_one_json_line() {
     let out = emo(&["judge-eval", "--labels", "/nonexistent/labels.jsonl"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/labels.jsonl"));
 }
+
+#[test]
+fn section5_commands_run_end_to_end_on_a_small_run() {
+    let run = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("cli-section5-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&run);
+    let r = run.to_str().unwrap();
+    let ok = |out: std::process::Output| {
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let text = ok(emo(&["elicit", "--out", r, "--limit", "2", "--max-new-tokens", "4", "--batch", "12", "--quiet", "--device", "cpu"]));
+    assert!(text.contains("elicit: 36 prompts") && text.contains("| **all** |"), "{text}");
+    // Once more: everything is committed, nothing is recomputed.
+    let again = ok(emo(&["elicit", "--out", r, "--limit", "2", "--max-new-tokens", "4", "--batch", "12", "--quiet", "--device", "cpu"]));
+    assert!(again.contains("elicit: 36 prompts"), "{again}");
+    // The other split goes to its own prompting stage.
+    let text = ok(emo(&["elicit", "--out", r, "--split", "test", "--limit", "1", "--max-new-tokens", "4", "--quiet", "--device", "cpu"]));
+    assert!(text.contains("prompting-test: 18 prompts"), "{text}");
+    let text = ok(emo(&["directions", r, "--all-groups", "--npz"]));
+    assert!(text.contains("directions from 6 of 6"), "{text}");
+    for f in ["directions.safetensors", "directions.json", "directions.npz", "control_vectors/fear.gguf", "analysis.json", "figures/pca.png"] {
+        assert!(run.join(f).is_file(), "{f}");
+    }
+    let text = ok(emo(&["steer", r, "--split", "test", "--limit", "1", "--max-new-tokens", "12", "--layers", "10-20", "--quiet", "--device", "cpu"]));
+    assert!(text.contains("steering-test: alpha 8 on layers 10-20 at last-prompt-and-generated, 18 prompts"), "{text}");
+    let text = ok(emo(&["report", r]));
+    let report = std::fs::read_to_string(run.join("report.md")).unwrap();
+    assert!(text.contains("report.md") && report.contains("Prompting, test split") && report.contains("Steering, test split"));
+
+    // Mistakes are named.
+    let err = |args: &[&str]| {
+        let out = emo(args);
+        assert!(!out.status.success());
+        String::from_utf8(out.stderr).unwrap()
+    };
+    let e = err(&["elicit", "--out", r, "--limit", "3", "--max-new-tokens", "4", "--quiet", "--device", "cpu"]);
+    assert!(e.contains("other settings") && e.contains("dataset"), "{e}");
+    let e = err(&["directions", env!("CARGO_TARGET_TMPDIR")]);
+    assert!(e.contains("not a run folder"), "{e}");
+    let e = err(&["steer", r, "--layers", "20-10", "--limit", "1", "--device", "cpu"]);
+    assert!(e.contains("layer range 20..=10"), "{e}");
+    let e = err(&["steer", r, "--positions", "middle", "--device", "cpu"]);
+    assert!(e.contains("unknown positions `middle`"), "{e}");
+    let e = err(&["elicit", "--out", r, "--judge", "vibes", "--limit", "2", "--device", "cpu"]);
+    assert!(e.contains("unknown judge `vibes`"), "{e}");
+    let _ = std::fs::remove_dir_all(&run);
+}

@@ -25,7 +25,7 @@ pub struct ElicitOptions {
 
 impl Default for ElicitOptions {
     fn default() -> Self {
-        ElicitOptions { batch_size: 16, generation: GenerationConfig::elicitation(), capture: true, progress: true }
+        ElicitOptions { batch_size: 32, generation: GenerationConfig::elicitation(), capture: true, progress: true }
     }
 }
 

@@ -266,67 +266,6 @@ impl Figures {
     }
 }
 
-/// [`Figures::scatter`] with the default font.
-pub fn scatter(base: impl AsRef<Path>, panel: &ScatterPanel, class_names: &[&str]) -> Result<Written> {
-    Figures::default().scatter(base, panel, class_names)
-}
-
-/// [`Figures::scatter_grid`] with the default font.
-pub fn scatter_grid(
-    base: impl AsRef<Path>,
-    panels: &[ScatterPanel],
-    class_names: &[&str],
-    cols: usize,
-) -> Result<Written> {
-    Figures::default().scatter_grid(base, panels, class_names, cols)
-}
-
-/// [`Figures::heatmap`] with the default font.
-pub fn heatmap(
-    base: impl AsRef<Path>,
-    panel: &HeatmapPanel,
-    tick_labels: &[String],
-    range: Option<(f64, f64)>,
-) -> Result<Written> {
-    Figures::default().heatmap(base, panel, tick_labels, range)
-}
-
-/// [`Figures::heatmap_grid`] with the default font.
-pub fn heatmap_grid(
-    base: impl AsRef<Path>,
-    title: &str,
-    panels: &[HeatmapPanel],
-    tick_labels: &[String],
-    cols: usize,
-    range: Option<(f64, f64)>,
-) -> Result<Written> {
-    Figures::default().heatmap_grid(base, title, panels, tick_labels, cols, range)
-}
-
-/// [`Figures::lines`] with the default font.
-pub fn lines(
-    base: impl AsRef<Path>,
-    title: &str,
-    x_label: &str,
-    y_label: &str,
-    series: &[Series],
-    y_range: Option<(f64, f64)>,
-) -> Result<Written> {
-    Figures::default().lines(base, title, x_label, y_label, series, y_range)
-}
-
-/// [`Figures::grouped_bars`] with the default font.
-pub fn grouped_bars(
-    base: impl AsRef<Path>,
-    title: &str,
-    y_label: &str,
-    categories: &[&str],
-    groups: &[BarGroup],
-    y_range: Option<(f64, f64)>,
-) -> Result<Written> {
-    Figures::default().grouped_bars(base, title, y_label, categories, groups, y_range)
-}
-
 // ---------------------------------------------------------------------------------------------------------
 // Fonts
 

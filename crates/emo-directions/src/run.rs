@@ -573,6 +573,11 @@ pub fn run_stage(run: &RunDir, model: &Model, judge: &mut dyn Judge, stage: &Sta
             all.extend(read_records(&parts.join(format!("{b:05}.jsonl")))?);
         }
         write_atomic(&run.replies(&stage.name), records_jsonl(&all).as_bytes())?;
+        // Counts from the committed records themselves: a kill between a commit and the manifest update
+        // must not lose a batch from them.
+        stats.prompts = all.len();
+        stats.new_tokens = all.iter().map(|r| r.new_tokens).sum();
+        stats.prompt_tokens = all.iter().map(|r| r.prompt_tokens).sum();
         stats.complete = true;
         stats.peak_rss_mb = stats.peak_rss_mb.max(peak_rss_mb());
         save_stage(run, &mut manifest, stage, &stats)?;

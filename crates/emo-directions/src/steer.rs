@@ -33,7 +33,7 @@ impl Default for SteerOptions {
             layers: None,
             site: Site::ResidPost,
             positions: Positions::LastPromptAndGenerated,
-            batch_size: 16,
+            batch_size: 32,
             generation: GenerationConfig::steering(),
             progress: true,
         }

@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use emo_directions::figures::{
-    self, color_for, default_font_path, sublayer_labels, BarGroup, Figures, HeatmapPanel, ScatterPanel, Series,
+    color_for, default_font_path, sublayer_labels, BarGroup, Figures, HeatmapPanel, ScatterPanel, Series,
     Written, EMOTION_COLORS, EMOTION_NAMES,
 };
 use emo_directions::DirectionsError;
@@ -105,7 +105,7 @@ fn scatter_grid_writes_png_and_svg() {
         panels.push(ScatterPanel { title: format!("Layer {layer} · emotion vectors"), ..clusters(1.0 + i as f64, 8) });
     }
     let base = dir.join("fig2_pca");
-    let written = figures::scatter_grid(&base, &panels, &EMOTION_NAMES, 4).unwrap();
+    let written = Figures::default().scatter_grid(&base, &panels, &EMOTION_NAMES, 4).unwrap();
     let svg = check(&written, &base);
     for t in titles.iter().map(|t| t.to_string()).chain(["Layer 27 · emotion vectors".to_string()]) {
         assert!(shows(&svg, &t), "SVG lacks title {t}");
@@ -115,7 +115,7 @@ fn scatter_grid_writes_png_and_svg() {
     }
     assert!(shows(&svg, "PCA component 1") && shows(&svg, "PCA component 2"));
     // Two rows of four panels.
-    let single = figures::scatter(dir.join("one"), &panels[0], &EMOTION_NAMES).unwrap();
+    let single = Figures::default().scatter(dir.join("one"), &panels[0], &EMOTION_NAMES).unwrap();
     assert_eq!(written.width, 4 * single.width);
     assert!(written.height > single.height);
 }
@@ -138,7 +138,7 @@ fn heatmap_grid_writes_png_and_svg() {
         })
         .collect();
     let base = dir.join("fig6_cosine");
-    let written = figures::heatmap_grid(
+    let written = Figures::default().heatmap_grid(
         &base,
         "Cosine similarity of sublayer directions",
         &panels,
@@ -161,7 +161,7 @@ fn heatmap_grid_writes_png_and_svg() {
     // One panel, automatic range (symmetric about zero for signed values), numeric ticks.
     let small = HeatmapPanel { title: "tiny".into(), values: vec![vec![0.5, -0.25], vec![-0.25, 2.0]] };
     let base = dir.join("one");
-    let written = figures::heatmap(&base, &small, &[], None).unwrap();
+    let written = Figures::default().heatmap(&base, &small, &[], None).unwrap();
     let svg = check(&written, &base);
     let texts = svg_texts(&svg);
     for t in ["tiny", "0", "1", "2", "-2"] {
@@ -169,7 +169,7 @@ fn heatmap_grid_writes_png_and_svg() {
     }
     // Values of one sign: their min..max.
     let positive = HeatmapPanel { title: "positive".into(), values: vec![vec![0.5, 1.0], vec![1.0, 2.0]] };
-    let svg = check(&figures::heatmap(dir.join("pos"), &positive, &[], None).unwrap(), &dir.join("pos"));
+    let svg = check(&Figures::default().heatmap(dir.join("pos"), &positive, &[], None).unwrap(), &dir.join("pos"));
     for t in ["0.5", "1.25", "2"] {
         assert!(shows(&svg, t), "{t} not in {:?}", svg_texts(&svg));
     }
@@ -188,14 +188,14 @@ fn lines_writes_png_and_svg() {
         })
         .collect();
     let base = dir.join("probe_f1");
-    let written = figures::lines(&base, "Probe F1 per layer", "layer", "macro F1", &series, Some((0.0, 1.0))).unwrap();
+    let written = Figures::default().lines(&base, "Probe F1 per layer", "layer", "macro F1", &series, Some((0.0, 1.0))).unwrap();
     let svg = check(&written, &base);
     for t in ["Probe F1 per layer", "resid_mid", "resid_post", "layer", "macro F1", "0", "1"] {
         assert!(shows(&svg, t), "SVG lacks {t}");
     }
     // Automatic y range and a single point.
     let one = [Series { name: "only".into(), points: vec![(3.0, 7.0)] }];
-    let written = figures::lines(dir.join("auto"), "single point", "x", "y", &one, None).unwrap();
+    let written = Figures::default().lines(dir.join("auto"), "single point", "x", "y", &one, None).unwrap();
     check(&written, &dir.join("auto"));
 }
 
@@ -209,7 +209,7 @@ fn grouped_bars_writes_png_and_svg() {
     ];
     let base = dir.join("success");
     let written =
-        figures::grouped_bars(&base, "Expression success rate", "success (%)", &EMOTION_NAMES, &groups, None).unwrap();
+        Figures::default().grouped_bars(&base, "Expression success rate", "success (%)", &EMOTION_NAMES, &groups, None).unwrap();
     let svg = check(&written, &base);
     for t in ["Expression success rate", "prompting", "steering", "success (%)", "100"] {
         assert!(shows(&svg, t), "SVG lacks {t}");
@@ -220,7 +220,7 @@ fn grouped_bars_writes_png_and_svg() {
     assert!(shows(&svg, "88") && shows(&svg, "33"), "value labels: {:?}", svg_texts(&svg));
     // Values beyond 100 and below 0 widen the axis.
     let wide = [BarGroup { name: "delta".into(), values: vec![-20.0, 130.0] }];
-    let written = figures::grouped_bars(dir.join("wide"), "wide", "change (%)", &["a", "b"], &wide, None).unwrap();
+    let written = Figures::default().grouped_bars(dir.join("wide"), "wide", "change (%)", &["a", "b"], &wide, None).unwrap();
     check(&written, &dir.join("wide"));
 }
 
@@ -234,13 +234,13 @@ fn bad_input_is_an_error() {
     };
     let names = ["a", "b"];
     let ok_panel = ScatterPanel { title: "p".into(), points: vec![(0.0, 1.0), (1.0, 0.0)], classes: vec![0, 1] };
-    invalid(figures::scatter_grid(&base, &[], &names, 2));
-    invalid(figures::scatter_grid(&base, std::slice::from_ref(&ok_panel), &names, 0));
-    invalid(figures::scatter(&base, &ok_panel, &[]));
-    invalid(figures::scatter(&base, &ScatterPanel { title: "e".into(), ..Default::default() }, &names));
-    invalid(figures::scatter(&base, &ScatterPanel { classes: vec![0], ..ok_panel.clone() }, &names));
-    invalid(figures::scatter(&base, &ScatterPanel { classes: vec![0, 2], ..ok_panel.clone() }, &names));
-    let msg = invalid(figures::scatter(
+    invalid(Figures::default().scatter_grid(&base, &[], &names, 2));
+    invalid(Figures::default().scatter_grid(&base, std::slice::from_ref(&ok_panel), &names, 0));
+    invalid(Figures::default().scatter(&base, &ok_panel, &[]));
+    invalid(Figures::default().scatter(&base, &ScatterPanel { title: "e".into(), ..Default::default() }, &names));
+    invalid(Figures::default().scatter(&base, &ScatterPanel { classes: vec![0], ..ok_panel.clone() }, &names));
+    invalid(Figures::default().scatter(&base, &ScatterPanel { classes: vec![0, 2], ..ok_panel.clone() }, &names));
+    let msg = invalid(Figures::default().scatter(
         &base,
         &ScatterPanel { points: vec![(0.0, f64::NAN), (1.0, 1.0)], ..ok_panel.clone() },
         &names,
@@ -248,38 +248,38 @@ fn bad_input_is_an_error() {
     assert!(msg.contains("NaN"), "{msg}");
 
     let sq = HeatmapPanel { title: "h".into(), values: vec![vec![0.0, 1.0], vec![1.0, 0.0]] };
-    invalid(figures::heatmap_grid(&base, "t", &[], &[], 1, None));
-    invalid(figures::heatmap(&base, &HeatmapPanel { title: "e".into(), values: vec![] }, &[], None));
-    invalid(figures::heatmap(
+    invalid(Figures::default().heatmap_grid(&base, "t", &[], &[], 1, None));
+    invalid(Figures::default().heatmap(&base, &HeatmapPanel { title: "e".into(), values: vec![] }, &[], None));
+    invalid(Figures::default().heatmap(
         &base,
         &HeatmapPanel { values: vec![vec![0.0, 1.0], vec![1.0]], ..sq.clone() },
         &[],
         None,
     ));
-    invalid(figures::heatmap(&base, &HeatmapPanel { values: vec![vec![0.0, 1.0]], ..sq.clone() }, &[], None));
-    invalid(figures::heatmap(
+    invalid(Figures::default().heatmap(&base, &HeatmapPanel { values: vec![vec![0.0, 1.0]], ..sq.clone() }, &[], None));
+    invalid(Figures::default().heatmap(
         &base,
         &HeatmapPanel { values: vec![vec![0.0, f64::NAN], vec![1.0, 0.0]], ..sq.clone() },
         &[],
         None,
     ));
-    invalid(figures::heatmap(&base, &sq, &sublayer_labels(2), None)); // 4 labels for 2 rows
-    invalid(figures::heatmap(&base, &sq, &[], Some((1.0, -1.0))));
-    invalid(figures::heatmap(&base, &sq, &[], Some((f64::NAN, 1.0))));
+    invalid(Figures::default().heatmap(&base, &sq, &sublayer_labels(2), None)); // 4 labels for 2 rows
+    invalid(Figures::default().heatmap(&base, &sq, &[], Some((1.0, -1.0))));
+    invalid(Figures::default().heatmap(&base, &sq, &[], Some((f64::NAN, 1.0))));
     let other = HeatmapPanel { values: vec![vec![0.0; 3]; 3], ..sq.clone() };
-    invalid(figures::heatmap_grid(&base, "t", &[sq.clone(), other], &[], 2, None));
+    invalid(Figures::default().heatmap_grid(&base, "t", &[sq.clone(), other], &[], 2, None));
 
     let s = Series { name: "s".into(), points: vec![(0.0, 1.0), (1.0, 2.0)] };
-    invalid(figures::lines(&base, "t", "x", "y", &[], None));
-    invalid(figures::lines(&base, "t", "x", "y", &[Series { name: "e".into(), points: vec![] }], None));
-    invalid(figures::lines(&base, "t", "x", "y", &[Series { points: vec![(f64::INFINITY, 0.0)], ..s.clone() }], None));
-    invalid(figures::lines(&base, "t", "x", "y", std::slice::from_ref(&s), Some((0.0, 0.0))));
+    invalid(Figures::default().lines(&base, "t", "x", "y", &[], None));
+    invalid(Figures::default().lines(&base, "t", "x", "y", &[Series { name: "e".into(), points: vec![] }], None));
+    invalid(Figures::default().lines(&base, "t", "x", "y", &[Series { points: vec![(f64::INFINITY, 0.0)], ..s.clone() }], None));
+    invalid(Figures::default().lines(&base, "t", "x", "y", std::slice::from_ref(&s), Some((0.0, 0.0))));
 
     let g = BarGroup { name: "g".into(), values: vec![1.0, 2.0] };
-    invalid(figures::grouped_bars(&base, "t", "y", &[], std::slice::from_ref(&g), None));
-    invalid(figures::grouped_bars(&base, "t", "y", &["a", "b"], &[], None));
-    invalid(figures::grouped_bars(&base, "t", "y", &["a", "b", "c"], std::slice::from_ref(&g), None));
-    invalid(figures::grouped_bars(
+    invalid(Figures::default().grouped_bars(&base, "t", "y", &[], std::slice::from_ref(&g), None));
+    invalid(Figures::default().grouped_bars(&base, "t", "y", &["a", "b"], &[], None));
+    invalid(Figures::default().grouped_bars(&base, "t", "y", &["a", "b", "c"], std::slice::from_ref(&g), None));
+    invalid(Figures::default().grouped_bars(
         &base,
         "t",
         "y",

@@ -1,0 +1,20 @@
+//! Paper section 5, step 2: context-agnostic emotion directions from an elicitation run, their control-vector
+//! export, and the analyses (linear probes, PCA maps, cosine structure).
+//!
+//! `cargo run --release --example section5_2_directions -- RUN` after `section5_1_elicit`.
+use emo_directions::directions::GroupFilter;
+use emo_directions::run::RunDir;
+
+fn main() -> anyhow::Result<()> {
+    let run = RunDir::new(std::env::args().nth(1).unwrap_or_else(|| "runs/example".into()));
+    // SmolLM2 rarely follows the emotion instruction, so few groups are complete: use them all.
+    let summary = emo_directions::extract::extract(&run, GroupFilter::All, false)?;
+    println!("directions from {} groups -> {}", summary.groups_used, run.directions().display());
+    let analysis = emo_directions::analysis::analyze(&run)?;
+    let post = &analysis.probe["resid_post"];
+    for (l, (v, r)) in post.emotion_vectors.iter().zip(&post.raw).enumerate() {
+        println!("layer {l:2}: probe F1 emotion vectors {v:.3}, raw states {r:.3}");
+    }
+    println!("figures: {:?}", analysis.figures);
+    Ok(())
+}
