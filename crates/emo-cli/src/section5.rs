@@ -21,17 +21,17 @@ pub struct DataArgs {
     /// A JSONL file in the paper's schema, or a folder with sev.jsonl and test_set.jsonl; default: built-in.
     #[arg(long)]
     pub dataset: Option<PathBuf>,
-    /// sev (discovery) or test.
-    #[arg(long, default_value = "sev")]
-    pub split: String,
+    /// sev (discovery) or test [default: sev for elicit, test for steer].
+    #[arg(long)]
+    pub split: Option<String>,
     /// Use only this many scenarios, spread evenly over the split (every theme); 18 prompts each.
     #[arg(long)]
     pub limit: Option<usize>,
 }
 
 impl DataArgs {
-    fn load(&self) -> Result<(Split, Vec<emo_data::Scenario>, DatasetInfo)> {
-        let split: Split = self.split.parse()?;
+    fn load(&self, default_split: Split) -> Result<(Split, Vec<emo_data::Scenario>, DatasetInfo)> {
+        let split: Split = self.split.as_deref().map_or(Ok(default_split), str::parse)?;
         let mut scenarios = emo_data::sev::load_split(self.dataset.as_deref(), split)?;
         if let Some(n) = self.limit {
             anyhow::ensure!(n > 0, "--limit must be at least 1");
@@ -100,7 +100,7 @@ pub struct ElicitArgs {
 }
 
 pub fn elicit(a: &ElicitArgs) -> Result<()> {
-    let (split, scenarios, info) = a.data.load()?;
+    let (split, scenarios, info) = a.data.load(Split::Sev)?;
     let model = a.model.load()?;
     let run = RunDir::new(&a.out);
     let manifest = open_run(&run, &model, &a.model.model)?;
@@ -178,8 +178,8 @@ pub struct SteerArgs {
     pub data: DataArgs,
     #[command(flatten)]
     pub judge: JudgeArgs,
-    /// Directions from elsewhere: .safetensors or .npz (`resid_post.{emotion}` arrays) or a folder of
-    /// llama.cpp control vectors `{emotion}.gguf`.
+    /// Directions from elsewhere: .safetensors or .npz (`resid_post.{emotion}` arrays), .npy ([6, n_layers,
+    /// d_model] resid_post), or a folder of llama.cpp control vectors `{emotion}.gguf`.
     #[arg(long)]
     pub directions: Option<PathBuf>,
     /// `h += alpha * RMS(h) * v`.
@@ -197,7 +197,7 @@ pub struct SteerArgs {
     /// Maximum new tokens per reply (the paper: 100; min 10, repetition penalty 1.05, no repeated trigram).
     #[arg(long, default_value_t = 100)]
     pub max_new_tokens: usize,
-    /// Model device/dtype/threads (the model itself is the run's).
+    /// auto (CUDA when present), cpu, cuda, cuda:N (the model itself is the run's).
     #[arg(long, default_value = "auto")]
     pub device: String,
     /// f32, bf16 or f16.
@@ -206,6 +206,10 @@ pub struct SteerArgs {
     /// CPU threads for LibTorch.
     #[arg(long)]
     pub threads: Option<i32>,
+    /// Name of this steering stage in the run (default `steering-{split}`): other names keep several settings,
+    /// e.g. an alpha sweep, side by side in one run and its report.
+    #[arg(long)]
+    pub stage: Option<String>,
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
@@ -224,7 +228,7 @@ pub fn steer(a: &SteerArgs) -> Result<()> {
         None => EmotionDirections::load(&run.directions())
             .with_context(|| format!("reading the directions of {} (run `emo directions` first)", run.path.display()))?,
     };
-    let (split, scenarios, info) = a.data.load()?;
+    let (split, scenarios, info) = a.data.load(Split::Test)?;
     let model_args = ModelArgs { model: manifest.model.path.clone(), device: a.device.clone(), dtype: a.dtype.clone(), threads: a.threads };
     let model = model_args.load()?;
     open_run(&run, &model, &manifest.model.reference)?;
@@ -238,7 +242,11 @@ pub fn steer(a: &SteerArgs) -> Result<()> {
         progress: !a.quiet,
         ..Default::default()
     };
-    let name = format!("steering-{split}");
+    let name = a.stage.clone().unwrap_or_else(|| format!("steering-{split}"));
+    anyhow::ensure!(
+        !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) && name != "elicit",
+        "--stage `{name}`: use letters, digits, '-', '_' or '.', and not `elicit`"
+    );
     let stage = steering_stage(name.clone(), &scenarios, info, &judge.name(), &directions, model.transformer.config(), &opts)?;
     let stats = run_stage(&run, &model, judge.as_mut(), &stage)?;
     let acc = emo_directions::Accuracy::of(&run.read_replies(&name)?)?;
@@ -304,7 +312,7 @@ pub struct Section5Args {
 
 pub fn section5(a: &Section5Args) -> Result<()> {
     let limit = (!a.full).then_some(a.limit);
-    let data = |split: &str| DataArgs { dataset: a.dataset.clone(), split: split.into(), limit };
+    let data = |split: &str| DataArgs { dataset: a.dataset.clone(), split: Some(split.into()), limit };
     let t = Instant::now();
     for split in ["sev", "test"] {
         elicit(&ElicitArgs {
@@ -348,6 +356,7 @@ pub fn section5(a: &Section5Args) -> Result<()> {
         device: a.model.device.clone(),
         dtype: a.model.dtype.clone(),
         threads: a.model.threads,
+        stage: None,
         quiet: a.quiet,
     })?;
     report(&ReportArgs { run: a.out.clone() })?;

@@ -7,7 +7,7 @@ use tch::{Kind, Tensor};
 
 use crate::directions::{DirectionsSummary, EmotionDirections, GroupFilter, Site};
 use crate::error::{DirectionsError, Result};
-use crate::export::{read_control_vector, read_npz, write_control_vector, write_npz};
+use crate::export::{read_control_vector, read_npy, read_npz, write_control_vector, write_npz};
 use crate::run::{load_activations, RunDir};
 use crate::store::write_json;
 
@@ -43,8 +43,9 @@ fn named(dirs: &EmotionDirections) -> Vec<(String, Tensor)> {
 }
 
 /// Reads directions for an `n_layers` x `d_model` model from a `.safetensors` or `.npz` file (arrays
-/// `resid_mid.{emotion}` and `resid_post.{emotion}`; a missing `resid_mid` is zero), or from a folder of llama.cpp
-/// control vectors `{emotion}.gguf` (`resid_post` only; block 0, which control vectors cannot hold, is zero).
+/// `resid_mid.{emotion}` and `resid_post.{emotion}`; a missing `resid_mid` is zero), a `.npy` array
+/// `[6, n_layers, d_model]` of `resid_post` directions, or a folder of llama.cpp control vectors `{emotion}.gguf`
+/// (`resid_post` only; block 0, which control vectors cannot hold, is zero).
 pub fn import_directions(path: &Path, n_layers: usize, d_model: usize) -> Result<EmotionDirections> {
     let shape = [n_layers as i64, d_model as i64];
     let zeros = || Tensor::zeros(shape, (Kind::Float, tch::Device::Cpu));
@@ -58,6 +59,16 @@ pub fn import_directions(path: &Path, n_layers: usize, d_model: usize) -> Result
             .collect::<Result<_>>()?
     } else if path.extension().is_some_and(|x| x == "npz") {
         read_npz(path)?.into_iter().collect()
+    } else if path.extension().is_some_and(|x| x == "npy") {
+        // One array [6, n_layers, d_model] of resid_post directions, emotions in the paper's order.
+        let t = read_npy(path)?;
+        if t.size() != [6, n_layers as i64, d_model as i64] {
+            return Err(DirectionsError::Format {
+                path: path.into(),
+                msg: format!("array has shape {:?}; expected [6, {n_layers}, {d_model}] (resid_post, emotions in order)", t.size()),
+            });
+        }
+        Emotion::ALL.iter().map(|e| (format!("resid_post.{}", e.name()), t.get(e.index() as i64))).collect()
     } else {
         let d = EmotionDirections::load(path)?;
         named(&d).into_iter().collect()

@@ -74,7 +74,7 @@ pub fn write_report(run: &RunDir) -> Result<PathBuf> {
             acc.markdown()
         );
         let label = match &s.steering {
-            Some(_) => format!("ours: steering, {}", s.dataset.split),
+            Some(st) => format!("ours: steering, {}, alpha {}", s.dataset.split, st.alpha),
             None => format!("ours: prompting, {}", s.dataset.split),
         };
         ours.push((label, acc));

@@ -129,6 +129,12 @@ fn directions_exports_analysis_steering_and_report_from_one_run() {
     // The same directions come back from the .npz and, for resid_post blocks 1.., from the control vectors.
     let npz = emo_directions::extract::import_directions(&run.path.join("directions.npz"), 30, 576).unwrap();
     assert!(npz.resid_mid.allclose(&dirs.resid_mid, 0.0, 0.0, false));
+    let npy = run.path.join("resid_post.npy");
+    emo_directions::export::write_npy(&npy, &dirs.resid_post).unwrap();
+    let from_npy = emo_directions::extract::import_directions(&npy, 30, 576).unwrap();
+    assert!(from_npy.resid_post.allclose(&dirs.resid_post, 0.0, 0.0, false));
+    let err = emo_directions::extract::import_directions(&npy, 24, 896).err().unwrap().to_string();
+    assert!(err.contains("resid_post.npy") && err.contains("[6, 24, 896]"), "{err}");
     let cv = emo_directions::extract::import_directions(&run.control_vectors(), 30, 576).unwrap();
     assert!(cv.resid_post.narrow(1, 1, 29).allclose(&dirs.resid_post.narrow(1, 1, 29), 1e-6, 1e-7, false));
     assert_eq!(cv.resid_post.narrow(1, 0, 1).abs().sum(Kind::Float).double_value(&[]), 0.0);
