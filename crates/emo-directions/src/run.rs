@@ -445,11 +445,10 @@ pub fn run_stage(run: &RunDir, model: &Model, judge: &mut dyn Judge, stage: &Sta
     let mut stats = match manifest.stages.get(&stage.name) {
         Some(info) if info.settings != stage.settings => {
             return Err(DirectionsError::Invalid(format!(
-                "{}: stage `{}` was started with other settings ({}); use a new run folder or delete {}",
+                "{}: stage `{}` was started with other settings ({}); use a new run folder",
                 run.path.display(),
                 stage.name,
                 settings_diff(&info.settings, &stage.settings),
-                run.parts(&stage.name).display()
             )))
         }
         Some(info) => info.stats.clone(),
