@@ -8,9 +8,10 @@ use emo_directions::run::RunDir;
 fn main() -> anyhow::Result<()> {
     let run = RunDir::new(std::env::args().nth(1).unwrap_or_else(|| "runs/example".into()));
     // SmolLM2 rarely follows the emotion instruction, so few groups are complete: use them all.
-    let summary = emo_directions::extract::extract(&run, GroupFilter::All, false)?;
+    let acts = emo_directions::run::load_activations(&run)?;
+    let summary = emo_directions::extract::extract(&run, &acts, GroupFilter::All, false)?;
     println!("directions from {} groups -> {}", summary.groups_used, run.directions().display());
-    let analysis = emo_directions::analysis::analyze(&run)?;
+    let analysis = emo_directions::analysis::analyze(&run, &acts)?;
     let post = &analysis.probe["resid_post"];
     for (l, (v, r)) in post.emotion_vectors.iter().zip(&post.raw).enumerate() {
         println!("layer {l:2}: probe F1 emotion vectors {v:.3}, raw states {r:.3}");

@@ -4,7 +4,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
-use emo_model::bench::{hooks_for, HookLoad};
+use emo_model::bench::{hooks_for, peak_rss_mb, HookLoad};
 use emo_model::device::{device_name, parse_device, parse_kind};
 use emo_model::{ChatMessage, DecodeState, GenerationConfig, HookSet, LoadOptions, LogitsFor, Model};
 use tch::Tensor;
@@ -185,14 +185,6 @@ fn emit(text: impl std::fmt::Display) -> Result<()> {
     write!(out, "{text}")?;
     out.flush()?;
     Ok(())
-}
-
-/// Peak resident memory of this process (Linux), in MB.
-fn peak_rss_mb() -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb / 1024.0)
 }
 
 fn run(cli: Cli) -> Result<()> {

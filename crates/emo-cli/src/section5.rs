@@ -139,6 +139,10 @@ pub struct DirectionsArgs {
     /// replies rarely pass the judge).
     #[arg(long)]
     pub all_groups: bool,
+    /// Group filter: complete (the paper), all, or auto (complete when at least a quarter of the groups are
+    /// complete, else all).
+    #[arg(long, default_value = "complete", conflicts_with = "all_groups")]
+    pub groups: String,
     /// Also write directions.npz (arrays `resid_mid.{emotion}`, `resid_post.{emotion}`).
     #[arg(long)]
     pub npz: bool,
@@ -150,8 +154,16 @@ pub struct DirectionsArgs {
 pub fn directions(a: &DirectionsArgs) -> Result<()> {
     let run = RunDir::new(&a.run);
     let t = Instant::now();
-    let filter = if a.all_groups { GroupFilter::All } else { GroupFilter::Complete };
-    let summary = emo_directions::extract::extract(&run, filter, a.npz)?;
+    let filter = if a.all_groups { GroupFilter::All } else { a.groups.parse()? };
+    // Read once: both the directions and the analyses need every activation of the run.
+    let acts = emo_directions::run::load_activations(&run)?;
+    let summary = emo_directions::extract::extract(&run, &acts, filter, a.npz)?;
+    if filter == GroupFilter::Auto && summary.filter == GroupFilter::All {
+        emit(format!(
+            "only {} of {} groups have all six replies matched: using all groups\n",
+            summary.groups_complete, summary.groups_total
+        ))?;
+    }
     emit(format!(
         "directions from {} of {} scenario-event groups ({:?}) in {:.1} s: {}\ncontrol vectors: {}\n",
         summary.groups_used,
@@ -163,7 +175,7 @@ pub fn directions(a: &DirectionsArgs) -> Result<()> {
     ))?;
     if !a.no_analysis {
         let t = Instant::now();
-        emo_directions::analysis::analyze(&run)?;
+        emo_directions::analysis::analyze(&run, &acts)?;
         emit(format!("probes, PCA and cosine structure in {:.1} s: {}\n", t.elapsed().as_secs_f64(), run.analysis().display()))?;
     }
     Ok(())
@@ -327,22 +339,7 @@ pub fn section5(a: &Section5Args) -> Result<()> {
         })?;
     }
     let run = RunDir::new(&a.out);
-    let all_groups = match a.groups.as_str() {
-        "complete" => false,
-        "all" => true,
-        "auto" => {
-            let acts = emo_directions::run::load_activations(&run)?;
-            let complete = acts.groups(true).len();
-            let total = acts.groups(false).len();
-            let all = complete * 4 < total;
-            if all {
-                emit(format!("only {complete} of {total} groups have all six replies matched: using all groups\n"))?;
-            }
-            all
-        }
-        other => anyhow::bail!("--groups `{other}`: expected complete, all or auto"),
-    };
-    directions(&DirectionsArgs { run: a.out.clone(), all_groups, npz: true, no_analysis: false })?;
+    directions(&DirectionsArgs { run: a.out.clone(), all_groups: false, groups: a.groups.clone(), npz: true, no_analysis: false })?;
     steer(&SteerArgs {
         run: a.out.clone(),
         data: data("test"),

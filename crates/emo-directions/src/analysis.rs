@@ -8,12 +8,12 @@ use emo_data::Emotion;
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
-use crate::directions::{EmotionDirections, GroupFilter, Site};
+use crate::directions::{Activations, EmotionDirections, GroupFilter, Site};
 use crate::error::Result;
 use crate::figures::{Figures, HeatmapPanel, ScatterPanel, Series};
 use crate::pca::{cosine_matrix, pca};
 use crate::probe::{probe, ProbeConfig};
-use crate::run::{load_activations, RunDir};
+use crate::run::RunDir;
 use crate::store::{read_json, write_json};
 
 /// Probe F1 by layer for one site.
@@ -66,14 +66,17 @@ impl Analysis {
     }
 }
 
+/// A layer of the paper's 28-layer model at this model's depth.
 fn scale(l: usize, n_layers: usize) -> usize {
-    (((l as f64) * n_layers as f64 / 28.0).round() as usize).min(n_layers - 1)
+    emo_model::config::scale_layer(l, n_layers, 28)
 }
 
-/// Runs every analysis on a run with directions and writes `analysis.json` and `figures/`.
-pub fn analyze(run: &RunDir) -> Result<Analysis> {
+/// Runs every analysis on a run with directions, given its activations ([`load_activations`]), and writes
+/// `analysis.json` and `figures/`.
+///
+/// [`load_activations`]: crate::run::load_activations
+pub fn analyze(run: &RunDir, acts: &Activations) -> Result<Analysis> {
     let start = Instant::now();
-    let acts = load_activations(run)?;
     let dirs = EmotionDirections::load(&run.directions())?;
     let summary: crate::directions::DirectionsSummary = read_json(&run.directions_summary())?;
     let groups = acts.groups(summary.filter == GroupFilter::Complete);

@@ -164,6 +164,21 @@ pub enum GroupFilter {
     Complete,
     /// Every group, whatever the judge said (for models whose replies rarely pass the judge).
     All,
+    /// `Complete` when at least a quarter of the groups are complete, else `All`; resolved by
+    /// [`EmotionDirections::compute`], which records the filter it used.
+    Auto,
+}
+
+impl FromStr for GroupFilter {
+    type Err = DirectionsError;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "complete" => Ok(GroupFilter::Complete),
+            "all" => Ok(GroupFilter::All),
+            "auto" => Ok(GroupFilter::Auto),
+            _ => Err(DirectionsError::Invalid(format!("unknown group filter `{s}` (expected complete, all or auto)"))),
+        }
+    }
 }
 
 /// Unit emotion directions per site, emotion and layer.
@@ -177,10 +192,13 @@ pub struct EmotionDirections {
 /// What went into a set of directions, saved beside them as JSON.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct DirectionsSummary {
-    /// The group filter used.
+    /// The group filter used (never `Auto`: that is resolved).
     pub filter: GroupFilter,
     /// Groups used.
     pub groups_used: usize,
+    /// Groups whose six replies were all judged to match.
+    #[serde(default)]
+    pub groups_complete: usize,
     /// Groups with all six emotions present.
     pub groups_total: usize,
     /// Number of layers.
@@ -216,7 +234,14 @@ impl EmotionDirections {
     pub fn compute(acts: &Activations, filter: GroupFilter) -> Result<(EmotionDirections, DirectionsSummary)> {
         acts.check()?;
         let groups_total = acts.groups(false).len();
-        let groups = acts.groups(filter == GroupFilter::Complete);
+        let complete = acts.groups(true);
+        let groups_complete = complete.len();
+        let filter = match filter {
+            GroupFilter::Auto if groups_complete * 4 < groups_total => GroupFilter::All,
+            GroupFilter::Auto => GroupFilter::Complete,
+            f => f,
+        };
+        let groups = if filter == GroupFilter::Complete { complete } else { acts.groups(false) };
         if groups.is_empty() {
             return Err(DirectionsError::Invalid(format!(
                 "no scenario-event group has all six replies judged a match (0 of {groups_total}); \
@@ -241,17 +266,22 @@ impl EmotionDirections {
         }
         let resid_post = out.pop().expect("two sites");
         let resid_mid = out.pop().expect("two sites");
-        let summary = DirectionsSummary { filter, groups_used: groups.len(), groups_total, n_layers: l, d_model: d, centroid_norms };
+        let summary =
+            DirectionsSummary { filter, groups_used: groups.len(), groups_complete, groups_total, n_layers: l, d_model: d, centroid_norms };
         Ok((EmotionDirections { resid_mid, resid_post }, summary))
+    }
+
+    /// Every direction by its file name `{site}.{emotion}` (e.g. `resid_post.anger`), each `[n_layers, d_model]`.
+    pub fn named(&self) -> Vec<(String, Tensor)> {
+        Site::ALL
+            .iter()
+            .flat_map(|&s| Emotion::ALL.iter().map(move |&e| (format!("{}.{}", s.name(), e.name()), self.get(s, e))))
+            .collect()
     }
 
     /// Saves as safetensors: tensors `resid_mid.{emotion}` and `resid_post.{emotion}`, each `[n_layers, d_model]`.
     pub fn save(&self, path: &Path, metadata: &BTreeMap<String, String>) -> Result<()> {
-        let tensors: Vec<(String, Tensor)> = Site::ALL
-            .iter()
-            .flat_map(|&s| Emotion::ALL.iter().map(move |&e| (format!("{}.{}", s.name(), e.name()), self.get(s, e))))
-            .collect();
-        write_tensors(path, &tensors, metadata)
+        write_tensors(path, &self.named(), metadata)
     }
 
     /// Loads directions saved by [`EmotionDirections::save`] (or written by another tool with the same names).

@@ -12,99 +12,14 @@
 //! slot in the format and is not exported.
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{BufWriter, Read, Write};
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::io::{Read, Write};
+use std::path::Path;
 
 use emo_model::gguf::{GgmlType, GgufFile, GgufValue, GgufWriter};
-use tch::{Device, Kind, Tensor};
+use tch::Tensor;
 
 use crate::error::{io, DirectionsError, Result};
-
-// ---------------------------------------------------------------------------------------------------
-// Tensors <-> f32 buffers
-// ---------------------------------------------------------------------------------------------------
-
-/// A floating-point tensor's shape and its values in C order as `f32` (converted from any float kind,
-/// copied to the CPU). `Err` holds what is wrong, for the caller to attach a file name to.
-fn tensor_to_f32(t: &Tensor) -> std::result::Result<(Vec<i64>, Vec<f32>), String> {
-    // Asking an undefined tensor for its kind or size aborts inside LibTorch; check first.
-    if !t.defined() {
-        return Err("the tensor is undefined".into());
-    }
-    let kind = t.f_kind().map_err(|e| e.to_string())?;
-    if !matches!(
-        kind,
-        Kind::Float | Kind::Double | Kind::Half | Kind::BFloat16
-    ) {
-        return Err(format!("expected a floating-point tensor, got {kind:?}"));
-    }
-    let shape = t.size();
-    let cpu = t
-        .f_detach()
-        .and_then(|t| t.f_to(Device::Cpu))
-        .and_then(|t| t.f_to_dtype(Kind::Float, false, false))
-        .and_then(|t| t.f_contiguous())
-        .map_err(|e| e.to_string())?;
-    let n = shape
-        .iter()
-        .try_fold(1usize, |acc, &d| acc.checked_mul(usize::try_from(d).ok()?))
-        .ok_or_else(|| format!("shape {shape:?} is too large"))?;
-    let mut data = vec![0f32; n];
-    if n > 0 {
-        cpu.f_copy_data(&mut data, n).map_err(|e| e.to_string())?;
-    }
-    Ok((shape, data))
-}
-
-/// A CPU `f32` tensor of `shape` holding `data`; the caller has checked that the sizes agree
-/// (`Tensor::f_from_data_size` would read past a short buffer, so it is not used).
-fn f32_tensor(data: &[f32], shape: &[i64]) -> std::result::Result<Tensor, String> {
-    Tensor::f_from_slice(data)
-        .and_then(|t| t.f_reshape(shape))
-        .map_err(|e| e.to_string())
-}
-
-// ---------------------------------------------------------------------------------------------------
-// Atomic writes
-// ---------------------------------------------------------------------------------------------------
-
-/// Makes temporary names unique within the process, so concurrent writers never share one.
-static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
-
-/// A hidden temporary path next to `path` (same folder, so the final rename cannot cross devices).
-fn tmp_path(path: &Path) -> PathBuf {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "export".into());
-    let n = TMP_COUNTER.fetch_add(1, Ordering::Relaxed);
-    path.with_file_name(format!(".{name}.{}.{n}.tmp", std::process::id()))
-}
-
-/// Runs `fill` on a buffered temporary file, syncs it and renames it to `path`; on any error the
-/// temporary file is removed and `path` is left untouched.
-fn write_atomic(path: &Path, fill: impl FnOnce(&mut BufWriter<File>) -> Result<()>) -> Result<()> {
-    if path.file_name().is_none() {
-        return Err(DirectionsError::Invalid(format!(
-            "{}: not a file path",
-            path.display()
-        )));
-    }
-    let tmp = tmp_path(path);
-    let result = (|| {
-        let mut out = BufWriter::new(File::create(&tmp).map_err(io(path))?);
-        fill(&mut out)?;
-        let file = out.into_inner().map_err(|e| io(path)(e.into_error()))?;
-        file.sync_all().map_err(io(path))?;
-        drop(file);
-        std::fs::rename(&tmp, path).map_err(io(path))
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
-}
+use crate::store::{f32_tensor, tensor_to_f32, write_atomic_with};
 
 // ---------------------------------------------------------------------------------------------------
 // .npy
@@ -175,7 +90,7 @@ pub fn write_npy(path: impl AsRef<Path>, tensor: &Tensor) -> Result<()> {
             path.display()
         ))
     })?;
-    write_atomic(path, |out| out.write_all(&bytes).map_err(io(path)))
+    write_atomic_with(path, |out| out.write_all(&bytes).map_err(io(path)))
 }
 
 /// Reads a NumPy `.npy` file as a CPU `f32` tensor.
@@ -499,7 +414,7 @@ pub fn write_npz(path: impl AsRef<Path>, tensors: &[(String, Tensor)]) -> Result
             .map_err(|msg| invalid(format!("cannot write array `{name}`: {msg}")))?;
         entries.push((format!("{name}.npy"), bytes));
     }
-    write_atomic(path, |out| {
+    write_atomic_with(path, |out| {
         let zip_err = |e: zip::result::ZipError| match e {
             zip::result::ZipError::Io(e) => io(path)(e),
             e => invalid(e.to_string()),

@@ -5,18 +5,19 @@ use std::path::Path;
 use emo_data::Emotion;
 use tch::{Kind, Tensor};
 
-use crate::directions::{DirectionsSummary, EmotionDirections, GroupFilter, Site};
+use crate::directions::{Activations, DirectionsSummary, EmotionDirections, GroupFilter, Site};
 use crate::error::{DirectionsError, Result};
 use crate::export::{read_control_vector, read_npy, read_npz, write_control_vector, write_npz};
-use crate::run::{load_activations, RunDir};
+use crate::run::RunDir;
 use crate::store::write_json;
 
-/// Computes the run's directions and writes `directions.safetensors`, `directions.json`,
+/// Computes the run's directions from its activations ([`load_activations`]) and writes `directions.safetensors`, `directions.json`,
 /// `control_vectors/{emotion}.gguf` (the `resid_post` directions) and, with `npz`, `directions.npz`.
-pub fn extract(run: &RunDir, filter: GroupFilter, npz: bool) -> Result<DirectionsSummary> {
+///
+/// [`load_activations`]: crate::run::load_activations
+pub fn extract(run: &RunDir, acts: &Activations, filter: GroupFilter, npz: bool) -> Result<DirectionsSummary> {
     let manifest = run.require_manifest()?;
-    let acts = load_activations(run)?;
-    let (dirs, summary) = EmotionDirections::compute(&acts, filter)?;
+    let (dirs, summary) = EmotionDirections::compute(acts, filter)?;
     let meta = BTreeMap::from([
         ("model".to_string(), manifest.model.path.clone()),
         ("model_sha256".to_string(), manifest.model.sha256.clone()),
@@ -30,16 +31,9 @@ pub fn extract(run: &RunDir, filter: GroupFilter, npz: bool) -> Result<Direction
         write_control_vector(&path, &dirs.get(Site::ResidPost, e), &manifest.model.architecture, 1.0)?;
     }
     if npz {
-        write_npz(run.path.join("directions.npz"), &named(&dirs))?;
+        write_npz(run.path.join("directions.npz"), &dirs.named())?;
     }
     Ok(summary)
-}
-
-fn named(dirs: &EmotionDirections) -> Vec<(String, Tensor)> {
-    Site::ALL
-        .iter()
-        .flat_map(|&s| Emotion::ALL.iter().map(move |&e| (format!("{}.{}", s.name(), e.name()), dirs.get(s, e))))
-        .collect()
 }
 
 /// Reads directions for an `n_layers` x `d_model` model from a `.safetensors` or `.npz` file (arrays
@@ -70,8 +64,7 @@ pub fn import_directions(path: &Path, n_layers: usize, d_model: usize) -> Result
         }
         Emotion::ALL.iter().map(|e| (format!("resid_post.{}", e.name()), t.get(e.index() as i64))).collect()
     } else {
-        let d = EmotionDirections::load(path)?;
-        named(&d).into_iter().collect()
+        EmotionDirections::load(path)?.named().into_iter().collect()
     };
     let mut sites = Vec::new();
     for site in Site::ALL {

@@ -132,7 +132,9 @@ pub fn write_report(run: &RunDir) -> Result<PathBuf> {
             s.groups_total,
             match s.filter {
                 crate::directions::GroupFilter::Complete => "only groups whose six replies all matched, as the paper",
-                crate::directions::GroupFilter::All => "all groups, whatever the judge said",
+                crate::directions::GroupFilter::All | crate::directions::GroupFilter::Auto => {
+                    "all groups, whatever the judge said"
+                }
             },
             s.n_layers,
             s.d_model

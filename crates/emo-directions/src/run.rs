@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use emo_data::{Emotion, Judge, PromptItem, Scenario, Valence};
+use emo_model::bench::peak_rss_mb;
 use emo_model::{AddVector, Capture, ChatMessage, GenerationConfig, HookSet, Model, Positions, StopReason};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::{Deserialize, Serialize};
@@ -412,23 +413,19 @@ pub struct Stage<'a> {
     pub progress: bool,
 }
 
-/// The steering edit of a stage.
+/// What a steering stage adds beyond its [`SteeringSettings`] (alpha and layers live there).
 pub struct Steering {
     /// Directions per emotion, `[6, n_layers, d_model]`.
     pub directions: Tensor,
-    /// `alpha` of `h += alpha * RMS(h) * v`.
-    pub alpha: f64,
-    /// Inclusive layer range.
-    pub layers: (usize, usize),
-    /// Which tokens.
+    /// Which tokens (its name is `SteeringSettings::positions`).
     pub positions: Positions,
 }
 
 impl Steering {
-    fn hook(&self, emotion: Emotion) -> AddVector {
+    fn hook(&self, emotion: Emotion, edit: &SteeringSettings) -> AddVector {
         let v = self.directions.get(emotion.index() as i64);
-        let points = (self.layers.0..=self.layers.1).map(|l| (Site::ResidPost.hook_point(l), v.get(l as i64)));
-        AddVector::new(points.collect::<Vec<_>>(), emo_model::Scale::Rms(self.alpha), self.positions.clone())
+        let points = (edit.layers.0..=edit.layers.1).map(|l| (Site::ResidPost.hook_point(l), v.get(l as i64)));
+        AddVector::new(points.collect::<Vec<_>>(), emo_model::Scale::Rms(edit.alpha), self.positions.clone())
     }
 }
 
@@ -454,11 +451,18 @@ pub fn run_stage(run: &RunDir, model: &Model, judge: &mut dyn Judge, stage: &Sta
         Some(info) => info.stats.clone(),
         None => StageStats::default(),
     };
+    if stage.steering.is_some() != stage.settings.steering.is_some() {
+        return Err(DirectionsError::Invalid(format!(
+            "stage `{}`: steering directions and steering settings must come together",
+            stage.name
+        )));
+    }
     // Time of earlier sessions of a resumed stage; this session's is added batch by batch.
     let earlier_seconds = stats.seconds;
     let parts = run.parts(&stage.name);
     fs::create_dir_all(&parts).map_err(io(&parts))?;
     let n_layers = model.transformer.config().n_layers;
+    let points: Vec<_> = (0..n_layers).flat_map(|l| Site::ALL.map(|s| s.hook_point(l))).collect();
     let total: usize = stage.batches.iter().map(Vec::len).sum();
     let bar = progress_bar(stage, total);
     let cfg = stage.settings.generation.config();
@@ -485,18 +489,17 @@ pub fn run_stage(run: &RunDir, model: &Model, judge: &mut dyn Judge, stage: &Sta
             })
             .collect();
         let prompts = messages.iter().map(|m| model.encode_chat(m)).collect::<emo_model::Result<Vec<_>>>()?;
-        let points: Vec<_> = (0..n_layers).flat_map(|l| Site::ALL.map(|s| s.hook_point(l))).collect();
-        let mut capture = Capture::new(points, Positions::LastPrompt);
+        let mut capture = Capture::new(points.iter().copied(), Positions::LastPrompt);
         let mut hooks = HookSet::new();
         if stage.settings.capture {
             hooks.push(&mut capture);
         }
-        if let Some(steering) = &stage.steering {
+        if let (Some(steering), Some(edit)) = (&stage.steering, &stage.settings.steering) {
             let emotion = batch[0].emotion;
             if batch.iter().any(|it| it.emotion != emotion) {
                 return Err(DirectionsError::Invalid("a steering batch must hold one emotion".into()));
             }
-            hooks.push_owned(steering.hook(emotion));
+            hooks.push_owned(steering.hook(emotion, edit));
         }
         let t = Instant::now();
         let generated = model.generate_ids(&prompts, &cfg, &mut hooks)?;
@@ -561,7 +564,7 @@ pub fn run_stage(run: &RunDir, model: &Model, judge: &mut dyn Judge, stage: &Sta
         first_index += batch.len();
         done_batches += 1;
         bar.inc(batch.len() as u64);
-        stats.peak_rss_mb = stats.peak_rss_mb.max(peak_rss_mb());
+        stats.peak_rss_mb = stats.peak_rss_mb.max(peak_rss_mb().unwrap_or(0.0));
         stats.seconds = earlier_seconds + total_start.elapsed().as_secs_f64();
         save_stage(run, &mut manifest, stage, &stats)?;
     }
@@ -578,7 +581,7 @@ pub fn run_stage(run: &RunDir, model: &Model, judge: &mut dyn Judge, stage: &Sta
         stats.new_tokens = all.iter().map(|r| r.new_tokens).sum();
         stats.prompt_tokens = all.iter().map(|r| r.prompt_tokens).sum();
         stats.complete = true;
-        stats.peak_rss_mb = stats.peak_rss_mb.max(peak_rss_mb());
+        stats.peak_rss_mb = stats.peak_rss_mb.max(peak_rss_mb().unwrap_or(0.0));
         save_stage(run, &mut manifest, stage, &stats)?;
     }
     Ok(stats)
@@ -614,15 +617,6 @@ fn progress_bar(stage: &Stage, total: usize) -> ProgressBar {
     );
     bar.set_message(stage.name.clone());
     bar
-}
-
-/// Peak resident set size of this process in MB (Linux `VmHWM`; 0 elsewhere).
-pub fn peak_rss_mb() -> f64 {
-    fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).map(str::to_owned))
-        .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse::<f64>().ok()))
-        .map_or(0.0, |kb| kb / 1024.0)
 }
 
 /// The elicitation's activations and labels, in prompt order, read from the run folder.

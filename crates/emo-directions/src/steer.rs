@@ -118,12 +118,7 @@ pub fn steering_stage<'a>(
         name,
         scenarios,
         batches,
-        steering: Some(Steering {
-            directions: directions.site(opts.site).shallow_clone(),
-            alpha: opts.alpha,
-            layers,
-            positions: opts.positions.clone(),
-        }),
+        steering: Some(Steering { directions: directions.site(opts.site).shallow_clone(), positions: opts.positions.clone() }),
         progress: opts.progress,
     })
 }

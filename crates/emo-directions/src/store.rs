@@ -1,29 +1,91 @@
 //! Files of a run folder: atomic writes (a killed run never leaves a half-written file), f32 safetensors
 //! with string metadata, JSON, and sha256 of inputs for the manifest.
 use std::collections::{BTreeMap, HashMap};
-use std::fs;
-use std::io::{Read, Write};
-use std::path::Path;
+use std::fs::{self, File};
+use std::io::{BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use safetensors::{Dtype, SafeTensors};
 use sha2::{Digest, Sha256};
-use tch::{Kind, Tensor};
+use tch::{Device, Kind, Tensor};
 
 use crate::error::{io, DirectionsError, Result};
 
-/// Writes `bytes` to `path` through a temporary file in the same folder and a rename, so readers see either
-/// the old file or the whole new one.
+/// Makes temporary names unique within the process, so concurrent writers never share one.
+static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// A hidden temporary path next to `path` (same folder, so the final rename cannot cross devices).
+fn tmp_path(path: &Path) -> PathBuf {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "file".into());
+    let n = TMP_COUNTER.fetch_add(1, Ordering::Relaxed);
+    path.with_file_name(format!(".{name}.{}.{n}.tmp", std::process::id()))
+}
+
+/// Runs `fill` on a buffered temporary file in `path`'s folder, syncs it and renames it to `path`, so readers
+/// see either the old file or the whole new one; on any error the temporary file is removed and `path` is left
+/// untouched. The folder must exist.
+pub fn write_atomic_with(path: &Path, fill: impl FnOnce(&mut BufWriter<File>) -> Result<()>) -> Result<()> {
+    if path.file_name().is_none() {
+        return Err(DirectionsError::Invalid(format!("{}: not a file path", path.display())));
+    }
+    let tmp = tmp_path(path);
+    let result = (|| {
+        let mut out = BufWriter::new(File::create(&tmp).map_err(io(path))?);
+        fill(&mut out)?;
+        let file = out.into_inner().map_err(|e| io(path)(e.into_error()))?;
+        file.sync_all().map_err(io(path))?;
+        drop(file);
+        fs::rename(&tmp, path).map_err(io(path))
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Writes `bytes` to `path` atomically (see [`write_atomic_with`]), creating its folder first: the files of a
+/// run folder appear as the run goes.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         fs::create_dir_all(dir).map_err(io(dir))?;
     }
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
-    let mut f = fs::File::create(&tmp).map_err(io(&tmp))?;
-    f.write_all(bytes).map_err(io(&tmp))?;
-    f.sync_all().map_err(io(&tmp))?;
-    drop(f);
-    fs::rename(&tmp, path).map_err(io(path))
+    write_atomic_with(path, |out| out.write_all(bytes).map_err(io(path)))
+}
+
+/// A floating-point tensor's shape and its values in C order as `f32` (converted from any float kind,
+/// copied to the CPU). `Err` holds what is wrong, for the caller to attach a file name to.
+pub(crate) fn tensor_to_f32(t: &Tensor) -> std::result::Result<(Vec<i64>, Vec<f32>), String> {
+    // Asking an undefined tensor for its kind or size aborts inside LibTorch; check first.
+    if !t.defined() {
+        return Err("the tensor is undefined".into());
+    }
+    let kind = t.f_kind().map_err(|e| e.to_string())?;
+    if !matches!(kind, Kind::Float | Kind::Double | Kind::Half | Kind::BFloat16) {
+        return Err(format!("expected a floating-point tensor, got {kind:?}"));
+    }
+    let shape = t.size();
+    let cpu = t
+        .f_detach()
+        .and_then(|t| t.f_to(Device::Cpu))
+        .and_then(|t| t.f_to_dtype(Kind::Float, false, false))
+        .and_then(|t| t.f_contiguous())
+        .map_err(|e| e.to_string())?;
+    let n = shape
+        .iter()
+        .try_fold(1usize, |acc, &d| acc.checked_mul(usize::try_from(d).ok()?))
+        .ok_or_else(|| format!("shape {shape:?} is too large"))?;
+    let mut data = vec![0f32; n];
+    if n > 0 {
+        cpu.f_copy_data(&mut data, n).map_err(|e| e.to_string())?;
+    }
+    Ok((shape, data))
+}
+
+/// A CPU `f32` tensor of `shape` holding `data`; the caller has checked that the sizes agree
+/// (`Tensor::f_from_data_size` would read past a short buffer, so it is not used).
+pub(crate) fn f32_tensor(data: &[f32], shape: &[i64]) -> std::result::Result<Tensor, String> {
+    Tensor::f_from_slice(data).and_then(|t| t.f_reshape(shape)).map_err(|e| e.to_string())
 }
 
 /// Serialises `value` as pretty JSON, atomically.
@@ -44,9 +106,9 @@ pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
 pub fn write_tensors(path: &Path, tensors: &[(String, Tensor)], metadata: &BTreeMap<String, String>) -> Result<()> {
     let mut raw: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::with_capacity(tensors.len());
     for (name, t) in tensors {
-        let t = t.to_device(tch::Device::Cpu).to_kind(Kind::Float).contiguous();
-        let shape: Vec<usize> = t.size().iter().map(|&s| s as usize).collect();
-        let values = Vec::<f32>::try_from(t.flatten(0, -1))?;
+        let (shape, values) = tensor_to_f32(t)
+            .map_err(|msg| DirectionsError::Format { path: path.into(), msg: format!("tensor `{name}`: {msg}") })?;
+        let shape: Vec<usize> = shape.iter().map(|&s| s as usize).collect();
         raw.push((name.clone(), shape, values.iter().flat_map(|v| v.to_le_bytes()).collect()));
     }
     let views = raw

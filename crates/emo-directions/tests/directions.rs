@@ -152,3 +152,17 @@ fn directions_file_round_trips_and_bad_files_name_the_problem() {
     assert!(err.contains("cut.safetensors"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn auto_filter_keeps_the_papers_filter_only_when_a_quarter_of_groups_are_complete() {
+    // One of four groups complete: exactly a quarter, so the paper's filter.
+    let a = synthetic(4, 2, 4, |g, e| g == 1 || e != 3);
+    let (_, s) = EmotionDirections::compute(&a, GroupFilter::Auto).unwrap();
+    assert_eq!((s.filter, s.groups_used, s.groups_complete, s.groups_total), (GroupFilter::Complete, 1, 1, 4));
+    // None of five complete: every group.
+    let b = synthetic(5, 2, 4, |_, e| e != 3);
+    let (_, s) = EmotionDirections::compute(&b, GroupFilter::Auto).unwrap();
+    assert_eq!((s.filter, s.groups_used, s.groups_complete, s.groups_total), (GroupFilter::All, 5, 0, 5));
+    assert_eq!("auto".parse::<GroupFilter>().unwrap(), GroupFilter::Auto);
+    assert!("most".parse::<GroupFilter>().unwrap_err().to_string().contains("`most`"));
+}

@@ -122,7 +122,8 @@ fn directions_exports_analysis_steering_and_report_from_one_run() {
     elicit(&run, &scen, &mut judge).unwrap();
     assert!(run.read_replies(ELICIT).unwrap().iter().all(|r| r.judge.reason.contains("embedding")));
 
-    let summary = emo_directions::extract::extract(&run, GroupFilter::All, true).unwrap();
+    let acts = load_activations(&run).unwrap();
+    let summary = emo_directions::extract::extract(&run, &acts, GroupFilter::All, true).unwrap();
     assert_eq!((summary.groups_used, summary.groups_total), (6, 6));
     let dirs = EmotionDirections::load(&run.directions()).unwrap();
     assert_eq!(dirs.resid_post.size(), [6, 30, 576]);
@@ -139,7 +140,7 @@ fn directions_exports_analysis_steering_and_report_from_one_run() {
     assert!(cv.resid_post.narrow(1, 1, 29).allclose(&dirs.resid_post.narrow(1, 1, 29), 1e-6, 1e-7, false));
     assert_eq!(cv.resid_post.narrow(1, 0, 1).abs().sum(Kind::Float).double_value(&[]), 0.0);
 
-    let analysis = emo_directions::analysis::analyze(&run).unwrap();
+    let analysis = emo_directions::analysis::analyze(&run, &acts).unwrap();
     assert_eq!(analysis.probe["resid_post"].emotion_vectors.len(), 30);
     assert!(analysis.probe["resid_mid"].raw.iter().all(|f| (0.0..=1.0).contains(f)));
     assert_eq!(analysis.pca_layers, vec![0, 10, 13, 29]);

@@ -52,3 +52,11 @@ pub fn hooks_for(load: HookLoad, cfg: &TransformerConfig) -> Option<Box<dyn Hook
         }
     }
 }
+
+/// Peak resident memory of this process in MB (Linux `VmHWM`), or `None` where it cannot be read.
+pub fn peak_rss_mb() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}

@@ -254,7 +254,13 @@ impl TransformerConfig {
     /// Scales a layer index given for a `reference_layers`-deep model (the paper's 28) to this depth,
     /// rounding to nearest, as the spec prescribes for layer ranges.
     pub fn scale_layer(&self, layer: usize, reference_layers: usize) -> usize {
-        let scaled = (layer as f64 * self.n_layers as f64 / reference_layers as f64).round() as usize;
-        scaled.min(self.n_layers.saturating_sub(1))
+        scale_layer(layer, self.n_layers, reference_layers)
     }
+}
+
+/// Scales a layer index given for a `reference_layers`-deep model to an `n_layers`-deep one, rounding to nearest
+/// and staying below `n_layers`.
+pub fn scale_layer(layer: usize, n_layers: usize, reference_layers: usize) -> usize {
+    let scaled = (layer as f64 * n_layers as f64 / reference_layers as f64).round() as usize;
+    scaled.min(n_layers.saturating_sub(1))
 }
