@@ -6,7 +6,10 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use emo_model::bench::{hooks_for, peak_rss_mb, HookLoad};
 use emo_model::device::{device_name, parse_device, parse_kind};
-use emo_model::{ChatMessage, DecodeState, GenerationConfig, HookSet, LoadOptions, LogitsFor, Model};
+use emo_model::{
+    Capture, ChatMessage, DecodeState, GenerationConfig, HookPoint, HookSet, Interventions, LoadOptions, LogitsFor, Model,
+    Positions,
+};
 use tch::Tensor;
 
 mod section5;
@@ -151,6 +154,11 @@ enum Command {
         /// Timed repetitions of the forward pass (the median is reported).
         #[arg(long, default_value_t = 10)]
         reps: usize,
+        /// Instead: for each N, N last-token sublayer-output injections on one prompt of --tokens tokens,
+        /// evaluated by prefix branching against full forwards (--batch rows each), interleaved; one JSON
+        /// line per N with both times and their ratio.
+        #[arg(long, value_delimiter = ',')]
+        branch: Vec<usize>,
     },
 }
 
@@ -278,8 +286,11 @@ fn run(cli: Cli) -> Result<()> {
                 }
             }
         }
-        Command::Bench { model, batch, tokens, new_tokens, hooks, reps } => {
+        Command::Bench { model, batch, tokens, new_tokens, hooks, reps, branch } => {
             anyhow::ensure!(batch > 0 && tokens > 0 && reps > 0, "--batch, --tokens and --reps must be positive");
+            if !branch.is_empty() {
+                return bench_branching(&model, &branch, tokens, batch, reps);
+            }
             let compare = hooks == "compare";
             let loads: Vec<HookLoad> = if compare {
                 vec![HookLoad::None, HookLoad::Capture, HookLoad::Edit]
@@ -364,6 +375,73 @@ fn run(cli: Cli) -> Result<()> {
             line["peak_rss_mb"] = peak_rss_mb().into();
             emit(format!("{line}\n"))?;
         }
+    }
+    Ok(())
+}
+
+/// `emo bench --branch`: prefix branching against full forwards on the same interventions and read-out.
+fn bench_branching(model: &ModelArgs, ns: &[usize], tokens: usize, batch: usize, reps: usize) -> Result<()> {
+    anyhow::ensure!(tokens >= 2, "--tokens must be at least 2 for branching");
+    let m = model.load()?;
+    let t = &m.transformer;
+    let cfg = t.config();
+    tch::manual_seed(0);
+    let prompt: Vec<u32> = Vec::<i64>::try_from(Tensor::randint(cfg.vocab_size as i64, [tokens as i64], (tch::Kind::Int64, tch::Device::Cpu)))?
+        .into_iter()
+        .map(|x| x as u32)
+        .collect();
+    for &n in ns {
+        anyhow::ensure!(n > 0, "--branch counts must be positive");
+        let rows = emo_model::bench::sublayer_injections(cfg, n);
+        let read = || Capture::new([HookPoint::LnFinal], Positions::LastPrompt);
+        let branched = || -> Result<(f64, Tensor)> {
+            let start = Instant::now();
+            let mut prefix = t.prefill_prefix(std::slice::from_ref(&prompt), m.pad_token_id())?;
+            let mut edits = Interventions::new(rows.clone(), Positions::LastPrompt);
+            let mut cap = read();
+            let _ = t.forward_branches(&mut prefix, &vec![0; n], &mut HookSet::new().with(&mut edits).with(&mut cap), LogitsFor::Skip)?;
+            let out = cap.per_row(HookPoint::LnFinal, n)?;
+            Ok((start.elapsed().as_secs_f64() * 1e3, out))
+        };
+        let full = || -> Result<(f64, Tensor)> {
+            let start = Instant::now();
+            let mut outs = Vec::new();
+            for chunk in rows.chunks(batch) {
+                let mut edits = Interventions::new(chunk.to_vec(), Positions::LastPrompt);
+                let mut cap = read();
+                let prompts = vec![prompt.clone(); chunk.len()];
+                let _ = t.forward_rows(&prompts, m.pad_token_id(), &mut HookSet::new().with(&mut edits).with(&mut cap), LogitsFor::Skip)?;
+                outs.push(cap.per_row(HookPoint::LnFinal, chunk.len())?);
+            }
+            Ok((start.elapsed().as_secs_f64() * 1e3, Tensor::cat(&outs, 0)))
+        };
+        let (_, a) = branched()?; // warm-up, and the two must agree
+        let (_, b) = full()?;
+        let max_abs_diff = f64::try_from((&a - &b).abs().max())?;
+        let (mut tb, mut tf) = (Vec::new(), Vec::new());
+        for _ in 0..reps {
+            tb.push(branched()?.0);
+            tf.push(full()?.0);
+        }
+        tb.sort_by(f64::total_cmp);
+        tf.sort_by(f64::total_cmp);
+        let (mb, mf) = (tb[tb.len() / 2], tf[tf.len() / 2]);
+        let line = serde_json::json!({
+            "model": model.model,
+            "device": device_name(t.device()),
+            "dtype": model.dtype,
+            "threads": tch::get_num_threads(),
+            "tokens": tokens,
+            "interventions": n,
+            "full_batch": batch,
+            "reps": reps,
+            "branch_ms": mb,
+            "full_ms": mf,
+            "speedup": mf / mb,
+            "max_abs_diff": max_abs_diff,
+            "peak_rss_mb": peak_rss_mb(),
+        });
+        emit(format!("{line}\n"))?;
     }
     Ok(())
 }

@@ -9,7 +9,7 @@ use emo_data::{Judge, Split};
 use emo_directions::directions::GroupFilter;
 use emo_directions::elicit::{elicitation_stage, open_run, stage_name};
 use emo_directions::run::{run_stage, DatasetInfo, RunDir};
-use emo_directions::steer::{parse_positions, steering_stage};
+use emo_directions::steer::steering_stage;
 use emo_directions::{ElicitOptions, EmotionDirections, SteerOptions};
 use emo_model::GenerationConfig;
 
@@ -248,7 +248,7 @@ pub fn steer(a: &SteerArgs) -> Result<()> {
     let opts = SteerOptions {
         alpha: a.alpha,
         layers: a.layers.as_deref().map(parse_layers).transpose()?,
-        positions: parse_positions(&a.positions)?,
+        positions: a.positions.parse()?,
         batch_size: a.batch,
         generation: GenerationConfig { max_new_tokens: a.max_new_tokens, ..GenerationConfig::steering() },
         progress: !a.quiet,

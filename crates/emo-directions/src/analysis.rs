@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 use emo_data::Emotion;
+use emo_run::paper;
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
@@ -66,11 +67,6 @@ impl Analysis {
     }
 }
 
-/// A layer of the paper's 28-layer model at this model's depth.
-fn scale(l: usize, n_layers: usize) -> usize {
-    emo_model::config::scale_layer(l, n_layers, 28)
-}
-
 /// Runs every analysis on a run with directions, given its activations ([`load_activations`]), and writes
 /// `analysis.json` and `figures/`.
 ///
@@ -100,8 +96,8 @@ pub fn analyze(run: &RunDir, acts: &Activations) -> Result<Analysis> {
         vectors.insert(site, (v, raw, labels));
     }
 
-    let pca_layers: Vec<usize> = [0, 9, 12, 27].iter().map(|&l| scale(l, n_layers)).collect();
-    let reference_layers = (scale(21, n_layers), scale(25, n_layers));
+    let pca_layers: Vec<usize> = paper::PCA_LAYERS.iter().map(|&l| paper::scaled(l, n_layers)).collect();
+    let reference_layers = paper::scaled_range(paper::REFERENCE_DIRECTION_LAYERS, n_layers);
     let (rl0, rl1) = reference_layers;
 
     let mut emotion_cosine = BTreeMap::new();

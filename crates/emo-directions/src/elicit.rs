@@ -82,6 +82,7 @@ pub fn elicitation_stage<'a>(
             // Only the run's own elicitation feeds the directions.
             capture: opts.capture && name == ELICIT,
             steering: None,
+            per_row_steering: false,
         },
         name,
         scenarios,

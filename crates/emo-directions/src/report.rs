@@ -12,13 +12,8 @@ use crate::figures::{BarGroup, Figures};
 use crate::run::{RunDir, ELICIT};
 use crate::store::{read_json, write_atomic};
 
-/// The paper's Table 1 / Appendix C (Llama-3.2-3B-Instruct, GPT-4o-mini judge): per emotion in
-/// [`Emotion::ALL`] order, then overall.
-pub const PAPER_ACCURACY: [(&str, [f64; 7]); 3] = [
-    ("prompting, SEV", [99.58, 99.38, 97.92, 100.00, 97.29, 98.96, 98.85]),
-    ("prompting, test", [100.0, 99.79, 97.49, 99.58, 97.50, 99.38, 98.96]),
-    ("steering, test", [93.33, 96.04, 99.58, 96.88, 67.71, 93.75, 91.22]),
-];
+/// The paper's Table 1 / Appendix C, kept with the other published numbers in [`emo_run::paper`].
+pub use emo_run::paper::PUBLISHED_ACCURACY as PAPER_ACCURACY;
 
 /// Writes `report.md` for whatever steps the run has completed; returns its path.
 pub fn write_report(run: &RunDir) -> Result<PathBuf> {

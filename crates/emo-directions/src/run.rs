@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use emo_data::{Emotion, Judge, PromptItem, Scenario, Valence};
 use emo_model::bench::peak_rss_mb;
-use emo_model::{AddVector, Capture, ChatMessage, GenerationConfig, HookSet, Model, Positions, StopReason};
+use emo_model::{Capture, ChatMessage, Edit, GenerationConfig, HookSet, Intervention, Interventions, Model, Positions, StopReason};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
@@ -239,6 +239,11 @@ pub struct StageSettings {
     pub capture: bool,
     /// The steering edit, if any.
     pub steering: Option<SteeringSettings>,
+    /// Whether steering rows carry their own emotion's vectors, so that a batch may mix emotions. Steering
+    /// stages written before per-row interventions held one emotion per batch and read as `false` (resuming
+    /// one then asks for a new run folder); stages without steering keep `false`.
+    #[serde(default)]
+    pub per_row_steering: bool,
 }
 
 /// Which system prompt a stage uses (spec section 2).
@@ -422,10 +427,18 @@ pub struct Steering {
 }
 
 impl Steering {
-    fn hook(&self, emotion: Emotion, edit: &SteeringSettings) -> AddVector {
-        let v = self.directions.get(emotion.index() as i64);
-        let points = (edit.layers.0..=edit.layers.1).map(|l| (Site::ResidPost.hook_point(l), v.get(l as i64)));
-        AddVector::new(points.collect::<Vec<_>>(), emo_model::Scale::Rms(edit.alpha), self.positions.clone())
+    /// One row per prompt of the batch, each adding its own emotion's directions.
+    fn hook(&self, batch: &[PromptItem], edit: &SteeringSettings) -> Interventions {
+        let rows = batch
+            .iter()
+            .map(|it| {
+                let v = self.directions.get(it.emotion.index() as i64);
+                (edit.layers.0..=edit.layers.1).fold(Intervention::none(), |row, l| {
+                    row.with(Site::ResidPost.hook_point(l), Edit::AddRms(v.get(l as i64), edit.alpha))
+                })
+            })
+            .collect();
+        Interventions::new(rows, self.positions.clone())
     }
 }
 
@@ -495,11 +508,7 @@ pub fn run_stage(run: &RunDir, model: &Model, judge: &mut dyn Judge, stage: &Sta
             hooks.push(&mut capture);
         }
         if let (Some(steering), Some(edit)) = (&stage.steering, &stage.settings.steering) {
-            let emotion = batch[0].emotion;
-            if batch.iter().any(|it| it.emotion != emotion) {
-                return Err(DirectionsError::Invalid("a steering batch must hold one emotion".into()));
-            }
-            hooks.push_owned(steering.hook(emotion, edit));
+            hooks.push_owned(steering.hook(batch, edit));
         }
         let t = Instant::now();
         let generated = model.generate_ids(&prompts, &cfg, &mut hooks)?;

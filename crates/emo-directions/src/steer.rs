@@ -18,7 +18,7 @@ pub struct SteerOptions {
     pub site: Site,
     /// Which tokens are edited (default: the authors' last position of every forward call).
     pub positions: Positions,
-    /// Prompts per batch (a batch holds one emotion).
+    /// Prompts per batch (rows of one batch may steer towards different emotions).
     pub batch_size: usize,
     /// Decoding (the paper: greedy, min 10, penalty 1.05, no repeated trigram).
     pub generation: GenerationConfig,
@@ -29,7 +29,7 @@ pub struct SteerOptions {
 impl Default for SteerOptions {
     fn default() -> Self {
         SteerOptions {
-            alpha: 8.0,
+            alpha: emo_run::paper::STEERING_ALPHA,
             layers: None,
             site: Site::ResidPost,
             positions: Positions::LastPromptAndGenerated,
@@ -42,39 +42,11 @@ impl Default for SteerOptions {
 
 /// The paper's steering layers, 11..=20 of 28, scaled to `cfg`'s depth.
 pub fn default_layers(cfg: &TransformerConfig) -> (usize, usize) {
-    (cfg.scale_layer(11, 28), cfg.scale_layer(20, 28))
+    emo_run::paper::scaled_range(emo_run::paper::STEERING_LAYERS, cfg.n_layers)
 }
 
-/// Parses a positions mode: `last-prompt-and-generated` (default), `last-prompt`, `generated`, `prompt`, `all`.
-pub fn parse_positions(s: &str) -> Result<Positions> {
-    Ok(match s {
-        "last-prompt-and-generated" => Positions::LastPromptAndGenerated,
-        "last-prompt" => Positions::LastPrompt,
-        "generated" => Positions::Generated,
-        "prompt" => Positions::Prompt,
-        "all" => Positions::All,
-        _ => {
-            return Err(DirectionsError::Invalid(format!(
-                "unknown positions `{s}` (expected last-prompt-and-generated, last-prompt, generated, prompt or all)"
-            )))
-        }
-    })
-}
-
-/// The name of a positions mode, as [`parse_positions`] reads it.
-pub fn positions_name(p: &Positions) -> String {
-    match p {
-        Positions::LastPromptAndGenerated => "last-prompt-and-generated".into(),
-        Positions::LastPrompt => "last-prompt".into(),
-        Positions::Generated => "generated".into(),
-        Positions::Prompt => "prompt".into(),
-        Positions::All => "all".into(),
-        Positions::Range(a, b) => format!("{a}..{b}"),
-    }
-}
-
-/// The steering stage over `scenarios`: every scenario x valence for each emotion, emotion-major so that a
-/// batch shares one steering vector.
+/// The steering stage over `scenarios`: every scenario x valence for each emotion, emotion-major, in full
+/// batches whose rows may hold different emotions.
 pub fn steering_stage<'a>(
     name: String,
     scenarios: &'a [Scenario],
@@ -98,13 +70,14 @@ pub fn steering_stage<'a>(
     if layers.0 > layers.1 || layers.1 >= l {
         return Err(DirectionsError::Invalid(format!("layer range {}..={} is not within 0..{l}", layers.0, layers.1)));
     }
-    let mut batches = Vec::new();
-    for emotion in Emotion::ALL {
-        let items: Vec<PromptItem> = (0..scenarios.len())
-            .flat_map(|scenario| Valence::ALL.map(|valence| PromptItem { scenario, valence, emotion }))
-            .collect();
-        batches.extend(items.chunks(opts.batch_size).map(<[_]>::to_vec));
-    }
+    // Emotion-major order, packed into full batches: each row carries its own emotion's vectors.
+    let items: Vec<PromptItem> = Emotion::ALL
+        .into_iter()
+        .flat_map(|emotion| {
+            (0..scenarios.len()).flat_map(move |scenario| Valence::ALL.map(|valence| PromptItem { scenario, valence, emotion }))
+        })
+        .collect();
+    let batches = items.chunks(opts.batch_size).map(<[_]>::to_vec).collect();
     Ok(Stage {
         settings: StageSettings {
             dataset,
@@ -113,7 +86,8 @@ pub fn steering_stage<'a>(
             judge: judge.to_string(),
             prompt: PromptKind::Neutral,
             capture: false,
-            steering: Some(SteeringSettings { alpha: opts.alpha, layers, site: opts.site, positions: positions_name(&opts.positions) }),
+            steering: Some(SteeringSettings { alpha: opts.alpha, layers, site: opts.site, positions: opts.positions.to_string() }),
+            per_row_steering: true,
         },
         name,
         scenarios,

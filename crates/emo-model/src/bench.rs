@@ -4,7 +4,8 @@ use std::str::FromStr;
 
 use tch::{Kind, Tensor};
 
-use crate::hooks::{AddVector, Capture, Hook, HookPoint, Positions, Scale};
+use crate::components::Sublayer;
+use crate::hooks::{AddVector, Capture, Edit, Hook, HookPoint, Intervention, Positions, Scale};
 use crate::{ModelError, TransformerConfig};
 
 /// Which hooks a benchmarked pass carries.
@@ -51,6 +52,24 @@ pub fn hooks_for(load: HookLoad, cfg: &TransformerConfig) -> Option<Box<dyn Hook
             Some(Box::new(AddVector::new(vectors, Scale::Rms(8.0), Positions::LastPromptAndGenerated)))
         }
     }
+}
+
+/// The branching workload: `n` last-token sublayer-output injections, cycling through every sublayer and the
+/// paper's four alphas (60 sublayers x 4 alphas = 240 settings on SmolLM2), as the sublayer-importance
+/// sweep runs them.
+pub fn sublayer_injections(cfg: &TransformerConfig, n: usize) -> Vec<Intervention> {
+    let sublayers = Sublayer::all(cfg.n_layers);
+    let alphas = [0.1, 0.3, 0.5, 0.7];
+    tch::manual_seed(1);
+    let v = Tensor::randn([cfg.d_model as i64], (Kind::Float, tch::Device::Cpu));
+    let v = &v / v.norm();
+    (0..n)
+        .map(|i| {
+            let s = sublayers[i % sublayers.len()];
+            let alpha = alphas[(i / sublayers.len()) % alphas.len()];
+            Intervention::none().with(s.output(), Edit::Add(&v * (alpha * 10.0)))
+        })
+        .collect()
 }
 
 /// Peak resident memory of this process in MB (Linux `VmHWM`), or `None` where it cannot be read.

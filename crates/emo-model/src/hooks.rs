@@ -9,14 +9,24 @@
 //! tokens count from 0, generated tokens continue after them, left padding is -1). Position selectors
 //! ([`Positions`]) are defined on those absolute positions, so "last prompt token" or "every generated token"
 //! select the same tokens with or without the KV cache and at any amount of batch padding.
+//!
+//! Each token also belongs to a *logical row*: its batch row in a plain forward, the intervention row it
+//! evaluates in a branched one ([`crate::branch`]). Hooks that keep per-row state (captures, per-row
+//! interventions) address rows through [`Selection::row_ids`], so they work unchanged in both.
+//!
+//! The built-in hooks live beside this module: [`Capture`] (reads), [`AddVector`] and [`Ablate`] (one edit
+//! for every row), [`Interventions`] (an edit of its own for each row).
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::rc::Rc;
 use std::str::FromStr;
 
-use tch::{Kind, Tensor};
+use tch::Tensor;
 
+pub use crate::capture::{Capture, Captured};
+pub use crate::edits::{Ablate, AddVector, Scale};
+pub use crate::interventions::{Edit, Intervention, Interventions};
 use crate::{ModelError, Result};
 
 /// A place in the forward pass where an activation can be read or replaced.
@@ -146,6 +156,47 @@ pub enum Positions {
     Range(i64, i64),
 }
 
+impl fmt::Display for Positions {
+    /// The names [`Positions::from_str`] reads: `all`, `prompt`, `last-prompt`, `generated`,
+    /// `last-prompt-and-generated`, `START..END`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Positions::All => write!(f, "all"),
+            Positions::Prompt => write!(f, "prompt"),
+            Positions::LastPrompt => write!(f, "last-prompt"),
+            Positions::Generated => write!(f, "generated"),
+            Positions::LastPromptAndGenerated => write!(f, "last-prompt-and-generated"),
+            Positions::Range(a, b) => write!(f, "{a}..{b}"),
+        }
+    }
+}
+
+impl FromStr for Positions {
+    type Err = ModelError;
+
+    fn from_str(s: &str) -> Result<Self> {
+        Ok(match s {
+            "all" => Positions::All,
+            "prompt" => Positions::Prompt,
+            "last-prompt" => Positions::LastPrompt,
+            "generated" => Positions::Generated,
+            "last-prompt-and-generated" => Positions::LastPromptAndGenerated,
+            _ => {
+                let range = s.split_once("..").and_then(|(a, b)| Some((a.trim().parse().ok()?, b.trim().parse().ok()?)));
+                match range {
+                    Some((a, b)) if a >= 0 && a < b => Positions::Range(a, b),
+                    _ => {
+                        return Err(ModelError::InvalidArgument(format!(
+                            "unknown positions `{s}` (expected all, prompt, last-prompt, generated, \
+                             last-prompt-and-generated, or START..END with 0 <= START < END)"
+                        )))
+                    }
+                }
+            }
+        })
+    }
+}
+
 /// What a hook knows about the chunk being computed.
 pub struct HookContext<'a> {
     /// Absolute position of each token of the chunk, -1 for left padding: [batch, chunk] i64.
@@ -154,6 +205,9 @@ pub struct HookContext<'a> {
     pub prompt_lens: &'a Tensor,
     /// 0 for the forward that includes the prompt, n for the n-th decoding step.
     pub step: usize,
+    /// The logical row of each token, [batch, chunk] i64 (-1 for padding), where it is not the batch row
+    /// (branched forwards).
+    pub row_ids: Option<&'a Tensor>,
     // Selections are the same at every hook point of a chunk: compute each once, not once per point.
     selections: RefCell<Vec<(Positions, Rc<Selection>)>>,
 }
@@ -168,12 +222,21 @@ pub struct Selection {
     pub cols: Tensor,
     /// Absolute position of each selected token, [n] i64.
     pub positions: Tensor,
+    /// Logical row of each selected token, [n] i64: the batch row in a plain forward, the intervention row
+    /// in a branched one.
+    pub row_ids: Tensor,
 }
 
 impl<'a> HookContext<'a> {
     /// A context for a chunk with these absolute positions and prompt lengths.
     pub fn new(positions: &'a Tensor, prompt_lens: &'a Tensor, step: usize) -> Self {
-        HookContext { positions, prompt_lens, step, selections: RefCell::new(Vec::new()) }
+        HookContext { positions, prompt_lens, step, row_ids: None, selections: RefCell::new(Vec::new()) }
+    }
+
+    /// A context whose tokens belong to the logical rows `row_ids` ([batch, chunk] i64) instead of their
+    /// batch rows.
+    pub fn with_row_ids(positions: &'a Tensor, prompt_lens: &'a Tensor, step: usize, row_ids: &'a Tensor) -> Self {
+        HookContext { row_ids: Some(row_ids), ..HookContext::new(positions, prompt_lens, step) }
     }
 
     /// The tokens `sel` selects in this chunk (computed once per chunk and selector).
@@ -194,7 +257,11 @@ impl<'a> HookContext<'a> {
         let rows = idx.select(1, 0);
         let cols = idx.select(1, 1);
         let positions = p.index(&[Some(&rows), Some(&cols)]);
-        let s = Rc::new(Selection { mask, rows, cols, positions });
+        let row_ids = match self.row_ids {
+            Some(ids) => ids.index(&[Some(&rows), Some(&cols)]),
+            None => rows.shallow_clone(),
+        };
+        let s = Rc::new(Selection { mask, rows, cols, positions, row_ids });
         self.selections.borrow_mut().push((sel.clone(), Rc::clone(&s)));
         s
     }
@@ -325,7 +392,8 @@ impl<'a> HookSet<'a> {
     }
 
     /// Runs the hooks that want `point` in registration order, each seeing the previous one's output, and
-    /// returns the final activation. Replacements must keep the shape and dtype.
+    /// returns the final activation. Replacements must keep the shape and device (a different dtype is
+    /// converted).
     pub fn apply(&mut self, point: HookPoint, act: Tensor, ctx: &HookContext) -> Result<Tensor> {
         let Some(ids) = self.routes.get(&point) else {
             return Ok(act);
@@ -339,6 +407,12 @@ impl<'a> HookSet<'a> {
                         msg: format!("hook returned shape {:?}, activation has {:?}", new.size(), act.size()),
                     });
                 }
+                if new.device() != act.device() {
+                    return Err(ModelError::Hook {
+                        point: point.to_string(),
+                        msg: format!("hook returned a tensor on {:?}, the activation is on {:?}", new.device(), act.device()),
+                    });
+                }
                 act = if new.kind() != act.kind() { new.to_kind(act.kind()) } else { new };
             }
         }
@@ -346,183 +420,3 @@ impl<'a> HookSet<'a> {
     }
 }
 
-/// One capture: the rows and absolute positions selected, and the activations there.
-#[derive(Debug)]
-pub struct Captured {
-    /// Batch row of each captured vector, [n] i64.
-    pub rows: Tensor,
-    /// Absolute position of each captured vector, [n] i64.
-    pub positions: Tensor,
-    /// The activations, [n, ...] (the point's trailing dimensions), on the CPU in f32.
-    pub values: Tensor,
-}
-
-/// Reads activations at chosen points and positions, keeping only those rows (never whole
-/// [batch, pos, d] tensors unless asked with [`Positions::All`]).
-pub struct Capture {
-    points: Vec<HookPoint>,
-    positions: Positions,
-    chunks: BTreeMap<HookPoint, Vec<Captured>>,
-}
-
-impl Capture {
-    /// Captures `points` at the tokens `positions` selects.
-    pub fn new(points: impl IntoIterator<Item = HookPoint>, positions: Positions) -> Self {
-        let mut points: Vec<HookPoint> = points.into_iter().collect();
-        points.sort();
-        points.dedup();
-        Capture { points, positions, chunks: BTreeMap::new() }
-    }
-
-    /// Everything captured at `point`, concatenated over calls and steps in order.
-    pub fn get(&self, point: HookPoint) -> Option<Captured> {
-        let chunks = self.chunks.get(&point)?;
-        let cat = |f: &dyn Fn(&Captured) -> &Tensor| Tensor::cat(&chunks.iter().map(f).collect::<Vec<_>>(), 0);
-        Some(Captured { rows: cat(&|c| &c.rows), positions: cat(&|c| &c.positions), values: cat(&|c| &c.values) })
-    }
-
-    /// The activation at `point` for each of `batch` rows when exactly one token per row was captured
-    /// (e.g. [`Positions::LastPrompt`]): [batch, ...] ordered by row.
-    pub fn per_row(&self, point: HookPoint, batch: usize) -> Result<Tensor> {
-        let c = self.get(point).ok_or_else(|| ModelError::Hook {
-            point: point.to_string(),
-            msg: "nothing was captured here".into(),
-        })?;
-        let rows: Vec<i64> = Vec::<i64>::try_from(&c.rows).map_err(ModelError::Torch)?;
-        let mut sorted = rows.clone();
-        sorted.sort_unstable();
-        if sorted != (0..batch as i64).collect::<Vec<_>>() {
-            return Err(ModelError::Hook {
-                point: point.to_string(),
-                msg: format!("expected one captured token for each of {batch} rows, got rows {rows:?}"),
-            });
-        }
-        let order = c.rows.argsort(0, false);
-        Ok(c.values.index_select(0, &order))
-    }
-
-    /// Forgets what was captured, keeping the configuration.
-    pub fn clear(&mut self) {
-        self.chunks.clear();
-    }
-}
-
-impl Hook for Capture {
-    fn wants(&self, point: HookPoint) -> bool {
-        self.points.binary_search(&point).is_ok()
-    }
-
-    fn call(&mut self, point: HookPoint, act: &Tensor, ctx: &HookContext) -> Result<Option<Tensor>> {
-        let sel = ctx.select(&self.positions);
-        if sel.rows.size()[0] == 0 {
-            return Ok(None);
-        }
-        let values = act.index(&[Some(&sel.rows), Some(&sel.cols)]);
-        let cpu = tch::Device::Cpu;
-        self.chunks.entry(point).or_default().push(Captured {
-            rows: sel.rows.to_device(cpu),
-            positions: sel.positions.to_device(cpu),
-            values: values.to_device(cpu).to_kind(Kind::Float),
-        });
-        Ok(None)
-    }
-}
-
-/// How an [`AddVector`] edit is scaled.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum Scale {
-    /// `h += alpha * v`.
-    Fixed(f64),
-    /// `h += alpha * RMS(h) * v`, RMS per token over the last dimension (+1e-12 inside the root), as the
-    /// paper's steering does.
-    Rms(f64),
-}
-
-/// Adds a vector to activations: steering (paper section 5) or enhancement (section 6).
-pub struct AddVector {
-    vectors: BTreeMap<HookPoint, Tensor>,
-    scale: Scale,
-    positions: Positions,
-}
-
-impl AddVector {
-    /// Adds `vectors[point]` (shaped like the point's trailing dimensions, e.g. [d_model]) at each point.
-    pub fn new(vectors: impl IntoIterator<Item = (HookPoint, Tensor)>, scale: Scale, positions: Positions) -> Self {
-        AddVector { vectors: vectors.into_iter().collect(), scale, positions }
-    }
-}
-
-impl Hook for AddVector {
-    fn wants(&self, point: HookPoint) -> bool {
-        self.vectors.contains_key(&point)
-    }
-
-    fn call(&mut self, point: HookPoint, act: &Tensor, ctx: &HookContext) -> Result<Option<Tensor>> {
-        let v = &self.vectors[&point];
-        let trailing = &act.size()[2..];
-        if v.size() != trailing {
-            return Err(ModelError::Hook {
-                point: point.to_string(),
-                msg: format!("vector has shape {:?}, the activation's trailing shape is {trailing:?}", v.size()),
-            });
-        }
-        let v = v.to_device(act.device()).to_kind(act.kind());
-        // Work on the selected tokens only: a steering edit touches one token per row per step.
-        let sel = ctx.select(&self.positions);
-        if sel.rows.size()[0] == 0 {
-            return Ok(None);
-        }
-        let index = [Some(sel.rows.shallow_clone()), Some(sel.cols.shallow_clone())];
-        let h = act.index(&index);
-        let delta = match self.scale {
-            Scale::Fixed(alpha) => v * alpha,
-            Scale::Rms(alpha) => {
-                let rms = (h.square().mean_dim(-1, true, h.kind()) + 1e-12).sqrt();
-                rms * v * alpha
-            }
-        };
-        Ok(Some(act.index_put(&index, &(h + delta), false)))
-    }
-}
-
-/// Sets chosen units of an activation to zero (or to fixed values): neuron ablation on `mlp.hook_post`
-/// (last dimension), head ablation on `attn.hook_z` (the head dimension).
-pub struct Ablate {
-    units: BTreeMap<HookPoint, Vec<i64>>,
-    positions: Positions,
-}
-
-impl Ablate {
-    /// Zeroes `units[point]` at each point: indices into the last dimension for [batch, pos, d] points, into
-    /// the head dimension for `attn.hook_z`.
-    pub fn new(units: impl IntoIterator<Item = (HookPoint, Vec<i64>)>, positions: Positions) -> Self {
-        Ablate { units: units.into_iter().collect(), positions }
-    }
-}
-
-impl Hook for Ablate {
-    fn wants(&self, point: HookPoint) -> bool {
-        self.units.contains_key(&point)
-    }
-
-    fn call(&mut self, point: HookPoint, act: &Tensor, ctx: &HookContext) -> Result<Option<Tensor>> {
-        let ids = &self.units[&point];
-        if ids.is_empty() {
-            return Ok(None);
-        }
-        let dim = 2; // the first dimension after [batch, pos]: units, or heads for hook_z
-        let n = act.size()[dim];
-        if let Some(bad) = ids.iter().find(|&&i| i < 0 || i >= n) {
-            return Err(ModelError::Hook { point: point.to_string(), msg: format!("unit {bad} out of range 0..{n}") });
-        }
-        let mut keep = Tensor::ones([n], (act.kind(), act.device()));
-        let _ = keep.index_fill_(0, &Tensor::from_slice(ids).to_device(act.device()), 0.0);
-        let mask = ctx.mask(&self.positions).to_kind(act.kind()).unsqueeze(-1); // [b, t, 1]
-        // factor = 1 where not selected; `keep` where selected.
-        let mut factor = mask * (keep - 1.0) + 1.0; // [b, t, n]
-        while factor.dim() < act.dim() {
-            factor = factor.unsqueeze(-1);
-        }
-        Ok(Some(act * factor))
-    }
-}

@@ -1,5 +1,6 @@
 //! Per-batch decoding state: the key/value cache, which key slots hold real tokens (left padding does not),
-//! and each row's absolute position, from which hooks and RoPE take their positions.
+//! and each row's absolute position, from which hooks and RoPE take their positions. A state can also serve
+//! as a shared prefix for branch chunks ([`crate::branch`]), which read it without extending it.
 use tch::{Device, Kind, Tensor};
 
 /// The state of a batch of sequences across forward calls.
@@ -114,6 +115,18 @@ impl DecodeState {
         kb.narrow(2, self.len, t).copy_(k);
         vb.narrow(2, self.len, t).copy_(v);
         (kb.narrow(2, 0, need), vb.narrow(2, 0, need))
+    }
+
+    /// Starts a branch chunk ([`crate::branch`]): every token of row b is one more candidate for that row's next
+    /// position, attending to the row's committed keys and to itself only. Returns positions and mask as
+    /// `begin_chunk` does; the chunk's keys are written after the committed ones but never committed.
+    pub(crate) fn begin_branch_chunk(&mut self, valid: &Tensor) -> (Tensor, Tensor) {
+        let (b, n) = (self.batch, valid.size()[1]);
+        let positions = self.seen.expand([b, n], false).where_self(valid, &Tensor::from(-1i64).to_device(self.device));
+        let prefix = self.key_valid.unsqueeze(1).expand([b, n, self.len], false);
+        let own = Tensor::eye(n, (Kind::Bool, self.device)).unsqueeze(0).expand([b, n, n], false);
+        let mask = Tensor::cat(&[prefix, own], 2).unsqueeze(1);
+        (positions, mask)
     }
 
     /// Ends the chunk started by `begin_chunk`.

@@ -17,13 +17,18 @@
 
 pub mod bench;
 pub mod bert;
+pub mod branch;
+pub mod capture;
 pub mod chat;
+pub mod components;
 pub mod config;
 pub mod device;
+pub mod edits;
 pub mod error;
 pub mod generate;
 pub mod gguf;
 pub mod hooks;
+pub mod interventions;
 pub mod kv_cache;
 pub mod model;
 pub mod quant;
@@ -32,11 +37,16 @@ pub mod transformer;
 pub mod weights;
 
 pub use bert::SentenceEncoder;
+pub use branch::Prefix;
+pub use components::{Sublayer, SublayerKind};
 pub use chat::{ChatMessage, ChatTemplate};
 pub use config::{Architecture, TransformerConfig};
 pub use error::{ModelError, Result};
 pub use generate::{GenerationConfig, Generated, StopReason};
-pub use hooks::{Ablate, AddVector, Capture, FnHook, Hook, HookContext, HookPoint, HookSet, Positions, Scale};
+pub use hooks::{
+    Ablate, AddVector, Capture, Edit, FnHook, Hook, HookContext, HookPoint, HookSet, Intervention, Interventions, Positions,
+    Scale,
+};
 pub use kv_cache::DecodeState;
 pub use model::{LoadOptions, Model, Reply};
 pub use tokenizer::Tokenizer;

@@ -186,32 +186,85 @@ impl Transformer {
         let (positions, mask) = state.begin_chunk(&valid);
         let prompt_lens = state.prompt_lens().shallow_clone();
         let ctx = HookContext::new(&positions, &prompt_lens, state.step());
-        let (cos, sin) = self.rope(&positions);
+        let h = hooks.apply(HookPoint::Embed, Tensor::embedding(&self.embed, &tokens, -1, false, false), &ctx)?;
+        let h = self.blocks_from(0, h, &mask, state, hooks, &ctx)?;
+        state.end_chunk(t);
+        self.head(h, logits, hooks, &ctx)
+    }
 
-        let mut h = hooks.apply(HookPoint::Embed, Tensor::embedding(&self.embed, &tokens, -1, false, false), &ctx)?;
-        for (l, blk) in self.blocks.iter().enumerate() {
-            h = hooks.apply(HookPoint::ResidPre(l), h, &ctx)?;
-            let attn = self.attention(l, blk, &h, &cos, &sin, &mask, state, hooks, &ctx)?;
-            let attn = hooks.apply(HookPoint::AttnOut(l), attn, &ctx)?;
-            h = hooks.apply(HookPoint::ResidMid(l), h + attn, &ctx)?;
+    /// Runs a branch chunk over the committed prefix in `state` ([`crate::branch`]): `tokens[b, j]` is the
+    /// j-th candidate for row b's next position, attending to the prefix and itself; `row_ids` names each
+    /// token's logical row (-1 = padding). With `from_layer` > 0 the blocks before it are skipped and `resid`
+    /// ([batch, chunk, d_model]) is the residual entering block `from_layer` (or leaving the last block).
+    /// Returns logits for every token as `logits` asks (`Last` counts as `All` here: every token is last).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn forward_branch_chunk(
+        &self,
+        tokens: &Tensor,
+        row_ids: &Tensor,
+        from_layer: usize,
+        resid: Option<Tensor>,
+        state: &mut DecodeState,
+        hooks: &mut HookSet,
+        logits: LogitsFor,
+    ) -> Result<Tensor> {
+        let _guard = tch::no_grad_guard();
+        let valid = row_ids.ge(0);
+        let (positions, mask) = state.begin_branch_chunk(&valid);
+        let prompt_lens = state.prompt_lens().shallow_clone();
+        let ctx = HookContext::with_row_ids(&positions, &prompt_lens, state.step(), row_ids);
+        let h = match resid {
+            Some(h) if from_layer > 0 => h,
+            _ => hooks.apply(HookPoint::Embed, Tensor::embedding(&self.embed, tokens, -1, false, false), &ctx)?,
+        };
+        let h = self.blocks_from(from_layer, h, &mask, state, hooks, &ctx)?;
+        let logits = if logits == LogitsFor::Skip { LogitsFor::Skip } else { LogitsFor::All };
+        self.head(h, logits, hooks, &ctx)
+    }
+
+    /// Blocks `from..` over one chunk, each hook point passed through `hooks`.
+    fn blocks_from(
+        &self,
+        from: usize,
+        mut h: Tensor,
+        mask: &Tensor,
+        state: &mut DecodeState,
+        hooks: &mut HookSet,
+        ctx: &HookContext,
+    ) -> Result<Tensor> {
+        let (cos, sin) = self.rope(ctx.positions);
+        for (l, blk) in self.blocks.iter().enumerate().skip(from) {
+            h = hooks.apply(HookPoint::ResidPre(l), h, ctx)?;
+            let attn = self.attention(l, blk, &h, &cos, &sin, mask, state, hooks, ctx)?;
+            let attn = hooks.apply(HookPoint::AttnOut(l), attn, ctx)?;
+            h = hooks.apply(HookPoint::ResidMid(l), h + attn, ctx)?;
             let x = rms_norm(&h, &blk.mlp_norm, self.cfg.rms_norm_eps);
             let gu = x.linear::<&Tensor>(&blk.gate_up_w, None).chunk(2, -1);
-            let post = hooks.apply(HookPoint::MlpPost(l), gu[0].silu() * &gu[1], &ctx)?;
-            let mlp = hooks.apply(HookPoint::MlpOut(l), post.linear::<&Tensor>(&blk.down_w, None), &ctx)?;
-            h = hooks.apply(HookPoint::ResidPost(l), h + mlp, &ctx)?;
+            let post = hooks.apply(HookPoint::MlpPost(l), gu[0].silu() * &gu[1], ctx)?;
+            let mlp = hooks.apply(HookPoint::MlpOut(l), post.linear::<&Tensor>(&blk.down_w, None), ctx)?;
+            h = hooks.apply(HookPoint::ResidPost(l), h + mlp, ctx)?;
         }
-        state.end_chunk(t);
-        let h = hooks.apply(HookPoint::LnFinal, rms_norm(&h, &self.norm, self.cfg.rms_norm_eps), &ctx)?;
-        let (h, lctx) = match logits {
+        Ok(h)
+    }
+
+    /// The final norm and the unembedding, for the positions `logits` asks.
+    fn head(&self, h: Tensor, logits: LogitsFor, hooks: &mut HookSet, ctx: &HookContext) -> Result<Tensor> {
+        let h = hooks.apply(HookPoint::LnFinal, rms_norm(&h, &self.norm, self.cfg.rms_norm_eps), ctx)?;
+        let t = h.size()[1];
+        let (h, lpos) = match logits {
             LogitsFor::Skip => return Ok(Tensor::empty([0], (self.kind, self.device))),
             LogitsFor::All => (h, None),
-            LogitsFor::Last => (h.narrow(1, t - 1, 1), Some(positions.narrow(1, t - 1, 1))),
+            LogitsFor::Last => (h.narrow(1, t - 1, 1), Some(ctx.positions.narrow(1, t - 1, 1))),
         };
         let out = h.linear::<&Tensor>(&self.lm_head, None);
-        match lctx {
-            None => hooks.apply(HookPoint::Logits, out, &ctx),
+        match lpos {
+            None => hooks.apply(HookPoint::Logits, out, ctx),
             Some(p) => {
-                let c = HookContext::new(&p, ctx.prompt_lens, ctx.step);
+                let row_ids = ctx.row_ids.map(|r| r.narrow(1, t - 1, 1));
+                let c = match &row_ids {
+                    Some(r) => HookContext::with_row_ids(&p, ctx.prompt_lens, ctx.step, r),
+                    None => HookContext::new(&p, ctx.prompt_lens, ctx.step),
+                };
                 hooks.apply(HookPoint::Logits, out, &c)
             }
         }
