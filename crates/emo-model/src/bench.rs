@@ -74,8 +74,17 @@ pub fn sublayer_injections(cfg: &TransformerConfig, n: usize) -> Vec<Interventio
 
 /// Peak resident memory of this process in MB (Linux `VmHWM`), or `None` where it cannot be read.
 pub fn peak_rss_mb() -> Option<f64> {
+    proc_status_mb("VmHWM:")
+}
+
+/// Resident memory of this process now, in MB (Linux `VmRSS`), or `None` where it cannot be read.
+pub fn current_rss_mb() -> Option<f64> {
+    proc_status_mb("VmRSS:")
+}
+
+fn proc_status_mb(key: &str) -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let line = status.lines().find(|l| l.starts_with(key))?;
     let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb / 1024.0)
 }
