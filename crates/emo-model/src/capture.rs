@@ -141,10 +141,9 @@ impl Hook for Capture {
     }
 
     fn call(&mut self, point: HookPoint, act: &Tensor, ctx: &HookContext) -> Result<Option<Tensor>> {
-        let sel = ctx.select(&self.positions);
-        if sel.rows.size()[0] == 0 {
+        let Some(sel) = ctx.select_some(&self.positions) else {
             return Ok(None);
-        }
+        };
         let cpu = tch::Device::Cpu;
         let values = act.index(&[Some(&sel.rows), Some(&sel.cols)]).to_device(cpu).to_kind(Kind::Float).contiguous();
         let trailing = act.size()[2..].to_vec();

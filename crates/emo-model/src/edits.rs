@@ -51,10 +51,9 @@ impl Hook for AddVector {
         }
         let v = &*v;
         // Work on the selected tokens only: a steering edit touches one token per row per step.
-        let sel = ctx.select(&self.positions);
-        if sel.rows.size()[0] == 0 {
+        let Some(sel) = ctx.select_some(&self.positions) else {
             return Ok(None);
-        }
+        };
         let index = [Some(sel.rows.shallow_clone()), Some(sel.cols.shallow_clone())];
         let h = act.index(&index);
         let delta = match self.scale {

@@ -266,6 +266,13 @@ impl<'a> HookContext<'a> {
         s
     }
 
+    /// The tokens `sel` selects in this chunk, or `None` when it selects none (most decode steps for a
+    /// last-prompt-token hook), so a hook can return early.
+    pub fn select_some(&self, sel: &Positions) -> Option<Rc<Selection>> {
+        let s = self.select(sel);
+        (s.rows.size()[0] > 0).then_some(s)
+    }
+
     /// A [batch, chunk] boolean mask of the tokens `sel` selects in this chunk.
     pub fn mask(&self, sel: &Positions) -> Tensor {
         self.select(sel).mask.shallow_clone()

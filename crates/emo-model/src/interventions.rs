@@ -213,10 +213,9 @@ impl Hook for Interventions {
     }
 
     fn call(&mut self, point: HookPoint, act: &Tensor, ctx: &HookContext) -> Result<Option<Tensor>> {
-        let sel = ctx.select(&self.positions);
-        if sel.rows.size()[0] == 0 {
+        let Some(sel) = ctx.select_some(&self.positions) else {
             return Ok(None);
-        }
+        };
         let n_rows = self.rows.len() as i64;
         let ids = &sel.row_ids;
         let (lo, hi) = (ids.min().int64_value(&[]), ids.max().int64_value(&[]));

@@ -17,7 +17,7 @@ fn rss_stays_flat_over_many_capture_passes() {
         Vec::<i64>::try_from(ids.view(-1)).unwrap().chunks(64).map(|c| c.iter().map(|&x| x as u32).collect()).collect();
     // The elicitation workload (4 sites x every layer at the last token), never cleared, as `emo bench` runs it.
     let mut capture = hooks_for(HookLoad::Capture, cfg).unwrap();
-    let mut pass = |capture: &mut Box<dyn emo_model::Hook>| {
+    let pass = |capture: &mut Box<dyn emo_model::Hook>| {
         let mut set = HookSet::new();
         set.push(capture.as_mut());
         let _ = t.forward_rows(&rows, m.pad_token_id(), &mut set, LogitsFor::Last).unwrap();
