@@ -14,7 +14,23 @@ fn main() {
         return;
     };
     println!("cargo:rustc-link-arg=-Wl,-rpath,{lib}");
+    // The LibTorch version, for run manifests: a Python wheel's `torch/version.py`, or a LibTorch zip's
+    // `build-version`, one folder above `lib/`.
+    if let Some(version) = libtorch_version(Path::new(&lib)) {
+        println!("cargo:rustc-env=EMO_LIBTORCH_VERSION={version}");
+    }
     if Path::new(&lib).join("libtorch_cuda.so").exists() {
         println!("cargo:rustc-link-arg=-Wl,--push-state,--no-as-needed,-ltorch_cuda,--pop-state");
     }
+}
+
+fn libtorch_version(lib: &Path) -> Option<String> {
+    let root = lib.parent()?;
+    if let Ok(text) = std::fs::read_to_string(root.join("version.py")) {
+        println!("cargo:rerun-if-changed={}", root.join("version.py").display());
+        let line = text.lines().find(|l| l.starts_with("__version__"))?;
+        return Some(line.split(['\'', '"']).nth(1)?.to_string());
+    }
+    let text = std::fs::read_to_string(root.join("build-version")).ok()?;
+    Some(text.trim().to_string()).filter(|v| !v.is_empty())
 }

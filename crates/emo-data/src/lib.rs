@@ -2,6 +2,9 @@
 //! project's own built-in set), the exact elicitation and neutral prompts, and emotion judges.
 #![warn(missing_docs)]
 
+/// This crate's version.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
 pub mod chat_judge;
 pub mod embedding_judge;
 pub mod emotion;

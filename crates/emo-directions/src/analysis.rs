@@ -148,6 +148,7 @@ pub fn analyze(run: &RunDir, acts: &Activations) -> Result<Analysis> {
                 [("emotion vectors", &c.emotion_vectors), ("raw states", &c.raw)].map(|(what, ys)| Series {
                     name: format!("{} ({what})", s.name()),
                     points: ys.iter().enumerate().map(|(l, &y)| (l as f64, y)).collect(),
+                    ..Default::default()
                 })
             })
             .collect();

@@ -2,65 +2,15 @@
 //! the mean over the six emotions, average per emotion over groups, remove the mean over emotions, and
 //! L2-normalise per layer.
 use std::collections::BTreeMap;
-use std::fmt;
-use std::path::Path;
 use std::str::FromStr;
 
 use emo_data::Emotion;
-use emo_model::HookPoint;
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
+pub use emo_steer::{EmotionDirections, Site};
+
 use crate::error::{DirectionsError, Result};
-use crate::store::{read_tensors, write_tensors};
-
-/// One of the two residual sites the paper reads in every layer.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Site {
-    /// After the attention output is added (`blocks.L.hook_resid_mid`, the paper's attention site).
-    ResidMid,
-    /// After the MLP output is added (`blocks.L.hook_resid_post`, the paper's MLP site).
-    ResidPost,
-}
-
-impl Site {
-    /// Both sites, attention first (the paper's sublayer order Attn0, MLP0, Attn1, ...).
-    pub const ALL: [Site; 2] = [Site::ResidMid, Site::ResidPost];
-
-    /// The TransformerLens-style name without the `hook_` prefix, as used in file and tensor names.
-    pub fn name(self) -> &'static str {
-        match self {
-            Site::ResidMid => "resid_mid",
-            Site::ResidPost => "resid_post",
-        }
-    }
-
-    /// The hook point of this site in `layer`.
-    pub fn hook_point(self, layer: usize) -> HookPoint {
-        match self {
-            Site::ResidMid => HookPoint::ResidMid(layer),
-            Site::ResidPost => HookPoint::ResidPost(layer),
-        }
-    }
-}
-
-impl fmt::Display for Site {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl FromStr for Site {
-    type Err = DirectionsError;
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "resid_mid" | "attn" => Ok(Site::ResidMid),
-            "resid_post" | "mlp" => Ok(Site::ResidPost),
-            _ => Err(DirectionsError::Invalid(format!("unknown site `{s}` (expected resid_mid or resid_post)"))),
-        }
-    }
-}
 
 /// Last-prompt-token residuals of a set of prompts with their labels: the input of the direction extraction,
 /// the probes and the PCA.
@@ -165,7 +115,7 @@ pub enum GroupFilter {
     /// Every group, whatever the judge said (for models whose replies rarely pass the judge).
     All,
     /// `Complete` when at least a quarter of the groups are complete, else `All`; resolved by
-    /// [`EmotionDirections::compute`], which records the filter it used.
+    /// [`Activations::directions`], which records the filter it used.
     Auto,
 }
 
@@ -180,15 +130,6 @@ impl FromStr for GroupFilter {
         }
     }
 }
-
-/// Unit emotion directions per site, emotion and layer.
-pub struct EmotionDirections {
-    /// `[6, n_layers, d_model]` at `hook_resid_mid`, emotions in [`Emotion::ALL`] order.
-    pub resid_mid: Tensor,
-    /// `[6, n_layers, d_model]` at `hook_resid_post`.
-    pub resid_post: Tensor,
-}
-
 /// What went into a set of directions, saved beside them as JSON.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct DirectionsSummary {
@@ -210,49 +151,31 @@ pub struct DirectionsSummary {
     pub centroid_norms: BTreeMap<String, BTreeMap<String, Vec<f64>>>,
 }
 
-impl EmotionDirections {
-    /// The directions of one site, `[6, n_layers, d_model]`.
-    pub fn site(&self, site: Site) -> &Tensor {
-        match site {
-            Site::ResidMid => &self.resid_mid,
-            Site::ResidPost => &self.resid_post,
-        }
-    }
 
-    /// The direction of `emotion` at `site`, `[n_layers, d_model]`.
-    pub fn get(&self, site: Site, emotion: Emotion) -> Tensor {
-        self.site(site).get(emotion.index() as i64)
-    }
-
-    /// `(n_layers, d_model)`.
-    pub fn dims(&self) -> (usize, usize) {
-        let s = self.resid_post.size();
-        (s[1] as usize, s[2] as usize)
-    }
-
-    /// Extracts the directions (spec section 5) from activations.
-    pub fn compute(acts: &Activations, filter: GroupFilter) -> Result<(EmotionDirections, DirectionsSummary)> {
-        acts.check()?;
-        let groups_total = acts.groups(false).len();
-        let complete = acts.groups(true);
+impl Activations {
+    /// Extracts the emotion directions (spec section 5) from these activations.
+    pub fn directions(&self, filter: GroupFilter) -> Result<(EmotionDirections, DirectionsSummary)> {
+        self.check()?;
+        let groups_total = self.groups(false).len();
+        let complete = self.groups(true);
         let groups_complete = complete.len();
         let filter = match filter {
             GroupFilter::Auto if groups_complete * 4 < groups_total => GroupFilter::All,
             GroupFilter::Auto => GroupFilter::Complete,
             f => f,
         };
-        let groups = if filter == GroupFilter::Complete { complete } else { acts.groups(false) };
+        let groups = if filter == GroupFilter::Complete { complete } else { self.groups(false) };
         if groups.is_empty() {
             return Err(DirectionsError::Invalid(format!(
                 "no scenario-event group has all six replies judged a match (0 of {groups_total}); \
                  use all groups instead (`emo directions --all-groups`)"
             )));
         }
-        let (l, d) = acts.dims();
+        let (l, d) = self.dims();
         let mut out = Vec::new();
         let mut centroid_norms = BTreeMap::new();
         for site in Site::ALL {
-            let (v, _, _) = acts.emotion_vectors(site, &groups)?;
+            let (v, _, _) = self.emotion_vectors(site, &groups)?;
             let centroids = v.view([groups.len() as i64, 6, l as i64, d as i64]).mean_dim(0, false, Kind::Float);
             // Removing the mean over emotions is a no-op after per-group centring; kept as the paper states it.
             let centroids = &centroids - centroids.mean_dim(0, true, Kind::Float);
@@ -269,43 +192,5 @@ impl EmotionDirections {
         let summary =
             DirectionsSummary { filter, groups_used: groups.len(), groups_complete, groups_total, n_layers: l, d_model: d, centroid_norms };
         Ok((EmotionDirections { resid_mid, resid_post }, summary))
-    }
-
-    /// Every direction by its file name `{site}.{emotion}` (e.g. `resid_post.anger`), each `[n_layers, d_model]`.
-    pub fn named(&self) -> Vec<(String, Tensor)> {
-        Site::ALL
-            .iter()
-            .flat_map(|&s| Emotion::ALL.iter().map(move |&e| (format!("{}.{}", s.name(), e.name()), self.get(s, e))))
-            .collect()
-    }
-
-    /// Saves as safetensors: tensors `resid_mid.{emotion}` and `resid_post.{emotion}`, each `[n_layers, d_model]`.
-    pub fn save(&self, path: &Path, metadata: &BTreeMap<String, String>) -> Result<()> {
-        write_tensors(path, &self.named(), metadata)
-    }
-
-    /// Loads directions saved by [`EmotionDirections::save`] (or written by another tool with the same names).
-    pub fn load(path: &Path) -> Result<EmotionDirections> {
-        let mut file = read_tensors(path)?;
-        let first = file.take(path, "resid_post.anger", None)?;
-        let shape = first.size();
-        if shape.len() != 2 {
-            return Err(DirectionsError::Format {
-                path: path.into(),
-                msg: format!("tensor `resid_post.anger` has shape {shape:?}, expected [n_layers, d_model]"),
-            });
-        }
-        file.tensors.insert("resid_post.anger".into(), first);
-        let mut sites = Vec::new();
-        for site in Site::ALL {
-            let rows = Emotion::ALL
-                .iter()
-                .map(|e| file.take(path, &format!("{}.{}", site.name(), e.name()), Some(&shape)))
-                .collect::<Result<Vec<_>>>()?;
-            sites.push(Tensor::stack(&rows, 0));
-        }
-        let resid_post = sites.pop().expect("two sites");
-        let resid_mid = sites.pop().expect("two sites");
-        Ok(EmotionDirections { resid_mid, resid_post })
     }
 }

@@ -8,7 +8,6 @@ use crate::error::{DirectionsError, Result};
 use crate::run::{
     DatasetInfo, GenerationSettings, Manifest, ModelInfo, PromptKind, RunDir, Stage, StageSettings, ELICIT,
 };
-use crate::store::write_json;
 
 /// How to run an elicitation.
 #[derive(Clone, Debug)]
@@ -29,33 +28,18 @@ impl Default for ElicitOptions {
     }
 }
 
-/// Opens a run folder for `model`: writes a new manifest, or checks that an existing one is for the same model
-/// file.
+/// Opens a run folder for `model`: writes a new manifest, or checks that an existing one was made with the same
+/// model files.
 pub fn open_run(run: &RunDir, model: &Model, reference: &str) -> Result<Manifest> {
-    let info = ModelInfo::of(model, reference)?;
-    match run.read_manifest()? {
-        Some(m) if m.model.sha256 != info.sha256 => Err(DirectionsError::Invalid(format!(
-            "{} was made with model {} (sha256 {}), not {} (sha256 {}); use a new run folder",
-            run.path.display(),
-            m.model.path,
-            m.model.sha256,
-            info.path,
-            info.sha256
-        ))),
-        Some(m) => Ok(m),
-        None => {
-            let m = Manifest::new(info);
-            write_json(&run.manifest(), &m)?;
-            Ok(m)
-        }
-    }
+    run.open(ModelInfo::of(model, reference)?, &[("emo-directions", env!("CARGO_PKG_VERSION"))])
 }
 
 /// The stage name of an elicitation on `split` in a run: `elicit` for the run's first (the one the directions
 /// come from), `prompting-{split}` for another split (replies and verdicts only).
 pub fn stage_name(manifest: &Manifest, split: Split) -> String {
-    match manifest.stages.get(ELICIT) {
-        Some(info) if info.settings.dataset.split != split.to_string() => format!("prompting-{split}"),
+    let elicit_split = manifest.stages.get(ELICIT).and_then(|info| info.settings_as::<StageSettings>(ELICIT).ok()).map(|s| s.dataset.split);
+    match elicit_split {
+        Some(s) if s != split.to_string() => format!("prompting-{split}"),
         _ => ELICIT.to_string(),
     }
 }

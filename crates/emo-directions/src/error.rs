@@ -1,48 +1,7 @@
-//! Errors of the directions layer: each names the run folder file, tensor or value at fault.
-use std::path::PathBuf;
-
-/// What can go wrong running or reading section-5 experiments.
-#[derive(Debug, thiserror::Error)]
-pub enum DirectionsError {
-    /// An I/O error on a named file.
-    #[error("{path}: {source}")]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// The underlying error.
-        #[source]
-        source: std::io::Error,
-    },
-    /// A file that exists but is not what it should be (bad JSON, missing tensor, wrong shape...).
-    #[error("{path}: {msg}")]
-    Format {
-        /// The file.
-        path: PathBuf,
-        /// What is wrong.
-        msg: String,
-    },
-    /// A request that cannot be met (unknown layer, empty selection, mismatched run...).
-    #[error("{0}")]
-    Invalid(String),
-    /// An error from the data layer (datasets, prompts, judges).
-    #[error(transparent)]
-    Data(#[from] emo_data::DataError),
-    /// An error from the model layer.
-    #[error(transparent)]
-    Model(#[from] emo_model::ModelError),
-}
-
-impl From<tch::TchError> for DirectionsError {
-    fn from(e: tch::TchError) -> Self {
-        DirectionsError::Model(emo_model::ModelError::Torch(e))
-    }
-}
+//! Errors of the directions layer: the experiment layers' one error type (`emo_steer::Error`), under the name
+//! this crate has always used. Each names the run folder file, tensor or value at fault.
+pub use emo_steer::error::io;
+pub use emo_steer::Error as DirectionsError;
 
 /// Result alias of this crate.
 pub type Result<T, E = DirectionsError> = std::result::Result<T, E>;
-
-/// Wraps an I/O error with the path it happened on.
-pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> DirectionsError {
-    let path = path.into();
-    move |source| DirectionsError::Io { path, source }
-}

@@ -17,7 +17,7 @@ use crate::store::write_json;
 /// [`load_activations`]: crate::run::load_activations
 pub fn extract(run: &RunDir, acts: &Activations, filter: GroupFilter, npz: bool) -> Result<DirectionsSummary> {
     let manifest = run.require_manifest()?;
-    let (dirs, summary) = EmotionDirections::compute(acts, filter)?;
+    let (dirs, summary) = acts.directions(filter)?;
     let meta = BTreeMap::from([
         ("model".to_string(), manifest.model.path.clone()),
         ("model_sha256".to_string(), manifest.model.sha256.clone()),

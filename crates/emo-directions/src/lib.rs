@@ -1,23 +1,24 @@
 //! `emo-directions`: paper section 5 — elicit emotional replies while reading the last prompt token's
 //! residual stream, extract context-agnostic emotion directions, analyse them (linear probes, PCA, cosine
 //! structure), export them (safetensors, `.npy`/`.npz`, llama.cpp control vectors) and validate them by
-//! steering generation.
+//! steering generation. Run folders, stages, files and figures come from `emo-run`; the directions type and its
+//! sites from the light crate `emo-steer`.
 #![warn(missing_docs)]
 
-pub mod accuracy;
 pub mod analysis;
 pub mod directions;
 pub mod elicit;
 pub mod error;
 pub mod export;
 pub mod extract;
-pub mod figures;
 pub mod pca;
 pub mod probe;
 pub mod report;
 pub mod run;
 pub mod steer;
-pub mod store;
+
+// Shared with the other sections; kept under their old paths here.
+pub use emo_run::{accuracy, figures, store};
 
 pub use accuracy::Accuracy;
 pub use directions::{Activations, DirectionsSummary, EmotionDirections, GroupFilter, Site};

@@ -9,8 +9,9 @@ use crate::analysis::Analysis;
 use crate::directions::DirectionsSummary;
 use crate::error::Result;
 use crate::figures::{BarGroup, Figures};
-use crate::run::{RunDir, ELICIT};
-use crate::store::{read_json, write_atomic};
+use crate::run::{RunDir, StageSettings, ELICIT, GENERATION};
+use crate::store::read_json;
+use emo_run::report::Report;
 
 /// The paper's Table 1 / Appendix C, kept with the other published numbers in [`emo_run::paper`].
 pub use emo_run::paper::PUBLISHED_ACCURACY as PAPER_ACCURACY;
@@ -18,9 +19,8 @@ pub use emo_run::paper::PUBLISHED_ACCURACY as PAPER_ACCURACY;
 /// Writes `report.md` for whatever steps the run has completed; returns its path.
 pub fn write_report(run: &RunDir) -> Result<PathBuf> {
     let manifest = run.require_manifest()?;
-    let mut md = String::new();
     let m = &manifest.model;
-    let _ = writeln!(md, "# Emotion directions (paper section 5): {}\n", m.reference);
+    let mut md = Report::new(&format!("Emotion directions (paper section 5): {}", m.reference));
     let _ = writeln!(
         md,
         "Model `{}` ({}, {} layers, d_model {}, sha256 `{}`). Run folder `{}`; everything below is computed from its \
@@ -35,13 +35,15 @@ pub fn write_report(run: &RunDir) -> Result<PathBuf> {
 
     let _ = writeln!(md, "## Emotion-expression accuracy\n");
     let mut ours: Vec<(String, Accuracy)> = Vec::new();
-    for (name, info) in &manifest.stages {
+    // Section 5's stages generate replies; stages of other kinds belong to other sections' reports.
+    for (name, info) in manifest.stages.iter().filter(|(_, i)| i.kind == GENERATION) {
         if !info.stats.complete {
             let _ = writeln!(md, "_Stage `{name}` is not complete ({} prompts done)._\n", info.stats.prompts);
             continue;
         }
         let acc = Accuracy::of(&run.read_replies(name)?)?;
-        let s = &info.settings;
+        let s: StageSettings = info.settings_as(name)?;
+        let s = &s;
         let what = match &s.steering {
             Some(st) => format!(
                 "Steering, {} split: neutral prompt, alpha {} x RMS on `hook_resid_post` of layers {}-{} ({} directions), positions {}",
@@ -196,25 +198,26 @@ pub fn write_report(run: &RunDir) -> Result<PathBuf> {
         }
     }
 
-    let _ = writeln!(md, "\n## Cost\n\n| stage | prompts | new tokens | generation s | prompts/s | tokens/s | judge s | peak RSS MB |\n|---|---:|---:|---:|---:|---:|---:|---:|");
-    for (name, info) in &manifest.stages {
-        let s = &info.stats;
-        let _ = writeln!(
-            md,
-            "| {name}{} | {} | {} | {:.1} | {:.2} | {:.1} | {:.1} | {:.0} |",
-            if name == ELICIT { " (with capture)" } else { "" },
-            s.prompts,
-            s.new_tokens,
-            s.generate_seconds,
-            s.prompts as f64 / s.generate_seconds,
-            s.new_tokens as f64 / s.generate_seconds,
-            s.judge_seconds,
-            s.peak_rss_mb
-        );
-    }
-    let path = run.report();
-    write_atomic(&path, md.as_bytes())?;
-    Ok(path)
+    let _ = writeln!(md, "\n## Cost\n");
+    let rows: Vec<Vec<String>> = manifest
+        .stages
+        .iter()
+        .map(|(name, info)| {
+            let s = &info.stats;
+            vec![
+                format!("{name}{}", if name == ELICIT { " (with capture)" } else { "" }),
+                s.prompts.to_string(),
+                s.new_tokens.to_string(),
+                format!("{:.1}", s.generate_seconds),
+                format!("{:.2}", s.prompts as f64 / s.generate_seconds),
+                format!("{:.1}", s.new_tokens as f64 / s.generate_seconds),
+                format!("{:.1}", s.judge_seconds),
+                format!("{:.0}", s.peak_rss_mb),
+            ]
+        })
+        .collect();
+    md.table(&["stage", "prompts", "new tokens", "generation s", "prompts/s", "tokens/s", "judge s", "peak RSS MB"], &rows);
+    md.write(&run.report())
 }
 
 fn rel(run: &RunDir, p: &std::path::Path) -> String {

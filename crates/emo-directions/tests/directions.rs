@@ -72,7 +72,7 @@ fn assert_close(t: &Tensor, want: &[f64]) {
 #[test]
 fn directions_match_the_spec_computed_by_hand() {
     let a = synthetic(5, 3, 8, |_, _| true);
-    let (dirs, summary) = EmotionDirections::compute(&a, GroupFilter::Complete).unwrap();
+    let (dirs, summary) = a.directions(GroupFilter::Complete).unwrap();
     assert_eq!((summary.groups_used, summary.groups_total, summary.n_layers, summary.d_model), (5, 5, 3, 8));
     for site in Site::ALL {
         for layer in 0..3 {
@@ -91,11 +91,11 @@ fn directions_match_the_spec_computed_by_hand() {
 fn complete_filter_drops_groups_with_a_failed_reply() {
     // Group 4 (the second) has one reply that did not match.
     let a = synthetic(4, 2, 5, |g, e| !(g == 4 && e == 2));
-    let (complete, s) = EmotionDirections::compute(&a, GroupFilter::Complete).unwrap();
+    let (complete, s) = a.directions(GroupFilter::Complete).unwrap();
     assert_eq!((s.groups_used, s.groups_total), (3, 4));
     let want = by_hand(&a, Site::ResidPost, |g| g != 4, 1);
     assert_close(&complete.get(Site::ResidPost, Emotion::Fear).get(1), &want[Emotion::Fear.index()]);
-    let (all, s) = EmotionDirections::compute(&a, GroupFilter::All).unwrap();
+    let (all, s) = a.directions(GroupFilter::All).unwrap();
     assert_eq!(s.groups_used, 4);
     let want = by_hand(&a, Site::ResidPost, |_| true, 1);
     assert_close(&all.get(Site::ResidPost, Emotion::Fear).get(1), &want[Emotion::Fear.index()]);
@@ -104,24 +104,24 @@ fn complete_filter_drops_groups_with_a_failed_reply() {
 #[test]
 fn no_complete_group_is_a_clear_error() {
     let a = synthetic(3, 2, 4, |_, e| e != 0);
-    let err = EmotionDirections::compute(&a, GroupFilter::Complete).err().unwrap().to_string();
+    let err = a.directions(GroupFilter::Complete).err().unwrap().to_string();
     assert!(err.contains("0 of 3") && err.contains("--all-groups"), "{err}");
     // A group missing an emotion is not a group at all.
     let mut b = synthetic(2, 2, 4, |_, _| true);
     b.emotion[0] = b.emotion[1];
-    let (_, s) = EmotionDirections::compute(&b, GroupFilter::All).unwrap();
+    let (_, s) = b.directions(GroupFilter::All).unwrap();
     assert_eq!(s.groups_total, 1);
     // Wrong shapes are refused.
     let mut c = synthetic(2, 2, 4, |_, _| true);
     c.resid_mid = Tensor::zeros([12, 2, 5], (Kind::Float, tch::Device::Cpu));
-    let err = EmotionDirections::compute(&c, GroupFilter::All).err().unwrap().to_string();
+    let err = c.directions(GroupFilter::All).err().unwrap().to_string();
     assert!(err.contains("resid_mid") && err.contains("[12, 2, 5]"), "{err}");
 }
 
 #[test]
 fn directions_file_round_trips_and_bad_files_name_the_problem() {
     let a = synthetic(3, 4, 6, |_, _| true);
-    let (dirs, _) = EmotionDirections::compute(&a, GroupFilter::All).unwrap();
+    let (dirs, _) = a.directions(GroupFilter::All).unwrap();
     let dir = std::env::temp_dir().join(format!("emo-dirs-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("directions.safetensors");
@@ -157,11 +157,11 @@ fn directions_file_round_trips_and_bad_files_name_the_problem() {
 fn auto_filter_keeps_the_papers_filter_only_when_a_quarter_of_groups_are_complete() {
     // One of four groups complete: exactly a quarter, so the paper's filter.
     let a = synthetic(4, 2, 4, |g, e| g == 1 || e != 3);
-    let (_, s) = EmotionDirections::compute(&a, GroupFilter::Auto).unwrap();
+    let (_, s) = a.directions(GroupFilter::Auto).unwrap();
     assert_eq!((s.filter, s.groups_used, s.groups_complete, s.groups_total), (GroupFilter::Complete, 1, 1, 4));
     // None of five complete: every group.
     let b = synthetic(5, 2, 4, |_, e| e != 3);
-    let (_, s) = EmotionDirections::compute(&b, GroupFilter::Auto).unwrap();
+    let (_, s) = b.directions(GroupFilter::Auto).unwrap();
     assert_eq!((s.filter, s.groups_used, s.groups_complete, s.groups_total), (GroupFilter::All, 5, 0, 5));
     assert_eq!("auto".parse::<GroupFilter>().unwrap(), GroupFilter::Auto);
     assert!("most".parse::<GroupFilter>().unwrap_err().to_string().contains("`most`"));

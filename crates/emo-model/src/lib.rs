@@ -15,6 +15,18 @@
 //! ```
 #![warn(missing_docs)]
 
+/// This crate's version.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+/// The version of `tch` this crate is built with (pinned exactly in the workspace; a test checks it against
+/// `Cargo.lock`).
+pub const TCH_VERSION: &str = "0.24.0";
+/// The version of the LibTorch linked at build time (from its `version.py` or `build-version`), or
+/// `unknown`.
+pub const LIBTORCH_VERSION: &str = match option_env!("EMO_LIBTORCH_VERSION") {
+    Some(v) => v,
+    None => "unknown",
+};
+
 pub mod bench;
 pub mod bert;
 pub mod branch;

@@ -1,11 +1,36 @@
-//! `emo-run`: the experiment machinery sections 6 and 7 stand on — the paper's constants in one place,
-//! sweeps of many interventions over many prompts (through prefix branching wherever it is exact), and
-//! statistics reduced batch by batch so that memory does not grow with the number of prompts.
+//! `emo-run`: the experiment machinery every section crate stands on —
+//!
+//! - a run folder and its manifest ([`RunDir`], [`Manifest`]: model files by sha256, data, versions, stages);
+//! - one resumable batch loop for every stage kind ([`stage::run_stage`] over a [`stage::StageWork`]):
+//!   generation with judging (in the section crates), forward-only sweeps ([`forward::SweepStage`]) and
+//!   statistics reduced batch by batch ([`forward::ReduceStage`]), each with typed settings checked on
+//!   resume;
+//! - the paper's constants in one place ([`paper`]);
+//! - sweeps of many interventions over many prompts, through prefix branching wherever it is exact
+//!   ([`Sweep`]), and streaming statistics ([`GroupedSums`]);
+//! - files: atomic writes and safetensors ([`store`]), NumPy ([`npy`]), reply records ([`records`]),
+//!   accuracy tables ([`accuracy`]), figures ([`figures`]) and Markdown reports ([`report`]).
 #![warn(missing_docs)]
 
+pub mod accuracy;
+pub mod error;
+pub mod figures;
+pub mod folder;
+pub mod forward;
+pub mod npy;
 pub mod paper;
+pub mod records;
+pub mod report;
+pub mod stage;
 pub mod stats;
+pub mod store;
 pub mod sweep;
 
+pub use accuracy::Accuracy;
+pub use error::{Result, RunError};
+pub use folder::{DatasetInfo, Manifest, ModelInfo, RunDir, StageInfo, StageStats, ELICIT};
+pub use forward::{ReduceStage, Reduction, SweepStage};
+pub use records::{JudgeRecord, ReplyRecord};
+pub use stage::{run_stage, StageWork};
 pub use stats::GroupedSums;
 pub use sweep::{Metric, Sweep};

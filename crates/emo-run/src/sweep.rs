@@ -6,6 +6,8 @@
 //! starts at its first edited layer. Metric points below that layer are read from the prefix's clean last
 //! token, which is exact since no hook touches them. Interventions at other positions pay a full forward
 //! per row.
+use std::ops::Range;
+
 use emo_model::{Capture, HookPoint, HookSet, Intervention, Interventions, LogitsFor, Model, ModelError, Positions, Result};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tch::{Kind, Tensor};
@@ -99,6 +101,11 @@ impl<'a> Sweep<'a> {
 
     /// Runs it: the metric for every (prompt, intervention), [prompts, interventions] f64.
     pub fn run(&self, model: &Model) -> Result<Tensor> {
+        self.run_prompts(model, 0..self.prompts.len())
+    }
+
+    /// Runs it for the prompts `range` only (a batch of a resumable sweep): [range.len(), interventions].
+    pub fn run_prompts(&self, model: &Model, range: Range<usize>) -> Result<Tensor> {
         if self.max_rows == 0 || self.prompts_per_prefix == 0 {
             return Err(ModelError::InvalidArgument("a sweep needs at least one row per forward and one prompt per prefix".into()));
         }
@@ -109,27 +116,32 @@ impl<'a> Sweep<'a> {
                 self.prompts.len()
             )));
         }
-        let (p, n) = (self.prompts.len(), self.interventions.len());
+        if range.start > range.end || range.end > self.prompts.len() {
+            return Err(ModelError::InvalidArgument(format!("prompts {range:?} of a sweep over {}", self.prompts.len())));
+        }
+        let (p, n) = (range.len(), self.interventions.len());
         let bar = progress_bar(self.progress, (p * n) as u64);
         let mut table = vec![0f64; p * n];
         if self.branches() {
-            self.run_branched(model, &mut table, &bar)?;
+            self.run_branched(model, range, &mut table, &bar)?;
         } else {
-            self.run_full(model, &mut table, &bar)?;
+            self.run_full(model, range, &mut table, &bar)?;
         }
         bar.finish_and_clear();
         Ok(Tensor::from_slice(&table).view([p as i64, n as i64]))
     }
 
-    fn run_branched(&self, model: &Model, table: &mut [f64], bar: &ProgressBar) -> Result<()> {
+    /// `table` is [range.len(), interventions]; prompt indices into the metric stay global.
+    fn run_branched(&self, model: &Model, range: Range<usize>, table: &mut [f64], bar: &ProgressBar) -> Result<()> {
         let t = &model.transformer;
         let n_layers = t.config().n_layers;
         let n = self.interventions.len();
         // Interventions sorted by their first layer, so that a chunk of rows starts as late as it can.
         let mut order: Vec<usize> = (0..n).collect();
         order.sort_by_key(|&i| self.interventions[i].first_layer().unwrap_or(n_layers));
-        for (g, group) in self.prompts.chunks(self.prompts_per_prefix).enumerate() {
-            let first_prompt = g * self.prompts_per_prefix;
+        let start = range.start;
+        for (g, group) in self.prompts[range].chunks(self.prompts_per_prefix).enumerate() {
+            let first_prompt = start + g * self.prompts_per_prefix;
             let mut prefix = t.prefill_prefix(group, model.pad_token_id())?;
             // Rows intervention-major: (intervention, prompt in group).
             let rows: Vec<(usize, usize)> = order.iter().flat_map(|&i| (0..group.len()).map(move |q| (i, q))).collect();
@@ -151,7 +163,7 @@ impl<'a> Sweep<'a> {
                     }
                 })?;
                 for (r, &(i, q)) in chunk.iter().enumerate() {
-                    table[(first_prompt + q) * n + i] = scores[r];
+                    table[(first_prompt - start + q) * n + i] = scores[r];
                 }
                 bar.inc(chunk.len() as u64);
             }
@@ -159,10 +171,11 @@ impl<'a> Sweep<'a> {
         Ok(())
     }
 
-    fn run_full(&self, model: &Model, table: &mut [f64], bar: &ProgressBar) -> Result<()> {
+    fn run_full(&self, model: &Model, range: Range<usize>, table: &mut [f64], bar: &ProgressBar) -> Result<()> {
         let t = &model.transformer;
         let n = self.interventions.len();
-        let rows: Vec<(usize, usize)> = (0..self.prompts.len()).flat_map(|q| (0..n).map(move |i| (i, q))).collect();
+        let start = range.start;
+        let rows: Vec<(usize, usize)> = range.flat_map(|q| (0..n).map(move |i| (i, q))).collect();
         for chunk in rows.chunks(self.max_rows) {
             let ivs: Vec<Intervention> = chunk.iter().map(|&(i, _)| self.interventions[i].clone()).collect();
             let batch: Vec<Vec<u32>> = chunk.iter().map(|&(_, q)| self.prompts[q].clone()).collect();
@@ -172,7 +185,7 @@ impl<'a> Sweep<'a> {
             let global: Vec<i64> = chunk.iter().map(|&(_, q)| q as i64).collect();
             let scores = self.score(chunk.len(), &global, |k| cap.per_row(self.metric.points[k], chunk.len()))?;
             for (r, &(i, q)) in chunk.iter().enumerate() {
-                table[q * n + i] = scores[r];
+                table[(q - start) * n + i] = scores[r];
             }
             bar.inc(chunk.len() as u64);
         }

@@ -2,11 +2,11 @@
 //! error; a missing font fails the PNG only, after the SVG was written. Needs the font from scripts/setup.sh.
 use std::path::{Path, PathBuf};
 
-use emo_directions::figures::{
+use emo_run::figures::{
     color_for, default_font_path, sublayer_labels, BarGroup, Figures, HeatmapPanel, ScatterPanel, Series,
     Written, EMOTION_COLORS, EMOTION_NAMES,
 };
-use emo_directions::DirectionsError;
+use emo_run::RunError;
 
 const PNG_SIGNATURE: [u8; 8] = [0x89, b'P', b'N', b'G', b'\r', b'\n', 0x1a, b'\n'];
 
@@ -182,9 +182,8 @@ fn lines_writes_png_and_svg() {
     let series: Vec<Series> = ["resid_mid", "resid_post"]
         .iter()
         .enumerate()
-        .map(|(k, name)| Series {
-            name: name.to_string(),
-            points: (0..24).map(|l| (l as f64, 0.3 + 0.65 * (1.0 - (-(l as f64) / (4.0 + k as f64)).exp()))).collect(),
+        .map(|(k, name)| {
+            Series::new(*name, (0..24).map(|l| (l as f64, 0.3 + 0.65 * (1.0 - (-(l as f64) / (4.0 + k as f64)).exp()))).collect())
         })
         .collect();
     let base = dir.join("probe_f1");
@@ -194,7 +193,7 @@ fn lines_writes_png_and_svg() {
         assert!(shows(&svg, t), "SVG lacks {t}");
     }
     // Automatic y range and a single point.
-    let one = [Series { name: "only".into(), points: vec![(3.0, 7.0)] }];
+    let one = [Series::new("only", vec![(3.0, 7.0)])];
     let written = Figures::default().lines(dir.join("auto"), "single point", "x", "y", &one, None).unwrap();
     check(&written, &dir.join("auto"));
 }
@@ -228,8 +227,8 @@ fn grouped_bars_writes_png_and_svg() {
 fn bad_input_is_an_error() {
     let dir = out_dir("bad");
     let base = dir.join("x");
-    let invalid = |r: emo_directions::Result<Written>| match r {
-        Err(DirectionsError::Invalid(msg)) => msg,
+    let invalid = |r: emo_run::Result<Written>| match r {
+        Err(RunError::Invalid(msg)) => msg,
         other => panic!("expected Invalid, got {other:?}"),
     };
     let names = ["a", "b"];
@@ -269,9 +268,9 @@ fn bad_input_is_an_error() {
     let other = HeatmapPanel { values: vec![vec![0.0; 3]; 3], ..sq.clone() };
     invalid(Figures::default().heatmap_grid(&base, "t", &[sq.clone(), other], &[], 2, None));
 
-    let s = Series { name: "s".into(), points: vec![(0.0, 1.0), (1.0, 2.0)] };
+    let s = Series::new("s", vec![(0.0, 1.0), (1.0, 2.0)]);
     invalid(Figures::default().lines(&base, "t", "x", "y", &[], None));
-    invalid(Figures::default().lines(&base, "t", "x", "y", &[Series { name: "e".into(), points: vec![] }], None));
+    invalid(Figures::default().lines(&base, "t", "x", "y", &[Series::new("e", vec![])], None));
     invalid(Figures::default().lines(&base, "t", "x", "y", &[Series { points: vec![(f64::INFINITY, 0.0)], ..s.clone() }], None));
     invalid(Figures::default().lines(&base, "t", "x", "y", std::slice::from_ref(&s), Some((0.0, 0.0))));
 
@@ -297,7 +296,7 @@ fn missing_font_fails_the_png_after_writing_the_svg() {
     let dir = out_dir("nofont");
     let font = dir.join("no-such-font.ttf");
     let base = dir.join("probe");
-    let series = [Series { name: "resid_post".into(), points: vec![(0.0, 0.5), (1.0, 0.9)] }];
+    let series = [Series::new("resid_post", vec![(0.0, 0.5), (1.0, 0.9)])];
     let err = Figures::with_font(&font).lines(&base, "No font here", "layer", "F1", &series, None).unwrap_err();
     let msg = err.to_string();
     assert!(msg.contains(&font.display().to_string()), "{msg}");
@@ -325,4 +324,59 @@ fn palette_and_labels() {
     assert_eq!(distinct.len(), 6);
     assert_ne!(color_for("prompting", 0), color_for("steering", 1));
     assert!(default_font_path().ends_with("DejaVuSans.ttf") || std::env::var_os("EMO_FONT").is_some());
+}
+
+#[test]
+fn rectangular_heatmap_names_rows_columns_and_axes() {
+    require_font();
+    let dir = out_dir("matrix");
+    // Layers x heads, as section 6 draws head importance.
+    let (layers, heads) = (30, 9);
+    let panels: Vec<HeatmapPanel> = EMOTION_NAMES[..2]
+        .iter()
+        .enumerate()
+        .map(|(e, name)| HeatmapPanel {
+            title: name.to_string(),
+            values: (0..layers).map(|l| (0..heads).map(|h| ((l * heads + h + e) as f64 * 0.37).sin()).collect()).collect(),
+        })
+        .collect();
+    let rows: Vec<String> = (0..layers).map(|l| l.to_string()).collect();
+    let cols: Vec<String> = (0..heads).map(|h| format!("H{h}")).collect();
+    let base = dir.join("heads");
+    let w = Figures::default().matrix_grid(&base, "Head importance", &panels, &rows, &cols, ("head", "layer"), 2, None).unwrap();
+    let svg = check(&w, &base);
+    for t in ["Head importance", "anger", "sadness", "H0", "H8", "head", "layer", "0"] {
+        assert!(shows(&svg, t), "SVG lacks {t}");
+    }
+    // 30 rows taller than 9 columns are wide: the panel is portrait.
+    assert!(w.height > w.width / 2, "{}x{}", w.width, w.height);
+    let err = Figures::default().matrix_grid(&base, "t", &panels, &rows[..3], &cols, ("", ""), 1, None).unwrap_err();
+    assert!(err.to_string().contains("3 row labels for 30×9"), "{err}");
+}
+
+#[test]
+fn lines_draw_confidence_bands_and_dashed_controls() {
+    require_font();
+    let dir = out_dir("bands");
+    let ks = [0.0, 2.0, 4.0, 8.0, 16.0];
+    let top = Series {
+        band: ks.iter().map(|k| (-0.5 * k - 1.0, -0.5 * k + 1.0)).collect(),
+        ..Series::new("top-k neurons", ks.iter().map(|&k| (k, -0.5 * k)).collect())
+    };
+    let random = Series { dashed: true, ..Series::new("random neurons", ks.iter().map(|&k| (k, -0.05 * k)).collect()) };
+    let base = dir.join("ablation");
+    let w = Figures::default().lines(&base, "Neuron ablation", "k", "Delta s", &[top.clone(), random], None).unwrap();
+    let svg = check(&w, &base);
+    assert!(shows(&svg, "top-k neurons") && shows(&svg, "random neurons"));
+    assert!(svg.contains("<polygon"), "no band drawn");
+    // The dashed curve is drawn as many short segments, the solid one as one polyline.
+    let polylines = svg.matches("<polyline").count();
+    assert!(polylines > 5, "{polylines} polylines");
+    // The automatic y range covers the band, not just the points: the lowest band edge is -9.
+    assert!(shows(&svg, "-8") || shows(&svg, "-9") || shows(&svg, "-10"), "{:?}", svg_texts(&svg));
+    let bad = Series { band: vec![(0.0, 1.0)], ..top.clone() };
+    let err = Figures::default().lines(&base, "t", "x", "y", &[bad], None).unwrap_err();
+    assert!(err.to_string().contains("5 points but a band of 1"), "{err}");
+    let inverted = Series { band: vec![(1.0, 0.0); 5], ..top };
+    assert!(Figures::default().lines(&base, "t", "x", "y", &[inverted], None).is_err());
 }

@@ -1,16 +1,15 @@
-//! Files of a run folder: atomic writes (a killed run never leaves a half-written file), f32 safetensors
-//! with string metadata, JSON, and sha256 of inputs for the manifest.
+//! Files every experiment writes: atomic writes (a killed run never leaves a half-written file) and f32
+//! safetensors with string metadata, read back with their names and shapes checked.
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File};
-use std::io::{BufWriter, Read, Write};
+use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use safetensors::{Dtype, SafeTensors};
-use sha2::{Digest, Sha256};
 use tch::{Device, Kind, Tensor};
 
-use crate::error::{io, DirectionsError, Result};
+use crate::error::{io, Error, Result};
 
 /// Makes temporary names unique within the process, so concurrent writers never share one.
 static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -27,7 +26,7 @@ fn tmp_path(path: &Path) -> PathBuf {
 /// untouched. The folder must exist.
 pub fn write_atomic_with(path: &Path, fill: impl FnOnce(&mut BufWriter<File>) -> Result<()>) -> Result<()> {
     if path.file_name().is_none() {
-        return Err(DirectionsError::Invalid(format!("{}: not a file path", path.display())));
+        return Err(Error::Invalid(format!("{}: not a file path", path.display())));
     }
     let tmp = tmp_path(path);
     let result = (|| {
@@ -55,7 +54,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 
 /// A floating-point tensor's shape and its values in C order as `f32` (converted from any float kind,
 /// copied to the CPU). `Err` holds what is wrong, for the caller to attach a file name to.
-pub(crate) fn tensor_to_f32(t: &Tensor) -> std::result::Result<(Vec<i64>, Vec<f32>), String> {
+pub fn tensor_to_f32(t: &Tensor) -> std::result::Result<(Vec<i64>, Vec<f32>), String> {
     // Asking an undefined tensor for its kind or size aborts inside LibTorch; check first.
     if !t.defined() {
         return Err("the tensor is undefined".into());
@@ -84,47 +83,73 @@ pub(crate) fn tensor_to_f32(t: &Tensor) -> std::result::Result<(Vec<i64>, Vec<f3
 
 /// A CPU `f32` tensor of `shape` holding `data`; the caller has checked that the sizes agree
 /// (`Tensor::f_from_data_size` would read past a short buffer, so it is not used).
-pub(crate) fn f32_tensor(data: &[f32], shape: &[i64]) -> std::result::Result<Tensor, String> {
+pub fn f32_tensor(data: &[f32], shape: &[i64]) -> std::result::Result<Tensor, String> {
     Tensor::f_from_slice(data).and_then(|t| t.f_reshape(shape)).map_err(|e| e.to_string())
-}
-
-/// Serialises `value` as pretty JSON, atomically.
-pub fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> Result<()> {
-    let mut text = serde_json::to_string_pretty(value)
-        .map_err(|e| DirectionsError::Format { path: path.into(), msg: format!("cannot serialise: {e}") })?;
-    text.push('\n');
-    write_atomic(path, text.as_bytes())
-}
-
-/// Reads a JSON file into `T`, naming the file on error.
-pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
-    let text = fs::read_to_string(path).map_err(io(path))?;
-    serde_json::from_str(&text).map_err(|e| DirectionsError::Format { path: path.into(), msg: format!("invalid JSON: {e}") })
 }
 
 /// Writes named tensors as f32 safetensors with string metadata, atomically.
 pub fn write_tensors(path: &Path, tensors: &[(String, Tensor)], metadata: &BTreeMap<String, String>) -> Result<()> {
-    let mut raw: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::with_capacity(tensors.len());
+    let mut raw = Vec::with_capacity(tensors.len());
     for (name, t) in tensors {
         let (shape, values) = tensor_to_f32(t)
-            .map_err(|msg| DirectionsError::Format { path: path.into(), msg: format!("tensor `{name}`: {msg}") })?;
-        let shape: Vec<usize> = shape.iter().map(|&s| s as usize).collect();
-        raw.push((name.clone(), shape, values.iter().flat_map(|v| v.to_le_bytes()).collect()));
+            .map_err(|msg| Error::Format { path: path.into(), msg: format!("tensor `{name}`: {msg}") })?;
+        raw.push((name.clone(), Dtype::F32, shape, values.iter().flat_map(|v| v.to_le_bytes()).collect()));
     }
+    serialize(path, raw, metadata)
+}
+
+/// Writes named tensors in their own dtype (f32, f64 or i64, copied to the CPU) with string metadata,
+/// atomically: for running sums and counts, which f32 would round.
+pub fn write_tensors_exact(path: &Path, tensors: &[(String, Tensor)], metadata: &BTreeMap<String, String>) -> Result<()> {
+    let mut raw = Vec::with_capacity(tensors.len());
+    for (name, t) in tensors {
+        let bad = |msg: String| Error::Format { path: path.into(), msg: format!("tensor `{name}`: {msg}") };
+        if !t.defined() {
+            return Err(bad("the tensor is undefined".into()));
+        }
+        let t = t.f_detach().and_then(|t| t.f_to(Device::Cpu)).and_then(|t| t.f_contiguous()).map_err(|e| bad(e.to_string()))?;
+        let n = t.numel();
+        let (dtype, bytes) = match t.kind() {
+            Kind::Float => (Dtype::F32, copy_le::<f32, 4>(&t, n, f32::to_le_bytes)),
+            Kind::Double => (Dtype::F64, copy_le::<f64, 8>(&t, n, f64::to_le_bytes)),
+            Kind::Int64 => (Dtype::I64, copy_le::<i64, 8>(&t, n, i64::to_le_bytes)),
+            other => return Err(bad(format!("dtype {other:?} cannot be stored exactly (f32, f64 or i64)"))),
+        };
+        raw.push((name.clone(), dtype, t.size(), bytes.map_err(|e| bad(e.to_string()))?));
+    }
+    serialize(path, raw, metadata)
+}
+
+fn copy_le<T: tch::kind::Element + Default + Copy, const N: usize>(
+    t: &Tensor,
+    n: usize,
+    le: fn(T) -> [u8; N],
+) -> std::result::Result<Vec<u8>, tch::TchError> {
+    let mut data = vec![T::default(); n];
+    if n > 0 {
+        t.f_copy_data(&mut data, n)?;
+    }
+    Ok(data.into_iter().flat_map(le).collect())
+}
+
+fn serialize(path: &Path, raw: Vec<(String, Dtype, Vec<i64>, Vec<u8>)>, metadata: &BTreeMap<String, String>) -> Result<()> {
     let views = raw
         .iter()
-        .map(|(n, s, b)| Ok((n.as_str(), safetensors::tensor::TensorView::new(Dtype::F32, s.clone(), b)?)))
+        .map(|(n, d, s, b)| {
+            let shape = s.iter().map(|&x| x as usize).collect();
+            Ok((n.as_str(), safetensors::tensor::TensorView::new(*d, shape, b)?))
+        })
         .collect::<Result<Vec<_>, safetensors::SafeTensorError>>()
-        .map_err(|e| DirectionsError::Format { path: path.into(), msg: format!("cannot serialise: {e}") })?;
+        .map_err(|e| Error::Format { path: path.into(), msg: format!("cannot serialise: {e}") })?;
     let meta: HashMap<String, String> = metadata.clone().into_iter().collect();
     let bytes = safetensors::serialize(views, Some(meta))
-        .map_err(|e| DirectionsError::Format { path: path.into(), msg: format!("cannot serialise: {e}") })?;
+        .map_err(|e| Error::Format { path: path.into(), msg: format!("cannot serialise: {e}") })?;
     write_atomic(path, &bytes)
 }
 
 /// Tensors and metadata read from a safetensors file.
 pub struct TensorFile {
-    /// Tensors by name, f32 on the CPU.
+    /// Tensors by name on the CPU: f32 from [`read_tensors`], the stored dtype from [`read_tensors_exact`].
     pub tensors: BTreeMap<String, Tensor>,
     /// The file's `__metadata__`.
     pub metadata: BTreeMap<String, String>,
@@ -133,13 +158,13 @@ pub struct TensorFile {
 impl TensorFile {
     /// The tensor `name`, with the expected shape if given, or an error naming the file and tensor.
     pub fn take(&mut self, path: &Path, name: &str, shape: Option<&[i64]>) -> Result<Tensor> {
-        let t = self.tensors.remove(name).ok_or_else(|| DirectionsError::Format {
+        let t = self.tensors.remove(name).ok_or_else(|| Error::Format {
             path: path.into(),
             msg: format!("no tensor `{name}` (has: {})", self.tensors.keys().cloned().collect::<Vec<_>>().join(", ")),
         })?;
         if let Some(shape) = shape {
             if t.size() != shape {
-                return Err(DirectionsError::Format {
+                return Err(Error::Format {
                     path: path.into(),
                     msg: format!("tensor `{name}` has shape {:?}, expected {shape:?}", t.size()),
                 });
@@ -151,8 +176,20 @@ impl TensorFile {
 
 /// Reads an f32 (or f16/bf16/f64, converted) safetensors file.
 pub fn read_tensors(path: &Path) -> Result<TensorFile> {
+    let mut file = read_tensors_exact(path)?;
+    for (name, t) in file.tensors.iter_mut() {
+        if !t.is_floating_point() {
+            return Err(Error::Format { path: path.into(), msg: format!("tensor `{name}` has dtype {:?}; expected a float type", t.kind()) });
+        }
+        *t = t.to_kind(Kind::Float);
+    }
+    Ok(file)
+}
+
+/// Reads a safetensors file keeping each tensor's dtype (f32, f16, bf16, f64, i64).
+pub fn read_tensors_exact(path: &Path) -> Result<TensorFile> {
     let bytes = fs::read(path).map_err(io(path))?;
-    let bad = |msg: String| DirectionsError::Format { path: path.into(), msg };
+    let bad = |msg: String| Error::Format { path: path.into(), msg };
     let st = SafeTensors::deserialize(&bytes).map_err(|e| bad(format!("invalid safetensors: {e}")))?;
     let (_, meta) = SafeTensors::read_metadata(&bytes).map_err(|e| bad(format!("invalid safetensors: {e}")))?;
     let metadata = meta.metadata().clone().unwrap_or_default().into_iter().collect();
@@ -164,34 +201,10 @@ pub fn read_tensors(path: &Path) -> Result<TensorFile> {
             Dtype::F16 => Kind::Half,
             Dtype::BF16 => Kind::BFloat16,
             Dtype::F64 => Kind::Double,
-            other => return Err(bad(format!("tensor `{name}` has dtype {other:?}; expected a float type"))),
+            Dtype::I64 => Kind::Int64,
+            other => return Err(bad(format!("tensor `{name}` has dtype {other:?}; expected a float type or i64"))),
         };
-        let t = Tensor::from_data_size(view.data(), &shape, kind).to_kind(Kind::Float);
-        tensors.insert(name, t);
+        tensors.insert(name, Tensor::from_data_size(view.data(), &shape, kind));
     }
     Ok(TensorFile { tensors, metadata })
-}
-
-/// Hex sha256 of a file's bytes, streamed.
-pub fn sha256_file(path: &Path) -> Result<String> {
-    let mut f = fs::File::open(path).map_err(io(path))?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf).map_err(io(path))?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(hex(&h.finalize()))
-}
-
-/// Hex sha256 of bytes.
-pub fn sha256_bytes(bytes: &[u8]) -> String {
-    hex(&Sha256::digest(bytes))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

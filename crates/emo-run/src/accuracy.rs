@@ -4,7 +4,7 @@ use emo_data::{Emotion, Valence};
 use serde::Serialize;
 
 use crate::error::Result;
-use crate::run::ReplyRecord;
+use crate::records::ReplyRecord;
 
 /// Judged and matched counts of one cell.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
