@@ -13,6 +13,7 @@ use emo_model::{
 use tch::Tensor;
 
 mod section5;
+mod section6;
 
 #[derive(Parser)]
 #[command(name = "emo", version, about = "Find and control the emotion circuits of language models")]
@@ -60,6 +61,9 @@ enum Command {
     Steer(section5::SteerArgs),
     /// Step 4: report.md with the run's tables and figures beside the paper's numbers.
     Report(section5::ReportArgs),
+    /// Paper section 6, step 1: neuron contributions, head importances (closed form) and delta_mu from a
+    /// section-5 run's elicitation samples; resumable. Writes RUN/attribution/{accepted|all}/.
+    Attribute(section6::AttributeArgs),
     /// All of section 5 on one model: elicit on both splits, directions, steering on the test split, report.
     Section5(section5::Section5Args),
     /// SEV scenario-event data: the built-in set or another in the paper's schema.
@@ -201,6 +205,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Directions(a) => section5::directions(&a)?,
         Command::Steer(a) => section5::steer(&a)?,
         Command::Report(a) => section5::report(&a)?,
+        Command::Attribute(a) => section6::attribute_cmd(&a)?,
         Command::Section5(a) => section5::section5(&a)?,
         Command::Dataset { command: DatasetCommand::Export { split, dataset } } => {
             let split: emo_data::Split = split.parse()?;

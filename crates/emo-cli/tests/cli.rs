@@ -132,6 +132,12 @@ fn section5_commands_run_end_to_end_on_a_small_run() {
     }
     let text = ok(emo(&["steer", r, "--split", "test", "--limit", "1", "--max-new-tokens", "12", "--layers", "10-20", "--quiet", "--device", "cpu"]));
     assert!(text.contains("steering-test: alpha 8 on layers 10-20 at last-prompt-and-generated, 18 prompts"), "{text}");
+    // Section 6 on the same run: all samples (the embedding judge accepts few of SmolLM2's replies).
+    let text = ok(emo(&["attribute", r, "--samples", "all", "--batch", "16", "--quiet", "--device", "cpu"]));
+    assert!(text.contains("attribution over all samples ([6, 6, 6, 6, 6, 6] per emotion; delta_mu from 6 complete groups)"), "{text}");
+    for f in ["neurons/anger.csv", "heads/fear.csv", "neurons.safetensors", "delta_mu.safetensors", "figures/heads.png", "figures/top_neurons.svg"] {
+        assert!(run.join("attribution/all").join(f).is_file(), "{f}");
+    }
     let text = ok(emo(&["report", r]));
     let report = std::fs::read_to_string(run.join("report.md")).unwrap();
     assert!(text.contains("report.md") && report.contains("Prompting, test split") && report.contains("Steering, test split"));
@@ -150,6 +156,8 @@ fn section5_commands_run_end_to_end_on_a_small_run() {
     assert!(e.contains("layer range 20..=10"), "{e}");
     let e = err(&["steer", r, "--positions", "middle", "--device", "cpu"]);
     assert!(e.contains("unknown positions `middle`"), "{e}");
+    let e = err(&["attribute", r, "--samples", "some", "--device", "cpu"]);
+    assert!(e.contains("unknown sample filter `some`"), "{e}");
     let e = err(&["elicit", "--out", r, "--judge", "vibes", "--limit", "2", "--device", "cpu"]);
     assert!(e.contains("unknown judge `vibes`"), "{e}");
     let _ = std::fs::remove_dir_all(&run);
