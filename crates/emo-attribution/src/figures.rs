@@ -1,13 +1,14 @@
-//! Section 6's figures of the local components: per-emotion heatmaps of head importance (layers x heads) and
-//! of the top neuron contributions by layer (layers x rank).
+//! Section 6's figures: per-emotion heatmaps of head importance (layers x heads) and of the top neuron
+//! contributions by layer (layers x rank), and the ablation and enhancement curves of Fig. 3.
 use std::path::PathBuf;
 
 use emo_data::Emotion;
-use emo_run::figures::{Figures, HeatmapPanel, Written};
+use emo_run::figures::{Figures, HeatmapPanel, Series, Written};
 use emo_run::{Result, RunDir};
 use tch::Kind;
 
 use crate::attribute::Attribution;
+use crate::sweeps::{csv_path, EditPositions, SweepOptions, SweepRow, MEAN_OVER_SEEDS};
 
 /// Neurons shown per layer in the contribution heatmap.
 pub const TOP_NEURONS: usize = 16;
@@ -64,4 +65,27 @@ pub fn write_figures(run: &RunDir, a: &Attribution) -> Result<Vec<Written>> {
         None,
     )?;
     Ok(vec![heads, neurons])
+}
+
+/// One panel of the paper's Fig. 3: Delta s over k per emotion, targeted units solid with their 95% band,
+/// the mean of the random controls dashed; `sweeps/{kind}-{units}-{positions}.png|svg`.
+pub fn write_sweep_figure(run: &RunDir, opts: &SweepOptions, rows: &[SweepRow]) -> Result<Written> {
+    let mut series = Vec::new();
+    for e in Emotion::ALL {
+        let target: Vec<&SweepRow> = rows.iter().filter(|r| r.emotion == e && r.control == "target").collect();
+        series.push(Series {
+            band: target.iter().map(|r| (r.mean - r.ci95, r.mean + r.ci95)).collect(),
+            ..Series::new(e.name(), target.iter().map(|r| (r.k as f64, r.mean)).collect())
+        });
+        // The random curve starts at the shared baseline (k = 0, Delta s = 0).
+        let random: Vec<(f64, f64)> = target.iter().filter(|r| r.k == 0).map(|_| (0.0, 0.0)).chain(
+            rows.iter().filter(|r| r.emotion == e && r.seed == Some(MEAN_OVER_SEEDS)).map(|r| (r.k as f64, r.mean)),
+        ).collect();
+        if random.len() > 1 {
+            series.push(Series { dashed: true, ..Series::new(format!("{} (random)", e.name()), random) });
+        }
+    }
+    let base = csv_path(run, opts).with_extension("");
+    let title = format!("{} of {}, {} token{}", opts.kind, opts.units, opts.positions, if opts.positions == EditPositions::All { "s" } else { "" });
+    Figures::default().lines(base, &title, &format!("{} per layer (k)", opts.units), "Delta s", &series, None)
 }

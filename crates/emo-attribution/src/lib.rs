@@ -19,6 +19,7 @@ pub mod figures;
 pub mod heads;
 pub mod neurons;
 pub mod samples;
+pub mod sweeps;
 
 pub use attribute::{attribute, AttributeOptions, Attribution};
 pub use samples::{Sample, SampleFilter};

@@ -5,6 +5,7 @@
 mod common;
 
 use emo_attribution::attribute::Attribution;
+use emo_attribution::sweeps::{csv_path, random_units, run_sweep, EditPositions, SweepKind, SweepOptions, Units};
 use emo_attribution::{attribute, heads, AttributeOptions, SampleFilter};
 use emo_data::{Emotion, Judge, Split, Verdict};
 use emo_directions::directions::GroupFilter;
@@ -163,4 +164,78 @@ fn attribution_pass_equals_direct_computation() {
     // The same pass with another batch size is another computation: refused under the same name.
     let err = attribute(&run, m, &AttributeOptions { batch_size: 4, ..opts }).unwrap_err().to_string();
     assert!(err.contains("other settings") && err.contains("batch_size: was 5, now 4"), "{err}");
+
+    sweeps_on(&run, &got);
+}
+
+/// Section 6's sweeps on the small run: the branched target rows equal literal full forwards; the CSV has the
+/// promised rows; head ablation at every position and enhancement run.
+fn sweeps_on(run: &RunDir, a: &Attribution) {
+    let m = common::smollm2();
+    let cfg = m.transformer.config();
+    let mut opts = SweepOptions::paper(SweepKind::Ablate, Units::Neurons, cfg);
+    opts.ks = vec![0, 2, 4];
+    opts.seeds = 2;
+    opts.limit = Some(1);
+    opts.batch_prompts = 2;
+    opts.progress = false;
+    let rows = run_sweep(run, m, &opts).unwrap();
+    assert_eq!(rows.len(), 6 * (1 + 2 * 4));
+    let csv = std::fs::read_to_string(csv_path(run, &opts)).unwrap();
+    assert!(csv.starts_with("emotion,k,control,seed,n,delta_s_mean,delta_s_ci95\nanger,0,target,,3,0,0\n"), "{csv}");
+    assert!(csv.contains("\nanger,2,random,mean,3,"), "{csv}");
+
+    // anger, k = 2 by hand: zero the top-2 neurons of every layer at the last prompt token, full forwards.
+    let test = emo_data::sev::spread(emo_data::Dataset::builtin().split(Split::Test), 1);
+    let prompts: Vec<Vec<u32>> =
+        emo_data::Valence::ALL.iter().map(|&v| m.encode_chat(&emo_data::elicitation_prompt(Emotion::Anger, &test[0], v)).unwrap()).collect();
+    let dirs = EmotionDirections::load(&run.directions()).unwrap();
+    let points: Vec<HookPoint> = (0..cfg.n_layers).map(HookPoint::ResidPost).collect();
+    let score = |edits: Option<&mut Interventions>| {
+        let acts = capture(&prompts, &points, edits);
+        let v = dirs.get(emo_directions::Site::ResidPost, Emotion::Anger);
+        acts.iter().enumerate().map(|(l, x)| (x * v.get(l as i64)).sum_dim_intlist(-1, false, Kind::Double)).fold(Tensor::zeros([3], (Kind::Double, tch::Device::Cpu)), |s, x| s + x)
+    };
+    let row = (0..cfg.n_layers).fold(Intervention::none(), |iv, l| {
+        iv.with(HookPoint::MlpPost(l), Edit::Zero(a.neurons.ranking(Emotion::Anger, l)[..2].iter().map(|&j| j as i64).collect()))
+    });
+    let mut edits = Interventions::new(vec![row; 3], Positions::LastPrompt);
+    let want = f64::try_from((score(Some(&mut edits)) - score(None)).mean(Kind::Double)).unwrap();
+    let got = rows.iter().find(|r| r.emotion == Emotion::Anger && r.k == 2 && r.control == "target").unwrap();
+    assert!((got.mean - want).abs() < 1e-3 * want.abs().max(1.0), "branched {} vs full forwards {want}", got.mean);
+    assert!(want.abs() > 1.0, "ablating the top neurons moved nothing: {want}");
+
+    // Head ablation at every token pays full forwards; enhancement adds delta_mu to the top units.
+    let mut heads = SweepOptions { ks: vec![0, 1], seeds: 1, positions: EditPositions::All, ..SweepOptions::paper(SweepKind::Ablate, Units::Heads, cfg) };
+    heads.limit = Some(1);
+    heads.progress = false;
+    let rows = run_sweep(run, m, &heads).unwrap();
+    assert!(rows.iter().all(|r| r.n == 3 && r.mean.is_finite()) && rows.len() == 6 * 4);
+    assert!(csv_path(run, &heads).ends_with("sweeps/ablate-heads-all.csv"));
+    let mut enhance = SweepOptions { ks: vec![0, 4], seeds: 1, ..SweepOptions::paper(SweepKind::Enhance, Units::Neurons, cfg) };
+    enhance.limit = Some(1);
+    enhance.progress = false;
+    let rows = run_sweep(run, m, &enhance).unwrap();
+    let target = rows.iter().find(|r| r.k == 4 && r.control == "target").unwrap();
+    assert!(target.mean.abs() > 0.0, "adding delta_mu changed nothing");
+    let err = run_sweep(run, m, &SweepOptions { ks: vec![0, 99], ..heads }).unwrap_err().to_string();
+    assert!(err.contains("k = 99 is more than the 9 heads per layer"), "{err}");
+}
+
+#[test]
+fn random_controls_are_reproducible_draws_of_distinct_units() {
+    let a = random_units(1536, 8, 3, Emotion::Fear, 12);
+    assert_eq!(a, random_units(1536, 8, 3, Emotion::Fear, 12));
+    assert_ne!(a, random_units(1536, 8, 4, Emotion::Fear, 12));
+    assert_ne!(a, random_units(1536, 8, 3, Emotion::Fear, 13));
+    assert!(a.windows(2).all(|w| w[0] < w[1]) && a.iter().all(|&u| u < 1536) && a.len() == 8);
+    assert_eq!(random_units(9, 9, 0, Emotion::Anger, 0), (0..9).collect::<Vec<_>>());
+    // Roughly uniform: over many draws every unit of a small layer comes up.
+    let mut seen = [0usize; 9];
+    for seed in 0..200 {
+        for u in random_units(9, 2, seed, Emotion::Anger, 5) {
+            seen[u] += 1;
+        }
+    }
+    assert!(seen.iter().all(|&c| c > 20), "{seen:?}");
 }

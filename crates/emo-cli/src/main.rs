@@ -64,6 +64,9 @@ enum Command {
     /// Paper section 6, step 1: neuron contributions, head importances (closed form) and delta_mu from a
     /// section-5 run's elicitation samples; resumable. Writes RUN/attribution/{accepted|all}/.
     Attribute(section6::AttributeArgs),
+    /// Section 6, step 2: ablate or enhance the top-k neurons or heads of every layer against random units
+    /// (seeded), Delta s on the test split; resumable. Writes RUN/sweeps/{kind}-{units}-{positions}.csv.
+    Sweep(section6::SweepArgs),
     /// All of section 5 on one model: elicit on both splits, directions, steering on the test split, report.
     Section5(section5::Section5Args),
     /// SEV scenario-event data: the built-in set or another in the paper's schema.
@@ -206,6 +209,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Steer(a) => section5::steer(&a)?,
         Command::Report(a) => section5::report(&a)?,
         Command::Attribute(a) => section6::attribute_cmd(&a)?,
+        Command::Sweep(a) => section6::sweep_cmd(&a)?,
         Command::Section5(a) => section5::section5(&a)?,
         Command::Dataset { command: DatasetCommand::Export { split, dataset } } => {
             let split: emo_data::Split = split.parse()?;

@@ -55,3 +55,87 @@ pub fn attribute_cmd(a: &AttributeArgs) -> Result<()> {
         figures.len()
     ))
 }
+
+/// `emo sweep`.
+#[derive(Args, Clone, Debug)]
+pub struct SweepArgs {
+    /// A run folder with an attribution (`emo attribute`).
+    pub run: PathBuf,
+    /// ablate (zero the units, emotion prompt) or enhance (add lambda * delta_mu, neutral prompt).
+    #[arg(long)]
+    pub kind: String,
+    /// neurons or heads.
+    #[arg(long)]
+    pub units: String,
+    /// last (the last prompt token, branched) or all (every token, full forwards).
+    #[arg(long, default_value = "last")]
+    pub positions: String,
+    /// The k values, comma-separated (default: the paper's grid, capped at the model's units).
+    #[arg(long, value_delimiter = ',')]
+    pub k: Vec<usize>,
+    /// Random controls per k.
+    #[arg(long, default_value_t = 10)]
+    pub seeds: usize,
+    /// Enhancement scale.
+    #[arg(long, default_value_t = 1.0)]
+    pub lambda: f64,
+    /// Test scenarios (spread over the split); all by default.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Which attribution ranks the units: accepted or all.
+    #[arg(long, default_value = "accepted")]
+    pub samples: String,
+    /// Rows per forward pass.
+    #[arg(long, default_value_t = 64)]
+    pub rows: usize,
+    /// auto (CUDA when present), cpu, cuda, cuda:N.
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+    /// f32, bf16 or f16.
+    #[arg(long, default_value = "f32")]
+    pub dtype: String,
+    /// CPU threads for LibTorch.
+    #[arg(long)]
+    pub threads: Option<i32>,
+    /// No progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+pub fn sweep_cmd(a: &SweepArgs) -> Result<()> {
+    use emo_attribution::sweeps::{run_sweep, SweepOptions, MEAN_OVER_SEEDS};
+    let run = RunDir::new(&a.run);
+    let manifest = run.require_manifest()?;
+    let model_args = ModelArgs { model: manifest.model.path.clone(), device: a.device.clone(), dtype: a.dtype.clone(), threads: a.threads };
+    let model = model_args.load()?;
+    emo_directions::elicit::open_run(&run, &model, &manifest.model.reference)?;
+    let mut opts = SweepOptions::paper(a.kind.parse()?, a.units.parse()?, model.transformer.config());
+    opts.positions = a.positions.parse()?;
+    if !a.k.is_empty() {
+        opts.ks = a.k.clone();
+    }
+    opts.seeds = a.seeds;
+    opts.lambda = a.lambda;
+    opts.limit = a.limit;
+    opts.samples = a.samples.parse()?;
+    opts.max_rows = a.rows;
+    opts.progress = !a.quiet;
+    let t = Instant::now();
+    let rows = run_sweep(&run, &model, &opts)?;
+    let secs = t.elapsed().as_secs_f64();
+    let fig = emo_attribution::figures::write_sweep_figure(&run, &opts, &rows)?;
+    let mut text = format!("{} of {} at {} positions in {secs:.1} s\n| emotion | k | target Delta s | random Delta s |\n|---|---:|---:|---:|\n", opts.kind, opts.units, opts.positions);
+    for r in rows.iter().filter(|r| r.control == "target") {
+        let random = rows.iter().find(|x| x.emotion == r.emotion && x.k == r.k && x.seed == Some(MEAN_OVER_SEEDS));
+        text.push_str(&format!(
+            "| {} | {} | {:.3} ± {:.3} | {} |\n",
+            r.emotion,
+            r.k,
+            r.mean,
+            r.ci95,
+            random.map_or("".into(), |x| format!("{:.3} ± {:.3}", x.mean, x.ci95))
+        ));
+    }
+    text.push_str(&format!("wrote {} and {}\n", emo_attribution::sweeps::csv_path(&run, &opts).display(), fig.png.display()));
+    emit(text)
+}

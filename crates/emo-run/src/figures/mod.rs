@@ -65,11 +65,12 @@ pub const SERIES_COLORS: [(u8, u8, u8); 10] = [
 pub const FONT_ENV: &str = "EMO_FONT";
 
 /// The colour of the `index`-th class, series or group called `name`: its emotion's colour when `name` is one
-/// of [`EMOTION_NAMES`] (any case), else `SERIES_COLORS[index % 10]`.
+/// of [`EMOTION_NAMES`] (any case), also with a parenthesised suffix (`anger (random)`), else
+/// `SERIES_COLORS[index % 10]`.
 pub fn color_for(name: &str, index: usize) -> (u8, u8, u8) {
     EMOTION_NAMES
         .iter()
-        .position(|e| e.eq_ignore_ascii_case(name.trim()))
+        .position(|e| e.eq_ignore_ascii_case(name.split(" (").next().unwrap_or(name).trim()))
         .map(|i| EMOTION_COLORS[i])
         .unwrap_or(SERIES_COLORS[index % SERIES_COLORS.len()])
 }
