@@ -18,6 +18,7 @@ pub mod delta_mu;
 pub mod figures;
 pub mod heads;
 pub mod neurons;
+pub mod report;
 pub mod samples;
 pub mod sweeps;
 

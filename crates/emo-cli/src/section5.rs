@@ -287,7 +287,9 @@ pub struct ReportArgs {
 
 pub fn report(a: &ReportArgs) -> Result<()> {
     let run = RunDir::new(&a.run);
-    let path = emo_directions::report::write_report(&run)?;
+    let mut report = emo_directions::report::build_report(&run)?;
+    emo_attribution::report::section6(&run, &mut report)?;
+    let path = report.write(&run.report())?;
     emit(format!("wrote {}\n", path.display()))
 }
 

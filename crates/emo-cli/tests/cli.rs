@@ -141,6 +141,7 @@ fn section5_commands_run_end_to_end_on_a_small_run() {
     let text = ok(emo(&["report", r]));
     let report = std::fs::read_to_string(run.join("report.md")).unwrap();
     assert!(text.contains("report.md") && report.contains("Prompting, test split") && report.contains("Steering, test split"));
+    assert!(report.contains("## Section 6") && report.contains("Units ranked from **all** elicitation samples"), "{report}");
 
     // Mistakes are named.
     let err = |args: &[&str]| {

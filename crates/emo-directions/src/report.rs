@@ -16,8 +16,13 @@ use emo_run::report::Report;
 /// The paper's Table 1 / Appendix C, kept with the other published numbers in [`emo_run::paper`].
 pub use emo_run::paper::PUBLISHED_ACCURACY as PAPER_ACCURACY;
 
-/// Writes `report.md` for whatever steps the run has completed; returns its path.
+/// Writes `report.md` for whatever steps of section 5 the run has completed; returns its path.
 pub fn write_report(run: &RunDir) -> Result<PathBuf> {
+    build_report(run)?.write(&run.report())
+}
+
+/// The section-5 report of a run, for other sections to add to before it is written.
+pub fn build_report(run: &RunDir) -> Result<Report> {
     let manifest = run.require_manifest()?;
     let m = &manifest.model;
     let mut md = Report::new(&format!("Emotion directions (paper section 5): {}", m.reference));
@@ -217,7 +222,7 @@ pub fn write_report(run: &RunDir) -> Result<PathBuf> {
         })
         .collect();
     md.table(&["stage", "prompts", "new tokens", "generation s", "prompts/s", "tokens/s", "judge s", "peak RSS MB"], &rows);
-    md.write(&run.report())
+    Ok(md)
 }
 
 fn rel(run: &RunDir, p: &std::path::Path) -> String {

@@ -1,0 +1,74 @@
+//! Section 6 of a run's `report.md`: which samples ranked the units, the unit figures, and every sweep's
+//! targeted-versus-random table with its figure.
+use std::fmt::Write as _;
+
+use emo_data::Emotion;
+use emo_run::report::Report;
+use emo_run::{Result, RunDir};
+
+use crate::attribute::{Attribution, AttributionSummary};
+use crate::samples::SampleFilter;
+
+/// Appends section 6 to `report` for whatever the run has: attributions and sweep CSVs. Nothing when the
+/// run has neither.
+pub fn section6(run: &RunDir, report: &mut Report) -> Result<()> {
+    let mut any = false;
+    for filter in [SampleFilter::Accepted, SampleFilter::All] {
+        let dir = Attribution::dir(run, filter);
+        let Ok(summary) = emo_run::store::read_json::<AttributionSummary>(&dir.join("summary.json")) else { continue };
+        if !any {
+            report.heading(2, "Section 6: emotion neurons and attention heads");
+            any = true;
+        }
+        report.paragraph(&format!(
+            "Units ranked from **{filter}** elicitation samples ({} per emotion in the order {}); delta_mu from {} \
+             complete (scenario, valence) groups.",
+            summary.samples_per_emotion.map(|n| n.to_string()).join(", "),
+            Emotion::ALL.map(|e| e.name()).join(", "),
+            summary.delta_mu_groups
+        ));
+        for fig in ["heads", "top_neurons"] {
+            let png = dir.join("figures").join(format!("{fig}.png"));
+            if png.exists() {
+                report.figure(fig, &png, &run.path);
+            }
+        }
+    }
+    let sweeps = run.path.join("sweeps");
+    let mut files: Vec<_> = std::fs::read_dir(&sweeps).map(|d| d.filter_map(|e| e.ok()).map(|e| e.path()).collect()).unwrap_or_default();
+    files.retain(|p| p.extension().is_some_and(|x| x == "csv"));
+    files.sort();
+    for csv in files {
+        if !any {
+            report.heading(2, "Section 6: emotion neurons and attention heads");
+            any = true;
+        }
+        let text = std::fs::read_to_string(&csv).map_err(emo_run::error::io(&csv))?;
+        let name = csv.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        report.heading(3, &format!("Sweep `{name}`"));
+        report.paragraph("Delta s = s' - s (mean ± 95% interval over test prompts); random: the mean over seeded draws of the same k per layer.");
+        let rows: Vec<Vec<&str>> = text.lines().skip(1).map(|l| l.split(',').collect()).filter(|r: &Vec<&str>| r.len() == 7).collect();
+        let mut table = Vec::new();
+        for r in rows.iter().filter(|r| r[2] == "target") {
+            let random = rows.iter().find(|x| x[0] == r[0] && x[1] == r[1] && x[3] == "mean");
+            let num = |s: &str| s.parse::<f64>().unwrap_or(f64::NAN);
+            let ratio = random.map(|x| num(r[5]).abs() / num(x[5]).abs()).filter(|v| v.is_finite());
+            table.push(vec![
+                r[0].to_string(),
+                r[1].to_string(),
+                format!("{:.2} ± {:.2}", num(r[5]), num(r[6])),
+                random.map_or(String::new(), |x| format!("{:.2} ± {:.2}", num(x[5]), num(x[6]))),
+                ratio.map_or(String::new(), |v| format!("{v:.1}")),
+            ]);
+        }
+        report.table(&["emotion", "k", "targeted Delta s", "random Delta s", "ratio of magnitudes"], &table);
+        let png = csv.with_extension("png");
+        if png.exists() {
+            report.figure(&name, &png, &run.path);
+        }
+    }
+    if any {
+        let _ = writeln!(report);
+    }
+    Ok(())
+}
