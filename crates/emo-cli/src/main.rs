@@ -39,6 +39,30 @@ struct ModelArgs {
     pub(crate) threads: Option<i32>,
 }
 
+/// Device options of the commands that run a run folder's own model (`steer`, `attribute`, `sweep`).
+#[derive(Args, Clone, Debug)]
+struct RunModelArgs {
+    /// auto (CUDA when present), cpu, cuda, cuda:N (the model itself is the run's).
+    #[arg(long, default_value = "auto")]
+    pub(crate) device: String,
+    /// f32, bf16 or f16.
+    #[arg(long, default_value = "f32")]
+    pub(crate) dtype: String,
+    /// CPU threads for LibTorch.
+    #[arg(long)]
+    pub(crate) threads: Option<i32>,
+}
+
+impl RunModelArgs {
+    /// Loads the model `run` was made with and checks it is the same model files.
+    fn load(&self, run: &emo_directions::RunDir) -> Result<Model> {
+        let manifest = run.require_manifest()?;
+        let model = ModelArgs { model: manifest.model.path.clone(), device: self.device.clone(), dtype: self.dtype.clone(), threads: self.threads }.load()?;
+        emo_directions::elicit::open_run(run, &model, &manifest.model.reference)?;
+        Ok(model)
+    }
+}
+
 impl ModelArgs {
     fn load(&self) -> Result<Model> {
         if let Some(n) = self.threads {

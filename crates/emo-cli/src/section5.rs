@@ -13,7 +13,7 @@ use emo_directions::steer::steering_stage;
 use emo_directions::{ElicitOptions, EmotionDirections, SteerOptions};
 use emo_model::GenerationConfig;
 
-use crate::{emit, ModelArgs};
+use crate::{emit, ModelArgs, RunModelArgs};
 
 /// Where the prompts come from.
 #[derive(Args, Clone, Debug)]
@@ -209,15 +209,8 @@ pub struct SteerArgs {
     /// Maximum new tokens per reply (the paper: 100; min 10, repetition penalty 1.05, no repeated trigram).
     #[arg(long, default_value_t = 100)]
     pub max_new_tokens: usize,
-    /// auto (CUDA when present), cpu, cuda, cuda:N (the model itself is the run's).
-    #[arg(long, default_value = "auto")]
-    pub device: String,
-    /// f32, bf16 or f16.
-    #[arg(long, default_value = "f32")]
-    pub dtype: String,
-    /// CPU threads for LibTorch.
-    #[arg(long)]
-    pub threads: Option<i32>,
+    #[command(flatten)]
+    pub model: RunModelArgs,
     /// Name of this steering stage in the run (default `steering-{split}`): other names keep several settings,
     /// e.g. an alpha sweep, side by side in one run and its report.
     #[arg(long)]
@@ -241,9 +234,7 @@ pub fn steer(a: &SteerArgs) -> Result<()> {
             .with_context(|| format!("reading the directions of {} (run `emo directions` first)", run.path.display()))?,
     };
     let (split, scenarios, info) = a.data.load(Split::Test)?;
-    let model_args = ModelArgs { model: manifest.model.path.clone(), device: a.device.clone(), dtype: a.dtype.clone(), threads: a.threads };
-    let model = model_args.load()?;
-    open_run(&run, &model, &manifest.model.reference)?;
+    let model = a.model.load(&run)?;
     let mut judge = a.judge.load()?;
     let opts = SteerOptions {
         alpha: a.alpha,
@@ -352,9 +343,7 @@ pub fn section5(a: &Section5Args) -> Result<()> {
         positions: "last-prompt-and-generated".into(),
         batch: a.batch,
         max_new_tokens: 100,
-        device: a.model.device.clone(),
-        dtype: a.model.dtype.clone(),
-        threads: a.model.threads,
+        model: RunModelArgs { device: a.model.device.clone(), dtype: a.model.dtype.clone(), threads: a.model.threads },
         stage: None,
         quiet: a.quiet,
     })?;

@@ -7,7 +7,7 @@ use clap::Args;
 use emo_attribution::{attribute, AttributeOptions};
 use emo_directions::RunDir;
 
-use crate::{emit, ModelArgs};
+use crate::{emit, RunModelArgs};
 
 /// `emo attribute`.
 #[derive(Args, Clone, Debug)]
@@ -21,15 +21,8 @@ pub struct AttributeArgs {
     /// Prompts per forward pass (and per committed batch).
     #[arg(long, default_value_t = 32)]
     pub batch: usize,
-    /// auto (CUDA when present), cpu, cuda, cuda:N.
-    #[arg(long, default_value = "auto")]
-    pub device: String,
-    /// f32, bf16 or f16.
-    #[arg(long, default_value = "f32")]
-    pub dtype: String,
-    /// CPU threads for LibTorch.
-    #[arg(long)]
-    pub threads: Option<i32>,
+    #[command(flatten)]
+    pub model: RunModelArgs,
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
@@ -37,10 +30,7 @@ pub struct AttributeArgs {
 
 pub fn attribute_cmd(a: &AttributeArgs) -> Result<()> {
     let run = RunDir::new(&a.run);
-    let manifest = run.require_manifest()?;
-    let model_args = ModelArgs { model: manifest.model.path.clone(), device: a.device.clone(), dtype: a.dtype.clone(), threads: a.threads };
-    let model = model_args.load()?;
-    emo_directions::elicit::open_run(&run, &model, &manifest.model.reference)?;
+    let model = a.model.load(&run)?;
     let opts = AttributeOptions { samples: a.samples.parse()?, batch_size: a.batch, progress: !a.quiet };
     let t = Instant::now();
     let got = attribute(&run, &model, &opts)?;
@@ -88,15 +78,8 @@ pub struct SweepArgs {
     /// Rows per forward pass.
     #[arg(long, default_value_t = 64)]
     pub rows: usize,
-    /// auto (CUDA when present), cpu, cuda, cuda:N.
-    #[arg(long, default_value = "auto")]
-    pub device: String,
-    /// f32, bf16 or f16.
-    #[arg(long, default_value = "f32")]
-    pub dtype: String,
-    /// CPU threads for LibTorch.
-    #[arg(long)]
-    pub threads: Option<i32>,
+    #[command(flatten)]
+    pub model: RunModelArgs,
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
@@ -105,10 +88,7 @@ pub struct SweepArgs {
 pub fn sweep_cmd(a: &SweepArgs) -> Result<()> {
     use emo_attribution::sweeps::{run_sweep, SweepOptions, MEAN_OVER_SEEDS};
     let run = RunDir::new(&a.run);
-    let manifest = run.require_manifest()?;
-    let model_args = ModelArgs { model: manifest.model.path.clone(), device: a.device.clone(), dtype: a.dtype.clone(), threads: a.threads };
-    let model = model_args.load()?;
-    emo_directions::elicit::open_run(&run, &model, &manifest.model.reference)?;
+    let model = a.model.load(&run)?;
     let mut opts = SweepOptions::paper(a.kind.parse()?, a.units.parse()?, model.transformer.config());
     opts.positions = a.positions.parse()?;
     if !a.k.is_empty() {
