@@ -27,6 +27,9 @@ pub fn section6(run: &RunDir, report: &mut Report) -> Result<()> {
             Emotion::ALL.map(|e| e.name()).join(", "),
             summary.delta_mu_groups
         ));
+        if let Ok(a) = Attribution::load(run, filter) {
+            overlap_table(report, &a);
+        }
         for fig in ["heads", "top_neurons"] {
             let png = dir.join("figures").join(format!("{fig}.png"));
             if png.exists() {
@@ -71,4 +74,49 @@ pub fn section6(run: &RunDir, report: &mut Report) -> Result<()> {
         let _ = writeln!(report);
     }
     Ok(())
+}
+
+/// Units per layer compared between emotions in the overlap table.
+pub const OVERLAP_NEURONS: usize = 8;
+/// Heads per layer compared between emotions in the overlap table.
+pub const OVERLAP_HEADS: usize = 2;
+
+/// Mean over layers of the Jaccard overlap |A ∩ B| / |A ∪ B| of two emotions' top-k units of each layer.
+pub fn top_k_overlap(rank: impl Fn(Emotion, usize) -> Vec<usize>, a: Emotion, b: Emotion, k: usize, n_layers: usize) -> f64 {
+    let mut total = 0.0;
+    for l in 0..n_layers {
+        let x: std::collections::BTreeSet<usize> = rank(a, l).into_iter().take(k).collect();
+        let y: std::collections::BTreeSet<usize> = rank(b, l).into_iter().take(k).collect();
+        total += x.intersection(&y).count() as f64 / x.union(&y).count().max(1) as f64;
+    }
+    total / n_layers.max(1) as f64
+}
+
+fn overlap_table(report: &mut Report, a: &Attribution) {
+    let n_layers = a.heads.mean.size()[1] as usize;
+    let mut rows = Vec::new();
+    let mut pairs = (Vec::new(), Vec::new());
+    for (i, &e) in Emotion::ALL.iter().enumerate() {
+        let mut row = vec![e.name().to_string()];
+        for &f in &Emotion::ALL {
+            let n = top_k_overlap(|e, l| a.neurons.ranking(e, l), e, f, OVERLAP_NEURONS, n_layers);
+            let h = top_k_overlap(|e, l| a.heads.ranking(e, l), e, f, OVERLAP_HEADS, n_layers);
+            row.push(format!("{n:.2} / {h:.2}"));
+            if Emotion::ALL.iter().position(|&x| x == f).is_some_and(|j| j > i) {
+                pairs.0.push(n);
+                pairs.1.push(h);
+            }
+        }
+        rows.push(row);
+    }
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
+    report.paragraph(&format!(
+        "Overlap of the top-{OVERLAP_NEURONS} neurons / top-{OVERLAP_HEADS} heads of each layer between emotions (Jaccard, mean \
+         over layers); over the 15 pairs: neurons {:.3}, heads {:.3}.",
+        mean(&pairs.0),
+        mean(&pairs.1)
+    ));
+    let mut header = vec!["emotion"];
+    header.extend(Emotion::ALL.iter().map(|e| e.name()));
+    report.table(&header, &rows);
 }
