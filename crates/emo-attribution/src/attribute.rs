@@ -80,12 +80,6 @@ pub struct AttributionSummary {
     pub delta_mu_groups: u64,
 }
 
-/// The elicitation stage's scenarios, from its recorded settings (any generating stage records `dataset`).
-#[derive(Deserialize)]
-struct Elicited {
-    dataset: DatasetInfo,
-}
-
 /// Runs (or resumes) the attribution pass over `run`'s elicitation samples and writes [`Attribution::dir`].
 pub fn attribute(run: &RunDir, model: &Model, opts: &AttributeOptions) -> Result<Attribution> {
     if opts.batch_size == 0 {
@@ -97,7 +91,7 @@ pub fn attribute(run: &RunDir, model: &Model, opts: &AttributeOptions) -> Result
         .get(ELICIT)
         .filter(|i| i.stats.complete)
         .ok_or_else(|| RunError::Invalid(format!("{}: no complete elicitation; run `emo elicit` first", run.path.display())))?;
-    let dataset = info.settings_as::<Elicited>(ELICIT)?.dataset;
+    let dataset = info.dataset(ELICIT)?;
     let cfg = model.transformer.config();
     if (cfg.n_layers, cfg.d_model) != (manifest.model.n_layers, manifest.model.d_model) {
         return Err(RunError::Invalid(format!(

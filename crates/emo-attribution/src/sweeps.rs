@@ -231,11 +231,7 @@ pub fn run_sweep(run: &RunDir, model: &Model, opts: &SweepOptions) -> Result<Vec
     }
     let manifest = run.require_manifest()?;
     let elicit = manifest.stages.get(ELICIT).ok_or_else(|| RunError::Invalid(format!("{}: no elicitation", run.path.display())))?;
-    #[derive(Deserialize)]
-    struct Elicited {
-        dataset: DatasetInfo,
-    }
-    let source = elicit.settings_as::<Elicited>(ELICIT)?.dataset.source;
+    let source = elicit.dataset(ELICIT)?.source;
     let all = emo_data::sev::load_split((source != "builtin").then(|| std::path::Path::new(&source)), Split::Test)?;
     let scenarios = match opts.limit {
         Some(n) => emo_data::sev::spread(&all, n),

@@ -37,7 +37,7 @@ pub fn open_run(run: &RunDir, model: &Model, reference: &str) -> Result<Manifest
 /// The stage name of an elicitation on `split` in a run: `elicit` for the run's first (the one the directions
 /// come from), `prompting-{split}` for another split (replies and verdicts only).
 pub fn stage_name(manifest: &Manifest, split: Split) -> String {
-    let elicit_split = manifest.stages.get(ELICIT).and_then(|info| info.settings_as::<StageSettings>(ELICIT).ok()).map(|s| s.dataset.split);
+    let elicit_split = manifest.stages.get(ELICIT).and_then(|info| info.dataset(ELICIT).ok()).map(|d| d.split);
     match elicit_split {
         Some(s) if s != split.to_string() => format!("prompting-{split}"),
         _ => ELICIT.to_string(),

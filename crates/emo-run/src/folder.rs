@@ -325,6 +325,17 @@ impl StageInfo {
     }
 }
 
+impl StageInfo {
+    /// The scenarios a generating stage ran on (every generating stage records `dataset` in its settings).
+    pub fn dataset(&self, name: &str) -> Result<DatasetInfo> {
+        #[derive(Deserialize)]
+        struct WithDataset {
+            dataset: DatasetInfo,
+        }
+        Ok(self.settings_as::<WithDataset>(name)?.dataset)
+    }
+}
+
 /// `manifest.json`: what produced the run, so that a result can be traced to model, data and code.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Manifest {
