@@ -9,22 +9,15 @@ use std::path::Path;
 use emo_data::Emotion;
 use emo_model::Transformer;
 use emo_run::store::write_atomic;
-use emo_run::{Result, RunError};
+use emo_run::Result;
 use tch::{Kind, Tensor};
 
-use crate::neurons::rank_desc;
+use crate::neurons::{rank_desc, through_weights};
 
 /// u[e][L] = W_O_L^T v[e][L] for directions `v` ([6, n_layers, d_model], the attention site's):
 /// [6, n_layers, n_heads * d_head] f32 on the CPU. Head h's importance is its slice of u dotted with its z.
 pub fn readout(model: &Transformer, v: &Tensor) -> Result<Tensor> {
-    let n_layers = model.config().n_layers;
-    let per_layer = (0..n_layers)
-        .map(|l| {
-            let w = model.w_o(l).ok_or_else(|| RunError::Invalid(format!("no o_proj weight in layer {l}")))?;
-            Ok(v.select(1, l as i64).to_device(w.device()).to_kind(Kind::Float).matmul(&w.to_kind(Kind::Float)).to_device(tch::Device::Cpu))
-        })
-        .collect::<Result<Vec<_>>>()?;
-    Ok(Tensor::stack(&per_layer, 1))
+    through_weights(model, v, "o_proj", Transformer::w_o)
 }
 
 /// Head importances `[n, n_layers, n_heads]` from last-token `attn.hook_z` `z` (`[n, n_layers, n_heads,

@@ -13,11 +13,20 @@ use tch::{Kind, Tensor};
 /// The neuron-space alignment beta[e][L] = W_down_L^T v[e][L] for directions `v` ([6, n_layers, d_model], the
 /// MLP site's): [6, n_layers, d_mlp] f32 on the CPU.
 pub fn alignment(model: &Transformer, v: &Tensor) -> Result<Tensor> {
-    let n_layers = model.config().n_layers;
-    let per_layer = (0..n_layers)
+    through_weights(model, v, "down_proj", Transformer::w_down)
+}
+
+/// `v[:, L] @ W_L` for every layer L, with `W_L` a `[d_model, width]` weight of layer L (`name` for errors):
+/// [6, n_layers, width] f32 on the CPU.
+pub(crate) fn through_weights(
+    model: &Transformer,
+    v: &Tensor,
+    name: &str,
+    weight: fn(&Transformer, usize) -> Option<&Tensor>,
+) -> Result<Tensor> {
+    let per_layer = (0..model.config().n_layers)
         .map(|l| {
-            let w = model.w_down(l).ok_or_else(|| RunError::Invalid(format!("no down_proj weight in layer {l}")))?;
-            // v [6, d] x W_down [d, d_mlp]
+            let w = weight(model, l).ok_or_else(|| RunError::Invalid(format!("no {name} weight in layer {l}")))?;
             Ok(v.select(1, l as i64).to_device(w.device()).to_kind(Kind::Float).matmul(&w.to_kind(Kind::Float)).to_device(tch::Device::Cpu))
         })
         .collect::<Result<Vec<_>>>()?;
