@@ -3,12 +3,12 @@
 use std::path::PathBuf;
 
 use emo_data::Emotion;
-use emo_run::figures::{Figures, HeatmapPanel, Series, Written};
+use emo_run::figures::{Figures, HeatmapPanel, LinesPanel, Series, Written};
 use emo_run::{Result, RunDir};
 use tch::Kind;
 
 use crate::attribute::Attribution;
-use crate::sweeps::{csv_path, EditPositions, SweepOptions, SweepRow, MEAN_OVER_SEEDS};
+use crate::sweeps::{csv_path, read_csv, EditPositions, SweepKind, SweepOptions, SweepRow, Units, MEAN_OVER_SEEDS};
 
 /// Neurons shown per layer in the contribution heatmap.
 pub const TOP_NEURONS: usize = 16;
@@ -67,17 +67,19 @@ pub fn write_figures(run: &RunDir, a: &Attribution) -> Result<Vec<Written>> {
     Ok(vec![heads, neurons])
 }
 
-/// One panel of the paper's Fig. 3: Delta s over k per emotion, targeted units solid with their 95% band,
-/// the mean of the random controls dashed; `sweeps/{kind}-{units}-{positions}.png|svg`.
-pub fn write_sweep_figure(run: &RunDir, opts: &SweepOptions, rows: &[SweepRow]) -> Result<Written> {
+/// Delta s over k per emotion: targeted units solid with their 95% band, the mean of the random controls
+/// dashed (from the shared baseline at k = 0).
+fn sweep_series(rows: &[SweepRow]) -> Vec<Series> {
     let mut series = Vec::new();
     for e in Emotion::ALL {
         let target: Vec<&SweepRow> = rows.iter().filter(|r| r.emotion == e && r.control == "target").collect();
+        if target.is_empty() {
+            continue;
+        }
         series.push(Series {
             band: target.iter().map(|r| (r.mean - r.ci95, r.mean + r.ci95)).collect(),
             ..Series::new(e.name(), target.iter().map(|r| (r.k as f64, r.mean)).collect())
         });
-        // The random curve starts at the shared baseline (k = 0, Delta s = 0).
         let random: Vec<(f64, f64)> = target.iter().filter(|r| r.k == 0).map(|_| (0.0, 0.0)).chain(
             rows.iter().filter(|r| r.emotion == e && r.seed == Some(MEAN_OVER_SEEDS)).map(|r| (r.k as f64, r.mean)),
         ).collect();
@@ -85,7 +87,46 @@ pub fn write_sweep_figure(run: &RunDir, opts: &SweepOptions, rows: &[SweepRow]) 
             series.push(Series { dashed: true, ..Series::new(format!("{} (random)", e.name()), random) });
         }
     }
+    series
+}
+
+fn sweep_title(kind: SweepKind, units: Units, positions: EditPositions) -> String {
+    format!("{kind} of {units}, {positions} token{}", if positions == EditPositions::All { "s" } else { "" })
+}
+
+/// One panel of the paper's Fig. 3: Delta s over k per emotion, targeted units solid with their 95% band,
+/// the mean of the random controls dashed; `sweeps/{kind}-{units}-{positions}.png|svg`.
+pub fn write_sweep_figure(run: &RunDir, opts: &SweepOptions, rows: &[SweepRow]) -> Result<Written> {
     let base = csv_path(run, opts).with_extension("");
-    let title = format!("{} of {}, {} token{}", opts.kind, opts.units, opts.positions, if opts.positions == EditPositions::All { "s" } else { "" });
-    Figures::default().lines(base, &title, &format!("{} per layer (k)", opts.units), "Delta s", &series, None)
+    let title = sweep_title(opts.kind, opts.units, opts.positions);
+    Figures::default().lines(base, &title, &format!("{} per layer (k)", opts.units), "Delta s", &sweep_series(rows), None)
+}
+
+/// The paper's Fig. 3 from the run's sweep CSVs, its panels in the paper's order (ablation of neurons, of
+/// heads; enhancement of neurons, of heads; heads at the last token, else at all positions), those the run
+/// has: `sweeps/fig3.png|svg`. `None` when the run has no sweep.
+pub fn write_fig3(run: &RunDir) -> Result<Option<Written>> {
+    let mut panels = Vec::new();
+    for kind in [SweepKind::Ablate, SweepKind::Enhance] {
+        for units in [Units::Neurons, Units::Heads] {
+            let found = [EditPositions::Last, EditPositions::All].into_iter().find_map(|positions| {
+                let path = run.path.join("sweeps").join(format!("{kind}-{units}-{positions}.csv"));
+                path.exists().then_some((positions, path))
+            });
+            if let Some((positions, path)) = found {
+                panels.push(LinesPanel {
+                    title: sweep_title(kind, units, positions),
+                    x_label: format!("{units} per layer (k)"),
+                    y_label: "Delta s".into(),
+                    series: sweep_series(&read_csv(&path)?),
+                    y_range: None,
+                });
+            }
+        }
+    }
+    if panels.is_empty() {
+        return Ok(None);
+    }
+    let cols = if panels.len() == 1 { 1 } else { 2 };
+    Figures::default().lines_grid(run.path.join("sweeps").join("fig3"), "Targeted (solid, 95% band) against random units (dashed)", &panels, cols).map(Some)
 }

@@ -8,6 +8,7 @@ use emo_run::{Result, RunDir};
 
 use crate::attribute::{Attribution, AttributionSummary};
 use crate::samples::SampleFilter;
+use crate::sweeps::{read_csv, MEAN_OVER_SEEDS};
 
 /// Appends section 6 to `report` for whatever the run has: attributions and sweep CSVs. Nothing when the
 /// run has neither.
@@ -41,26 +42,30 @@ pub fn section6(run: &RunDir, report: &mut Report) -> Result<()> {
     let mut files: Vec<_> = std::fs::read_dir(&sweeps).map(|d| d.filter_map(|e| e.ok()).map(|e| e.path()).collect()).unwrap_or_default();
     files.retain(|p| p.extension().is_some_and(|x| x == "csv"));
     files.sort();
-    for csv in files {
+    if !files.is_empty() {
         if !any {
             report.heading(2, "Section 6: emotion neurons and attention heads");
             any = true;
         }
-        let text = std::fs::read_to_string(&csv).map_err(emo_run::error::io(&csv))?;
+        let fig3 = sweeps.join("fig3.png");
+        if fig3.exists() {
+            report.figure("Fig. 3: every sweep of the run", &fig3, &run.path);
+        }
+    }
+    for csv in files {
+        let rows = read_csv(&csv)?;
         let name = csv.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
         report.heading(3, &format!("Sweep `{name}`"));
         report.paragraph("Delta s = s' - s (mean ± 95% interval over test prompts); random: the mean over seeded draws of the same k per layer.");
-        let rows: Vec<Vec<&str>> = text.lines().skip(1).map(|l| l.split(',').collect()).filter(|r: &Vec<&str>| r.len() == 7).collect();
         let mut table = Vec::new();
-        for r in rows.iter().filter(|r| r[2] == "target") {
-            let random = rows.iter().find(|x| x[0] == r[0] && x[1] == r[1] && x[3] == "mean");
-            let num = |s: &str| s.parse::<f64>().unwrap_or(f64::NAN);
-            let ratio = random.map(|x| num(r[5]).abs() / num(x[5]).abs()).filter(|v| v.is_finite());
+        for r in rows.iter().filter(|r| r.control == "target") {
+            let random = rows.iter().find(|x| x.emotion == r.emotion && x.k == r.k && x.seed == Some(MEAN_OVER_SEEDS));
+            let ratio = random.map(|x| r.mean.abs() / x.mean.abs()).filter(|v| v.is_finite());
             table.push(vec![
-                r[0].to_string(),
-                r[1].to_string(),
-                format!("{:.2} ± {:.2}", num(r[5]), num(r[6])),
-                random.map_or(String::new(), |x| format!("{:.2} ± {:.2}", num(x[5]), num(x[6]))),
+                r.emotion.name().to_string(),
+                r.k.to_string(),
+                format!("{:.2} ± {:.2}", r.mean, r.ci95),
+                random.map_or(String::new(), |x| format!("{:.2} ± {:.2}", x.mean, x.ci95)),
                 ratio.map_or(String::new(), |v| format!("{v:.1}")),
             ]);
         }

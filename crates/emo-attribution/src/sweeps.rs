@@ -97,8 +97,10 @@ pub struct SweepOptions {
     pub max_rows: usize,
     /// Prompts per committed batch.
     pub batch_prompts: usize,
-    /// Draw progress bars.
+    /// Draw a progress bar (one over every emotion).
     pub progress: bool,
+    /// Full forwards instead of prefix branching (the same table, slower): to measure what branching saves.
+    pub full_forwards: bool,
 }
 
 impl SweepOptions {
@@ -117,6 +119,7 @@ impl SweepOptions {
             max_rows: 64,
             batch_prompts: 32,
             progress: true,
+            full_forwards: false,
         }
     }
 }
@@ -253,9 +256,21 @@ pub fn run_sweep(run: &RunDir, model: &Model, opts: &SweepOptions) -> Result<Vec
         EditPositions::Last => Positions::LastPrompt,
         EditPositions::All => Positions::All,
     };
+    let name = |emotion: Emotion| format!("sweep-{}-{}-{}-{}", opts.kind, opts.units, opts.positions, emotion.name());
+    let per_emotion: Vec<(Emotion, Vec<PromptItem>)> = Emotion::ALL
+        .into_iter()
+        .map(|e| (e, PromptItem::all(&scenarios).into_iter().filter(|it| it.emotion == e).collect()))
+        .collect();
+    // One bar over every emotion's rows, started at the rows earlier sessions committed.
+    let interventions_per_emotion = 1 + opts.ks.iter().filter(|&&k| k > 0).count() * (1 + opts.seeds);
+    let total_rows: usize = per_emotion.iter().map(|(_, items)| items.len() * interventions_per_emotion).sum();
+    let done_rows = |e: Emotion| manifest.stages.get(&name(e)).map_or(0, |s| s.stats.rows);
+    let bar = emo_run::sweep::progress_bar(opts.progress, &format!("{} {} {}", opts.kind, opts.units, opts.positions), total_rows as u64);
+    bar.set_position(per_emotion.iter().map(|(e, _)| done_rows(*e)).sum::<usize>() as u64);
+    bar.reset_eta();
     let mut rows = Vec::new();
-    for emotion in Emotion::ALL {
-        let items: Vec<PromptItem> = PromptItem::all(&scenarios).into_iter().filter(|it| it.emotion == emotion).collect();
+    for (emotion, items) in per_emotion {
+        bar.set_message(format!("{} {} {}: {}", opts.kind, opts.units, opts.positions, emotion.name()));
         let prompts = items
             .iter()
             .map(|it| {
@@ -274,7 +289,8 @@ pub fn run_sweep(run: &RunDir, model: &Model, opts: &SweepOptions) -> Result<Vec
         let metric = Metric::projection(points, dirs.get(site, emotion))?;
         let mut sweep = Sweep::new(&prompts, &interventions, positions.clone(), &metric);
         sweep.max_rows = opts.max_rows;
-        sweep.progress = opts.progress;
+        sweep.bar = Some(bar.clone());
+        sweep.full_forwards = opts.full_forwards;
         let settings = SweepSettings {
             kind: opts.kind,
             units: opts.units,
@@ -288,13 +304,13 @@ pub fn run_sweep(run: &RunDir, model: &Model, opts: &SweepOptions) -> Result<Vec
             directions_sha256: sha256_file(&run.directions())?,
             batch_prompts: opts.batch_prompts,
         };
-        let name = format!("sweep-{}-{}-{}-{}", opts.kind, opts.units, opts.positions, emotion.name());
         let mut stage = SweepStage { settings, model, sweep, batch_prompts: opts.batch_prompts };
-        run_stage(run, &name, &mut stage, false)?;
-        let table = SweepStage::<()>::load(run, &name)?.to_kind(Kind::Double);
+        run_stage(run, &name(emotion), &mut stage, false)?;
+        let table = SweepStage::<()>::load(run, &name(emotion))?.to_kind(Kind::Double);
         let delta = &table - table.select(1, 0).unsqueeze(1);
         rows.extend(summarise(emotion, &opts.ks, &columns, &delta)?);
     }
+    bar.finish_and_clear();
     write_atomic(&csv_path(run, opts), csv(&rows).as_bytes())?;
     Ok(rows)
 }
@@ -376,9 +392,45 @@ fn summarise(emotion: Emotion, ks: &[usize], columns: &[Column], delta: &Tensor)
     Ok(rows)
 }
 
+/// Reads a sweep CSV written by [`run_sweep`]; a malformed line is an error naming the file and line.
+pub fn read_csv(path: &std::path::Path) -> Result<Vec<SweepRow>> {
+    let text = std::fs::read_to_string(path).map_err(emo_run::error::io(path))?;
+    let bad = |line: usize, why: String| RunError::Invalid(format!("{}:{line}: {why}", path.display()));
+    let mut lines = text.lines().enumerate();
+    match lines.next() {
+        Some((_, header)) if header == CSV_HEADER => {}
+        other => return Err(bad(1, format!("expected the header `{CSV_HEADER}`, found {:?}", other.map(|(_, h)| h)))),
+    }
+    let mut rows = Vec::new();
+    for (i, line) in lines.filter(|(_, l)| !l.trim().is_empty()) {
+        let f: Vec<&str> = line.split(',').collect();
+        if f.len() != 7 {
+            return Err(bad(i + 1, format!("{} fields, expected 7", f.len())));
+        }
+        let num = |j: usize, what: &str| f[j].parse::<f64>().map_err(|_| bad(i + 1, format!("{what} `{}` is not a number", f[j])));
+        let int = |j: usize, what: &str| f[j].parse::<usize>().map_err(|_| bad(i + 1, format!("{what} `{}` is not a count", f[j])));
+        let control = match f[2] {
+            "target" => "target",
+            "random" => "random",
+            other => return Err(bad(i + 1, format!("control `{other}` (expected target or random)"))),
+        };
+        let seed = match f[3] {
+            "" => None,
+            "mean" => Some(MEAN_OVER_SEEDS),
+            _ => Some(int(3, "seed")?),
+        };
+        let emotion = f[0].parse::<Emotion>().map_err(|e| bad(i + 1, e.to_string()))?;
+        rows.push(SweepRow { emotion, k: int(1, "k")?, control, seed, n: int(4, "n")?, mean: num(5, "delta_s_mean")?, ci95: num(6, "delta_s_ci95")? });
+    }
+    Ok(rows)
+}
+
+/// The header of a sweep CSV.
+pub const CSV_HEADER: &str = "emotion,k,control,seed,n,delta_s_mean,delta_s_ci95";
+
 /// The CSV text of `rows`.
 pub fn csv(rows: &[SweepRow]) -> String {
-    let mut out = String::from("emotion,k,control,seed,n,delta_s_mean,delta_s_ci95\n");
+    let mut out = format!("{CSV_HEADER}\n");
     for r in rows {
         let seed = match r.seed {
             None => String::new(),

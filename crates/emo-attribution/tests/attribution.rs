@@ -5,7 +5,7 @@
 mod common;
 
 use emo_attribution::attribute::Attribution;
-use emo_attribution::sweeps::{csv_path, random_units, run_sweep, EditPositions, SweepKind, SweepOptions, Units};
+use emo_attribution::sweeps::{csv_path, random_units, read_csv, run_sweep, EditPositions, SweepKind, SweepOptions, Units, CSV_HEADER};
 use emo_attribution::{attribute, heads, AttributeOptions, SampleFilter};
 use emo_data::{Emotion, Judge, Split, Verdict};
 use emo_directions::directions::GroupFilter;
@@ -218,6 +218,19 @@ fn sweeps_on(run: &RunDir, a: &Attribution) {
     let rows = run_sweep(run, m, &enhance).unwrap();
     let target = rows.iter().find(|r| r.k == 4 && r.control == "target").unwrap();
     assert!(target.mean.abs() > 0.0, "adding delta_mu changed nothing");
+    // The CSV reads back as written; a malformed line names its file and line.
+    assert_eq!(read_csv(&csv_path(run, &enhance)).unwrap(), rows);
+    let broken = run.path.join("sweeps").join("broken.csv.txt");
+    std::fs::write(&broken, format!("{CSV_HEADER}\nanger,4,target,,3,1.5,0.1\nanger,x,target,,3,1.5,0.1\n")).unwrap();
+    let err = read_csv(&broken).unwrap_err().to_string();
+    assert!(err.contains("broken.csv.txt:3") && err.contains("k `x`"), "{err}");
+    // Fig. 3 from the run's three sweeps: neurons ablated, heads ablated (all positions), neurons enhanced.
+    let fig3 = emo_attribution::figures::write_fig3(run).unwrap().expect("the run has sweeps");
+    assert!(fig3.png.is_file() && fig3.svg.is_file() && fig3.width > fig3.height / 2);
+    let svg = std::fs::read_to_string(&fig3.svg).unwrap();
+    for title in ["ablate of neurons, last token", "ablate of heads, all tokens", "enhance of neurons, last token"] {
+        assert!(svg.contains(title), "{title} missing from Fig. 3");
+    }
     let err = run_sweep(run, m, &SweepOptions { ks: vec![0, 99], ..heads }).unwrap_err().to_string();
     assert!(err.contains("k = 99 is more than the 9 heads per layer"), "{err}");
 }

@@ -78,6 +78,11 @@ pub struct SweepArgs {
     /// Rows per forward pass.
     #[arg(long, default_value_t = 64)]
     pub rows: usize,
+    /// Run every row as a full forward instead of branching at the last token: the same table, slower by
+    /// about the prompt length; for measuring what branching saves (use a fresh copy of the run folder, as
+    /// a finished sweep is not run again).
+    #[arg(long)]
+    pub full_forwards: bool,
     #[command(flatten)]
     pub model: RunModelArgs,
     /// No progress bar.
@@ -100,10 +105,12 @@ pub fn sweep_cmd(a: &SweepArgs) -> Result<()> {
     opts.samples = a.samples.parse()?;
     opts.max_rows = a.rows;
     opts.progress = !a.quiet;
+    opts.full_forwards = a.full_forwards;
     let t = Instant::now();
     let rows = run_sweep(&run, &model, &opts)?;
     let secs = t.elapsed().as_secs_f64();
     let fig = emo_attribution::figures::write_sweep_figure(&run, &opts, &rows)?;
+    let fig3 = emo_attribution::figures::write_fig3(&run)?;
     let mut text = format!("{} of {} at {} positions in {secs:.1} s\n| emotion | k | target Delta s | random Delta s |\n|---|---:|---:|---:|\n", opts.kind, opts.units, opts.positions);
     for r in rows.iter().filter(|r| r.control == "target") {
         let random = rows.iter().find(|x| x.emotion == r.emotion && x.k == r.k && x.seed == Some(MEAN_OVER_SEEDS));
@@ -117,5 +124,8 @@ pub fn sweep_cmd(a: &SweepArgs) -> Result<()> {
         ));
     }
     text.push_str(&format!("wrote {} and {}\n", emo_attribution::sweeps::csv_path(&run, &opts).display(), fig.png.display()));
+    if let Some(f) = fig3 {
+        text.push_str(&format!("updated {} (every sweep of the run)\n", f.png.display()));
+    }
     emit(text)
 }

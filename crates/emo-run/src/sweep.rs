@@ -85,18 +85,24 @@ pub struct Sweep<'a> {
     pub prompts_per_prefix: usize,
     /// Draw a progress bar (rate, ETA) on stderr.
     pub progress: bool,
+    /// Advance this bar (one bar over several sweeps) instead of drawing one of its own; it is left
+    /// unfinished for the caller.
+    pub bar: Option<ProgressBar>,
+    /// Run every row as a full forward even where branching is exact: to measure what branching saves and
+    /// to check that it changes nothing. Slower by the prompt length, same table.
+    pub full_forwards: bool,
 }
 
 impl<'a> Sweep<'a> {
-    /// A sweep with 64 rows per forward, 8 prompts per prefix, no progress bar.
+    /// A sweep with 64 rows per forward, 8 prompts per prefix, no progress bar, branching where exact.
     pub fn new(prompts: &'a [Vec<u32>], interventions: &'a [Intervention], positions: Positions, metric: &'a Metric) -> Self {
-        Sweep { prompts, interventions, positions, metric, max_rows: 64, prompts_per_prefix: 8, progress: false }
+        Sweep { prompts, interventions, positions, metric, max_rows: 64, prompts_per_prefix: 8, progress: false, bar: None, full_forwards: false }
     }
 
-    /// Whether this sweep runs through prefix branching (exact: every intervention acts at the last prompt
-    /// token only).
+    /// Whether this sweep runs through prefix branching (exact when every intervention acts at the last
+    /// prompt token only), unless [`Sweep::full_forwards`] asks otherwise.
     pub fn branches(&self) -> bool {
-        self.positions == Positions::LastPrompt
+        self.positions == Positions::LastPrompt && !self.full_forwards
     }
 
     /// Runs it: the metric for every (prompt, intervention), [prompts, interventions] f64.
@@ -120,14 +126,17 @@ impl<'a> Sweep<'a> {
             return Err(ModelError::InvalidArgument(format!("prompts {range:?} of a sweep over {}", self.prompts.len())));
         }
         let (p, n) = (range.len(), self.interventions.len());
-        let bar = progress_bar(self.progress, (p * n) as u64);
+        let own_bar = self.bar.is_none();
+        let bar = self.bar.clone().unwrap_or_else(|| progress_bar(self.progress, "sweep", (p * n) as u64));
         let mut table = vec![0f64; p * n];
         if self.branches() {
             self.run_branched(model, range, &mut table, &bar)?;
         } else {
             self.run_full(model, range, &mut table, &bar)?;
         }
-        bar.finish_and_clear();
+        if own_bar {
+            bar.finish_and_clear();
+        }
         Ok(Tensor::from_slice(&table).view([p as i64, n as i64]))
     }
 
@@ -210,10 +219,13 @@ fn reads_after(point: HookPoint, from: usize) -> bool {
     point.layer().is_none_or(|l| l >= from)
 }
 
-fn progress_bar(show: bool, total: u64) -> ProgressBar {
+/// A bar counting a sweep's rows (prompt x intervention), labelled `message`; hidden unless `show`. Pass it
+/// as [`Sweep::bar`] to several sweeps for one bar over all of them.
+pub fn progress_bar(show: bool, message: &str, total: u64) -> ProgressBar {
     let bar = if show { ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr()) } else { ProgressBar::hidden() };
     bar.set_style(
-        ProgressStyle::with_template("sweep [{elapsed_precise}] {bar:30} {pos}/{len} rows, {per_sec}, ETA {eta}").expect("valid template"),
+        ProgressStyle::with_template("{msg} [{elapsed_precise}] {bar:30} {pos}/{len} rows, {per_sec}, ETA {eta}").expect("valid template"),
     );
+    bar.set_message(message.to_string());
     bar
 }

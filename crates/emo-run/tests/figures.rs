@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use emo_run::figures::{
-    color_for, default_font_path, sublayer_labels, BarGroup, Figures, HeatmapPanel, ScatterPanel, Series,
+    color_for, default_font_path, sublayer_labels, BarGroup, Figures, HeatmapPanel, LinesPanel, ScatterPanel, Series,
     Written, EMOTION_COLORS, EMOTION_NAMES,
 };
 use emo_run::RunError;
@@ -379,4 +379,38 @@ fn lines_draw_confidence_bands_and_dashed_controls() {
     assert!(err.to_string().contains("5 points but a band of 1"), "{err}");
     let inverted = Series { band: vec![(1.0, 0.0); 5], ..top };
     assert!(Figures::default().lines(&base, "t", "x", "y", &[inverted], None).is_err());
+}
+
+#[test]
+fn lines_grid_draws_titled_panels_under_one_legend() {
+    require_font();
+    let dir = out_dir("lines-grid");
+    let panel = |title: &str, slope: f64| LinesPanel {
+        title: title.into(),
+        x_label: "k".into(),
+        y_label: "Delta s".into(),
+        series: vec![
+            Series::new("anger", (0..5).map(|k| (k as f64, slope * k as f64)).collect()),
+            Series { dashed: true, ..Series::new("anger (random)", (0..5).map(|k| (k as f64, 0.1 * slope * k as f64)).collect()) },
+            Series::new("fear", (0..5).map(|k| (k as f64, -slope * k as f64)).collect()),
+        ],
+        y_range: None,
+    };
+    let panels = [panel("ablate neurons", -3.0), panel("ablate heads", -1.0), panel("enhance neurons", 2.0)];
+    let base = dir.join("fig3");
+    let w = Figures::default().lines_grid(&base, "Fig. 3", &panels, 2).unwrap();
+    let svg = check(&w, &base);
+    // Two columns, two rows (the last one half empty), one legend with each name once.
+    let single = Figures::default().lines(dir.join("one"), "one", "k", "Delta s", &panels[0].series, None).unwrap();
+    assert_eq!(w.width, 2 * single.width);
+    assert!(w.height > 2 * (single.height - 100), "{} vs {}", w.height, single.height);
+    for t in ["Fig. 3", "ablate neurons", "ablate heads", "enhance neurons", "anger", "anger (random)", "fear"] {
+        assert!(shows(&svg, t), "{t} missing: {:?}", svg_texts(&svg));
+    }
+    assert_eq!(svg_texts(&svg).iter().filter(|t| *t == "fear").count(), 1, "legend repeats names");
+    let err = Figures::default().lines_grid(&base, "t", &[], 2).unwrap_err();
+    assert!(err.to_string().contains("no panels"), "{err}");
+    let empty = LinesPanel { series: vec![Series::new("x", vec![])], ..panels[0].clone() };
+    let err = Figures::default().lines_grid(&base, "t", &[panels[0].clone(), empty], 2).unwrap_err();
+    assert!(err.to_string().contains("panel 1") && err.to_string().contains("no points"), "{err}");
 }

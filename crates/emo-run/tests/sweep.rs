@@ -69,6 +69,13 @@ fn branched_sweep_equals_full_forwards() {
     let scale = f64::try_from(full.abs().max()).unwrap();
     eprintln!("branched vs full sweep: max |diff| {worst:.2e} on values up to {scale:.1}");
     assert!(worst < 1e-4 * scale.max(1.0), "{worst}");
+    // Forced full forwards, rows of different prompt lengths packed together: the same table.
+    sweep.full_forwards = true;
+    assert!(!sweep.branches());
+    let packed = sweep.run(m).unwrap();
+    let worst_packed = max_diff(&branched, &packed);
+    eprintln!("branched vs packed full forwards: max |diff| {worst_packed:.2e}");
+    assert!(worst_packed < 1e-4 * scale.max(1.0), "{worst_packed}");
     // Every intervention moved the score somewhere (else equality proves little).
     for i in [0, 2, 3, 4] {
         assert!(max_diff(&branched.select(1, i), &branched.select(1, 1)) > 1e-3, "intervention {i} changed nothing");

@@ -1,19 +1,18 @@
-//! Line charts.
+//! Line charts: one chart, or a grid of charts under one legend (e.g. the four panels of the paper's Fig. 3).
 use plotters::prelude::*;
-
+use plotters::style::text_anchor::{HPos, VPos};
 
 use super::draw::*;
 use super::*;
 use crate::error::{Result, RunError};
 
-pub(super) struct LinesFigure<'a> {
-    title: &'a str,
+/// One chart's axes and series as drawn, without title or legend.
+struct Chart<'a> {
     x_label: &'a str,
     y_label: &'a str,
     series: Vec<SeriesDrawn>,
     x_range: (f64, f64),
     y_range: (f64, f64),
-    legend: Legend,
 }
 
 /// One series as drawn: points and band sorted by x.
@@ -26,17 +25,13 @@ struct SeriesDrawn {
 
 pub(super) const CHART_W: u32 = 760;
 pub(super) const CHART_H: u32 = 440;
+/// Height of a grid panel's own title.
+const PANEL_TITLE_H: u32 = 28;
 
-impl<'a> LinesFigure<'a> {
-    pub(super) fn new(
-        title: &'a str,
-        x_label: &'a str,
-        y_label: &'a str,
-        series: &[Series],
-        y_range: Option<(f64, f64)>,
-    ) -> Result<Self> {
-        let bad = |msg: String| Err(RunError::Invalid(format!("lines: {msg}")));
-        check_range("lines", y_range)?;
+impl<'a> Chart<'a> {
+    fn new(what: &str, x_label: &'a str, y_label: &'a str, series: &[Series], y_range: Option<(f64, f64)>) -> Result<Self> {
+        let bad = |msg: String| Err(RunError::Invalid(format!("{what}: {msg}")));
+        check_range(what, y_range)?;
         if series.is_empty() {
             return bad("no series".into());
         }
@@ -72,22 +67,11 @@ impl<'a> LinesFigure<'a> {
                 }
             })
             .collect::<Vec<_>>();
-        let items = series.iter().zip(&drawn).map(|(s, d)| (s.name.clone(), d.color)).collect();
-        let legend = Legend::new(items, Mark::Line, CHART_W);
-        Ok(LinesFigure { title, x_label, y_label, series: drawn, x_range, y_range, legend })
-    }
-}
-
-impl Figure for LinesFigure<'_> {
-    fn size(&self) -> (u32, u32) {
-        (CHART_W, TITLE_H + self.legend.height() + CHART_H)
+        Ok(Chart { x_label, y_label, series: drawn, x_range, y_range })
     }
 
-    fn draw<DB: DrawingBackend>(&self, root: &Area<DB>, ctx: &Ctx) -> Drawn<DB> {
-        draw_title(root, ctx, self.title, CHART_W)?;
-        self.legend.draw(root, ctx, TITLE_H as i32, CHART_W)?;
-        let (_, area) = root.split_vertically(ctx.width(TITLE_H + self.legend.height()));
-        let mut chart = ChartBuilder::on(&area)
+    fn draw<DB: DrawingBackend>(&self, area: &Area<DB>, ctx: &Ctx) -> Drawn<DB> {
+        let mut chart = ChartBuilder::on(area)
             .margin(ctx.px(14))
             .margin_right(ctx.px(24))
             .x_label_area_size(ctx.px(50))
@@ -120,3 +104,105 @@ impl Figure for LinesFigure<'_> {
     }
 }
 
+/// The legend of every distinct series name in `series`, in order of first appearance, in its chart colour.
+fn legend<'s>(series: impl Iterator<Item = &'s Series>, width: u32) -> Legend {
+    let mut items: Vec<(String, RGBColor)> = Vec::new();
+    for (i, s) in series.enumerate() {
+        if !items.iter().any(|(n, _)| n == &s.name) {
+            items.push((s.name.clone(), rgb(color_for(&s.name, i))));
+        }
+    }
+    Legend::new(items, Mark::Line, width)
+}
+
+pub(super) struct LinesFigure<'a> {
+    title: &'a str,
+    chart: Chart<'a>,
+    legend: Legend,
+}
+
+impl<'a> LinesFigure<'a> {
+    pub(super) fn new(
+        title: &'a str,
+        x_label: &'a str,
+        y_label: &'a str,
+        series: &[Series],
+        y_range: Option<(f64, f64)>,
+    ) -> Result<Self> {
+        let chart = Chart::new("lines", x_label, y_label, series, y_range)?;
+        // Per-chart indices, so that unnamed colours match the chart's.
+        let items = series.iter().zip(&chart.series).map(|(s, d)| (s.name.clone(), d.color)).collect();
+        Ok(LinesFigure { title, chart, legend: Legend::new(items, Mark::Line, CHART_W) })
+    }
+}
+
+impl Figure for LinesFigure<'_> {
+    fn size(&self) -> (u32, u32) {
+        (CHART_W, TITLE_H + self.legend.height() + CHART_H)
+    }
+
+    fn draw<DB: DrawingBackend>(&self, root: &Area<DB>, ctx: &Ctx) -> Drawn<DB> {
+        draw_title(root, ctx, self.title, CHART_W)?;
+        self.legend.draw(root, ctx, TITLE_H as i32, CHART_W)?;
+        let (_, area) = root.split_vertically(ctx.width(TITLE_H + self.legend.height()));
+        self.chart.draw(&area, ctx)
+    }
+}
+
+pub(super) struct LinesGridFigure<'a> {
+    title: &'a str,
+    charts: Vec<(&'a str, Chart<'a>)>,
+    cols: usize,
+    legend: Legend,
+}
+
+impl<'a> LinesGridFigure<'a> {
+    pub(super) fn new(title: &'a str, panels: &'a [LinesPanel], cols: usize) -> Result<Self> {
+        check_cols("lines grid", cols)?;
+        if panels.is_empty() {
+            return Err(RunError::Invalid("lines grid: no panels".into()));
+        }
+        let charts = panels
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let what = format!("lines grid: panel {i} ({:?})", p.title);
+                Ok((p.title.as_str(), Chart::new(&what, &p.x_label, &p.y_label, &p.series, p.y_range)?))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let cols = cols.min(panels.len());
+        let legend = legend(panels.iter().flat_map(|p| p.series.iter()), CHART_W * cols as u32);
+        Ok(LinesGridFigure { title, charts, cols, legend })
+    }
+
+    fn rows(&self) -> usize {
+        self.charts.len().div_ceil(self.cols)
+    }
+
+    fn header_h(&self) -> u32 {
+        if self.title.is_empty() { 0 } else { TITLE_H }
+    }
+}
+
+impl Figure for LinesGridFigure<'_> {
+    fn size(&self) -> (u32, u32) {
+        (CHART_W * self.cols as u32, self.header_h() + self.legend.height() + (PANEL_TITLE_H + CHART_H) * self.rows() as u32)
+    }
+
+    fn draw<DB: DrawingBackend>(&self, root: &Area<DB>, ctx: &Ctx) -> Drawn<DB> {
+        let width = CHART_W * self.cols as u32;
+        if !self.title.is_empty() {
+            draw_title(root, ctx, self.title, width)?;
+        }
+        let top = self.header_h() + self.legend.height();
+        self.legend.draw(root, ctx, self.header_h() as i32, width)?;
+        let (_, grid) = root.split_vertically(ctx.width(top));
+        let areas = grid.split_evenly((self.rows(), self.cols));
+        for ((title, chart), area) in self.charts.iter().zip(&areas) {
+            let (head, body) = area.split_vertically(ctx.width(PANEL_TITLE_H));
+            ctx.text(&head, CAPTION, title, ((CHART_W / 2) as i32, (PANEL_TITLE_H / 2 + 4) as i32), HPos::Center, VPos::Center)?;
+            chart.draw(&body, ctx)?;
+        }
+        Ok(())
+    }
+}

@@ -36,7 +36,7 @@ use bars::BarsFigure;
 use draw::{render, with_suffix, write_png, Ctx, Figure, MAX_PIXELS, MAX_SIDE};
 use font::{fallback_family, font_family};
 use heatmap::{HeatmapAxes, HeatmapFigure};
-use lines::LinesFigure;
+use lines::{LinesFigure, LinesGridFigure};
 use scatter::ScatterFigure;
 
 /// The six emotions in the paper's order, as used for [`EMOTION_COLORS`].
@@ -146,6 +146,21 @@ impl Series {
     pub fn new(name: impl Into<String>, points: Vec<(f64, f64)>) -> Self {
         Series { name: name.into(), points, ..Default::default() }
     }
+}
+
+/// One chart of a grid of line charts ([`Figures::lines_grid`]).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct LinesPanel {
+    /// Drawn above the chart.
+    pub title: String,
+    /// The x axis label.
+    pub x_label: String,
+    /// The y axis label.
+    pub y_label: String,
+    /// The series.
+    pub series: Vec<Series>,
+    /// The y range (default: the data's, padded).
+    pub y_range: Option<(f64, f64)>,
 }
 
 /// One group of a grouped bar chart: one value per category.
@@ -261,6 +276,14 @@ impl Figures {
         y_range: Option<(f64, f64)>,
     ) -> Result<Written> {
         let fig = LinesFigure::new(title, x_label, y_label, series, y_range)?;
+        self.write(base.as_ref(), &fig)
+    }
+
+    /// Line charts in a grid of `cols` columns (row by row) under `title` (none when empty), each titled and
+    /// scaled on its own, with one legend of every distinct series name above the grid (colours by name, so
+    /// an emotion has one colour in every panel).
+    pub fn lines_grid(&self, base: impl AsRef<Path>, title: &str, panels: &[LinesPanel], cols: usize) -> Result<Written> {
+        let fig = LinesGridFigure::new(title, panels, cols)?;
         self.write(base.as_ref(), &fig)
     }
 
