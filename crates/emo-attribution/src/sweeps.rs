@@ -257,19 +257,22 @@ pub fn run_sweep(run: &RunDir, model: &Model, opts: &SweepOptions) -> Result<Vec
         EditPositions::All => Positions::All,
     };
     let name = |emotion: Emotion| format!("sweep-{}-{}-{}-{}", opts.kind, opts.units, opts.positions, emotion.name());
-    let per_emotion: Vec<(Emotion, Vec<PromptItem>)> = Emotion::ALL
+    let per_emotion: Vec<(Emotion, Vec<PromptItem>, Vec<Column>)> = Emotion::ALL
         .into_iter()
-        .map(|e| (e, PromptItem::all(&scenarios).into_iter().filter(|it| it.emotion == e).collect()))
+        .map(|e| {
+            let items = PromptItem::all(&scenarios).into_iter().filter(|it| it.emotion == e).collect();
+            (e, items, columns(&attribution, opts, e, n_layers, n_units))
+        })
         .collect();
-    // One bar over every emotion's rows, started at the rows earlier sessions committed.
-    let interventions_per_emotion = 1 + opts.ks.iter().filter(|&&k| k > 0).count() * (1 + opts.seeds);
-    let total_rows: usize = per_emotion.iter().map(|(_, items)| items.len() * interventions_per_emotion).sum();
-    let done_rows = |e: Emotion| manifest.stages.get(&name(e)).map_or(0, |s| s.stats.rows);
+    // One bar over every emotion's rows (the baseline and every column), started at the rows earlier sessions
+    // committed.
+    let total_rows: usize = per_emotion.iter().map(|(_, items, columns)| items.len() * (1 + columns.len())).sum();
+    let done_rows: usize = per_emotion.iter().map(|(e, _, _)| manifest.stages.get(&name(*e)).map_or(0, |s| s.stats.rows)).sum();
     let bar = emo_run::sweep::progress_bar(opts.progress, &format!("{} {} {}", opts.kind, opts.units, opts.positions), total_rows as u64);
-    bar.set_position(per_emotion.iter().map(|(e, _)| done_rows(*e)).sum::<usize>() as u64);
+    bar.set_position(done_rows as u64);
     bar.reset_eta();
     let mut rows = Vec::new();
-    for (emotion, items) in per_emotion {
+    for (emotion, items, columns) in per_emotion {
         bar.set_message(format!("{} {} {}: {}", opts.kind, opts.units, opts.positions, emotion.name()));
         let prompts = items
             .iter()
@@ -282,7 +285,6 @@ pub fn run_sweep(run: &RunDir, model: &Model, opts: &SweepOptions) -> Result<Vec
                 Ok(model.encode_chat(&messages)?)
             })
             .collect::<Result<Vec<_>>>()?;
-        let columns = columns(&attribution, opts, emotion, n_layers, n_units);
         let interventions: Vec<Intervention> =
             std::iter::once(Intervention::none()).chain(columns.iter().map(|c| intervention(&attribution, opts, emotion, c, &cfg))).collect();
         let points: Vec<HookPoint> = (0..n_layers).map(|l| site.hook_point(l)).collect();
