@@ -8,7 +8,7 @@ use emo_run::{Result, RunDir};
 use tch::Kind;
 
 use crate::attribute::Attribution;
-use crate::sweeps::{csv_path, read_csv, EditPositions, SweepKind, SweepOptions, SweepRow, Units, MEAN_OVER_SEEDS};
+use crate::sweeps::{csv_file, csv_path, read_csv, EditPositions, SweepKind, SweepOptions, SweepRow, Units, MEAN_OVER_SEEDS};
 
 /// Neurons shown per layer in the contribution heatmap.
 pub const TOP_NEURONS: usize = 16;
@@ -90,16 +90,23 @@ fn sweep_series(rows: &[SweepRow]) -> Vec<Series> {
     series
 }
 
-fn sweep_title(kind: SweepKind, units: Units, positions: EditPositions) -> String {
-    format!("{kind} of {units}, {positions} token{}", if positions == EditPositions::All { "s" } else { "" })
+/// One panel of the paper's Fig. 3: its title, axes and [`sweep_series`].
+fn sweep_panel(kind: SweepKind, units: Units, positions: EditPositions, rows: &[SweepRow]) -> LinesPanel {
+    LinesPanel {
+        title: format!("{kind} of {units}, {positions} token{}", if positions == EditPositions::All { "s" } else { "" }),
+        x_label: format!("{units} per layer (k)"),
+        y_label: "Delta s".into(),
+        series: sweep_series(rows),
+        y_range: None,
+    }
 }
 
 /// One panel of the paper's Fig. 3: Delta s over k per emotion, targeted units solid with their 95% band,
 /// the mean of the random controls dashed; `sweeps/{kind}-{units}-{positions}.png|svg`.
 pub fn write_sweep_figure(run: &RunDir, opts: &SweepOptions, rows: &[SweepRow]) -> Result<Written> {
     let base = csv_path(run, opts).with_extension("");
-    let title = sweep_title(opts.kind, opts.units, opts.positions);
-    Figures::default().lines(base, &title, &format!("{} per layer (k)", opts.units), "Delta s", &sweep_series(rows), None)
+    let p = sweep_panel(opts.kind, opts.units, opts.positions, rows);
+    Figures::default().lines(base, &p.title, &p.x_label, &p.y_label, &p.series, p.y_range)
 }
 
 /// The paper's Fig. 3 from the run's sweep CSVs, its panels in the paper's order (ablation of neurons, of
@@ -109,18 +116,12 @@ pub fn write_fig3(run: &RunDir) -> Result<Option<Written>> {
     let mut panels = Vec::new();
     for kind in [SweepKind::Ablate, SweepKind::Enhance] {
         for units in [Units::Neurons, Units::Heads] {
-            let found = [EditPositions::Last, EditPositions::All].into_iter().find_map(|positions| {
-                let path = run.path.join("sweeps").join(format!("{kind}-{units}-{positions}.csv"));
-                path.exists().then_some((positions, path))
-            });
+            let found = [EditPositions::Last, EditPositions::All]
+                .into_iter()
+                .map(|positions| (positions, csv_file(run, kind, units, positions)))
+                .find(|(_, path)| path.exists());
             if let Some((positions, path)) = found {
-                panels.push(LinesPanel {
-                    title: sweep_title(kind, units, positions),
-                    x_label: format!("{units} per layer (k)"),
-                    y_label: "Delta s".into(),
-                    series: sweep_series(&read_csv(&path)?),
-                    y_range: None,
-                });
+                panels.push(sweep_panel(kind, units, positions, &read_csv(&path)?));
             }
         }
     }

@@ -216,7 +216,12 @@ struct Column {
 
 /// `sweeps/{kind}-{units}-{positions}.csv` in the run folder.
 pub fn csv_path(run: &RunDir, opts: &SweepOptions) -> PathBuf {
-    run.path.join("sweeps").join(format!("{}-{}-{}.csv", opts.kind, opts.units, opts.positions))
+    csv_file(run, opts.kind, opts.units, opts.positions)
+}
+
+/// `sweeps/{kind}-{units}-{positions}.csv` in the run folder, from the three names.
+pub fn csv_file(run: &RunDir, kind: SweepKind, units: Units, positions: EditPositions) -> PathBuf {
+    run.path.join("sweeps").join(format!("{kind}-{units}-{positions}.csv"))
 }
 
 /// Runs (or resumes) one sweep for every emotion and writes its CSV; returns the rows.
@@ -268,7 +273,7 @@ pub fn run_sweep(run: &RunDir, model: &Model, opts: &SweepOptions) -> Result<Vec
     // committed.
     let total_rows: usize = per_emotion.iter().map(|(_, items, columns)| items.len() * (1 + columns.len())).sum();
     let done_rows: usize = per_emotion.iter().map(|(e, _, _)| manifest.stages.get(&name(*e)).map_or(0, |s| s.stats.rows)).sum();
-    let bar = emo_run::sweep::progress_bar(opts.progress, &format!("{} {} {}", opts.kind, opts.units, opts.positions), total_rows as u64);
+    let bar = emo_run::stage::progress_bar(opts.progress, &format!("{} {} {}", opts.kind, opts.units, opts.positions), total_rows as u64, "rows");
     bar.set_position(done_rows as u64);
     bar.reset_eta();
     let mut rows = Vec::new();

@@ -67,7 +67,7 @@ pub fn run_stage<W: StageWork>(run: &RunDir, name: &str, work: &mut W, progress:
     fs::create_dir_all(&parts).map_err(io(&parts))?;
     let sizes = work.batch_sizes();
     let total: usize = sizes.iter().sum();
-    let bar = progress_bar(progress, name, total);
+    let bar = progress_bar(progress, name, total as u64, "prompts");
     let committed: Vec<bool> = (0..sizes.len()).map(|b| work.committed(&parts, b)).collect();
     let n_committed = committed.iter().filter(|&&c| c).count();
     let mut resumed = false;
@@ -151,11 +151,12 @@ pub fn part_file(parts: &Path, b: usize, ext: &str) -> PathBuf {
     parts.join(format!("{b:05}.{ext}"))
 }
 
-fn progress_bar(show: bool, name: &str, total: usize) -> ProgressBar {
-    let bar = if show { ProgressBar::with_draw_target(Some(total as u64), ProgressDrawTarget::stderr()) } else { ProgressBar::hidden() };
-    bar.set_style(
-        ProgressStyle::with_template("{msg} [{elapsed_precise}] {bar:30} {pos}/{len} prompts, {per_sec}, ETA {eta}").expect("valid template"),
-    );
-    bar.set_message(name.to_string());
+/// A bar counting `total` `unit`s (prompts, rows), labelled `message`, with rate and ETA; hidden unless
+/// `show`. One bar may be shared by several stages or sweeps (see `Sweep::bar`).
+pub fn progress_bar(show: bool, message: &str, total: u64, unit: &str) -> ProgressBar {
+    let bar = if show { ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr()) } else { ProgressBar::hidden() };
+    let template = format!("{{msg}} [{{elapsed_precise}}] {{bar:30}} {{pos}}/{{len}} {unit}, {{per_sec}}, ETA {{eta}}");
+    bar.set_style(ProgressStyle::with_template(&template).expect("valid template"));
+    bar.set_message(message.to_string());
     bar
 }

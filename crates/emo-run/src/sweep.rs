@@ -9,7 +9,9 @@
 use std::ops::Range;
 
 use emo_model::{Capture, HookPoint, HookSet, Intervention, Interventions, LogitsFor, Model, ModelError, Positions, Result};
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::ProgressBar;
+
+use crate::stage::progress_bar;
 use tch::{Kind, Tensor};
 
 /// What a sweep reads from each row: the sum over `points` of the projection of the last prompt token's
@@ -127,7 +129,7 @@ impl<'a> Sweep<'a> {
         }
         let (p, n) = (range.len(), self.interventions.len());
         let own_bar = self.bar.is_none();
-        let bar = self.bar.clone().unwrap_or_else(|| progress_bar(self.progress, "sweep", (p * n) as u64));
+        let bar = self.bar.clone().unwrap_or_else(|| progress_bar(self.progress, "sweep", (p * n) as u64, "rows"));
         let mut table = vec![0f64; p * n];
         if self.branches() {
             self.run_branched(model, range, &mut table, &bar)?;
@@ -217,15 +219,4 @@ impl<'a> Sweep<'a> {
 /// Whether a metric point can differ from the clean pass when the first edited layer is `from`.
 fn reads_after(point: HookPoint, from: usize) -> bool {
     point.layer().is_none_or(|l| l >= from)
-}
-
-/// A bar counting a sweep's rows (prompt x intervention), labelled `message`; hidden unless `show`. Pass it
-/// as [`Sweep::bar`] to several sweeps for one bar over all of them.
-pub fn progress_bar(show: bool, message: &str, total: u64) -> ProgressBar {
-    let bar = if show { ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr()) } else { ProgressBar::hidden() };
-    bar.set_style(
-        ProgressStyle::with_template("{msg} [{elapsed_precise}] {bar:30} {pos}/{len} rows, {per_sec}, ETA {eta}").expect("valid template"),
-    );
-    bar.set_message(message.to_string());
-    bar
 }
