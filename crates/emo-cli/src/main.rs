@@ -14,6 +14,7 @@ use tch::Tensor;
 
 mod section5;
 mod section6;
+mod section7;
 
 #[derive(Parser)]
 #[command(name = "emo", version, about = "Find and control the emotion circuits of language models")]
@@ -91,8 +92,21 @@ enum Command {
     /// Section 6, step 2: ablate or enhance the top-k neurons or heads of every layer against random units
     /// (seeded), Delta s on the test split; resumable. Writes RUN/sweeps/{kind}-{units}-{positions}.csv.
     Sweep(section6::SweepArgs),
+    /// Paper section 7, step 1: sublayer importance — inject alpha x sigma along each sublayer's direction at
+    /// its output (last prompt token, neutral prompt) and read the final state on v_ref; resumable. Writes
+    /// RUN/importance/{samples}/.
+    Importance(section7::ImportanceArgs),
+    /// Section 7, step 2: emotion circuits by the authors' budget rule (allocate, build, show).
+    Circuits {
+        #[command(subcommand)]
+        command: section7::CircuitsCommand,
+    },
+    /// Section 7, step 3: circuit modulation of replies to neutral prompts, judged; resumable.
+    Modulate(section7::ModulateArgs),
     /// All of section 5 on one model: elicit on both splits, directions, steering on the test split, report.
     Section5(section5::Section5Args),
+    /// The whole paper on one model: sections 5, 6 and 7 end to end, resumable, one report.
+    Paper(section7::PaperArgs),
     /// SEV scenario-event data: the built-in set or another in the paper's schema.
     Dataset {
         #[command(subcommand)]
@@ -235,6 +249,10 @@ fn run(cli: Cli) -> Result<()> {
         Command::Attribute(a) => section6::attribute_cmd(&a)?,
         Command::Sweep(a) => section6::sweep_cmd(&a)?,
         Command::Section5(a) => section5::section5(&a)?,
+        Command::Importance(a) => section7::importance_cmd(&a)?,
+        Command::Circuits { command } => section7::circuits_cmd(&command)?,
+        Command::Modulate(a) => section7::modulate_cmd(&a)?,
+        Command::Paper(a) => section7::paper(&a)?,
         Command::Dataset { command: DatasetCommand::Export { split, dataset } } => {
             let split: emo_data::Split = split.parse()?;
             let scenarios = emo_data::sev::load_split(dataset.as_deref(), split)?;

@@ -30,7 +30,7 @@ pub struct DataArgs {
 }
 
 impl DataArgs {
-    fn load(&self, default_split: Split) -> Result<(Split, Vec<emo_data::Scenario>, DatasetInfo)> {
+    pub(crate) fn load(&self, default_split: Split) -> Result<(Split, Vec<emo_data::Scenario>, DatasetInfo)> {
         let split: Split = self.split.as_deref().map_or(Ok(default_split), str::parse)?;
         let mut scenarios = emo_data::sev::load_split(self.dataset.as_deref(), split)?;
         if let Some(n) = self.limit {
@@ -280,6 +280,7 @@ pub fn report(a: &ReportArgs) -> Result<()> {
     let run = RunDir::new(&a.run);
     let mut report = emo_directions::report::build_report(&run)?;
     emo_attribution::report::section6(&run, &mut report)?;
+    emo_circuits::report::section7(&run, &mut report)?;
     let path = report.write(&run.report())?;
     emit(format!("wrote {}\n", path.display()))
 }

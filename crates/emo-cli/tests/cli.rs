@@ -143,6 +143,27 @@ fn section5_commands_run_end_to_end_on_a_small_run() {
     assert!(text.contains("report.md") && report.contains("Prompting, test split") && report.contains("Steering, test split"));
     assert!(report.contains("## Section 6") && report.contains("Units ranked from **all** elicitation samples"), "{report}");
 
+    // Section 7: importance (one alpha), circuits, the allocation rule on the importance CSV, modulation.
+    let text = ok(emo(&["importance", r, "--samples", "all", "--alphas", "0.3", "--quiet", "--device", "cpu"]));
+    assert!(text.contains("sublayer importance over [6, 6, 6, 6, 6, 6] prompts per emotion") && text.contains("importance.png"), "{text}");
+    let text = ok(emo(&["circuits", "build", r, "--samples", "all"]));
+    assert!(text.contains("anger: 420 neurons, 180 heads") && text.contains("overlap between emotions"), "{text}");
+    let csv = run.join("importance/all/importance.csv");
+    let json = ok(emo(&["circuits", "allocate", "--importance", csv.to_str().unwrap(), "--n-layers", "30", "--n-heads", "9", "--d-mlp", "1536"]));
+    let v: serde_json::Value = serde_json::from_str(json.trim()).unwrap();
+    let built: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join("circuits/all/fear.json")).unwrap()).unwrap();
+    let mlp_k: Vec<u64> = built["layers"].as_array().unwrap().iter().map(|l| l["mlp"]["k"].as_u64().unwrap()).collect();
+    assert_eq!(v["fear"]["mlp_k"], serde_json::json!(mlp_k), "the command and the built circuit follow one rule");
+    assert_eq!(v["fear"]["attn_k"].as_array().unwrap().iter().map(|k| k.as_u64().unwrap()).sum::<u64>(), 180);
+    let text = ok(emo(&[
+        "modulate", r, "--samples", "all", "--limit", "1", "--emotions", "anger,fear", "--scales", "anger=0.8", "--max-new-tokens", "12", "--quiet",
+        "--device", "cpu",
+    ]));
+    assert!(text.contains("modulation-test: circuits") && text.contains("[0.8, 1.0, 1.0, 1.0, 1.0, 1.0]") && text.contains("6 prompts"), "{text}");
+    ok(emo(&["report", r]));
+    let report = std::fs::read_to_string(run.join("report.md")).unwrap();
+    assert!(report.contains("## Section 7") && report.contains("Table 2: circuit modulation, stage `modulation-test`"), "{report}");
+
     // Mistakes are named.
     let err = |args: &[&str]| {
         let out = emo(args);
@@ -159,6 +180,12 @@ fn section5_commands_run_end_to_end_on_a_small_run() {
     assert!(e.contains("unknown positions `middle`"), "{e}");
     let e = err(&["attribute", r, "--samples", "some", "--device", "cpu"]);
     assert!(e.contains("unknown sample filter `some`"), "{e}");
+    let e = err(&["modulate", r, "--samples", "all", "--scales", "anger:0.8", "--device", "cpu"]);
+    assert!(e.contains("--scales `anger:0.8`: expected EMOTION=SCALE"), "{e}");
+    let e = err(&["modulate", r, "--samples", "all", "--emotions", "joy", "--device", "cpu"]);
+    assert!(e.contains("joy"), "{e}");
+    let e = err(&["circuits", "allocate", "--importance", csv.to_str().unwrap(), "--n-layers", "30", "--n-heads", "1", "--d-mlp", "1536"]);
+    assert!(e.contains("more than the model's 30"), "{e}");
     let e = err(&["elicit", "--out", r, "--judge", "vibes", "--limit", "2", "--device", "cpu"]);
     assert!(e.contains("unknown judge `vibes`"), "{e}");
     let _ = std::fs::remove_dir_all(&run);

@@ -67,11 +67,12 @@ pub fn elicitation_stage<'a>(
             capture: opts.capture && name == ELICIT,
             steering: None,
             per_row_steering: false,
+            modulation: None,
         },
         name,
         scenarios,
         batches: items.chunks(opts.batch_size).map(<[_]>::to_vec).collect(),
-        steering: None,
+        edits: None,
         progress: opts.progress,
     })
 }

@@ -49,12 +49,16 @@ pub fn build_report(run: &RunDir) -> Result<Report> {
         let acc = Accuracy::of(&run.read_replies(name)?)?;
         let s: StageSettings = info.settings_as(name)?;
         let s = &s;
-        let what = match &s.steering {
-            Some(st) => format!(
+        let what = match (&s.steering, &s.modulation) {
+            (Some(st), _) => format!(
                 "Steering, {} split: neutral prompt, alpha {} x RMS on `hook_resid_post` of layers {}-{} ({} directions), positions {}",
                 s.dataset.split, st.alpha, st.layers.0, st.layers.1, st.site, st.positions
             ),
-            None => format!("Prompting, {} split: elicitation prompt", s.dataset.split),
+            (None, Some(m)) => format!(
+                "Circuit modulation, {} split: neutral prompt, scales {:?}, neurons at {}, heads at {}",
+                s.dataset.split, m.scales, m.neuron_positions, m.head_positions
+            ),
+            (None, None) => format!("Prompting, {} split: elicitation prompt", s.dataset.split),
         };
         let _ = writeln!(
             md,
@@ -75,9 +79,10 @@ pub fn build_report(run: &RunDir) -> Result<Report> {
             },
             acc.markdown()
         );
-        let label = match &s.steering {
-            Some(st) => format!("ours: steering, {}, alpha {}", s.dataset.split, st.alpha),
-            None => format!("ours: prompting, {}", s.dataset.split),
+        let label = match (&s.steering, &s.modulation) {
+            (Some(st), _) => format!("ours: steering, {}, alpha {}", s.dataset.split, st.alpha),
+            (None, Some(_)) => format!("ours: circuit modulation, {}", s.dataset.split),
+            (None, None) => format!("ours: prompting, {}", s.dataset.split),
         };
         ours.push((label, acc));
     }
@@ -95,7 +100,8 @@ pub fn build_report(run: &RunDir) -> Result<Report> {
         for (label, acc) in &ours {
             let _ = write!(md, "| {label} |");
             for e in Emotion::ALL {
-                let _ = write!(md, " {:.2} |", acc.emotion(e).percent());
+                let c = acc.emotion(e);
+                let _ = if c.n == 0 { write!(md, " - |") } else { write!(md, " {:.2} |", c.percent()) };
             }
             let _ = writeln!(md, " {:.2} |", acc.overall().percent());
         }
@@ -106,20 +112,24 @@ pub fn build_report(run: &RunDir) -> Result<Report> {
             }
             let _ = writeln!(md);
         }
+        // Stages over some emotions only (a modulation of two, say) stay in the table, not in the figure.
         let groups: Vec<BarGroup> = ours
             .iter()
+            .filter(|(_, acc)| Emotion::ALL.iter().all(|&e| acc.emotion(e).n > 0))
             .map(|(label, acc)| BarGroup { name: label.clone(), values: Emotion::ALL.iter().map(|&e| acc.emotion(e).percent()).collect() })
             .collect();
         let names: Vec<&str> = Emotion::ALL.iter().map(|e| e.name()).collect();
-        let w = Figures::default().grouped_bars(
-            run.figures().join("accuracy"),
-            "Emotion-expression accuracy by emotion",
-            "accuracy (%)",
-            &names,
-            &groups,
-            Some((0.0, 100.0)),
-        )?;
-        let _ = writeln!(md, "\n![accuracy]({})\n", rel(run, &w.png));
+        if !groups.is_empty() {
+            let w = Figures::default().grouped_bars(
+                run.figures().join("accuracy"),
+                "Emotion-expression accuracy by emotion",
+                "accuracy (%)",
+                &names,
+                &groups,
+                Some((0.0, 100.0)),
+            )?;
+            let _ = writeln!(md, "\n![accuracy]({})\n", rel(run, &w.png));
+        }
     }
 
     if run.directions_summary().exists() {

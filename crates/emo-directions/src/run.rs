@@ -92,6 +92,23 @@ pub struct StageSettings {
     /// one then asks for a new run folder); stages without steering keep `false`.
     #[serde(default)]
     pub per_row_steering: bool,
+    /// Circuit modulation, if any (section 7); absent from stages written before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub modulation: Option<ModulationSettings>,
+}
+
+/// The circuit modulation of a generating stage (paper section 7; the edits themselves come from the
+/// circuits crate as [`RowEdits`]).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ModulationSettings {
+    /// sha256 of every circuit file and the delta_mu tensors, in order.
+    pub circuits: Vec<String>,
+    /// Scale s per emotion, in `Emotion::ALL` order.
+    pub scales: Vec<f64>,
+    /// Where neurons are stimulated (the authors: the last position of every forward call).
+    pub neuron_positions: String,
+    /// Where heads are stimulated (the authors: every position).
+    pub head_positions: String,
 }
 
 /// Which system prompt a stage uses (spec section 2).
@@ -115,33 +132,42 @@ pub struct Stage<'a> {
     pub batches: Vec<Vec<PromptItem>>,
     /// Identity of the stage.
     pub settings: StageSettings,
-    /// For steering: the direction rows `[n_layers, d_model]` of each emotion, added at `hook_resid_post`.
-    pub steering: Option<Steering>,
+    /// The per-row edits of every batch (steering, circuit modulation); `None` for plain generation.
+    pub edits: Option<Box<dyn RowEdits + 'a>>,
     /// Draw a progress bar (on a terminal).
     pub progress: bool,
 }
 
-/// What a steering stage adds beyond its [`SteeringSettings`] (alpha and layers live there).
+/// A steering stage's edits: `h += alpha * RMS(h) * v_e[L]` at the site's hook point of the settings' layers.
 pub struct Steering {
     /// Directions per emotion, `[6, n_layers, d_model]`.
     pub directions: Tensor,
     /// Which tokens (its name is `SteeringSettings::positions`).
     pub positions: Positions,
+    /// Alpha, layers and site, as recorded in the stage's settings.
+    pub settings: SteeringSettings,
 }
 
-impl Steering {
+/// What a generating stage adds to each batch: hooks whose rows carry each prompt's own edits, so that one
+/// batch mixes emotions.
+pub trait RowEdits {
+    /// The hooks for `batch`, row i for `batch[i]`.
+    fn hooks(&self, batch: &[PromptItem]) -> Vec<Interventions>;
+}
+
+impl RowEdits for Steering {
     /// One row per prompt of the batch, each adding its own emotion's directions.
-    fn hook(&self, batch: &[PromptItem], edit: &SteeringSettings) -> Interventions {
+    fn hooks(&self, batch: &[PromptItem]) -> Vec<Interventions> {
         let rows = batch
             .iter()
             .map(|it| {
                 let v = self.directions.get(it.emotion.index() as i64);
-                (edit.layers.0..=edit.layers.1).fold(Intervention::none(), |row, l| {
-                    row.with(Site::ResidPost.hook_point(l), Edit::AddRms(v.get(l as i64), edit.alpha))
+                (self.settings.layers.0..=self.settings.layers.1).fold(Intervention::none(), |row, l| {
+                    row.with(Site::ResidPost.hook_point(l), Edit::AddRms(v.get(l as i64), self.settings.alpha))
                 })
             })
             .collect();
-        Interventions::new(rows, self.positions.clone())
+        vec![Interventions::new(rows, self.positions.clone())]
     }
 }
 
@@ -149,9 +175,10 @@ impl Steering {
 /// Runs (or resumes) a generating stage: generates, judges and commits every missing batch, then merges the
 /// replies. Returns the stage's statistics.
 pub fn run_stage(run: &RunDir, model: &Model, judge: &mut dyn Judge, stage: &Stage) -> Result<StageStats> {
-    if stage.steering.is_some() != stage.settings.steering.is_some() {
+    let described = stage.settings.steering.is_some() || stage.settings.modulation.is_some();
+    if stage.edits.is_some() != described {
         return Err(DirectionsError::Invalid(format!(
-            "stage `{}`: steering directions and steering settings must come together",
+            "stage `{}`: edits and their settings (steering or modulation) must come together",
             stage.name
         )));
     }
@@ -215,8 +242,8 @@ impl StageWork for Generation<'_, '_> {
         if stage.settings.capture {
             hooks.push(&mut capture);
         }
-        if let (Some(steering), Some(edit)) = (&stage.steering, &stage.settings.steering) {
-            hooks.push_owned(steering.hook(batch, edit));
+        for hook in stage.edits.iter().flat_map(|e| e.hooks(batch)) {
+            hooks.push_owned(hook);
         }
         let t = Instant::now();
         let generated = model.generate_ids(&prompts, &stage.settings.generation.config(), &mut hooks)?;

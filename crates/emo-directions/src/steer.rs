@@ -78,6 +78,7 @@ pub fn steering_stage<'a>(
         })
         .collect();
     let batches = items.chunks(opts.batch_size).map(<[_]>::to_vec).collect();
+    let settings = SteeringSettings { alpha: opts.alpha, layers, site: opts.site, positions: opts.positions.to_string() };
     Ok(Stage {
         settings: StageSettings {
             dataset,
@@ -86,13 +87,14 @@ pub fn steering_stage<'a>(
             judge: judge.to_string(),
             prompt: PromptKind::Neutral,
             capture: false,
-            steering: Some(SteeringSettings { alpha: opts.alpha, layers, site: opts.site, positions: opts.positions.to_string() }),
+            steering: Some(settings.clone()),
             per_row_steering: true,
+            modulation: None,
         },
         name,
         scenarios,
         batches,
-        steering: Some(Steering { directions: directions.site(opts.site).shallow_clone(), positions: opts.positions.clone() }),
+        edits: Some(Box::new(Steering { directions: directions.site(opts.site).shallow_clone(), positions: opts.positions.clone(), settings })),
         progress: opts.progress,
     })
 }

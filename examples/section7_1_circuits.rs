@@ -1,0 +1,34 @@
+//! Paper section 7, steps 1-2: sublayer importance (alpha x sigma injected along each sublayer's direction at
+//! its output, the final state read on v_ref, through prefix branching), then every emotion's circuit by the
+//! authors' budget rule, written as their JSON layout beside delta_mu.
+//!
+//! `cargo run --release --example section7_1_circuits -- RUN [accepted|all] [DEVICE]` after
+//! `section6_1_attribute` with the same samples.
+use emo_attribution::{Attribution, SampleFilter};
+use emo_circuits::circuit::{overlap, CircuitSet};
+use emo_circuits::modulate::shape_of;
+use emo_circuits::report::circuits_dir;
+use emo_circuits::{sublayer_importance, Budget, ImportanceOptions};
+use emo_directions::run::RunDir;
+use emo_model::{LoadOptions, Model};
+
+fn main() -> anyhow::Result<()> {
+    let mut args = std::env::args().skip(1);
+    let run = RunDir::new(args.next().unwrap_or_else(|| "runs/example".into()));
+    let samples: SampleFilter = args.next().unwrap_or_else(|| "all".into()).parse()?;
+    let device = emo_model::device::parse_device(&args.next().unwrap_or_else(|| "cpu".into()))?;
+    let manifest = run.require_manifest()?;
+    let model = Model::load(&manifest.model.path, LoadOptions { device, ..Default::default() })?;
+    let imp = sublayer_importance(&run, &model, &ImportanceOptions { samples, ..Default::default() })?;
+    let fig = emo_circuits::figures::write_importance_figure(&run, &imp)?;
+    println!("importance figure: {}", fig.png.display());
+    let cfg = model.transformer.config();
+    let attribution = Attribution::load(&run, samples)?;
+    let set = CircuitSet::assemble(&imp.profiles()?, &attribution, shape_of(cfg), &Budget::paper(cfg.n_layers))?;
+    let dir = circuits_dir(&run, samples);
+    set.save(&dir)?;
+    let ((nm, ns), (hm, hs)) = overlap(&set.circuits);
+    println!("{}", emo_circuits::report::describe(&set));
+    println!("overlap: neurons {nm:.3} ± {ns:.3}, heads {hm:.3} ± {hs:.3} (paper 0.056 ± 0.033, 0.454 ± 0.047); circuits in {}", dir.display());
+    Ok(())
+}
