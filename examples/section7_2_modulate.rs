@@ -4,7 +4,7 @@
 //! `cargo run --release --example section7_2_modulate -- RUN [SCENARIOS] [accepted|all] [DEVICE]` after
 //! `section7_1_circuits`.
 use emo_circuits::circuit::CircuitSet;
-use emo_circuits::modulate::{circuits_identity, shape_of};
+use emo_circuits::modulate::shape_of;
 use emo_circuits::report::circuits_dir;
 use emo_circuits::{modulation_stage, ModulateOptions};
 use emo_data::Split;
@@ -30,7 +30,7 @@ fn main() -> anyhow::Result<()> {
     let mut judge = emo_data::EmbeddingJudge::load_default()?;
     let name = format!("modulation-test-{n}");
     let opts = ModulateOptions::default();
-    let stage = modulation_stage(name.clone(), &scenarios, info, &emo_data::Judge::name(&judge), &set, circuits_identity(&dir, &set)?, cfg, &opts)?;
+    let stage = modulation_stage(name.clone(), &scenarios, info, &emo_data::Judge::name(&judge), &set, cfg, &opts)?;
     run_stage(&run, &model, &mut judge, &stage)?;
     let acc = emo_directions::Accuracy::of(&run.read_replies(&name)?)?;
     println!("circuit modulation on {} test scenarios:\n{}", n, acc.markdown());

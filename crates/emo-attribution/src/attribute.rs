@@ -86,11 +86,7 @@ pub fn attribute(run: &RunDir, model: &Model, opts: &AttributeOptions) -> Result
         return Err(RunError::Invalid("batch size must be at least 1".into()));
     }
     let manifest = run.require_manifest()?;
-    let info = manifest
-        .stages
-        .get(ELICIT)
-        .filter(|i| i.stats.complete)
-        .ok_or_else(|| RunError::Invalid(format!("{}: no complete elicitation; run `emo elicit` first", run.path.display())))?;
+    let info = manifest.complete_elicitation(&run.path)?;
     let dataset = info.dataset(ELICIT)?;
     let cfg = model.transformer.config();
     if (cfg.n_layers, cfg.d_model) != (manifest.model.n_layers, manifest.model.d_model) {

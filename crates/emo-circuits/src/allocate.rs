@@ -107,52 +107,44 @@ pub fn allocate_kind(what: &str, importance: &[f64], total: usize, min: usize, c
     let cap = (cap_ratio * total as f64).floor() as usize;
     let raw: Vec<f64> = w.iter().map(|w| w * rem as f64).collect();
     let mut extra: Vec<usize> = raw.iter().map(|r| (r.floor() as usize).min(cap)).collect();
-    let mut left = rem - extra.iter().sum::<usize>();
     // Descending fractional part; `sort_by` is stable, so ties keep layer order.
     let mut order: Vec<usize> = (0..l).collect();
     order.sort_by(|&a, &b| (raw[b] - raw[b].floor()).total_cmp(&(raw[a] - raw[a].floor())));
-    while left > 0 {
-        let before = left;
-        for &i in &order {
-            if left == 0 {
-                break;
-            }
-            if extra[i] < cap {
-                extra[i] += 1;
-                left -= 1;
-            }
-        }
-        if left == before {
-            // Every layer is at the cap: what is left goes to the layers below capacity, in the same order.
-            break;
-        }
-    }
+    let floors: usize = extra.iter().sum();
+    let left = hand_out(&mut extra, &order, rem - floors, cap);
     let mut k: Vec<usize> = extra.iter().map(|e| e + min).collect();
     // Backfill: units a layer cannot hold (and any remainder the cap left) go to layers with room, largest
     // weight first (ties by layer index), one at a time.
-    let mut spill: usize = left + k.iter().map(|&k| k.saturating_sub(capacity)).sum::<usize>();
+    let spill: usize = left + k.iter().map(|&k| k.saturating_sub(capacity)).sum::<usize>();
     for k in &mut k {
         *k = (*k).min(capacity);
     }
     let mut by_weight: Vec<usize> = (0..l).collect();
     by_weight.sort_by(|&a, &b| w[b].total_cmp(&w[a]));
-    while spill > 0 {
-        let before = spill;
-        for &i in &by_weight {
-            if spill == 0 {
+    hand_out(&mut k, &by_weight, spill, capacity);
+    debug_assert_eq!(k.iter().sum::<usize>(), total);
+    Ok(k)
+}
+
+/// Gives `left` units one at a time to the layers in `order`, round after round, skipping layers at
+/// `limit`; returns what no layer could take.
+fn hand_out(k: &mut [usize], order: &[usize], mut left: usize, limit: usize) -> usize {
+    while left > 0 {
+        let before = left;
+        for &i in order {
+            if left == 0 {
                 break;
             }
-            if k[i] < capacity {
+            if k[i] < limit {
                 k[i] += 1;
-                spill -= 1;
+                left -= 1;
             }
         }
-        if spill == before {
+        if left == before {
             break;
         }
     }
-    debug_assert_eq!(k.iter().sum::<usize>(), total);
-    Ok(k)
+    left
 }
 
 #[cfg(test)]

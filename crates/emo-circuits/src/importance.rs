@@ -69,7 +69,8 @@ impl Sublayer {
 /// sigma `[2, n_layers]` (attention site, MLP site): the mean over samples of the RMS of the last-token
 /// residual.
 pub fn sigma(acts: &Activations) -> Tensor {
-    let rms = |t: &Tensor| t.to_kind(Kind::Double).square().mean_dim(2, false, Kind::Double).sqrt().mean_dim(0, false, Kind::Double);
+    // Per-sample RMS in f32 (a full split's site is 0.2 GB; in f64 it would double), then the mean in f64.
+    let rms = |t: &Tensor| t.square().mean_dim(2, false, Kind::Float).sqrt().to_kind(Kind::Double).mean_dim(0, false, Kind::Double);
     Tensor::stack(&SUBLAYERS.map(|s| rms(acts.site(s.site()))), 0)
 }
 
@@ -311,11 +312,7 @@ pub fn sublayer_importance(run: &RunDir, model: &Model, opts: &ImportanceOptions
     }
     let cfg = model.transformer.config().clone();
     let manifest = run.require_manifest()?;
-    let info = manifest
-        .stages
-        .get(ELICIT)
-        .filter(|i| i.stats.complete)
-        .ok_or_else(|| RunError::Invalid(format!("{}: no complete elicitation; run `emo elicit` first", run.path.display())))?;
+    let info = manifest.complete_elicitation(&run.path)?;
     let dataset = info.dataset(ELICIT)?;
     let scenarios = dataset.scenarios()?;
     let dirs = EmotionDirections::load(&run.directions()).map_err(|e| RunError::Invalid(format!("{e} (run `emo directions` first)")))?;

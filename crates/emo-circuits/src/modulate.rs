@@ -17,14 +17,14 @@
 use std::path::Path;
 
 use emo_data::{Emotion, PromptItem, Scenario, Valence};
-use emo_directions::run::{DatasetInfo, GenerationSettings, ModulationSettings, PromptKind, RowEdits, Stage, StageSettings};
+use emo_directions::run::{DatasetInfo, ModulationSettings, PromptKind, RowEdits, Stage, StageSettings};
 use emo_model::{ChatMessage, Edit, GenerationConfig, HookPoint, HookSet, Intervention, Interventions, Model, Positions, TransformerConfig};
-use emo_run::store::sha256_file;
+use emo_run::store::sha256_bytes;
 use emo_run::{Result, RunError};
 use tch::Tensor;
 
 use crate::allocate::Shape;
-use crate::circuit::{circuit_file, delta_mu_file, CircuitSet};
+use crate::circuit::CircuitSet;
 
 /// The model shape a circuit set must fit.
 pub fn shape_of(cfg: &TransformerConfig) -> Shape {
@@ -123,27 +123,30 @@ impl Default for ModulateOptions {
     }
 }
 
-/// sha256 of every file of a circuits folder that modulation reads, in a fixed order.
-pub fn circuits_identity(dir: &Path, set: &CircuitSet) -> Result<Vec<String>> {
+/// The identity of a circuit set as a modulation stage records it: the sha256 of each circuit (its JSON) and
+/// of the delta_mu values, whatever layout they were read from, so a resumed stage notices any change.
+pub fn circuits_identity(set: &CircuitSet) -> Result<Vec<String>> {
     let mut out = Vec::new();
     for c in &set.circuits {
-        out.push(sha256_file(&circuit_file(dir, c.emotion)).unwrap_or_else(|_| format!("{} (imported)", c.emotion)));
+        let json = serde_json::to_vec(c).map_err(|e| RunError::Invalid(format!("circuit of {}: {e}", c.emotion)))?;
+        out.push(format!("{}: {}", c.emotion, sha256_bytes(&json)));
     }
-    let dmu = delta_mu_file(dir);
-    out.push(if dmu.exists() { sha256_file(&dmu)? } else { "authors' delta_mu arrays".into() });
+    for (name, t) in [("delta_mu attn", &set.delta_mu_attn), ("delta_mu mlp", &set.delta_mu_mlp)] {
+        let values = Vec::<f32>::try_from(t.to_kind(tch::Kind::Float).reshape([-1]))?;
+        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        out.push(format!("{name}: {}", sha256_bytes(&bytes)));
+    }
     Ok(out)
 }
 
 /// The modulation stage over `scenarios`: every scenario x valence for each emotion of `opts`, emotion-major,
-/// in full batches whose rows may hold different emotions. `identity` is [`circuits_identity`].
-#[allow(clippy::too_many_arguments)]
+/// in full batches whose rows may hold different emotions; the settings record [`circuits_identity`].
 pub fn modulation_stage<'a>(
     name: String,
     scenarios: &'a [Scenario],
     dataset: DatasetInfo,
     judge: &str,
     circuits: &'a CircuitSet,
-    identity: Vec<String>,
     cfg: &TransformerConfig,
     opts: &ModulateOptions,
 ) -> Result<Stage<'a>> {
@@ -174,22 +177,15 @@ pub fn modulation_stage<'a>(
     let mut modulation = Modulation::new(circuits);
     modulation.scales = opts.scales;
     let settings = ModulationSettings {
-        circuits: identity,
+        circuits: circuits_identity(circuits)?,
         scales: opts.scales.to_vec(),
         neuron_positions: modulation.neuron_positions.to_string(),
         head_positions: modulation.head_positions.to_string(),
     };
     Ok(Stage {
         settings: StageSettings {
-            dataset,
-            batch_size: opts.batch_size,
-            generation: GenerationSettings::from(&opts.generation),
-            judge: judge.to_string(),
-            prompt: PromptKind::Neutral,
-            capture: false,
-            steering: None,
-            per_row_steering: false,
             modulation: Some(settings),
+            ..StageSettings::plain(dataset, opts.batch_size, &opts.generation, judge, PromptKind::Neutral)
         },
         name,
         scenarios,

@@ -8,7 +8,7 @@ use clap::{Args, Subcommand};
 use emo_attribution::{Attribution, SampleFilter};
 use emo_circuits::circuit::CircuitSet;
 use emo_circuits::importance::{read_csv, SublayerImportance};
-use emo_circuits::modulate::{circuits_identity, shape_of};
+use emo_circuits::modulate::shape_of;
 use emo_circuits::report::circuits_dir;
 use emo_circuits::{allocate, modulation_stage, sublayer_importance, Budget, ImportanceOptions, ModulateOptions, Shape};
 use emo_data::{Emotion, Split};
@@ -207,7 +207,8 @@ pub fn modulate_cmd(a: &ModulateArgs) -> Result<()> {
     let run = RunDir::new(&a.run);
     let model = a.model.load(&run)?;
     let cfg = model.transformer.config().clone();
-    let dir = a.circuits.clone().unwrap_or_else(|| circuits_dir(&run, a.samples.parse().unwrap_or(SampleFilter::Accepted)));
+    let samples: SampleFilter = a.samples.parse()?;
+    let dir = a.circuits.clone().unwrap_or_else(|| circuits_dir(&run, samples));
     let set = CircuitSet::load(&dir, shape_of(&cfg), cfg.n_heads * cfg.d_head)
         .with_context(|| format!("reading circuits from {} (run `emo circuits build` first)", dir.display()))?;
     let mut scales = [a.scale; 6];
@@ -231,8 +232,7 @@ pub fn modulate_cmd(a: &ModulateArgs) -> Result<()> {
         !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) && name != "elicit",
         "--stage `{name}`: use letters, digits, '-', '_' or '.', and not `elicit`"
     );
-    let identity = circuits_identity(&dir, &set)?;
-    let stage = modulation_stage(name.clone(), &scenarios, info, &judge.name(), &set, identity, &cfg, &opts)?;
+    let stage = modulation_stage(name.clone(), &scenarios, info, &judge.name(), &set, &cfg, &opts)?;
     let stats = run_stage(&run, &model, judge.as_mut(), &stage)?;
     let fig1 = emo_circuits::figures::write_modulation_pca(&run.figures(), &model, &set, &emo_data::sev::spread(&scenarios, 8))?;
     let records = run.read_replies(&name)?;
@@ -267,7 +267,7 @@ pub struct PaperArgs {
     /// Scenarios per split, spread over the themes.
     #[arg(long, default_value_t = 8)]
     pub limit: usize,
-    /// Every scenario of both splits.
+    /// Every scenario of both splits (several hours on a 2-core CPU: docs/performance.md).
     #[arg(long)]
     pub full: bool,
     #[command(flatten)]
@@ -341,7 +341,7 @@ pub fn paper(a: &PaperArgs) -> Result<()> {
     let mut judge = a.judge.load()?;
     let opts = ModulateOptions { batch_size: a.batch, progress: !a.quiet, ..Default::default() };
     let name = format!("modulation-{split}");
-    let stage = modulation_stage(name, &scenarios, info, &judge.name(), &set, circuits_identity(&dir, &set)?, &cfg, &opts)?;
+    let stage = modulation_stage(name, &scenarios, info, &judge.name(), &set, &cfg, &opts)?;
     run_stage(&run, &model, judge.as_mut(), &stage)?;
     emo_circuits::figures::write_modulation_pca(&run.figures(), &model, &set, &emo_data::sev::spread(&scenarios, 8))?;
     times.push(("circuit modulation", step.elapsed().as_secs_f64()));

@@ -6,7 +6,7 @@ use emo_model::{GenerationConfig, Model};
 
 use crate::error::{DirectionsError, Result};
 use crate::run::{
-    DatasetInfo, GenerationSettings, Manifest, ModelInfo, PromptKind, RunDir, Stage, StageSettings, ELICIT,
+    DatasetInfo, Manifest, ModelInfo, PromptKind, RunDir, Stage, StageSettings, ELICIT,
 };
 
 /// How to run an elicitation.
@@ -58,16 +58,9 @@ pub fn elicitation_stage<'a>(
     let items = PromptItem::all(scenarios);
     Ok(Stage {
         settings: StageSettings {
-            dataset,
-            batch_size: opts.batch_size,
-            generation: GenerationSettings::from(&opts.generation),
-            judge: judge.to_string(),
-            prompt: PromptKind::Elicitation,
             // Only the run's own elicitation feeds the directions.
             capture: opts.capture && name == ELICIT,
-            steering: None,
-            per_row_steering: false,
-            modulation: None,
+            ..StageSettings::plain(dataset, opts.batch_size, &opts.generation, judge, PromptKind::Elicitation)
         },
         name,
         scenarios,

@@ -97,6 +97,23 @@ pub struct StageSettings {
     pub modulation: Option<ModulationSettings>,
 }
 
+impl StageSettings {
+    /// Plain generation over `dataset`: no capture, no edits (fill those in with struct update syntax).
+    pub fn plain(dataset: DatasetInfo, batch_size: usize, generation: &GenerationConfig, judge: &str, prompt: PromptKind) -> Self {
+        StageSettings {
+            dataset,
+            batch_size,
+            generation: GenerationSettings::from(generation),
+            judge: judge.to_string(),
+            prompt,
+            capture: false,
+            steering: None,
+            per_row_steering: false,
+            modulation: None,
+        }
+    }
+}
+
 /// The circuit modulation of a generating stage (paper section 7; the edits themselves come from the
 /// circuits crate as [`RowEdits`]).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -5,7 +5,7 @@ use emo_model::{GenerationConfig, Positions, TransformerConfig};
 
 use crate::directions::{EmotionDirections, Site};
 use crate::error::{DirectionsError, Result};
-use crate::run::{DatasetInfo, GenerationSettings, PromptKind, Stage, StageSettings, Steering, SteeringSettings};
+use crate::run::{DatasetInfo, PromptKind, Stage, StageSettings, Steering, SteeringSettings};
 
 /// How to steer.
 #[derive(Clone, Debug)]
@@ -81,15 +81,9 @@ pub fn steering_stage<'a>(
     let settings = SteeringSettings { alpha: opts.alpha, layers, site: opts.site, positions: opts.positions.to_string() };
     Ok(Stage {
         settings: StageSettings {
-            dataset,
-            batch_size: opts.batch_size,
-            generation: GenerationSettings::from(&opts.generation),
-            judge: judge.to_string(),
-            prompt: PromptKind::Neutral,
-            capture: false,
             steering: Some(settings.clone()),
             per_row_steering: true,
-            modulation: None,
+            ..StageSettings::plain(dataset, opts.batch_size, &opts.generation, judge, PromptKind::Neutral)
         },
         name,
         scenarios,

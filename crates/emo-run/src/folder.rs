@@ -352,6 +352,17 @@ pub struct Manifest {
 }
 
 impl Manifest {
+    /// The run's elicitation, which sections 6 and 7 read: an error naming `run` when it is missing or not
+    /// complete.
+    pub fn complete_elicitation(&self, run: &Path) -> Result<&StageInfo> {
+        self.stages
+            .get(ELICIT)
+            .filter(|i| i.stats.complete)
+            .ok_or_else(|| RunError::Invalid(format!("{}: no complete elicitation; run `emo elicit` first", run.display())))
+    }
+}
+
+impl Manifest {
     /// A manifest for a new run with `model`, recording the versions of the crates below the section crates,
     /// of tch and of the LibTorch linked.
     pub fn new(model: ModelInfo) -> Manifest {
