@@ -285,12 +285,9 @@ pub fn report(a: &ReportArgs) -> Result<()> {
     emit(format!("wrote {}\n", path.display()))
 }
 
-/// `emo section5`: the whole of paper section 5 on one model.
+/// What a whole-pipeline command (`emo section5`, `emo paper`) runs on: model, data, judge, batch.
 #[derive(Args, Clone, Debug)]
-pub struct Section5Args {
-    /// The run folder (an unfinished run there is resumed).
-    #[arg(long, default_value = "runs/section5")]
-    pub out: PathBuf,
+pub struct PipelineArgs {
     #[command(flatten)]
     pub model: ModelArgs,
     /// A folder with sev.jsonl and test_set.jsonl (the paper's files); default: built-in.
@@ -299,7 +296,7 @@ pub struct Section5Args {
     /// Scenarios per split, spread over the themes (the default finishes in minutes on a laptop CPU).
     #[arg(long, default_value_t = 8)]
     pub limit: usize,
-    /// Every scenario of both splits (2,880 prompts per split and step).
+    /// Every scenario of both splits (2,880 prompts per split and step; hours on a 2-core CPU).
     #[arg(long)]
     pub full: bool,
     #[command(flatten)]
@@ -307,22 +304,49 @@ pub struct Section5Args {
     /// Prompts per batch (32: the best throughput per prompt on a 2-core CPU within 2 GB).
     #[arg(long, default_value_t = 32)]
     pub batch: usize,
-    /// Group filter for the directions: complete (the paper), all, or auto (complete when at least a quarter
-    /// of the groups are complete, else all: small models rarely follow the emotion instruction).
-    #[arg(long, default_value = "auto")]
-    pub groups: String,
     /// No progress bars.
     #[arg(long)]
     pub quiet: bool,
 }
 
-pub fn section5(a: &Section5Args) -> Result<()> {
-    let limit = (!a.full).then_some(a.limit);
-    let data = |split: &str| DataArgs { dataset: a.dataset.clone(), split: Some(split.into()), limit };
+impl PipelineArgs {
+    /// `--limit`, or none with `--full`.
+    pub fn limit(&self) -> Option<usize> {
+        (!self.full).then_some(self.limit)
+    }
+
+    /// The data of `split` these arguments select.
+    pub fn data(&self, split: &str) -> DataArgs {
+        DataArgs { dataset: self.dataset.clone(), split: Some(split.into()), limit: self.limit() }
+    }
+
+    /// The device options for commands that run the run's own model.
+    pub fn run_model(&self) -> RunModelArgs {
+        RunModelArgs { device: self.model.device.clone(), dtype: self.model.dtype.clone(), threads: self.model.threads }
+    }
+}
+
+/// `emo section5`: the whole of paper section 5 on one model.
+#[derive(Args, Clone, Debug)]
+pub struct Section5Args {
+    /// The run folder (an unfinished run there is resumed).
+    #[arg(long, default_value = "runs/section5")]
+    pub out: PathBuf,
+    #[command(flatten)]
+    pub pipeline: PipelineArgs,
+    /// Group filter for the directions: complete (the paper), all, or auto (complete when at least a quarter
+    /// of the groups are complete, else all: small models rarely follow the emotion instruction).
+    #[arg(long, default_value = "auto")]
+    pub groups: String,
+}
+
+pub fn section5(s5: &Section5Args) -> Result<()> {
+    let a = &s5.pipeline;
+    let data = |split: &str| a.data(split);
     let t = Instant::now();
     for split in ["sev", "test"] {
         elicit(&ElicitArgs {
-            out: a.out.clone(),
+            out: s5.out.clone(),
             model: a.model.clone(),
             data: data(split),
             judge: a.judge.clone(),
@@ -332,10 +356,10 @@ pub fn section5(a: &Section5Args) -> Result<()> {
             quiet: a.quiet,
         })?;
     }
-    let run = RunDir::new(&a.out);
-    directions(&DirectionsArgs { run: a.out.clone(), all_groups: false, groups: a.groups.clone(), npz: true, no_analysis: false })?;
+    let run = RunDir::new(&s5.out);
+    directions(&DirectionsArgs { run: s5.out.clone(), all_groups: false, groups: s5.groups.clone(), npz: true, no_analysis: false })?;
     steer(&SteerArgs {
-        run: a.out.clone(),
+        run: s5.out.clone(),
         data: data("test"),
         judge: a.judge.clone(),
         directions: None,
@@ -344,10 +368,10 @@ pub fn section5(a: &Section5Args) -> Result<()> {
         positions: "last-prompt-and-generated".into(),
         batch: a.batch,
         max_new_tokens: 100,
-        model: RunModelArgs { device: a.model.device.clone(), dtype: a.model.dtype.clone(), threads: a.model.threads },
+        model: a.run_model(),
         stage: None,
         quiet: a.quiet,
     })?;
-    report(&ReportArgs { run: a.out.clone() })?;
+    report(&ReportArgs { run: s5.out.clone() })?;
     emit(format!("section 5 done in {:.0} s; report: {}\n", t.elapsed().as_secs_f64(), run.report().display()))
 }

@@ -16,7 +16,7 @@ use emo_directions::run::run_stage;
 use emo_directions::RunDir;
 use emo_model::GenerationConfig;
 
-use crate::section5::{DataArgs, JudgeArgs};
+use crate::section5::{DataArgs, JudgeArgs, PipelineArgs};
 use crate::{emit, ModelArgs, RunModelArgs};
 
 /// `emo importance`.
@@ -260,18 +260,7 @@ pub struct PaperArgs {
     #[arg(long, default_value = "runs/paper")]
     pub out: PathBuf,
     #[command(flatten)]
-    pub model: ModelArgs,
-    /// A folder with sev.jsonl and test_set.jsonl (the paper's files); default: built-in.
-    #[arg(long)]
-    pub dataset: Option<PathBuf>,
-    /// Scenarios per split, spread over the themes.
-    #[arg(long, default_value_t = 8)]
-    pub limit: usize,
-    /// Every scenario of both splits (several hours on a 2-core CPU: docs/performance.md).
-    #[arg(long)]
-    pub full: bool,
-    #[command(flatten)]
-    pub judge: JudgeArgs,
+    pub pipeline: PipelineArgs,
     /// Which elicitation samples rank units and give importance prompts: accepted (the paper) or all (the
     /// default here: small models rarely pass the judge).
     #[arg(long, default_value = "all")]
@@ -279,34 +268,18 @@ pub struct PaperArgs {
     /// Random controls per k in the section-6 sweeps.
     #[arg(long, default_value_t = 3)]
     pub seeds: usize,
-    /// Prompts per batch.
-    #[arg(long, default_value_t = 32)]
-    pub batch: usize,
-    /// No progress bars.
-    #[arg(long)]
-    pub quiet: bool,
 }
 
-pub fn paper(a: &PaperArgs) -> Result<()> {
+pub fn paper(p: &PaperArgs) -> Result<()> {
     use emo_attribution::sweeps::{run_sweep, EditPositions, SweepKind, SweepOptions, Units};
+    let a = &p.pipeline;
     let t = Instant::now();
     let mut times = Vec::new();
-    crate::section5::section5(&crate::section5::Section5Args {
-        out: a.out.clone(),
-        model: a.model.clone(),
-        dataset: a.dataset.clone(),
-        limit: a.limit,
-        full: a.full,
-        judge: a.judge.clone(),
-        batch: a.batch,
-        groups: "auto".into(),
-        quiet: a.quiet,
-    })?;
+    crate::section5::section5(&crate::section5::Section5Args { out: p.out.clone(), pipeline: a.clone(), groups: "auto".into() })?;
     times.push(("section 5", t.elapsed().as_secs_f64()));
-    let run = RunDir::new(&a.out);
-    let run_model = RunModelArgs { device: a.model.device.clone(), dtype: a.model.dtype.clone(), threads: a.model.threads };
-    let model = run_model.load(&run)?;
-    let samples: SampleFilter = a.samples.parse()?;
+    let run = RunDir::new(&p.out);
+    let model = a.run_model().load(&run)?;
+    let samples: SampleFilter = p.samples.parse()?;
     let step = Instant::now();
     let attribution = emo_attribution::attribute(&run, &model, &emo_attribution::AttributeOptions { samples, batch_size: a.batch, progress: !a.quiet })?;
     emo_attribution::figures::write_figures(&run, &attribution)?;
@@ -317,9 +290,9 @@ pub fn paper(a: &PaperArgs) -> Result<()> {
         for units in [Units::Neurons, Units::Heads] {
             let mut opts = SweepOptions::paper(kind, units, &cfg);
             opts.positions = EditPositions::Last;
-            opts.seeds = a.seeds;
+            opts.seeds = p.seeds;
             opts.samples = samples;
-            opts.limit = (!a.full).then_some(a.limit);
+            opts.limit = a.limit();
             opts.progress = !a.quiet;
             let rows = run_sweep(&run, &model, &opts)?;
             emo_attribution::figures::write_sweep_figure(&run, &opts, &rows)?;
@@ -336,8 +309,7 @@ pub fn paper(a: &PaperArgs) -> Result<()> {
     let dir = circuits_dir(&run, samples);
     set.save(&dir)?;
     let step = Instant::now();
-    let data = DataArgs { dataset: a.dataset.clone(), split: Some("test".into()), limit: (!a.full).then_some(a.limit) };
-    let (split, scenarios, info) = data.load(Split::Test)?;
+    let (split, scenarios, info) = a.data("test").load(Split::Test)?;
     let mut judge = a.judge.load()?;
     let opts = ModulateOptions { batch_size: a.batch, progress: !a.quiet, ..Default::default() };
     let name = format!("modulation-{split}");
@@ -346,7 +318,7 @@ pub fn paper(a: &PaperArgs) -> Result<()> {
     emo_circuits::figures::write_modulation_pca(&run.figures(), &model, &set, &emo_data::sev::spread(&scenarios, 8))?;
     times.push(("circuit modulation", step.elapsed().as_secs_f64()));
     drop(model);
-    crate::section5::report(&crate::section5::ReportArgs { run: a.out.clone() })?;
+    crate::section5::report(&crate::section5::ReportArgs { run: p.out.clone() })?;
     let lines: Vec<String> = times.iter().map(|(what, s)| format!("  {what}: {s:.0} s")).collect();
     emit(format!("paper (sections 5-7) done in {:.0} s:\n{}\nreport: {}\n", t.elapsed().as_secs_f64(), lines.join("\n"), run.report().display()))
 }

@@ -144,7 +144,34 @@ fn serialize(path: &Path, raw: Vec<(String, Dtype, Vec<i64>, Vec<u8>)>, metadata
     let meta: HashMap<String, String> = metadata.clone().into_iter().collect();
     let bytes = safetensors::serialize(views, Some(meta))
         .map_err(|e| Error::Format { path: path.into(), msg: format!("cannot serialise: {e}") })?;
+    let bytes = canonical_header(bytes).map_err(|msg| Error::Format { path: path.into(), msg })?;
     write_atomic(path, &bytes)
+}
+
+/// safetensors writes the metadata from a `HashMap`, in an order that changes from run to run; runs identify
+/// their inputs by sha256, so the same tensors and metadata must give the same bytes: the header's keys are
+/// sorted (same characters, so the same length and offsets).
+fn canonical_header(mut bytes: Vec<u8>) -> std::result::Result<Vec<u8>, String> {
+    fn sorted(v: serde_json::Value) -> serde_json::Value {
+        match v {
+            serde_json::Value::Object(m) => {
+                let b: BTreeMap<String, serde_json::Value> = m.into_iter().map(|(k, v)| (k, sorted(v))).collect();
+                serde_json::Value::Object(b.into_iter().collect())
+            }
+            other => other,
+        }
+    }
+    let n = bytes.get(..8).map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")) as usize).ok_or("no header")?;
+    let end = 8usize.checked_add(n).filter(|&e| e <= bytes.len()).ok_or("header longer than the file")?;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..end]).map_err(|e| format!("header: {e}"))?;
+    let mut text = serde_json::to_vec(&sorted(header)).map_err(|e| format!("header: {e}"))?;
+    if text.len() > n {
+        return Err(format!("sorted header is {} bytes, the original {n}", text.len()));
+    }
+    // safetensors pads its header with spaces to 8-byte alignment.
+    text.resize(n, b' ');
+    bytes[8..end].copy_from_slice(&text);
+    Ok(bytes)
 }
 
 /// Tensors and metadata read from a safetensors file.
@@ -207,4 +234,30 @@ pub fn read_tensors_exact(path: &Path) -> Result<TensorFile> {
         tensors.insert(name, Tensor::from_data_size(view.data(), &shape, kind));
     }
     Ok(TensorFile { tensors, metadata })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_same_tensors_and_metadata_give_the_same_bytes() {
+        let dir = std::env::temp_dir().join(format!("emo-steer-canonical-{}", std::process::id()));
+        let meta: BTreeMap<String, String> = (0..12).map(|i| (format!("key{i}"), format!("value {i}"))).collect();
+        let tensors = [("b".to_string(), Tensor::from_slice(&[1.0f32, 2.0, 3.0])), ("a".to_string(), Tensor::from_slice(&[4.0f64]))];
+        // A HashMap's order differs between instances, so several writes would differ without the sorting.
+        let files: Vec<Vec<u8>> = (0..4)
+            .map(|i| {
+                let path = dir.join(format!("{i}.safetensors"));
+                write_tensors_exact(&path, &tensors, &meta).unwrap();
+                fs::read(&path).unwrap()
+            })
+            .collect();
+        assert!(files.windows(2).all(|w| w[0] == w[1]), "the files differ");
+        let path = dir.join("0.safetensors");
+        let mut f = read_tensors_exact(&path).unwrap();
+        assert_eq!(f.metadata, meta);
+        assert_eq!(Vec::<f32>::try_from(f.take(&path, "b", Some(&[3])).unwrap()).unwrap(), vec![1.0, 2.0, 3.0]);
+        let _ = fs::remove_dir_all(&dir);
+    }
 }
