@@ -199,7 +199,7 @@ fn modulation_tables(run: &RunDir, report: &mut Report, start: &mut dyn FnMut(&m
         report.heading(3, "Prompting, steering and circuit modulation on the test split");
         report.paragraph(
             "Accuracy by this run's judge; ended = replies that stopped at an end token before the limit; distinct-2 = distinct word \
-             bigrams / all bigrams over the stage's replies (low: repetition; steering that produces word salad stays high but rarely ends).",
+             bigrams / all bigrams over the stage's replies (low: the same words over and over).",
         );
         report.table(&["method", "accuracy (%)", "ended", "distinct-2", "replies"], &side);
     }
