@@ -6,7 +6,6 @@
 use std::time::Instant;
 
 use emo_circuits::circuit::CircuitSet;
-use emo_circuits::modulate::shape_of;
 use emo_circuits::Modulation;
 use emo_data::{Dataset, Emotion, Split, Valence};
 use emo_model::{GenerationConfig, HookSet, LoadOptions, Model};
@@ -20,7 +19,7 @@ fn main() -> anyhow::Result<()> {
     let device = emo_model::device::parse_device(&args.next().unwrap_or_else(|| "cpu".into()))?;
     let model = Model::load("smollm2-135m", LoadOptions { device, ..Default::default() })?;
     let cfg = model.transformer.config();
-    let set = CircuitSet::load(&dir, shape_of(cfg), cfg.n_heads * cfg.d_head)?;
+    let set = CircuitSet::load_for(&dir, cfg)?;
     let scenarios = emo_data::sev::spread(Dataset::builtin().split(Split::Test), rows.div_ceil(3));
     let prompts = scenarios
         .iter()

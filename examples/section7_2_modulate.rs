@@ -4,7 +4,6 @@
 //! `cargo run --release --example section7_2_modulate -- RUN [SCENARIOS] [accepted|all] [DEVICE]` after
 //! `section7_1_circuits`.
 use emo_circuits::circuit::CircuitSet;
-use emo_circuits::modulate::shape_of;
 use emo_circuits::report::circuits_dir;
 use emo_circuits::{modulation_stage, ModulateOptions};
 use emo_data::Split;
@@ -21,7 +20,7 @@ fn main() -> anyhow::Result<()> {
     let model = Model::load(&manifest.model.path, LoadOptions { device, ..Default::default() })?;
     let cfg = model.transformer.config();
     let dir = circuits_dir(&run, samples);
-    let set = CircuitSet::load(&dir, shape_of(cfg), cfg.n_heads * cfg.d_head)?;
+    let set = CircuitSet::load_for(&dir, cfg)?;
     // The test split of the data the run was elicited on.
     let source = manifest.stages.get(ELICIT).map(|s| s.dataset(ELICIT)).transpose()?.map_or("builtin".to_string(), |d| d.source);
     let all = emo_data::sev::load_split((source != "builtin").then(|| std::path::Path::new(&source)), Split::Test)?;

@@ -31,6 +31,13 @@ pub fn shape_of(cfg: &TransformerConfig) -> Shape {
     Shape { n_layers: cfg.n_layers, n_heads: cfg.n_heads, d_mlp: cfg.d_mlp }
 }
 
+impl CircuitSet {
+    /// [`CircuitSet::load`] for a model of configuration `cfg`.
+    pub fn load_for(dir: &Path, cfg: &TransformerConfig) -> Result<CircuitSet> {
+        CircuitSet::load(dir, shape_of(cfg), cfg.n_heads * cfg.d_head)
+    }
+}
+
 /// The edits of a circuit set, ready to build per-row hooks.
 pub struct Modulation<'c> {
     /// The circuits and their delta_mu.
@@ -208,7 +215,7 @@ impl<'m> Modulator<'m> {
     /// Loads a circuits folder (written by `emo circuits build`, or in the authors' layout) for `model`.
     pub fn from_dir(model: &'m Model, dir: &Path) -> Result<Self> {
         let cfg = model.transformer.config();
-        let circuits = CircuitSet::load(dir, shape_of(cfg), cfg.n_heads * cfg.d_head)?;
+        let circuits = CircuitSet::load_for(dir, cfg)?;
         Ok(Modulator { model, circuits, generation: GenerationConfig::modulation() })
     }
 

@@ -142,7 +142,7 @@ fn modulation_on(run: &RunDir) {
     let neg: Vec<ChatMessage> = messages(emo_data::Valence::Negative);
     let pos: Vec<ChatMessage> = messages(emo_data::Valence::Positive);
     let cfg = m.transformer.config();
-    let circuits = CircuitSet::load(&circuits_dir(run, SampleFilter::All), shape_of(cfg), cfg.n_heads * cfg.d_head).unwrap();
+    let circuits = CircuitSet::load_for(&circuits_dir(run, SampleFilter::All), cfg).unwrap();
     let mut modulator = Modulator::new(m, circuits);
     modulator.generation.max_new_tokens = 12;
     let plain = modulator.chat_batch(&[(neg.clone(), None)]).unwrap();
@@ -164,7 +164,7 @@ fn modulation_on(run: &RunDir) {
         progress: false,
         ..Default::default()
     };
-    let loaded = CircuitSet::load(&dir, shape_of(cfg), cfg.n_heads * cfg.d_head).unwrap();
+    let loaded = CircuitSet::load_for(&dir, cfg).unwrap();
     let stage = modulation_stage("modulation-test".into(), &scen, info.clone(), "yes", &loaded, cfg, &opts).unwrap();
     let stats = run_stage(run, m, &mut Yes, &stage).unwrap();
     assert_eq!(stats.prompts, 6);

@@ -156,7 +156,7 @@ pub fn circuits_cmd(c: &CircuitsCommand) -> Result<()> {
         CircuitsCommand::Show { dir, model } => {
             let m = model.load()?;
             let cfg = m.transformer.config();
-            let set = CircuitSet::load(dir, shape_of(cfg), cfg.n_heads * cfg.d_head)?;
+            let set = CircuitSet::load_for(dir, cfg)?;
             let ((nm, ns), (hm, hs)) = emo_circuits::circuit::overlap(&set.circuits);
             emit(format!("{}\noverlap (Jaccard): neurons {nm:.3} ± {ns:.3}, heads {hm:.3} ± {hs:.3}\n", emo_circuits::report::describe(&set)))
         }
@@ -209,7 +209,7 @@ pub fn modulate_cmd(a: &ModulateArgs) -> Result<()> {
     let cfg = model.transformer.config().clone();
     let samples: SampleFilter = a.samples.parse()?;
     let dir = a.circuits.clone().unwrap_or_else(|| circuits_dir(&run, samples));
-    let set = CircuitSet::load(&dir, shape_of(&cfg), cfg.n_heads * cfg.d_head)
+    let set = CircuitSet::load_for(&dir, &cfg)
         .with_context(|| format!("reading circuits from {} (run `emo circuits build` first)", dir.display()))?;
     let mut scales = [a.scale; 6];
     for s in &a.scales {
