@@ -271,11 +271,8 @@ pub fn run_sweep(run: &RunDir, model: &Model, opts: &SweepOptions) -> Result<Vec
         .collect();
     // One bar over every emotion's rows (the baseline and every column), started at the rows earlier sessions
     // committed.
-    let total_rows: usize = per_emotion.iter().map(|(_, items, columns)| items.len() * (1 + columns.len())).sum();
-    let done_rows: usize = per_emotion.iter().map(|(e, _, _)| manifest.stages.get(&name(*e)).map_or(0, |s| s.stats.rows)).sum();
-    let bar = emo_run::stage::progress_bar(opts.progress, &format!("{} {} {}", opts.kind, opts.units, opts.positions), total_rows as u64, "rows");
-    bar.set_position(done_rows as u64);
-    bar.reset_eta();
+    let stages: Vec<(String, usize)> = per_emotion.iter().map(|(e, items, columns)| (name(*e), items.len() * (1 + columns.len()))).collect();
+    let bar = emo_run::stage::rows_bar(opts.progress, &format!("{} {} {}", opts.kind, opts.units, opts.positions), &manifest, &stages);
     let mut rows = Vec::new();
     for (emotion, items, columns) in per_emotion {
         bar.set_message(format!("{} {} {}: {}", opts.kind, opts.units, opts.positions, emotion.name()));

@@ -225,7 +225,7 @@ impl CircuitSet {
     /// Reads a folder [`CircuitSet::save`] wrote, or one in the authors' layout (see [`CircuitSet::import`]),
     /// checked against `shape` (`d_attn` = n_heads x d_head).
     pub fn load(dir: &Path, shape: Shape, d_attn: usize) -> Result<CircuitSet> {
-        let circuits = read_circuits(dir, shape)?;
+        let circuits = read_circuits(dir, Some(shape))?;
         let set = if delta_mu_file(dir).exists() {
             let path = delta_mu_file(dir);
             let mut f = read_tensors_exact(&path)?;
@@ -252,8 +252,9 @@ impl CircuitSet {
     }
 }
 
-/// The circuits of a folder, in `Emotion::ALL` order, each checked against `shape`.
-fn read_circuits(dir: &Path, shape: Shape) -> Result<Vec<Circuit>> {
+/// The circuits of a folder (`{emotion}.json`, or any `*.json` with an emotion and layers), in `Emotion::ALL`
+/// order, each checked against `shape` when one is given.
+pub fn read_circuits(dir: &Path, shape: Option<Shape>) -> Result<Vec<Circuit>> {
     let entries = std::fs::read_dir(dir).map_err(emo_run::error::io(dir))?;
     let mut files: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|x| x == "json")).collect();
     files.sort();
@@ -266,7 +267,9 @@ fn read_circuits(dir: &Path, shape: Shape) -> Result<Vec<Circuit>> {
             continue;
         }
         let c: Circuit = serde_json::from_value(value).map_err(|e| RunError::Format { path: path.clone(), msg: format!("not a circuit: {e}") })?;
-        c.check(shape, &path)?;
+        if let Some(shape) = shape {
+            c.check(shape, &path)?;
+        }
         if let Some((first, _)) = &found[c.emotion.index()] {
             return Err(RunError::Invalid(format!("two circuits for {}: {} and {}", c.emotion, first.display(), path.display())));
         }

@@ -341,11 +341,8 @@ pub fn sublayer_importance(run: &RunDir, model: &Model, opts: &ImportanceOptions
         })
         .collect::<Result<_>>()?;
     let columns = 1 + opts.alphas.len() * n_layers * 2;
-    let total_rows: usize = per_emotion.iter().map(|(_, p)| p.len() * columns).sum();
-    let done_rows: usize = per_emotion.iter().map(|(e, _)| manifest.stages.get(&stage_name(opts.samples, *e)).map_or(0, |s| s.stats.rows)).sum();
-    let bar = emo_run::stage::progress_bar(opts.progress, "sublayer importance", total_rows as u64, "rows");
-    bar.set_position(done_rows as u64);
-    bar.reset_eta();
+    let stages: Vec<(String, usize)> = per_emotion.iter().map(|(e, p)| (stage_name(opts.samples, *e), p.len() * columns)).collect();
+    let bar = emo_run::stage::rows_bar(opts.progress, "sublayer importance", &manifest, &stages);
     let mut per_alpha = Vec::new();
     let mut prompts_per_emotion = [0usize; 6];
     for (emotion, picked) in per_emotion {

@@ -84,7 +84,8 @@ pub fn section7(run: &RunDir, report: &mut Report) -> Result<()> {
     }
     for filter in [SampleFilter::Accepted, SampleFilter::All] {
         let dir = circuits_dir(run, filter);
-        let Ok(set) = read_set(&dir) else { continue };
+        // Not checked against a model shape: the report reads the run's own circuits.
+        let Ok(set) = crate::circuit::read_circuits(&dir, None) else { continue };
         start(report);
         report.heading(3, &format!("Circuits ({filter} samples)"));
         let c0 = &set[0];
@@ -122,20 +123,6 @@ pub fn section7(run: &RunDir, report: &mut Report) -> Result<()> {
         );
     }
     modulation_tables(run, report, &mut start)
-}
-
-fn read_set(dir: &std::path::Path) -> Result<Vec<crate::circuit::Circuit>> {
-    let mut out = Vec::new();
-    for e in Emotion::ALL {
-        let path = crate::circuit::circuit_file(dir, e);
-        if path.exists() {
-            out.push(emo_run::store::read_json(&path)?);
-        }
-    }
-    if out.is_empty() {
-        return Err(emo_run::RunError::Invalid(format!("{}: no circuits", dir.display())));
-    }
-    Ok(out)
 }
 
 /// Table 2 for every complete modulation stage, and prompting / steering / modulation side by side on the

@@ -245,11 +245,7 @@ pub fn steer(a: &SteerArgs) -> Result<()> {
         progress: !a.quiet,
         ..Default::default()
     };
-    let name = a.stage.clone().unwrap_or_else(|| format!("steering-{split}"));
-    anyhow::ensure!(
-        !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) && name != "elicit",
-        "--stage `{name}`: use letters, digits, '-', '_' or '.', and not `elicit`"
-    );
+    let name = check_stage_name(a.stage.as_deref(), &format!("steering-{split}"))?;
     let stage = steering_stage(name.clone(), &scenarios, info, &judge.name(), &directions, model.transformer.config(), &opts)?;
     let stats = run_stage(&run, &model, judge.as_mut(), &stage)?;
     let acc = emo_directions::Accuracy::of(&run.read_replies(&name)?)?;
@@ -267,6 +263,17 @@ pub fn steer(a: &SteerArgs) -> Result<()> {
         acc.markdown(),
         run.replies(&name).display()
     ))
+}
+
+/// A generating stage's name from `--stage` (default `default`): letters, digits, '-', '_' or '.', and not the
+/// elicitation's.
+pub(crate) fn check_stage_name(given: Option<&str>, default: &str) -> Result<String> {
+    let name = given.unwrap_or(default).to_string();
+    anyhow::ensure!(
+        !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) && name != "elicit",
+        "--stage `{name}`: use letters, digits, '-', '_' or '.', and not `elicit`"
+    );
+    Ok(name)
 }
 
 /// `emo report`.

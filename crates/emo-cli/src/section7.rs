@@ -227,11 +227,7 @@ pub fn modulate_cmd(a: &ModulateArgs) -> Result<()> {
         generation: GenerationConfig { max_new_tokens: a.max_new_tokens, ..GenerationConfig::modulation() },
         progress: !a.quiet,
     };
-    let name = a.stage.clone().unwrap_or_else(|| format!("modulation-{split}"));
-    anyhow::ensure!(
-        !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) && name != "elicit",
-        "--stage `{name}`: use letters, digits, '-', '_' or '.', and not `elicit`"
-    );
+    let name = crate::section5::check_stage_name(a.stage.as_deref(), &format!("modulation-{split}"))?;
     let stage = modulation_stage(name.clone(), &scenarios, info, &judge.name(), &set, &cfg, &opts)?;
     let stats = run_stage(&run, &model, judge.as_mut(), &stage)?;
     let fig1 = emo_circuits::figures::write_modulation_pca(&run.figures(), &model, &set, &emo_data::sev::spread(&scenarios, 8))?;

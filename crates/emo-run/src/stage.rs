@@ -151,6 +151,17 @@ pub fn part_file(parts: &Path, b: usize, ext: &str) -> PathBuf {
     parts.join(format!("{b:05}.{ext}"))
 }
 
+/// One bar of rows over several sweep stages, `(stage name, rows)` each, started at the rows `manifest` says
+/// earlier sessions committed to them (its ETA counts from now).
+pub fn rows_bar(show: bool, message: &str, manifest: &crate::folder::Manifest, stages: &[(String, usize)]) -> ProgressBar {
+    let total: usize = stages.iter().map(|(_, rows)| rows).sum();
+    let done: usize = stages.iter().map(|(name, _)| manifest.stages.get(name).map_or(0, |s| s.stats.rows)).sum();
+    let bar = progress_bar(show, message, total as u64, "rows");
+    bar.set_position(done as u64);
+    bar.reset_eta();
+    bar
+}
+
 /// A bar counting `total` `unit`s (prompts, rows), labelled `message`, with rate and ETA; hidden unless
 /// `show`. One bar may be shared by several stages or sweeps (see `Sweep::bar`).
 pub fn progress_bar(show: bool, message: &str, total: u64, unit: &str) -> ProgressBar {
