@@ -1,16 +1,17 @@
-//! Batched greedy decoding with left padding and a KV cache, with Hugging Face's semantics for
-//! `max_new_tokens`, `min_new_tokens`, `repetition_penalty` and `no_repeat_ngram_size` (spec section 3).
-//! Hooks stay active for the prompt and every generated token.
+//! Batched decoding with left padding and a KV cache, with Hugging Face's semantics for `max_new_tokens`,
+//! `min_new_tokens`, `repetition_penalty` and `no_repeat_ngram_size` (spec section 3), greedy or sampled
+//! ([`Sampling`]). Hooks stay active for the prompt and every generated token.
 use std::collections::HashSet;
 
 use tch::{Kind, Tensor};
 
 use crate::hooks::HookSet;
 use crate::kv_cache::DecodeState;
+use crate::sampling::{Sampler, Sampling};
 use crate::transformer::{LogitsFor, Transformer};
 use crate::{ModelError, Result};
 
-/// Decoding settings. Greedy only: the paper's runs are greedy.
+/// Decoding settings. Greedy by default: the paper's runs are greedy.
 #[derive(Clone, Debug, PartialEq)]
 pub struct GenerationConfig {
     /// Stop after this many new tokens.
@@ -27,6 +28,8 @@ pub struct GenerationConfig {
     pub ignore_eos: bool,
     /// Use the KV cache (off only to check it: every step then re-runs the whole sequence).
     pub use_cache: bool,
+    /// Greedy, or sampled with temperature, top-k, top-p and a seed.
+    pub sampling: Sampling,
 }
 
 impl Default for GenerationConfig {
@@ -39,6 +42,7 @@ impl Default for GenerationConfig {
             eos_token_ids: Vec::new(),
             ignore_eos: false,
             use_cache: true,
+            sampling: Sampling::greedy(),
         }
     }
 }
@@ -64,8 +68,10 @@ impl GenerationConfig {
         GenerationConfig { repetition_penalty: 1.1, ..Self::steering() }
     }
 
-    fn needs_host_logits(&self) -> bool {
-        self.repetition_penalty != 1.0 || self.no_repeat_ngram_size > 0 || self.min_new_tokens > 0
+    /// Whether choosing a token needs the logits on the host (processors or sampling); plain greedy
+    /// decoding takes the argmax on the device.
+    pub fn needs_host_logits(&self) -> bool {
+        self.repetition_penalty != 1.0 || self.no_repeat_ngram_size > 0 || self.min_new_tokens > 0 || !self.sampling.is_greedy()
     }
 }
 
@@ -106,7 +112,101 @@ pub fn left_pad(rows: &[Vec<u32>], pad_id: u32) -> Result<(Tensor, Tensor, Vec<i
     Ok((Tensor::from_slice(&ids).view([b, width as i64]), Tensor::from_slice(&valid).view([b, width as i64]), lens))
 }
 
-/// Greedy-decodes every prompt of `prompts` in one batch.
+/// What one decoding step did to a row.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Choice {
+    /// The row produced this token and goes on.
+    Token(u32),
+    /// The row produced this token and reached `max_new_tokens`.
+    Last(u32),
+    /// The row produced an end-of-sequence token (not part of its reply).
+    Eos,
+}
+
+/// One row's decoding: its sequence so far, its settings and its sampler. The batched [`generate`] and the
+/// continuous batch ([`crate::batcher`]) both choose every token through it.
+#[derive(Clone, Debug)]
+pub struct RowDecoder {
+    seq: Vec<u32>,
+    new_tokens: usize,
+    cfg: GenerationConfig,
+    eos: HashSet<u32>,
+    sampler: Sampler,
+}
+
+impl RowDecoder {
+    /// A row with prompt `prompt`; `cfg.eos_token_ids` must already hold the model's end tokens.
+    pub fn new(prompt: &[u32], cfg: &GenerationConfig) -> Self {
+        RowDecoder {
+            seq: prompt.to_vec(),
+            new_tokens: 0,
+            eos: cfg.eos_token_ids.iter().copied().collect(),
+            sampler: Sampler::new(&cfg.sampling),
+            cfg: cfg.clone(),
+        }
+    }
+
+    /// The row's settings.
+    pub fn config(&self) -> &GenerationConfig {
+        &self.cfg
+    }
+
+    /// Prompt and new tokens so far.
+    pub fn sequence(&self) -> &[u32] {
+        &self.seq
+    }
+
+    /// Tokens chosen so far (an end-of-sequence token counts).
+    pub fn new_tokens(&self) -> usize {
+        self.new_tokens
+    }
+
+    /// Chooses the next token from the row's raw logits (processed here in place) and records it.
+    pub fn choose(&mut self, logits: &mut [f32]) -> Choice {
+        process_logits(logits, &self.seq, self.new_tokens, &self.cfg, &self.eos);
+        let tok = self.sampler.pick(logits);
+        self.record(tok)
+    }
+
+    /// Records a token chosen elsewhere (the device argmax of plain greedy rows).
+    pub fn record(&mut self, tok: u32) -> Choice {
+        self.seq.push(tok);
+        self.new_tokens += 1;
+        if !self.cfg.ignore_eos && self.eos.contains(&tok) {
+            Choice::Eos
+        } else if self.new_tokens >= self.cfg.max_new_tokens {
+            Choice::Last(tok)
+        } else {
+            Choice::Token(tok)
+        }
+    }
+}
+
+/// Chooses the next token of every row from `last` ([rows, vocab] logits of each row's last position);
+/// `rows[i]` is `None` for a row that is already finished (its logits are ignored).
+pub fn choose_tokens(last: &Tensor, rows: &mut [Option<&mut RowDecoder>]) -> Result<Vec<Option<Choice>>> {
+    let last = last.to_kind(Kind::Float);
+    let host = rows.iter().flatten().any(|r| r.cfg.needs_host_logits());
+    if host {
+        let vocab = last.size()[1] as usize;
+        let flat = Vec::<f32>::try_from(last.to_device(tch::Device::Cpu).contiguous().view(-1))?;
+        Ok(rows
+            .iter_mut()
+            .enumerate()
+            .map(|(r, row)| {
+                row.as_mut().map(|row| {
+                    let mut logits = flat[r * vocab..(r + 1) * vocab].to_vec();
+                    row.choose(&mut logits)
+                })
+            })
+            .collect())
+    } else {
+        let ids = Vec::<i64>::try_from(last.argmax(-1, false).to_device(tch::Device::Cpu))?;
+        Ok(rows.iter_mut().zip(ids).map(|(row, t)| row.as_mut().map(|row| row.record(t as u32))).collect())
+    }
+}
+
+/// Decodes every prompt of `prompts` in one batch.
 pub fn generate(
     model: &Transformer,
     prompts: &[Vec<u32>],
@@ -117,8 +217,7 @@ pub fn generate(
     let (ids, valid, lens) = left_pad(prompts, pad_id)?;
     let b = prompts.len();
     let device = model.device();
-    let eos: HashSet<u32> = cfg.eos_token_ids.iter().copied().collect();
-    let mut seqs: Vec<Vec<u32>> = prompts.to_vec();
+    let mut rows: Vec<RowDecoder> = prompts.iter().map(|p| RowDecoder::new(p, cfg)).collect();
     let mut out: Vec<Generated> = (0..b).map(|_| Generated { tokens: Vec::new(), stop: StopReason::Length }).collect();
     let mut done = vec![false; b];
     if cfg.max_new_tokens == 0 {
@@ -128,37 +227,29 @@ pub fn generate(
     let mut state = DecodeState::new(&lens, n_layers, device, cfg.use_cache);
     let mut logits = model.forward_chunk(&ids, &valid, &mut state, hooks, LogitsFor::Last)?;
     for step in 0..cfg.max_new_tokens {
-        let last = logits.select(1, logits.size()[1] - 1).to_kind(Kind::Float); // [b, vocab]
-        let next: Vec<u32> = if cfg.needs_host_logits() {
-            let vocab = last.size()[1] as usize;
-            let flat = Vec::<f32>::try_from(last.to_device(tch::Device::Cpu).contiguous().view(-1))?;
-            (0..b)
-                .map(|r| {
-                    let mut row = flat[r * vocab..(r + 1) * vocab].to_vec();
-                    process_logits(&mut row, &seqs[r], step, cfg, &eos);
-                    argmax(&row)
-                })
-                .collect()
-        } else {
-            Vec::<i64>::try_from(last.argmax(-1, false).to_device(tch::Device::Cpu))?
-                .into_iter()
-                .map(|t| t as u32)
-                .collect()
-        };
+        let last = logits.select(1, logits.size()[1] - 1);
+        let mut live: Vec<Option<&mut RowDecoder>> =
+            rows.iter_mut().zip(&done).map(|(r, &d)| (!d).then_some(r)).collect();
+        let choices = choose_tokens(&last, &mut live)?;
         let mut feed = Vec::with_capacity(b);
         for r in 0..b {
-            let tok = next[r];
-            if !done[r] {
-                if !cfg.ignore_eos && eos.contains(&tok) {
+            match choices[r] {
+                Some(Choice::Eos) => {
                     done[r] = true;
                     out[r].stop = StopReason::Eos;
-                } else {
-                    out[r].tokens.push(tok);
                 }
+                Some(Choice::Token(t)) => out[r].tokens.push(t),
+                Some(Choice::Last(t)) => {
+                    out[r].tokens.push(t);
+                    done[r] = true;
+                }
+                None => {}
             }
-            seqs[r].push(tok);
             // Finished rows keep running on padding, as in Hugging Face; nobody reads them.
-            feed.push(if done[r] { pad_id as i64 } else { tok as i64 });
+            feed.push(match choices[r] {
+                Some(Choice::Token(t)) => t as i64,
+                _ => pad_id as i64,
+            });
         }
         if done.iter().all(|&d| d) || step + 1 == cfg.max_new_tokens {
             break;
@@ -169,6 +260,7 @@ pub fn generate(
             logits = model.forward_chunk(&tokens, &ones, &mut state, hooks, LogitsFor::Last)?;
         } else {
             // Re-run everything: only to check the cache.
+            let seqs: Vec<Vec<u32>> = rows.iter().map(|r| r.seq.clone()).collect();
             let (ids, valid, _) = left_pad(&seqs, pad_id)?;
             let mut fresh = DecodeState::new(&lens, n_layers, device, false);
             logits = model.forward_chunk(&ids, &valid, &mut fresh, hooks, LogitsFor::Last)?;
@@ -207,15 +299,4 @@ pub fn process_logits(row: &mut [f32], seq: &[u32], step: usize, cfg: &Generatio
             }
         }
     }
-}
-
-/// Index of the first maximum, as `torch.argmax`.
-fn argmax(row: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &x) in row.iter().enumerate() {
-        if x > row[best] {
-            best = i;
-        }
-    }
-    best as u32
 }

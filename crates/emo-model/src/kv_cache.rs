@@ -1,7 +1,10 @@
 //! Per-batch decoding state: the key/value cache, which key slots hold real tokens (left padding does not),
 //! and each row's absolute position, from which hooks and RoPE take their positions. A state can also serve
-//! as a shared prefix for branch chunks ([`crate::branch`]), which read it without extending it.
+//! as a shared prefix for branch chunks ([`crate::branch`]), which read it without extending it, and rows of
+//! several states can be regrouped into one ([`DecodeState::regroup`]: continuous batching).
 use tch::{Device, Kind, Tensor};
+
+use crate::{ModelError, Result};
 
 /// The state of a batch of sequences across forward calls.
 pub struct DecodeState {
@@ -136,5 +139,94 @@ impl DecodeState {
         }
         self.len += t;
         self.step += 1;
+    }
+
+    /// One state made of rows of several states, in order: `parts[i].1` names the rows of `parts[i].0` that are
+    /// kept. Every kept row's real key slots are packed to the right, so padding is on the left as in a fresh
+    /// prompt and a long-lived batch does not accumulate the padding of rows that left it. Every state must
+    /// keep a cache, be on the same device and be past its prompt (one token per row per call from here on).
+    pub fn regroup(parts: &[(&DecodeState, &[i64])]) -> Result<DecodeState> {
+        let invalid = |msg: String| ModelError::InvalidArgument(format!("cannot regroup decode states: {msg}"));
+        let first = parts.first().ok_or_else(|| invalid("no states given".into()))?.0;
+        let (device, n_layers) = (first.device, first.kv.len());
+        let mut valid_rows: Vec<Vec<i64>> = Vec::new();
+        for (s, rows) in parts {
+            if !s.cache || s.is_empty() || s.device != device || s.kv.len() != n_layers {
+                return Err(invalid("every state needs a cache, the same device and depth, and a prompt already run".into()));
+            }
+            if let Some(&bad) = rows.iter().find(|&&r| r < 0 || r >= s.batch) {
+                return Err(invalid(format!("row {bad} of a batch of {}", s.batch)));
+            }
+            let kv = Vec::<bool>::try_from(s.key_valid.to_device(Device::Cpu).contiguous().view(-1))?;
+            let len = s.len as usize;
+            for &r in rows.iter() {
+                let r = r as usize;
+                valid_rows.push((0..len).filter(|&j| kv[r * len + j]).map(|j| j as i64).collect());
+            }
+        }
+        let width = valid_rows.iter().map(Vec::len).max().unwrap_or(0) as i64;
+        let mut kv_parts: Vec<Vec<(Tensor, Tensor)>> = (0..n_layers).map(|_| Vec::new()).collect();
+        let (mut seen, mut prompt_lens, mut key_valid) = (Vec::new(), Vec::new(), Vec::new());
+        let mut offset = 0;
+        for (s, rows) in parts {
+            let n = rows.len();
+            if n == 0 {
+                continue;
+            }
+            let mut index = Vec::with_capacity(n * width as usize);
+            let mut kvalid = Vec::with_capacity(n * width as usize);
+            for slots in &valid_rows[offset..offset + n] {
+                let pad = width as usize - slots.len();
+                // Padding slots point at slot 0: masked, so whatever they hold is never read.
+                index.extend(std::iter::repeat_n(0, pad).chain(slots.iter().copied()));
+                kvalid.extend(std::iter::repeat_n(false, pad).chain(std::iter::repeat_n(true, slots.len())));
+            }
+            offset += n;
+            let rows_t = Tensor::from_slice(rows).to_device(device);
+            let index = Tensor::from_slice(&index).view([n as i64, 1, width, 1]).to_device(device);
+            for (l, slot) in s.kv.iter().enumerate() {
+                let (k, v) = slot.as_ref().ok_or_else(|| invalid(format!("layer {l} has no keys yet")))?;
+                let gather = |t: &Tensor| {
+                    let t = t.index_select(0, &rows_t);
+                    let mut size = t.size();
+                    size[2] = width;
+                    t.gather(2, &index.expand(&size, false), false)
+                };
+                kv_parts[l].push((gather(k), gather(v)));
+            }
+            seen.push(s.seen.index_select(0, &rows_t));
+            prompt_lens.push(s.prompt_lens.index_select(0, &rows_t));
+            key_valid.push(Tensor::from_slice(&kvalid).view([n as i64, width]).to_device(device));
+        }
+        let batch = offset as i64;
+        if batch == 0 {
+            return Err(invalid("no rows kept".into()));
+        }
+        let capacity = ((width + 1).max(64) as u64).next_power_of_two() as i64;
+        let kv = kv_parts
+            .into_iter()
+            .map(|pieces| {
+                let (ks, vs): (Vec<Tensor>, Vec<Tensor>) = pieces.into_iter().unzip();
+                let (k, v) = (Tensor::cat(&ks, 0), Tensor::cat(&vs, 0));
+                let mut size = k.size();
+                size[2] = capacity;
+                let (kb, vb) = (Tensor::zeros(&size, (k.kind(), device)), Tensor::zeros(&size, (v.kind(), device)));
+                kb.narrow(2, 0, width).copy_(&k);
+                vb.narrow(2, 0, width).copy_(&v);
+                Some((kb, vb))
+            })
+            .collect();
+        Ok(DecodeState {
+            batch,
+            device,
+            cache: true,
+            kv,
+            len: width,
+            key_valid: Tensor::cat(&key_valid, 0),
+            seen: Tensor::cat(&seen, 0),
+            prompt_lens: Tensor::cat(&prompt_lens, 0),
+            chunk_valid: None,
+            step: parts.iter().map(|(s, _)| s.step).max().unwrap_or(1),
+        })
     }
 }

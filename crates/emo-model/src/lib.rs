@@ -27,6 +27,7 @@ pub const LIBTORCH_VERSION: &str = match option_env!("EMO_LIBTORCH_VERSION") {
     None => "unknown",
 };
 
+pub mod batcher;
 pub mod bench;
 pub mod bert;
 pub mod branch;
@@ -44,6 +45,7 @@ pub mod interventions;
 pub mod kv_cache;
 pub mod model;
 pub mod quant;
+pub mod sampling;
 pub mod tokenizer;
 pub mod transformer;
 pub mod weights;
@@ -54,6 +56,7 @@ pub use components::{Sublayer, SublayerKind};
 pub use chat::{ChatMessage, ChatTemplate};
 pub use config::{Architecture, TransformerConfig};
 pub use error::{ModelError, Result};
+pub use batcher::{BatchRequest, ContinuousBatch, Event, RowControl};
 pub use generate::{GenerationConfig, Generated, StopReason};
 pub use hooks::{
     Ablate, AddVector, Capture, Edit, FnHook, Hook, HookContext, HookPoint, HookSet, Intervention, Interventions, Positions,
@@ -61,5 +64,6 @@ pub use hooks::{
 };
 pub use kv_cache::DecodeState;
 pub use model::{LoadOptions, Model, Reply};
+pub use sampling::Sampling;
 pub use tokenizer::Tokenizer;
 pub use transformer::{LogitsFor, Transformer};

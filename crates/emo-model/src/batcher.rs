@@ -1,0 +1,303 @@
+//! Continuous batching: sequences join a running batch between decoding steps and leave it when they
+//! finish, without waiting for the batch to drain (what serving engines such as vLLM do; here with one
+//! contiguous KV cache per batch, regrouped when rows come and go, instead of paged blocks).
+//!
+//! Every row carries its own decoding settings and its own edits ([`RowControl`]), so plain, steered and
+//! modulated sequences share a batch. A row's tokens are those [`crate::generate::generate`] gives it alone,
+//! up to floating-point summation order (tested token for token on the real model).
+//!
+//! ```no_run
+//! use emo_model::batcher::{BatchRequest, ContinuousBatch, Event, RowControl};
+//! use emo_model::{GenerationConfig, LoadOptions, Model};
+//! let model = Model::load("smollm2-135m", LoadOptions::default())?;
+//! let mut batch = ContinuousBatch::new(&model.transformer, model.pad_token_id());
+//! let prompt = model.tokenizer.encode("Hello", true)?;
+//! let cfg = GenerationConfig { eos_token_ids: model.eos_token_ids.clone(), ..GenerationConfig::greedy(20) };
+//! let mut events = batch.admit(vec![BatchRequest { id: 1, prompt, config: cfg, control: RowControl::none() }])?;
+//! while !batch.is_empty() {
+//!     events.extend(batch.step()?); // new requests may be admitted between any two steps
+//! }
+//! let tokens: Vec<u32> = events.iter().filter_map(|e| match e { Event::Token { token, .. } => Some(*token), _ => None }).collect();
+//! # Ok::<(), emo_model::ModelError>(())
+//! ```
+use tch::{Kind, Tensor};
+
+use crate::generate::{choose_tokens, left_pad, Choice, GenerationConfig, RowDecoder, StopReason};
+use crate::hooks::{HookSet, Positions};
+use crate::interventions::{Intervention, Interventions};
+use crate::kv_cache::DecodeState;
+use crate::transformer::{LogitsFor, Transformer};
+use crate::{ModelError, Result};
+
+/// A row's own edits: interventions grouped by the tokens they act on (residual steering at the last
+/// prompt token and every generated token, circuit heads at every token, ...).
+#[derive(Clone, Debug, Default)]
+pub struct RowControl {
+    /// (tokens edited, edits) pairs.
+    pub edits: Vec<(Positions, Intervention)>,
+}
+
+impl RowControl {
+    /// No edits.
+    pub fn none() -> Self {
+        RowControl::default()
+    }
+
+    /// Adds `edits` at the tokens `positions` selects.
+    pub fn with(mut self, positions: Positions, edits: Intervention) -> Self {
+        self.edits.push((positions, edits));
+        self
+    }
+
+    /// Whether the row is left alone.
+    pub fn is_none(&self) -> bool {
+        self.edits.iter().all(|(_, i)| i.edits.is_empty())
+    }
+}
+
+/// The hooks of a batch whose row i carries `rows[i]`: one [`Interventions`] per distinct position
+/// selector, with no edit for the rows that have none there.
+pub fn row_hooks(rows: &[&RowControl]) -> Vec<Interventions> {
+    let mut selectors: Vec<Positions> = Vec::new();
+    for c in rows {
+        for (p, i) in &c.edits {
+            if !i.edits.is_empty() && !selectors.contains(p) {
+                selectors.push(p.clone());
+            }
+        }
+    }
+    selectors
+        .into_iter()
+        .map(|sel| {
+            let per_row = rows
+                .iter()
+                .map(|c| {
+                    let mut merged = Intervention::none();
+                    for (p, i) in &c.edits {
+                        if *p == sel {
+                            merged.edits.extend(i.edits.iter().cloned());
+                        }
+                    }
+                    merged
+                })
+                .collect();
+            Interventions::new(per_row, sel)
+        })
+        .collect()
+}
+
+/// A sequence to add to the batch.
+pub struct BatchRequest {
+    /// The caller's key for this sequence, echoed in its events.
+    pub id: u64,
+    /// Prompt token ids (at least one).
+    pub prompt: Vec<u32>,
+    /// Its decoding settings; `eos_token_ids` must hold the model's end tokens.
+    pub config: GenerationConfig,
+    /// Its edits.
+    pub control: RowControl,
+}
+
+/// What happened to a sequence during a call.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// It produced a token of its reply.
+    Token {
+        /// The sequence.
+        id: u64,
+        /// The token.
+        token: u32,
+    },
+    /// It finished and left the batch.
+    Finished {
+        /// The sequence.
+        id: u64,
+        /// Why.
+        stop: StopReason,
+    },
+}
+
+struct Row {
+    id: u64,
+    decoder: RowDecoder,
+    control: RowControl,
+    // The token to feed at the next step; None once the row finished (it then rides along on padding until
+    // the batch is regrouped).
+    next: Option<u32>,
+}
+
+/// A running batch of sequences over one model.
+pub struct ContinuousBatch<'m> {
+    model: &'m Transformer,
+    pad_id: u32,
+    state: Option<DecodeState>,
+    rows: Vec<Row>,
+    hooks: Vec<Interventions>,
+}
+
+impl<'m> ContinuousBatch<'m> {
+    /// An empty batch; `pad_id` pads prompts and finished rows.
+    pub fn new(model: &'m Transformer, pad_id: u32) -> Self {
+        ContinuousBatch { model, pad_id, state: None, rows: Vec::new(), hooks: Vec::new() }
+    }
+
+    /// Sequences still decoding.
+    pub fn len(&self) -> usize {
+        self.rows.iter().filter(|r| r.next.is_some()).count()
+    }
+
+    /// Whether no sequence is decoding.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Ids of the sequences still decoding, in batch order.
+    pub fn ids(&self) -> Vec<u64> {
+        self.rows.iter().filter(|r| r.next.is_some()).map(|r| r.id).collect()
+    }
+
+    /// Runs the prompts of `requests` as one batch, chooses each one's first token and adds them to the
+    /// running batch. Returns their first tokens (and the end of those that finish at once).
+    pub fn admit(&mut self, requests: Vec<BatchRequest>) -> Result<Vec<Event>> {
+        if requests.is_empty() {
+            return Ok(Vec::new());
+        }
+        let prompts: Vec<Vec<u32>> = requests.iter().map(|r| r.prompt.clone()).collect();
+        let (ids, valid, lens) = left_pad(&prompts, self.pad_id)?;
+        let mut fresh = DecodeState::new(&lens, self.model.config().n_layers, self.model.device(), true);
+        let controls: Vec<&RowControl> = requests.iter().map(|r| &r.control).collect();
+        let mut prefill_hooks = row_hooks(&controls);
+        let logits = {
+            let mut set = HookSet::new();
+            for h in prefill_hooks.iter_mut() {
+                set.push(h);
+            }
+            self.model.forward_chunk(&ids, &valid, &mut fresh, &mut set, LogitsFor::Last)?
+        };
+        let mut new_rows: Vec<Row> = requests
+            .into_iter()
+            .map(|r| Row { id: r.id, decoder: RowDecoder::new(&r.prompt, &r.config), control: r.control, next: None })
+            .collect();
+        let mut events = Vec::new();
+        let zero_budget: Vec<bool> = new_rows.iter().map(|r| r.decoder.config().max_new_tokens == 0).collect();
+        {
+            let mut live: Vec<Option<&mut RowDecoder>> =
+                new_rows.iter_mut().zip(&zero_budget).map(|(r, &z)| (!z).then_some(&mut r.decoder)).collect();
+            let choices = choose_tokens(&logits.select(1, 0), &mut live)?;
+            for (row, choice) in new_rows.iter_mut().zip(choices) {
+                row.next = emit(row.id, choice, &mut events);
+            }
+        }
+        self.join(fresh, new_rows)?;
+        Ok(events)
+    }
+
+    /// One decoding step for every sequence in the batch. Returns each one's next token and the end of those
+    /// that finish.
+    pub fn step(&mut self) -> Result<Vec<Event>> {
+        let Some(state) = self.state.as_mut() else {
+            return Ok(Vec::new());
+        };
+        if self.rows.iter().all(|r| r.next.is_none()) {
+            return Ok(Vec::new());
+        }
+        let b = self.rows.len() as i64;
+        let feed: Vec<i64> = self.rows.iter().map(|r| r.next.unwrap_or(self.pad_id) as i64).collect();
+        let tokens = Tensor::from_slice(&feed).view([b, 1]);
+        let ones = Tensor::ones([b, 1], (Kind::Bool, tch::Device::Cpu));
+        let logits = {
+            let mut set = HookSet::new();
+            for h in self.hooks.iter_mut() {
+                set.push(h);
+            }
+            self.model.forward_chunk(&tokens, &ones, state, &mut set, LogitsFor::Last)?
+        };
+        let mut events = Vec::new();
+        let choices = {
+            let mut live: Vec<Option<&mut RowDecoder>> =
+                self.rows.iter_mut().map(|r| r.next.is_some().then_some(&mut r.decoder)).collect();
+            choose_tokens(&logits.select(1, 0), &mut live)?
+        };
+        for (row, choice) in self.rows.iter_mut().zip(choices) {
+            if row.next.is_some() {
+                row.next = emit(row.id, choice, &mut events);
+            }
+        }
+        self.compact_if_worth_it()?;
+        Ok(events)
+    }
+
+    /// Drops sequence `id` from the batch (a client went away). Returns whether it was decoding.
+    pub fn cancel(&mut self, id: u64) -> Result<bool> {
+        let Some(row) = self.rows.iter_mut().find(|r| r.id == id && r.next.is_some()) else {
+            return Ok(false);
+        };
+        row.next = None;
+        self.compact_if_worth_it()?;
+        Ok(true)
+    }
+
+    /// Finished rows ride along on padding (cheap) until they are a quarter of the batch, then the batch is
+    /// regrouped without them (a copy of the whole cache).
+    fn compact_if_worth_it(&mut self) -> Result<()> {
+        let dead = self.rows.iter().filter(|r| r.next.is_none()).count();
+        if dead > 0 && (dead * 4 >= self.rows.len() || dead == self.rows.len()) {
+            self.join_parts(None, Vec::new())?;
+        }
+        Ok(())
+    }
+
+    fn join(&mut self, fresh: DecodeState, new_rows: Vec<Row>) -> Result<()> {
+        self.join_parts(Some(fresh), new_rows)
+    }
+
+    /// Regroups the live rows of the running batch and the live rows of `fresh` into one state.
+    fn join_parts(&mut self, fresh: Option<DecodeState>, new_rows: Vec<Row>) -> Result<()> {
+        let keep_old: Vec<i64> = (0..self.rows.len() as i64).filter(|&i| self.rows[i as usize].next.is_some()).collect();
+        let keep_new: Vec<i64> = (0..new_rows.len() as i64).filter(|&i| new_rows[i as usize].next.is_some()).collect();
+        let mut parts: Vec<(&DecodeState, &[i64])> = Vec::new();
+        if let Some(s) = self.state.as_ref() {
+            if !keep_old.is_empty() {
+                parts.push((s, &keep_old));
+            }
+        }
+        if let Some(s) = fresh.as_ref() {
+            if !keep_new.is_empty() {
+                parts.push((s, &keep_new));
+            }
+        }
+        let state = if parts.is_empty() { None } else { Some(DecodeState::regroup(&parts)?) };
+        let old = std::mem::take(&mut self.rows);
+        self.rows = old.into_iter().chain(new_rows).filter(|r| r.next.is_some()).collect();
+        self.state = state;
+        let controls: Vec<&RowControl> = self.rows.iter().map(|r| &r.control).collect();
+        self.hooks = row_hooks(&controls);
+        if self.state.as_ref().map_or(0, |s| s.batch()) != self.rows.len() as i64 {
+            return Err(ModelError::InvalidArgument("continuous batch: rows and decode state disagree".into()));
+        }
+        Ok(())
+    }
+}
+
+/// Turns a row's choice into events; returns the token to feed next, if the row goes on.
+fn emit(id: u64, choice: Option<Choice>, events: &mut Vec<Event>) -> Option<u32> {
+    match choice {
+        Some(Choice::Token(token)) => {
+            events.push(Event::Token { id, token });
+            Some(token)
+        }
+        Some(Choice::Last(token)) => {
+            events.push(Event::Token { id, token });
+            events.push(Event::Finished { id, stop: StopReason::Length });
+            None
+        }
+        Some(Choice::Eos) => {
+            events.push(Event::Finished { id, stop: StopReason::Eos });
+            None
+        }
+        None => {
+            events.push(Event::Finished { id, stop: StopReason::Length });
+            None
+        }
+    }
+}

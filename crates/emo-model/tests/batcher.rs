@@ -1,0 +1,152 @@
+//! Continuous batching and sampling on the real default model: a sequence gets the tokens it gets alone,
+//! whoever joins or leaves the batch around it.
+mod common;
+
+use emo_model::batcher::row_hooks;
+use emo_model::{
+    BatchRequest, ChatMessage, ContinuousBatch, Edit, Event, GenerationConfig, HookPoint, HookSet, Intervention, Positions,
+    RowControl, Sampling, StopReason,
+};
+use tch::{Kind, Tensor};
+
+fn prompts() -> Vec<Vec<u32>> {
+    let m = common::smollm2();
+    ["Hi", "Name three colours.", "Write one sentence about the sea and the wind.", "What is 2 + 2?", "Tell me a story."]
+        .iter()
+        .map(|p| m.encode_chat(&[ChatMessage::user(*p)]).unwrap())
+        .collect()
+}
+
+/// A residual edit strong enough to change the reply.
+fn steer(seed: i64) -> RowControl {
+    tch::manual_seed(seed);
+    let v = Tensor::randn([576], (Kind::Float, tch::Device::Cpu));
+    let v = &v / v.norm();
+    let edits = (10..14).fold(Intervention::none(), |i, l| i.with(HookPoint::ResidPost(l), Edit::AddRms(v.shallow_clone(), 8.0)));
+    RowControl::none().with(Positions::LastPromptAndGenerated, edits)
+}
+
+fn alone(prompt: &[u32], cfg: &GenerationConfig, control: &RowControl) -> (Vec<u32>, StopReason) {
+    let m = common::smollm2();
+    let mut hooks = row_hooks(&[control]);
+    let mut set = HookSet::new();
+    for h in hooks.iter_mut() {
+        set.push(h);
+    }
+    let g = emo_model::generate::generate(&m.transformer, &[prompt.to_vec()], cfg, m.pad_token_id(), &mut set).unwrap();
+    (g[0].tokens.clone(), g[0].stop)
+}
+
+fn collect(events: &[Event], id: u64) -> (Vec<u32>, Option<StopReason>) {
+    let mut toks = Vec::new();
+    let mut stop = None;
+    for e in events {
+        match e {
+            Event::Token { id: i, token } if *i == id => toks.push(*token),
+            Event::Finished { id: i, stop: s } if *i == id => stop = Some(*s),
+            _ => {}
+        }
+    }
+    (toks, stop)
+}
+
+#[test]
+fn rows_joining_and_leaving_get_the_tokens_they_get_alone() {
+    let m = common::smollm2();
+    let p = prompts();
+    let eos = m.eos_token_ids.clone();
+    let plain = GenerationConfig { eos_token_ids: eos.clone(), ..GenerationConfig::greedy(24) };
+    let paper = GenerationConfig { eos_token_ids: eos.clone(), max_new_tokens: 18, ..GenerationConfig::modulation() };
+    let short = GenerationConfig { eos_token_ids: eos.clone(), ..GenerationConfig::greedy(5) };
+    // (id, prompt, settings, edits, step at which it joins)
+    let plan: Vec<(u64, usize, GenerationConfig, RowControl, usize)> = vec![
+        (0, 0, plain.clone(), RowControl::none(), 0),
+        (1, 1, paper.clone(), steer(1), 0),
+        (2, 2, short.clone(), RowControl::none(), 3),
+        (3, 3, plain.clone(), steer(2), 3),
+        (4, 4, paper.clone(), RowControl::none(), 9),
+        (5, 1, plain.clone(), RowControl::none(), 9),
+    ];
+    let mut batch = ContinuousBatch::new(&m.transformer, m.pad_token_id());
+    let mut events = Vec::new();
+    let mut step = 0;
+    let mut max_rows = 0;
+    loop {
+        let joining: Vec<BatchRequest> = plan
+            .iter()
+            .filter(|r| r.4 == step)
+            .map(|r| BatchRequest { id: r.0, prompt: p[r.1].clone(), config: r.2.clone(), control: r.3.clone() })
+            .collect();
+        events.extend(batch.admit(joining).unwrap());
+        max_rows = max_rows.max(batch.len());
+        if batch.is_empty() && step > 9 {
+            break;
+        }
+        events.extend(batch.step().unwrap());
+        step += 1;
+    }
+    assert!(max_rows >= 4, "the batch held {max_rows} rows at most");
+    let mut differs = 0;
+    for (id, prompt, cfg, control, _) in &plan {
+        let (tokens, stop) = collect(&events, *id);
+        let (want, want_stop) = alone(&p[*prompt], cfg, control);
+        assert_eq!(tokens, want, "sequence {id}");
+        assert_eq!(stop, Some(want_stop), "sequence {id}");
+        if !control.is_none() {
+            let (unsteered, _) = alone(&p[*prompt], cfg, &RowControl::none());
+            differs += (unsteered != want) as usize;
+        }
+    }
+    assert_eq!(differs, 2, "each steered row should differ from its plain reply");
+}
+
+#[test]
+fn a_cancelled_row_leaves_and_the_others_go_on() {
+    let m = common::smollm2();
+    let p = prompts();
+    let cfg = GenerationConfig { eos_token_ids: m.eos_token_ids.clone(), ignore_eos: true, ..GenerationConfig::greedy(12) };
+    let mut batch = ContinuousBatch::new(&m.transformer, m.pad_token_id());
+    let reqs = (0..3).map(|i| BatchRequest { id: i, prompt: p[i as usize].clone(), config: cfg.clone(), control: RowControl::none() }).collect();
+    let mut events = batch.admit(reqs).unwrap();
+    events.extend(batch.step().unwrap());
+    assert!(batch.cancel(1).unwrap());
+    assert!(!batch.cancel(1).unwrap(), "cancelling twice is a no-op");
+    assert_eq!(batch.ids(), vec![0, 2]);
+    while !batch.is_empty() {
+        events.extend(batch.step().unwrap());
+    }
+    for id in [0u64, 2] {
+        let (tokens, stop) = collect(&events, id);
+        assert_eq!(tokens, alone(&p[id as usize], &cfg, &RowControl::none()).0, "sequence {id}");
+        assert_eq!(stop, Some(StopReason::Length));
+    }
+    assert_eq!(collect(&events, 1).0.len(), 2, "the cancelled row produced two tokens and stopped");
+}
+
+#[test]
+fn sampling_is_reproducible_and_batch_invariant() {
+    let m = common::smollm2();
+    let p = prompts();
+    let sampled = |seed| GenerationConfig {
+        eos_token_ids: m.eos_token_ids.clone(),
+        ignore_eos: true,
+        sampling: Sampling { temperature: 0.9, top_k: 40, top_p: 0.95, seed },
+        ..GenerationConfig::greedy(16)
+    };
+    let a = alone(&p[1], &sampled(11), &RowControl::none()).0;
+    assert_eq!(a, alone(&p[1], &sampled(11), &RowControl::none()).0, "same seed, same tokens");
+    assert_ne!(a, alone(&p[1], &sampled(12), &RowControl::none()).0, "another seed, other tokens");
+    assert_ne!(a, alone(&p[1], &GenerationConfig { sampling: Sampling::greedy(), ..sampled(11) }, &RowControl::none()).0);
+    // In a padded batch beside other rows, and in a continuous batch, the row draws the same tokens.
+    let g = emo_model::generate::generate(&m.transformer, &[p[2].clone(), p[1].clone()], &sampled(11), m.pad_token_id(), &mut HookSet::new())
+        .unwrap();
+    assert_eq!(g[1].tokens, a);
+    let mut batch = ContinuousBatch::new(&m.transformer, m.pad_token_id());
+    let mut events = batch.admit(vec![BatchRequest { id: 0, prompt: p[0].clone(), config: sampled(5), control: RowControl::none() }]).unwrap();
+    events.extend(batch.step().unwrap());
+    events.extend(batch.admit(vec![BatchRequest { id: 1, prompt: p[1].clone(), config: sampled(11), control: RowControl::none() }]).unwrap());
+    while !batch.is_empty() {
+        events.extend(batch.step().unwrap());
+    }
+    assert_eq!(collect(&events, 1).0, a);
+}
