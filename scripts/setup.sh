@@ -14,7 +14,7 @@ PY="${PYTHON:-python3.11}"
 command -v "$PY" >/dev/null 2>&1 || PY=python3
 
 TORCH_VERSION=2.11.0
-TEST_PKGS=(transformers==5.24.0 gguf==0.19.0 accelerate==1.15.0 numpy==2.4.6)
+TEST_PKGS=(transformers==5.24.0 gguf==0.19.0 accelerate==1.15.0 numpy==2.4.6 openai==3.57.0)
 WANT_TEST=0
 for arg in "$@"; do
   case "$arg" in

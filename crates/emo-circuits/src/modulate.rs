@@ -18,7 +18,9 @@ use std::path::Path;
 
 use emo_data::{Emotion, PromptItem, Scenario, Valence};
 use emo_directions::run::{DatasetInfo, ModulationSettings, PromptKind, RowEdits, Stage, StageSettings};
-use emo_model::{ChatMessage, Edit, GenerationConfig, HookPoint, HookSet, Intervention, Interventions, Model, Positions, TransformerConfig};
+use emo_model::{
+    ChatMessage, Edit, GenerationConfig, HookPoint, HookSet, Intervention, Interventions, Model, Positions, RowControl, TransformerConfig,
+};
 use emo_run::store::sha256_bytes;
 use emo_run::{Result, RunError};
 use tch::Tensor;
@@ -83,6 +85,14 @@ impl<'c> Modulation<'c> {
             }
         }
         Ok((neurons, heads))
+    }
+
+    /// One row's modulation towards `emotion` at scale `scale`, ready for a continuous batch or
+    /// [`emo_model::batcher::row_hooks`]: the neurons at [`Modulation::neuron_positions`], the heads at
+    /// [`Modulation::head_positions`].
+    pub fn control(&self, emotion: Emotion, scale: f64) -> Result<RowControl> {
+        let (neurons, heads) = self.intervention(emotion, scale)?;
+        Ok(RowControl::none().with(self.neuron_positions.clone(), neurons).with(self.head_positions.clone(), heads))
     }
 
     /// The two hooks (neurons, heads) of a batch whose row i is modulated towards `rows[i]` (emotion,

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use emo_data::{Emotion, Judge, PromptItem, Scenario};
-use emo_model::{Capture, ChatMessage, Edit, GenerationConfig, HookSet, Intervention, Interventions, Model, Positions, StopReason};
+use emo_model::{Capture, ChatMessage, GenerationConfig, HookSet, Interventions, Model, Positions, StopReason};
 use emo_run::records::records_jsonl;
 use emo_run::stage::{part_file, StageWork};
 use serde::{Deserialize, Serialize};
@@ -178,10 +178,7 @@ impl RowEdits for Steering {
         let rows = batch
             .iter()
             .map(|it| {
-                let v = self.directions.get(it.emotion.index() as i64);
-                (self.settings.layers.0..=self.settings.layers.1).fold(Intervention::none(), |row, l| {
-                    row.with(Site::ResidPost.hook_point(l), Edit::AddRms(v.get(l as i64), self.settings.alpha))
-                })
+                crate::steer::steering_edit(&self.directions, self.settings.site, it.emotion, self.settings.alpha, self.settings.layers)
             })
             .collect();
         vec![Interventions::new(rows, self.positions.clone())]

@@ -1,0 +1,215 @@
+//! The direction sets and circuits loaded at start-up, by name, and how a request's `steering` and
+//! `circuit` fields become one row's edits. Checking a request needs only names and shapes
+//! ([`Catalog`], shared with the HTTP handlers); the tensors stay with the engine ([`Controls`]).
+use std::path::Path;
+
+use emo_circuits::modulate::Modulation;
+use emo_circuits::CircuitSet;
+use emo_data::Emotion;
+use emo_directions::steer::{default_layers, steering_control};
+use emo_directions::{EmotionDirections, Site};
+use emo_model::{Positions, RowControl, TransformerConfig};
+
+use crate::api::{ApiError, CircuitRequest, SteeringRequest};
+use crate::{Result, ServeError};
+
+/// What a request asks for, checked against the [`Catalog`].
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ControlSpec {
+    /// Residual steering.
+    pub steering: Option<SteeringSpec>,
+    /// Circuit modulation.
+    pub circuit: Option<CircuitSpec>,
+}
+
+/// Checked steering settings.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SteeringSpec {
+    /// Index of the direction set.
+    pub set: usize,
+    /// Towards which emotion.
+    pub emotion: Emotion,
+    /// Alpha.
+    pub alpha: f64,
+    /// Inclusive layer range.
+    pub layers: (usize, usize),
+    /// Tokens edited.
+    pub positions: Positions,
+    /// Site.
+    pub site: Site,
+}
+
+/// Checked modulation settings.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CircuitSpec {
+    /// Index of the circuit set.
+    pub set: usize,
+    /// Towards which emotion.
+    pub emotion: Emotion,
+    /// Scale s.
+    pub scale: f64,
+}
+
+/// Names and shapes of what is loaded: enough to check a request.
+#[derive(Clone, Debug)]
+pub struct Catalog {
+    /// Direction set names, in load order.
+    pub directions: Vec<String>,
+    /// Circuit set names and the emotions each has a circuit for.
+    pub circuits: Vec<(String, Vec<Emotion>)>,
+    /// The model's depth.
+    pub n_layers: usize,
+    /// The default steering layers.
+    pub steering_layers: (usize, usize),
+}
+
+/// The loaded tensors, owned by the engine.
+pub struct Controls {
+    directions: Vec<EmotionDirections>,
+    circuits: Vec<CircuitSet>,
+}
+
+/// Loads `NAME=PATH` direction sets and `NAME=DIR` circuit sets for a model of configuration `cfg`.
+pub fn load(cfg: &TransformerConfig, directions: &[(String, std::path::PathBuf)], circuits: &[(String, std::path::PathBuf)]) -> Result<(Catalog, Controls)> {
+    let mut names = Vec::new();
+    let mut sets = Vec::new();
+    for (name, path) in directions {
+        check_name(name, &names)?;
+        // A run folder stands for its directions.safetensors.
+        let file = if path.is_dir() && path.join("directions.safetensors").is_file() { path.join("directions.safetensors") } else { path.clone() };
+        let d = emo_directions::extract::import_directions(&file, cfg.n_layers, cfg.d_model)
+            .map_err(|e| ServeError::Load(format!("--directions {name}={}: {e}", path.display())))?;
+        names.push(name.clone());
+        sets.push(d);
+    }
+    let mut cnames: Vec<(String, Vec<Emotion>)> = Vec::new();
+    let mut csets = Vec::new();
+    for (name, dir) in circuits {
+        check_name(name, &cnames.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>())?;
+        let set = load_circuits(dir, cfg).map_err(|e| ServeError::Load(format!("--circuits {name}={}: {e}", dir.display())))?;
+        cnames.push((name.clone(), set.circuits.iter().map(|c| c.emotion).collect()));
+        csets.push(set);
+    }
+    let catalog = Catalog { directions: names, circuits: cnames, n_layers: cfg.n_layers, steering_layers: default_layers(cfg) };
+    Ok((catalog, Controls { directions: sets, circuits: csets }))
+}
+
+fn load_circuits(dir: &Path, cfg: &TransformerConfig) -> emo_run::Result<CircuitSet> {
+    CircuitSet::load_for(dir, cfg)
+}
+
+fn check_name(name: &str, taken: &[String]) -> Result<()> {
+    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+        return Err(ServeError::Load(format!("name `{name}`: use letters, digits, `-`, `_` or `.`")));
+    }
+    if taken.iter().any(|t| t == name) {
+        return Err(ServeError::Load(format!("name `{name}` is given twice")));
+    }
+    Ok(())
+}
+
+fn emotion(field: &str, name: &str) -> std::result::Result<Emotion, ApiError> {
+    name.parse().map_err(|_| {
+        let all: Vec<&str> = Emotion::ALL.iter().map(|e| e.name()).collect();
+        ApiError::invalid(field, format!("unknown emotion `{name}` in `{field}`; expected one of {}", all.join(", ")))
+    })
+}
+
+fn finite(field: &str, x: f64) -> std::result::Result<f64, ApiError> {
+    if x.is_finite() {
+        Ok(x)
+    } else {
+        Err(ApiError::invalid(field, format!("`{field}` must be a finite number")))
+    }
+}
+
+/// Picks a set by name, or the only one when no name is given.
+fn pick(field: &str, flag: &str, wanted: Option<&str>, names: &[&str]) -> std::result::Result<usize, ApiError> {
+    match wanted {
+        Some(w) => names.iter().position(|n| *n == w).ok_or_else(|| {
+            ApiError::invalid(field, format!("`{field}`: no set named `{w}` was loaded (loaded: {})", list(names)))
+        }),
+        None if names.len() == 1 => Ok(0),
+        None if names.is_empty() => Err(ApiError::invalid(
+            field,
+            format!("`{field}`: the server was started without any; start it with {flag} NAME=PATH"),
+        )),
+        None => Err(ApiError::invalid(field, format!("`{field}`: several sets are loaded ({}); name one", list(names)))),
+    }
+}
+
+fn list(names: &[&str]) -> String {
+    if names.is_empty() {
+        "none".into()
+    } else {
+        names.join(", ")
+    }
+}
+
+impl Catalog {
+    /// Checks a request's extension fields.
+    pub fn check(&self, steering: Option<&SteeringRequest>, circuit: Option<&CircuitRequest>) -> std::result::Result<ControlSpec, ApiError> {
+        let mut spec = ControlSpec::default();
+        if let Some(s) = steering {
+            let names: Vec<&str> = self.directions.iter().map(String::as_str).collect();
+            let set = pick("steering.directions", "--directions", s.directions.as_deref(), &names)?;
+            let layers = match &s.layers {
+                None => self.steering_layers,
+                Some(v) => {
+                    let l = self.n_layers as i64;
+                    match v.as_slice() {
+                        [a, b] if 0 <= *a && a <= b && *b < l => (*a as usize, *b as usize),
+                        _ => {
+                            return Err(ApiError::invalid(
+                                "steering.layers",
+                                format!("`steering.layers` must be [first, last] with 0 <= first <= last < {l} (the model has {l} layers), got {v:?}"),
+                            ))
+                        }
+                    }
+                }
+            };
+            let positions = match &s.positions {
+                None => Positions::LastPromptAndGenerated,
+                Some(p) => p.parse().map_err(|e: emo_model::ModelError| ApiError::invalid("steering.positions", e.to_string()))?,
+            };
+            let site = match s.site.as_deref() {
+                None | Some("resid_post") => Site::ResidPost,
+                Some("resid_mid") => Site::ResidMid,
+                Some(x) => return Err(ApiError::invalid("steering.site", format!("unknown site `{x}`; expected resid_post or resid_mid"))),
+            };
+            spec.steering = Some(SteeringSpec {
+                set,
+                emotion: emotion("steering.emotion", &s.emotion)?,
+                alpha: finite("steering.alpha", s.alpha.unwrap_or(emo_run::paper::STEERING_ALPHA))?,
+                layers,
+                positions,
+                site,
+            });
+        }
+        if let Some(c) = circuit {
+            let names: Vec<&str> = self.circuits.iter().map(|(n, _)| n.as_str()).collect();
+            let set = pick("circuit.circuits", "--circuits", c.circuits.as_deref(), &names)?;
+            let e = emotion("circuit.emotion", &c.emotion)?;
+            if !self.circuits[set].1.contains(&e) {
+                return Err(ApiError::invalid("circuit.emotion", format!("circuit set `{}` has no circuit for {e}", names[set])));
+            }
+            spec.circuit = Some(CircuitSpec { set, emotion: e, scale: finite("circuit.scale", c.scale.unwrap_or(1.0))? });
+        }
+        Ok(spec)
+    }
+}
+
+impl Controls {
+    /// The row edits of a checked request.
+    pub fn build(&self, spec: &ControlSpec) -> emo_run::Result<RowControl> {
+        let mut control = RowControl::none();
+        if let Some(s) = &spec.steering {
+            let d = &self.directions[s.set];
+            control.edits.extend(steering_control(d, s.site, s.emotion, s.alpha, s.layers, s.positions.clone()).edits);
+        }
+        if let Some(c) = &spec.circuit {
+            control.edits.extend(Modulation::new(&self.circuits[c.set]).control(c.emotion, c.scale)?.edits);
+        }
+        Ok(control)
+    }
+}

@@ -1,0 +1,194 @@
+//! The engine loop: one thread owns the model's running batch ([`ContinuousBatch`]). Between two decoding
+//! steps it admits waiting requests (one prefill for all of them) and drops the rows whose client went away;
+//! each row's tokens go back to its HTTP handler as text through a channel.
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use emo_model::{BatchRequest, ContinuousBatch, Event, GenerationConfig, Model, StopReason};
+use tokio::sync::mpsc::UnboundedSender;
+
+use crate::api::FinishReason;
+use crate::controls::{ControlSpec, Controls};
+use crate::metrics::Metrics;
+use crate::text::ReplyText;
+
+/// A request handed to the engine.
+pub struct Job {
+    /// Unique per server.
+    pub id: u64,
+    /// Prompt token ids (chat template applied).
+    pub prompt: Vec<u32>,
+    /// Decoding settings, the model's end tokens included.
+    pub config: GenerationConfig,
+    /// Its steering and modulation.
+    pub control: ControlSpec,
+    /// Strings that end the reply.
+    pub stop: Vec<String>,
+    /// Where its output goes; a closed channel means the client went away.
+    pub out: UnboundedSender<Output>,
+}
+
+/// What the engine sends back for a job.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Output {
+    /// More reply text.
+    Text(String),
+    /// The reply ended.
+    Done {
+        /// Why.
+        finish: FinishReason,
+        /// Tokens generated.
+        completion_tokens: usize,
+    },
+    /// The engine could not run the job.
+    Failed(String),
+}
+
+struct Live {
+    tokens: Vec<u32>,
+    text: ReplyText,
+    out: UnboundedSender<Output>,
+}
+
+/// The engine's settings.
+pub struct EngineConfig {
+    /// Most sequences decoding at once.
+    pub max_batch: usize,
+}
+
+/// Runs until every sender of `jobs` is gone and the last row has finished.
+pub fn run(model: Arc<Model>, controls: Controls, jobs: Receiver<Job>, cfg: EngineConfig, metrics: Arc<Metrics>) {
+    let mut batch = ContinuousBatch::new(&model.transformer, model.pad_token_id());
+    let mut live: HashMap<u64, Live> = HashMap::new();
+    let mut open = true;
+    while open || !batch.is_empty() {
+        // Intake: wait when idle, otherwise take whatever is waiting, up to the batch limit.
+        let mut new = Vec::new();
+        if batch.is_empty() {
+            match jobs.recv_timeout(Duration::from_millis(50)) {
+                Ok(j) => new.push(j),
+                Err(RecvTimeoutError::Timeout) => continue,
+                Err(RecvTimeoutError::Disconnected) => {
+                    open = false;
+                    continue;
+                }
+            }
+        }
+        while batch.len() + new.len() < cfg.max_batch.max(1) {
+            match jobs.try_recv() {
+                Ok(j) => new.push(j),
+                Err(std::sync::mpsc::TryRecvError::Empty) => break,
+                Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+                    open = false;
+                    break;
+                }
+            }
+        }
+        metrics.queue_depth.fetch_sub(new.len(), Ordering::Relaxed);
+        if !new.is_empty() {
+            admit(&model, &controls, &metrics, &mut batch, &mut live, new);
+        }
+        if !batch.is_empty() {
+            let t = Instant::now();
+            match batch.step() {
+                Ok(events) => {
+                    let produced = events.iter().filter(|e| matches!(e, Event::Token { .. })).count();
+                    metrics.step(t.elapsed(), produced);
+                    deliver(&model, &mut batch, &mut live, events);
+                }
+                Err(e) => {
+                    // A failed step leaves the batch unusable: every row fails, the server goes on.
+                    for (_, row) in live.drain() {
+                        let _ = row.out.send(Output::Failed(format!("decoding failed: {e}")));
+                    }
+                    batch = ContinuousBatch::new(&model.transformer, model.pad_token_id());
+                }
+            }
+        }
+        drop_gone(&mut batch, &mut live);
+        metrics.set_batch_size(batch.len());
+    }
+}
+
+fn admit(model: &Model, controls: &Controls, metrics: &Metrics, batch: &mut ContinuousBatch, live: &mut HashMap<u64, Live>, jobs: Vec<Job>) {
+    let mut requests = Vec::new();
+    let mut outs = Vec::new();
+    for j in jobs {
+        if j.out.is_closed() {
+            continue;
+        }
+        match controls.build(&j.control) {
+            Ok(control) => {
+                requests.push(BatchRequest { id: j.id, prompt: j.prompt, config: j.config, control });
+                outs.push((j.id, j.stop, j.out));
+            }
+            Err(e) => {
+                let _ = j.out.send(Output::Failed(format!("could not build the request's edits: {e}")));
+            }
+        }
+    }
+    if requests.is_empty() {
+        return;
+    }
+    match batch.admit(requests) {
+        Ok(events) => {
+            metrics.generated(events.iter().filter(|e| matches!(e, Event::Token { .. })).count());
+            for (id, stop, out) in outs {
+                live.insert(id, Live { tokens: Vec::new(), text: ReplyText::new(stop), out });
+            }
+            deliver(model, batch, live, events);
+        }
+        Err(e) => {
+            for (_, _, out) in outs {
+                let _ = out.send(Output::Failed(format!("prefill failed: {e}")));
+            }
+        }
+    }
+}
+
+/// Turns token events into text for each row's handler; a stop string or a gone client ends the row.
+fn deliver(model: &Model, batch: &mut ContinuousBatch, live: &mut HashMap<u64, Live>, events: Vec<Event>) {
+    for event in events {
+        match event {
+            Event::Token { id, token } => {
+                let Some(row) = live.get_mut(&id) else { continue };
+                row.tokens.push(token);
+                let decoded = model.tokenizer.decode(&row.tokens, true).unwrap_or_default();
+                let delta = row.text.update(decoded);
+                let mut ok = delta.text.is_empty() || row.out.send(Output::Text(delta.text)).is_ok();
+                if delta.stopped {
+                    ok = false;
+                    let _ = row.out.send(Output::Done { finish: FinishReason::Stop, completion_tokens: row.tokens.len() });
+                }
+                if !ok {
+                    live.remove(&id);
+                    let _ = batch.cancel(id);
+                }
+            }
+            Event::Finished { id, stop } => {
+                let Some(mut row) = live.remove(&id) else { continue };
+                let rest = row.text.finish();
+                if !rest.is_empty() {
+                    let _ = row.out.send(Output::Text(rest));
+                }
+                let finish = match stop {
+                    StopReason::Eos => FinishReason::Stop,
+                    StopReason::Length => FinishReason::Length,
+                };
+                let _ = row.out.send(Output::Done { finish, completion_tokens: row.tokens.len() });
+            }
+        }
+    }
+}
+
+/// Frees the rows of clients that disconnected.
+fn drop_gone(batch: &mut ContinuousBatch, live: &mut HashMap<u64, Live>) {
+    let gone: Vec<u64> = live.iter().filter(|(_, r)| r.out.is_closed()).map(|(id, _)| *id).collect();
+    for id in gone {
+        live.remove(&id);
+        let _ = batch.cancel(id);
+    }
+}
