@@ -15,6 +15,7 @@ use tch::Tensor;
 mod section5;
 mod section6;
 mod section7;
+mod serve;
 
 #[derive(Parser)]
 #[command(name = "emo", version, about = "Find and control the emotion circuits of language models")]
@@ -25,7 +26,7 @@ struct Cli {
 
 /// Options every model-running command shares.
 #[derive(Args, Clone, Debug)]
-struct ModelArgs {
+pub(crate) struct ModelArgs {
     /// Built-in alias (smollm2-135m, qwen2.5-coder-0.5b), a .gguf file, a Hugging Face folder or repo id.
     #[arg(long, short, default_value = emo_model::model::DEFAULT_MODEL)]
     pub(crate) model: String,
@@ -107,6 +108,8 @@ enum Command {
     Section5(section5::Section5Args),
     /// The whole paper on one model: sections 5, 6 and 7 end to end, resumable, one report.
     Paper(section7::PaperArgs),
+    /// An OpenAI-compatible chat-completion server; each request may steer or modulate its own reply.
+    Serve(serve::ServeArgs),
     /// SEV scenario-event data: the built-in set or another in the paper's schema.
     Dataset {
         #[command(subcommand)]
@@ -153,7 +156,8 @@ enum Command {
         #[arg(default_value = emo_model::model::DEFAULT_MODEL)]
         model: String,
     },
-    /// Reply to each prompt with the model's chat template and greedy decoding; prints only the replies.
+    /// Reply to each prompt with the model's chat template (greedy unless --temperature), optionally steered
+    /// or modulated as `emo serve` does it; prints only the replies.
     Generate {
         #[command(flatten)]
         model: ModelArgs,
@@ -175,6 +179,8 @@ enum Command {
         /// One JSON object per prompt: {"prompt", "reply", "token_ids"}.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        control: serve::ControlArgs,
         /// The user prompts, decoded together in one batch.
         #[arg(required = true)]
         prompts: Vec<String>,
@@ -253,6 +259,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Circuits { command } => section7::circuits_cmd(&command)?,
         Command::Modulate(a) => section7::modulate_cmd(&a)?,
         Command::Paper(a) => section7::paper(&a)?,
+        Command::Serve(a) => serve::serve_cmd(&a)?,
         Command::Dataset { command: DatasetCommand::Export { split, dataset } } => {
             let split: emo_data::Split = split.parse()?;
             let scenarios = emo_data::sev::load_split(dataset.as_deref(), split)?;
@@ -306,6 +313,7 @@ fn run(cli: Cli) -> Result<()> {
             repetition_penalty,
             no_repeat_ngram_size,
             json,
+            control,
             prompts,
         } => {
             let m = model.load()?;
@@ -325,9 +333,17 @@ fn run(cli: Cli) -> Result<()> {
                 min_new_tokens,
                 repetition_penalty,
                 no_repeat_ngram_size,
+                sampling: control.sampling(),
                 ..Default::default()
             };
-            let replies = m.generate_chat(&conversations, &cfg, &mut HookSet::new())?;
+            // Every row gets the same edits, built as the server builds a request's.
+            let row = control.control(m.transformer.config())?;
+            let mut hooks = emo_model::batcher::row_hooks(&vec![&row; conversations.len()]);
+            let mut set = HookSet::new();
+            for h in hooks.iter_mut() {
+                set.push(h);
+            }
+            let replies = m.generate_chat(&conversations, &cfg, &mut set)?;
             for (prompt, r) in prompts.iter().zip(replies) {
                 if json {
                     let line = serde_json::json!({"prompt": prompt, "reply": r.text, "token_ids": r.generated.tokens});

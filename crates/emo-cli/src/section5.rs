@@ -220,7 +220,7 @@ pub struct SteerArgs {
     pub quiet: bool,
 }
 
-fn parse_layers(s: &str) -> Result<(usize, usize)> {
+pub(crate) fn parse_layers(s: &str) -> Result<(usize, usize)> {
     let (a, b) = s.split_once('-').with_context(|| format!("--layers `{s}`: expected FIRST-LAST, e.g. 11-20"))?;
     Ok((a.trim().parse().with_context(|| format!("--layers `{s}`"))?, b.trim().parse().with_context(|| format!("--layers `{s}`"))?))
 }

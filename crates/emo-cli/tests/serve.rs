@@ -1,0 +1,371 @@
+//! `emo serve` from the outside: a server on a free loopback port with a real model, a synthetic direction
+//! set and a synthetic circuit set of the model's shape, talked to with raw HTTP and with the real `openai`
+//! Python client.
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use emo_circuits::circuit::{CircuitLayer, LayerHeads, LayerNeurons, PerKind};
+use emo_circuits::{Circuit, CircuitSet};
+use emo_data::Emotion;
+use serde_json::{json, Value};
+use tch::{Kind, Tensor};
+
+const KEY: &str = "test-key";
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Random unit directions and a random circuit per emotion, shaped like SmolLM2 (30 layers, d_model 576,
+/// 9 heads of 64, 1,536 neurons): enough to change replies, and files in the formats the server loads.
+fn synthetic_controls(dir: &Path) -> (PathBuf, PathBuf) {
+    let (l, d, h, dh, m) = (30i64, 576i64, 9usize, 64i64, 1536usize);
+    tch::manual_seed(0);
+    let unit = |t: Tensor| &t / t.norm_scalaropt_dim(2, [-1], true);
+    let dirs = emo_directions::EmotionDirections {
+        resid_mid: unit(Tensor::randn([6, l, d], (Kind::Float, tch::Device::Cpu))),
+        resid_post: unit(Tensor::randn([6, l, d], (Kind::Float, tch::Device::Cpu))),
+    };
+    let file = dir.join("directions.safetensors");
+    dirs.save(&file, &BTreeMap::new()).unwrap();
+    let circuits = Emotion::ALL
+        .iter()
+        .enumerate()
+        .map(|(e, &emotion)| Circuit {
+            emotion,
+            k_total: 0,
+            ratio_mode: "fixed".into(),
+            ratio_fixed: 0.7,
+            k_alloc: PerKind { mlp: 0, attn: 0 },
+            min_per_layer: PerKind { mlp: 4, attn: 2 },
+            cap_ratio: 0.4,
+            summary: json!({}),
+            layers: (0..l as usize)
+                .map(|layer| {
+                    let neurons: Vec<usize> = (0..16).map(|i| (i * 97 + e * 13 + layer * 7) % m).collect();
+                    let heads = vec![(e + layer) % h, (e + layer + 4) % h];
+                    CircuitLayer {
+                        layer,
+                        mlp: LayerNeurons { k: neurons.len(), neurons },
+                        attention: LayerHeads { k: heads.len(), heads },
+                    }
+                })
+                .collect(),
+        })
+        .collect();
+    let set = CircuitSet {
+        circuits,
+        delta_mu_attn: Tensor::randn([6, l, h as i64 * dh], (Kind::Float, tch::Device::Cpu)) * 2.0,
+        delta_mu_mlp: Tensor::randn([6, l, m as i64], (Kind::Float, tch::Device::Cpu)) * 2.0,
+        n_heads: h,
+    };
+    let cdir = dir.join("circuits");
+    std::fs::create_dir_all(&cdir).unwrap();
+    set.save(&cdir).unwrap();
+    (file, cdir)
+}
+
+struct Server {
+    child: Child,
+    url: String,
+}
+
+impl Server {
+    fn start(extra: &[&str]) -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_emo"))
+            .args(["serve", "--device", "cpu", "--port", "0"])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start emo serve");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let Some(at) = line.find("http://") else {
+            let mut err = String::new();
+            let _ = child.stderr.take().unwrap().read_to_string(&mut err);
+            panic!("emo serve did not start: {line}{err}");
+        };
+        Server { url: line[at..].split_whitespace().next().unwrap().to_string(), child }
+    }
+
+    fn post(&self, key: Option<&str>, body: &str) -> (u16, Value) {
+        let mut req = ureq::post(&format!("{}/v1/chat/completions", self.url)).set("Content-Type", "application/json");
+        if let Some(k) = key {
+            req = req.set("Authorization", &format!("Bearer {k}"));
+        }
+        let resp = match req.send_string(body) {
+            Ok(r) => r,
+            Err(ureq::Error::Status(_, r)) => r,
+            Err(e) => panic!("request failed: {e}"),
+        };
+        let status = resp.status();
+        (status, serde_json::from_str(&resp.into_string().unwrap()).unwrap())
+    }
+
+    fn get(&self, path: &str) -> String {
+        ureq::get(&format!("{}{path}", self.url)).set("Authorization", &format!("Bearer {KEY}")).call().unwrap().into_string().unwrap()
+    }
+
+    fn metric(&self, name: &str) -> f64 {
+        let text = self.get("/metrics");
+        text.lines().find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok())).unwrap_or_else(|| panic!("{name} not in {text}"))
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn request(prompt: &str, max_tokens: usize, extra: Value) -> String {
+    let mut v = json!({"model": "smollm2-135m", "messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens, "temperature": 0});
+    for (k, x) in extra.as_object().unwrap() {
+        v[k] = x.clone();
+    }
+    v.to_string()
+}
+
+fn content(v: &Value) -> String {
+    v["choices"][0]["message"]["content"].as_str().unwrap_or_else(|| panic!("no content in {v}")).to_string()
+}
+
+/// `emo generate`'s reply to one prompt with extra flags.
+fn cli_reply(prompt: &str, max_tokens: usize, flags: &[&str]) -> String {
+    let n = max_tokens.to_string();
+    let out = Command::new(env!("CARGO_BIN_EXE_emo"))
+        .args(["generate", "--device", "cpu", "--json", "--max-new-tokens", &n])
+        .args(flags)
+        .arg(prompt)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: Value = serde_json::from_str(String::from_utf8(out.stdout).unwrap().trim()).unwrap();
+    v["reply"].as_str().unwrap().to_string()
+}
+
+/// Streams one request with raw HTTP; returns the text, the data lines, and whether it ended with [DONE].
+fn stream(server: &Server, body: &str) -> (String, Vec<Value>, bool) {
+    let resp = ureq::post(&format!("{}/v1/chat/completions", server.url))
+        .set("Authorization", &format!("Bearer {KEY}"))
+        .send_string(body)
+        .unwrap();
+    assert_eq!(resp.header("content-type"), Some("text/event-stream"));
+    let mut text = String::new();
+    let mut chunks = Vec::new();
+    let mut done = false;
+    for line in BufReader::new(resp.into_reader()).lines() {
+        let line = line.unwrap();
+        let Some(data) = line.strip_prefix("data: ") else { continue };
+        if data == "[DONE]" {
+            done = true;
+            break;
+        }
+        let v: Value = serde_json::from_str(data).unwrap();
+        if let Some(t) = v["choices"][0]["delta"]["content"].as_str() {
+            text.push_str(t);
+        }
+        chunks.push(v);
+    }
+    (text, chunks, done)
+}
+
+#[test]
+fn serves_plain_steered_modulated_and_streamed_replies_as_the_cli_gives_them() {
+    let dir = scratch("serve");
+    let (dirs, circuits) = synthetic_controls(&dir);
+    let (d, c) = (format!("syn={}", dirs.display()), format!("syn={}", circuits.display()));
+    let server = Server::start(&["--directions", &d, "--circuits", &c, "--api-key", KEY, "--max-tokens", "400"]);
+    let prompts = ["Tell me about your weekend.", "What is your favourite food?", "Describe a rainy day."];
+    let steer = json!({"steering": {"emotion": "anger", "alpha": 8.0}});
+    let modulate = json!({"circuit": {"emotion": "fear", "scale": 1.0}});
+
+    // Alone, each reply equals `emo generate` with the same settings.
+    let (status, plain) = server.post(Some(KEY), &request(prompts[0], 12, json!({})));
+    assert_eq!(status, 200, "{plain}");
+    assert_eq!(content(&plain), cli_reply(prompts[0], 12, &[]));
+    assert_eq!(plain["object"], "chat.completion");
+    assert_eq!(plain["usage"]["completion_tokens"].as_u64().unwrap() + plain["usage"]["prompt_tokens"].as_u64().unwrap(), plain["usage"]["total_tokens"].as_u64().unwrap());
+    let (_, steered) = server.post(Some(KEY), &request(prompts[0], 12, steer.clone()));
+    let dirs_s = dirs.display().to_string();
+    assert_eq!(content(&steered), cli_reply(prompts[0], 12, &["--steer", "anger", "--directions", &dirs_s, "--alpha", "8"]));
+    assert_ne!(content(&steered), content(&plain), "steering changes the reply");
+    let (_, modulated) = server.post(Some(KEY), &request(prompts[0], 12, modulate.clone()));
+    let circ_s = circuits.display().to_string();
+    assert_eq!(content(&modulated), cli_reply(prompts[0], 12, &["--modulate", "fear", "--circuits", &circ_s]));
+    assert_ne!(content(&modulated), content(&plain), "modulation changes the reply");
+
+    // Under concurrent load (plain, steered and modulated rows in one batch, joining at different steps),
+    // every greedy reply equals the same request sent alone.
+    let bodies: Vec<String> = prompts
+        .iter()
+        .flat_map(|p| [request(p, 16, json!({})), request(p, 16, steer.clone()), request(p, 16, modulate.clone())])
+        .collect();
+    let alone: Vec<String> = bodies.iter().map(|b| content(&server.post(Some(KEY), b).1)).collect();
+    let together: Vec<String> = std::thread::scope(|s| {
+        let handles: Vec<_> = bodies
+            .iter()
+            .enumerate()
+            .map(|(i, b)| {
+                let server = &server;
+                s.spawn(move || {
+                    std::thread::sleep(Duration::from_millis(40 * i as u64));
+                    content(&server.post(Some(KEY), b).1)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(together, alone);
+
+    // Streamed: the same text in chunks, then [DONE]; usage when asked.
+    let body = request(prompts[0], 12, json!({"stream": true, "stream_options": {"include_usage": true}}));
+    let (text, chunks, done) = stream(&server, &body);
+    assert!(done && text == content(&plain), "{text:?} vs {:?}", content(&plain));
+    assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+    assert!(chunks.iter().all(|c| c["object"] == "chat.completion.chunk"));
+    assert_eq!(chunks.last().unwrap()["usage"], plain["usage"]);
+    // A stop string ends the reply before it.
+    let plain_text = content(&plain);
+    let word: String = plain_text.split_whitespace().nth(2).unwrap().to_string();
+    let (_, stopped) = server.post(Some(KEY), &request(prompts[0], 12, json!({"stop": [word.clone()]})));
+    assert_eq!(stopped["choices"][0]["finish_reason"], "stop");
+    assert_eq!(content(&stopped), plain_text[..plain_text.find(&word).unwrap()]);
+    // Seeded sampling repeats itself.
+    let sampled = request(prompts[1], 12, json!({"temperature": 1.0, "seed": 7}));
+    assert_eq!(content(&server.post(Some(KEY), &sampled).1), content(&server.post(Some(KEY), &sampled).1));
+
+    // Bad input: 400 naming the field, 401 without the key, 404 for another model; none stops the server.
+    let cases: Vec<(Option<&str>, String, u16, Option<&str>)> = vec![
+        (Some(KEY), "{\"messages\": [".into(), 400, None),
+        (Some(KEY), "{\"model\": \"smollm2-135m\"}".into(), 400, None),
+        (Some(KEY), json!({"messages": [{"role": "user", "content": 5}]}).to_string(), 400, Some("messages[0].content")),
+        (Some(KEY), json!({"messages": []}).to_string(), 400, Some("messages")),
+        (Some(KEY), json!({"messages": [{"role": "robot", "content": "x"}]}).to_string(), 400, Some("messages[0].role")),
+        (Some(KEY), request("x", 4, json!({"steering": {"emotion": "boredom"}})), 400, Some("steering.emotion")),
+        (Some(KEY), request("x", 4, json!({"steering": {"emotion": "anger", "directions": "nope"}})), 400, Some("steering.directions")),
+        (Some(KEY), request("x", 4, json!({"steering": {"emotion": "anger", "layers": [3, 30]}})), 400, Some("steering.layers")),
+        (Some(KEY), request("x", 4, json!({"steering": {"emotion": "anger", "alpha": "big"}})), 400, Some("steering.alpha")),
+        (Some(KEY), request("x", 4, json!({"circuit": {"emotion": "fear", "circuits": "other"}})), 400, Some("circuit.circuits")),
+        (Some(KEY), request("x", 401, json!({})), 400, Some("max_tokens")),
+        (Some(KEY), request("x", 4, json!({"temperature": 3})), 400, Some("temperature")),
+        (Some(KEY), request(&"word ".repeat(9000), 4, json!({})), 400, Some("messages")),
+        (Some(KEY), request("x", 4, json!({"model": "gpt-4o"})), 404, Some("model")),
+        (None, request("x", 4, json!({})), 401, None),
+        (Some("wrong"), request("x", 4, json!({})), 401, None),
+    ];
+    for (key, body, want, param) in &cases {
+        let (status, v) = server.post(*key, body);
+        assert_eq!(status, *want, "{body:.80}: {v}");
+        assert!(v["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
+        if let Some(p) = param {
+            assert_eq!(v["error"]["param"], *p, "{body:.80}: {v}");
+        }
+    }
+    assert_eq!(content(&server.post(Some(KEY), &request(prompts[0], 12, json!({}))).1), content(&plain), "still serving");
+
+    // A client that goes away frees its row: its reply stops long before its 400 tokens.
+    let before = server.metric("emo_decode_steps_total ");
+    {
+        let resp = ureq::post(&format!("{}/v1/chat/completions", server.url))
+            .set("Authorization", &format!("Bearer {KEY}"))
+            .send_string(&request(prompts[2], 400, json!({"stream": true, "min_tokens": 400})))
+            .unwrap();
+        let mut lines = BufReader::new(resp.into_reader()).lines();
+        for _ in 0..6 {
+            lines.next();
+        }
+        assert_eq!(server.metric("emo_batch_size "), 1.0);
+    }
+    let t = Instant::now();
+    while server.metric("emo_batch_size ") != 0.0 {
+        assert!(t.elapsed() < Duration::from_secs(20), "the row of a closed stream is still decoding");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let spent = server.metric("emo_decode_steps_total ") - before;
+    assert!(spent < 400.0, "the closed stream decoded {spent} tokens");
+
+    // The endpoints beside completions.
+    assert!(server.get("/health").contains("ok"));
+    let models: Value = serde_json::from_str(&server.get("/v1/models")).unwrap();
+    assert_eq!(models["data"][0]["id"], "smollm2-135m");
+    assert_eq!(models["data"][0]["circuits"], json!(["syn"]));
+    assert!(server.metric("emo_requests_total{status=\"400\"} ") >= 12.0);
+    assert!(server.metric("emo_completion_tokens_total ") > 100.0);
+
+    // The real openai client: plain, streamed, steered, modulated, and its error types.
+    let python = workspace().join(".venv/bin/python");
+    assert!(python.exists(), "{} is missing: run `scripts/setup.sh --test` (it installs the openai client)", python.display());
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/serve_client.py");
+    let out = Command::new(&python).arg(&script).args([&format!("{}/v1", server.url), KEY, "smollm2-135m"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let got: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let weekend = request(prompts[0], 12, json!({}));
+    assert_eq!(got["plain"]["text"], content(&server.post(Some(KEY), &weekend).1));
+    assert_eq!(got["stream"]["text"], got["plain"]["text"]);
+    assert_eq!(got["stream"]["usage"], json!([plain["usage"]["prompt_tokens"], plain["usage"]["completion_tokens"]]));
+    assert_eq!(got["steered"], content(&steered));
+    assert_eq!(got["modulated"], content(&modulated));
+    assert_eq!(got["bad_emotion"], json!({"status": 400, "param": "steering.emotion"}));
+    assert_eq!(got["bad_key"], 401);
+    assert_eq!(got["models"], json!(["smollm2-135m"]));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[cfg(unix)]
+#[test]
+fn a_full_queue_answers_429_and_sigterm_lets_running_requests_finish() {
+    let mut server = Server::start(&["--max-batch", "1", "--max-queue", "1", "--grace", "60"]);
+    let body = request("Write a long story about a dragon.", 48, json!({"min_tokens": 48}));
+    let results: Vec<(u16, Value)> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..5)
+            .map(|i| {
+                let (server, body) = (&server, &body);
+                s.spawn(move || {
+                    std::thread::sleep(Duration::from_millis(30 * i));
+                    server.post(None, body)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let ok = results.iter().filter(|(s, _)| *s == 200).count();
+    let full = results.iter().filter(|(s, v)| *s == 429 && v["error"]["type"] == "rate_limit_error").count();
+    assert!(ok >= 1 && full >= 1 && ok + full == 5, "{results:?}");
+    for (_, v) in results.iter().filter(|(s, _)| *s == 200) {
+        assert_eq!(v["usage"]["completion_tokens"], 48);
+    }
+
+    // SIGTERM while a request runs: it still gets its whole reply, then the server exits 0.
+    let url = server.url.clone();
+    let running = std::thread::spawn(move || {
+        let resp = ureq::post(&format!("{url}/v1/chat/completions")).send_string(&request("Write a long story about a dragon.", 48, json!({"min_tokens": 48})));
+        resp.map(|r| r.into_string().unwrap()).map_err(|e| e.to_string())
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let pid = server.child.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let reply: Value = serde_json::from_str(&running.join().unwrap().expect("the in-flight request completes")).unwrap();
+    assert_eq!(reply["usage"]["completion_tokens"], 48);
+    let t = Instant::now();
+    let status = loop {
+        if let Some(s) = server.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(t.elapsed() < Duration::from_secs(30), "emo serve did not exit after SIGTERM");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(status.success(), "{status:?}");
+}
