@@ -155,7 +155,7 @@ pub struct Stage<'a> {
     pub progress: bool,
 }
 
-/// A steering stage's edits: `h += alpha * RMS(h) * v_e[L]` at the site's hook point of the settings' layers.
+/// A steering stage's edits: `h += alpha * RMS(h) * v_e[L]` (the site's directions) at `hook_resid_post` of the settings' layers.
 pub struct Steering {
     /// Directions per emotion, `[6, n_layers, d_model]`.
     pub directions: Tensor,
@@ -178,7 +178,7 @@ impl RowEdits for Steering {
         let rows = batch
             .iter()
             .map(|it| {
-                crate::steer::steering_edit(&self.directions, self.settings.site, it.emotion, self.settings.alpha, self.settings.layers)
+                crate::steer::steering_edit(&self.directions, it.emotion, self.settings.alpha, self.settings.layers)
             })
             .collect();
         vec![Interventions::new(rows, self.positions.clone())]

@@ -1,7 +1,7 @@
 //! Steering validation (spec section 6): neutral prompt, `h += alpha * RMS(h) * v_e[L]` at `hook_resid_post` of
 //! a layer range, at the last prompt token and every generated token by default.
 use emo_data::{Emotion, PromptItem, Scenario, Valence};
-use emo_model::{Edit, GenerationConfig, Intervention, Positions, RowControl, TransformerConfig};
+use emo_model::{Edit, GenerationConfig, HookPoint, Intervention, Positions, RowControl, TransformerConfig};
 use tch::Tensor;
 
 use crate::directions::{EmotionDirections, Site};
@@ -46,11 +46,11 @@ pub fn default_layers(cfg: &TransformerConfig) -> (usize, usize) {
     emo_run::paper::scaled_range(emo_run::paper::STEERING_LAYERS, cfg.n_layers)
 }
 
-/// One row's steering edit: `h += alpha * RMS(h) * v_e[L]` at `site`'s hook point of every layer in the
-/// inclusive range `layers`; `directions` is one site's `[6, n_layers, d_model]` tensor.
-pub fn steering_edit(directions: &Tensor, site: Site, emotion: Emotion, alpha: f64, layers: (usize, usize)) -> Intervention {
+/// One row's steering edit: `h += alpha * RMS(h) * v_e[L]` at `hook_resid_post` of every layer in the
+/// inclusive range `layers`, whichever site `directions` (one site's `[6, n_layers, d_model]` tensor) comes from.
+pub fn steering_edit(directions: &Tensor, emotion: Emotion, alpha: f64, layers: (usize, usize)) -> Intervention {
     let v = directions.get(emotion.index() as i64);
-    (layers.0..=layers.1).fold(Intervention::none(), |row, l| row.with(site.hook_point(l), Edit::AddRms(v.get(l as i64), alpha)))
+    (layers.0..=layers.1).fold(Intervention::none(), |row, l| row.with(HookPoint::ResidPost(l), Edit::AddRms(v.get(l as i64), alpha)))
 }
 
 /// One row's steering towards `emotion` at the tokens `positions` selects, ready for a continuous batch or
@@ -63,7 +63,7 @@ pub fn steering_control(
     layers: (usize, usize),
     positions: Positions,
 ) -> RowControl {
-    RowControl::none().with(positions, steering_edit(directions.site(site), site, emotion, alpha, layers))
+    RowControl::none().with(positions, steering_edit(directions.site(site), emotion, alpha, layers))
 }
 
 /// The steering stage over `scenarios`: every scenario x valence for each emotion, emotion-major, in full
