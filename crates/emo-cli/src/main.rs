@@ -340,9 +340,7 @@ fn run(cli: Cli) -> Result<()> {
             let row = control.control(m.transformer.config())?;
             let mut hooks = emo_model::batcher::row_hooks(&vec![&row; conversations.len()]);
             let mut set = HookSet::new();
-            for h in hooks.iter_mut() {
-                set.push(h);
-            }
+            set.push_all(&mut hooks);
             let replies = m.generate_chat(&conversations, &cfg, &mut set)?;
             for (prompt, r) in prompts.iter().zip(replies) {
                 if json {

@@ -169,9 +169,7 @@ impl<'m> ContinuousBatch<'m> {
         let mut prefill_hooks = row_hooks(&controls);
         let logits = {
             let mut set = HookSet::new();
-            for h in prefill_hooks.iter_mut() {
-                set.push(h);
-            }
+            set.push_all(&mut prefill_hooks);
             self.model.forward_chunk(&ids, &valid, &mut fresh, &mut set, LogitsFor::Last)?
         };
         let mut new_rows: Vec<Row> = requests
@@ -188,7 +186,7 @@ impl<'m> ContinuousBatch<'m> {
                 row.next = emit(row.id, choice, &mut events);
             }
         }
-        self.join(fresh, new_rows)?;
+        self.join_parts(Some(fresh), new_rows)?;
         Ok(events)
     }
 
@@ -207,9 +205,7 @@ impl<'m> ContinuousBatch<'m> {
         let ones = Tensor::ones([b, 1], (Kind::Bool, tch::Device::Cpu));
         let logits = {
             let mut set = HookSet::new();
-            for h in self.hooks.iter_mut() {
-                set.push(h);
-            }
+            set.push_all(&mut self.hooks);
             self.model.forward_chunk(&tokens, &ones, state, &mut set, LogitsFor::Last)?
         };
         let mut events = Vec::new();
@@ -245,10 +241,6 @@ impl<'m> ContinuousBatch<'m> {
             self.join_parts(None, Vec::new())?;
         }
         Ok(())
-    }
-
-    fn join(&mut self, fresh: DecodeState, new_rows: Vec<Row>) -> Result<()> {
-        self.join_parts(Some(fresh), new_rows)
     }
 
     /// Regroups the live rows of the running batch and the live rows of `fresh` into one state.

@@ -364,6 +364,13 @@ impl<'a> HookSet<'a> {
         self.routed = false;
     }
 
+    /// Adds every hook of `hooks`, which the caller keeps (e.g. the per-row `Interventions` of a batch).
+    pub fn push_all<H: Hook + 'a>(&mut self, hooks: &'a mut [H]) {
+        for h in hooks {
+            self.push(h);
+        }
+    }
+
     /// Adds a hook the set owns (e.g. an [`FnHook`] closure).
     pub fn push_owned(&mut self, hook: impl Hook + 'a) {
         self.slots.push(Slot::Owned(Box::new(hook)));

@@ -104,15 +104,11 @@ impl DecodeState {
             Some((kb, _)) => kb.size()[2] < need,
         };
         if grow {
-            let mut size = k.size();
-            size[2] = (need.max(64) as u64).next_power_of_two() as i64;
-            let kb = Tensor::zeros(&size, (k.kind(), k.device()));
-            let vb = Tensor::zeros(&size, (v.kind(), v.device()));
-            if let Some((ok, ov)) = slot.as_ref() {
-                kb.narrow(2, 0, self.len).copy_(&ok.narrow(2, 0, self.len));
-                vb.narrow(2, 0, self.len).copy_(&ov.narrow(2, 0, self.len));
-            }
-            *slot = Some((kb, vb));
+            let (ok, ov) = match slot.as_ref() {
+                Some((ok, ov)) => (ok.narrow(2, 0, self.len), ov.narrow(2, 0, self.len)),
+                None => (k.narrow(2, 0, 0), v.narrow(2, 0, 0)),
+            };
+            *slot = Some(buffers(&ok, &ov, need));
         }
         let (kb, vb) = slot.as_ref().expect("allocated above");
         kb.narrow(2, self.len, t).copy_(k);
@@ -202,18 +198,12 @@ impl DecodeState {
         if batch == 0 {
             return Err(invalid("no rows kept".into()));
         }
-        let capacity = ((width + 1).max(64) as u64).next_power_of_two() as i64;
         let kv = kv_parts
             .into_iter()
             .map(|pieces| {
                 let (ks, vs): (Vec<Tensor>, Vec<Tensor>) = pieces.into_iter().unzip();
-                let (k, v) = (Tensor::cat(&ks, 0), Tensor::cat(&vs, 0));
-                let mut size = k.size();
-                size[2] = capacity;
-                let (kb, vb) = (Tensor::zeros(&size, (k.kind(), device)), Tensor::zeros(&size, (v.kind(), device)));
-                kb.narrow(2, 0, width).copy_(&k);
-                vb.narrow(2, 0, width).copy_(&v);
-                Some((kb, vb))
+                // Room for the next token at least.
+                Some(buffers(&Tensor::cat(&ks, 0), &Tensor::cat(&vs, 0), width + 1))
             })
             .collect();
         Ok(DecodeState {
@@ -229,4 +219,16 @@ impl DecodeState {
             step: parts.iter().map(|(s, _)| s.step).max().unwrap_or(1),
         })
     }
+}
+
+/// Preallocated key and value buffers with room for `need` slots (a power of two, at least 64, so that
+/// appending one token rarely reallocates), holding `k` and `v` in their first slots.
+fn buffers(k: &Tensor, v: &Tensor, need: i64) -> (Tensor, Tensor) {
+    let mut size = k.size();
+    size[2] = (need.max(64) as u64).next_power_of_two() as i64;
+    let (kb, vb) = (Tensor::zeros(&size, (k.kind(), k.device())), Tensor::zeros(&size, (v.kind(), v.device())));
+    let n = k.size()[2];
+    kb.narrow(2, 0, n).copy_(k);
+    vb.narrow(2, 0, n).copy_(v);
+    (kb, vb)
 }

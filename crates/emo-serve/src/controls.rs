@@ -1,7 +1,6 @@
 //! The direction sets and circuits loaded at start-up, by name, and how a request's `steering` and
 //! `circuit` fields become one row's edits. Checking a request needs only names and shapes
 //! ([`Catalog`], shared with the HTTP handlers); the tensors stay with the engine ([`Controls`]).
-use std::path::Path;
 
 use emo_circuits::modulate::Modulation;
 use emo_circuits::CircuitSet;
@@ -76,7 +75,8 @@ pub fn load(cfg: &TransformerConfig, directions: &[(String, std::path::PathBuf)]
     for (name, path) in directions {
         check_name(name, &names)?;
         // A run folder stands for its directions.safetensors.
-        let file = if path.is_dir() && path.join("directions.safetensors").is_file() { path.join("directions.safetensors") } else { path.clone() };
+        let in_run = emo_run::folder::RunDir::new(path.clone()).directions();
+        let file = if path.is_dir() && in_run.is_file() { in_run } else { path.clone() };
         let d = emo_directions::extract::import_directions(&file, cfg.n_layers, cfg.d_model)
             .map_err(|e| ServeError::Load(format!("--directions {name}={}: {e}", path.display())))?;
         names.push(name.clone());
@@ -86,16 +86,12 @@ pub fn load(cfg: &TransformerConfig, directions: &[(String, std::path::PathBuf)]
     let mut csets = Vec::new();
     for (name, dir) in circuits {
         check_name(name, &cnames.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>())?;
-        let set = load_circuits(dir, cfg).map_err(|e| ServeError::Load(format!("--circuits {name}={}: {e}", dir.display())))?;
+        let set = CircuitSet::load_for(dir, cfg).map_err(|e| ServeError::Load(format!("--circuits {name}={}: {e}", dir.display())))?;
         cnames.push((name.clone(), set.circuits.iter().map(|c| c.emotion).collect()));
         csets.push(set);
     }
     let catalog = Catalog { directions: names, circuits: cnames, n_layers: cfg.n_layers, steering_layers: default_layers(cfg) };
     Ok((catalog, Controls { directions: sets, circuits: csets }))
-}
-
-fn load_circuits(dir: &Path, cfg: &TransformerConfig) -> emo_run::Result<CircuitSet> {
-    CircuitSet::load_for(dir, cfg)
 }
 
 fn check_name(name: &str, taken: &[String]) -> Result<()> {

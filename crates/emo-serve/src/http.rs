@@ -302,15 +302,23 @@ async fn complete(shared: &Shared, mut started: Started) -> Response {
     ApiError::status(StatusCode::INTERNAL_SERVER_ERROR, "engine_error", "the engine stopped before the reply ended").into_response()
 }
 
-fn chunk(shared: &Shared, id: u64, delta: serde_json::Value, finish: Option<FinishReason>) -> SseEvent {
-    let v = serde_json::json!({
+/// One `chat.completion.chunk` event with `choices` (and `usage`, for the last chunk when asked).
+fn chunk_event(shared: &Shared, id: u64, choices: serde_json::Value, usage: Option<Usage>) -> SseEvent {
+    let mut v = serde_json::json!({
         "id": completion_id(id),
         "object": "chat.completion.chunk",
         "created": now(),
         "model": shared.model_id,
-        "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": null}],
+        "choices": choices,
     });
+    if let Some(u) = usage {
+        v["usage"] = serde_json::json!(u);
+    }
     SseEvent::default().data(v.to_string())
+}
+
+fn chunk(shared: &Shared, id: u64, delta: serde_json::Value, finish: Option<FinishReason>) -> SseEvent {
+    chunk_event(shared, id, serde_json::json!([{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": null}]), None)
 }
 
 fn stream(shared: Arc<Shared>, started: Started) -> Sse<impl futures_util::Stream<Item = Result<SseEvent, Infallible>>> {
@@ -331,11 +339,7 @@ fn stream(shared: Arc<Shared>, started: Started) -> Sse<impl futures_util::Strea
                 shared.metrics.prompt(usage.prompt_tokens);
                 batch.push(chunk(&shared, id, serde_json::json!({}), Some(finish)));
                 if include_usage {
-                    let v = serde_json::json!({
-                        "id": completion_id(id), "object": "chat.completion.chunk", "created": now(),
-                        "model": shared.model_id, "choices": [], "usage": usage,
-                    });
-                    batch.push(SseEvent::default().data(v.to_string()));
+                    batch.push(chunk_event(&shared, id, serde_json::json!([]), Some(usage)));
                 }
                 batch.push(SseEvent::default().data("[DONE]"));
                 return Some((batch, (None, out, shared, true)));

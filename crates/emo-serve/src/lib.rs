@@ -101,7 +101,8 @@ impl ServeOptions {
 }
 
 /// Loads everything, serves until SIGTERM or Ctrl-C, lets in-flight requests finish within the grace
-/// period, and returns. Prints `listening on http://ADDR` once it accepts connections.
+/// period, and returns. Prints `emo serve: MODEL on http://ADDR (directions: ...; circuits: ...)` once it
+/// accepts connections.
 pub fn serve(opts: ServeOptions) -> Result<()> {
     let model = Arc::new(Model::load(&opts.model, opts.load)?);
     let (catalog, controls) = controls::load(model.transformer.config(), &opts.directions, &opts.circuits)?;
