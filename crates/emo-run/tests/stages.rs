@@ -204,3 +204,21 @@ fn a_model_folder_is_identified_by_its_weights() {
     assert_eq!(g.files.len(), 1);
     assert_eq!(g.files.values().next().unwrap(), &g.sha256);
 }
+
+#[test]
+fn f64_settings_survive_the_manifest_round_trip_bit_for_bit() {
+    // A resumed stage compares its recorded settings (parsed back from manifest.json) with freshly computed
+    // ones, sigma among them; serde_json's default float parser can be one ulp off (it was for these two).
+    let mut values = vec![3.3788855971461946, 20.004010518391926];
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    for _ in 0..20_000 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        values.push(f64::from_bits(x % 0x7fe0_0000_0000_0000)); // finite, positive, every magnitude
+    }
+    let text = serde_json::to_string(&serde_json::to_value(&values).unwrap()).unwrap();
+    let back: Vec<f64> = serde_json::from_value(serde_json::from_str(&text).unwrap()).unwrap();
+    let off = values.iter().zip(&back).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
+    assert_eq!(off, 0, "{off} of {} values changed", values.len());
+}
