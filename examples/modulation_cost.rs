@@ -12,7 +12,9 @@ use emo_model::{GenerationConfig, HookSet, LoadOptions, Model};
 
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
-    let dir = std::path::PathBuf::from(args.next().ok_or_else(|| anyhow::anyhow!("usage: modulation_cost CIRCUITS_DIR [ROWS] [NEW_TOKENS] [REPS] [DEVICE]"))?);
+    let dir = std::path::PathBuf::from(
+        args.next().ok_or_else(|| anyhow::anyhow!("usage: modulation_cost CIRCUITS_DIR [ROWS] [NEW_TOKENS] [REPS] [DEVICE]"))?,
+    );
     let rows: usize = args.next().map_or(Ok(32), |s| s.parse())?;
     let new_tokens: usize = args.next().map_or(Ok(64), |s| s.parse())?;
     let reps: usize = args.next().map_or(Ok(3), |s| s.parse())?;

@@ -101,16 +101,16 @@ pub fn attribute(run: &RunDir, model: &Model, opts: &AttributeOptions) -> Result
     }
     let samples = select(&run.read_replies(ELICIT)?, opts.samples)?;
     if samples.is_empty() {
-        return Err(RunError::Invalid(format!(
-            "{}: no elicitation reply was judged a match; use all samples (`--samples all`)",
-            run.path.display()
-        )));
+        return Err(RunError::Invalid(format!("{}: no elicitation reply was judged a match; use all samples (`--samples all`)", run.path.display())));
     }
     let scenarios = dataset.scenarios()?;
     let dir_path = run.directions();
     let dirs = EmotionDirections::load(&dir_path).map_err(|e| RunError::Invalid(format!("{e} (run `emo directions` first)")))?;
     if dirs.dims() != (cfg.n_layers, cfg.d_model) {
-        return Err(RunError::Format { path: dir_path, msg: format!("directions are {:?}, the model is ({}, {})", dirs.dims(), cfg.n_layers, cfg.d_model) });
+        return Err(RunError::Format {
+            path: dir_path,
+            msg: format!("directions are {:?}, the model is ({}, {})", dirs.dims(), cfg.n_layers, cfg.d_model),
+        });
     }
     let settings = AttributionSettings {
         samples: opts.samples,
@@ -124,7 +124,9 @@ pub fn attribute(run: &RunDir, model: &Model, opts: &AttributeOptions) -> Result
     let prompts = samples
         .iter()
         .map(|s| {
-            let scenario = scenarios.get(s.scenario).ok_or_else(|| RunError::Invalid(format!("sample {} names scenario {}, beyond the split", s.index, s.scenario)))?;
+            let scenario = scenarios
+                .get(s.scenario)
+                .ok_or_else(|| RunError::Invalid(format!("sample {} names scenario {}, beyond the split", s.index, s.scenario)))?;
             Ok(model.encode_chat(&emo_data::elicitation_prompt(s.emotion, scenario, s.valence))?)
         })
         .collect::<Result<Vec<_>>>()?;
@@ -172,8 +174,7 @@ impl Pass<'_> {
         let n_layers = t.config().n_layers;
         let n = items.len();
         let samples = &self.samples[items.clone()];
-        let points: Vec<HookPoint> =
-            (0..n_layers).flat_map(|l| [HookPoint::MlpPost(l), HookPoint::AttnZ(l), HookPoint::ResidMid(l)]).collect();
+        let points: Vec<HookPoint> = (0..n_layers).flat_map(|l| [HookPoint::MlpPost(l), HookPoint::AttnZ(l), HookPoint::ResidMid(l)]).collect();
         let mut cap = Capture::new(points, Positions::LastPrompt);
         let _ = t.forward_rows(&self.prompts[items], self.model.pad_token_id(), &mut HookSet::new().with(&mut cap), LogitsFor::Skip)?;
         let stack = |f: fn(usize) -> HookPoint| -> Result<Tensor> {

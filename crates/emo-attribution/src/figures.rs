@@ -80,9 +80,12 @@ fn sweep_series(rows: &[SweepRow]) -> Vec<Series> {
             band: target.iter().map(|r| (r.mean - r.ci95, r.mean + r.ci95)).collect(),
             ..Series::new(e.name(), target.iter().map(|r| (r.k as f64, r.mean)).collect())
         });
-        let random: Vec<(f64, f64)> = target.iter().filter(|r| r.k == 0).map(|_| (0.0, 0.0)).chain(
-            rows.iter().filter(|r| r.emotion == e && r.seed == Some(MEAN_OVER_SEEDS)).map(|r| (r.k as f64, r.mean)),
-        ).collect();
+        let random: Vec<(f64, f64)> = target
+            .iter()
+            .filter(|r| r.k == 0)
+            .map(|_| (0.0, 0.0))
+            .chain(rows.iter().filter(|r| r.emotion == e && r.seed == Some(MEAN_OVER_SEEDS)).map(|r| (r.k as f64, r.mean)))
+            .collect();
         if random.len() > 1 {
             series.push(Series { dashed: true, ..Series::new(format!("{} (random)", e.name()), random) });
         }
@@ -129,5 +132,7 @@ pub fn write_fig3(run: &RunDir) -> Result<Option<Written>> {
         return Ok(None);
     }
     let cols = if panels.len() == 1 { 1 } else { 2 };
-    Figures::default().lines_grid(run.path.join("sweeps").join("fig3"), "Targeted (solid, 95% band) against random units (dashed)", &panels, cols).map(Some)
+    Figures::default()
+        .lines_grid(run.path.join("sweeps").join("fig3"), "Targeted (solid, 95% band) against random units (dashed)", &panels, cols)
+        .map(Some)
 }

@@ -185,10 +185,7 @@ pub const MEAN_OVER_SEEDS: usize = usize::MAX;
 /// `k` distinct units of `0..n`, drawn by a SplitMix64 stream seeded from (seed, emotion, layer, k): the same
 /// draw on every run and machine.
 pub fn random_units(n: usize, k: usize, seed: usize, emotion: Emotion, layer: usize) -> Vec<usize> {
-    let mut state = (seed as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
-        ^ ((emotion.index() as u64) << 48)
-        ^ ((layer as u64) << 32)
-        ^ k as u64;
+    let mut state = (seed as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ ((emotion.index() as u64) << 48) ^ ((layer as u64) << 32) ^ k as u64;
     let mut next = || {
         state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = state;
@@ -246,8 +243,8 @@ pub fn run_sweep(run: &RunDir, model: &Model, opts: &SweepOptions) -> Result<Vec
         None => all,
     };
     let dataset = DatasetInfo::of(&source, Split::Test, &scenarios);
-    let attribution = Attribution::load(run, opts.samples)
-        .map_err(|e| RunError::Invalid(format!("{e} (run `emo attribute --samples {}` first)", opts.samples)))?;
+    let attribution =
+        Attribution::load(run, opts.samples).map_err(|e| RunError::Invalid(format!("{e} (run `emo attribute --samples {}` first)", opts.samples)))?;
     let attribution_file = Attribution::dir(run, opts.samples).join(match opts.units {
         Units::Neurons => "neurons.safetensors",
         Units::Heads => "heads.safetensors",
@@ -424,7 +421,15 @@ pub fn read_csv(path: &std::path::Path) -> Result<Vec<SweepRow>> {
             _ => Some(int(3, "seed")?),
         };
         let emotion = f[0].parse::<Emotion>().map_err(|e| bad(i + 1, e.to_string()))?;
-        rows.push(SweepRow { emotion, k: int(1, "k")?, control, seed, n: int(4, "n")?, mean: num(5, "delta_s_mean")?, ci95: num(6, "delta_s_ci95")? });
+        rows.push(SweepRow {
+            emotion,
+            k: int(1, "k")?,
+            control,
+            seed,
+            n: int(4, "n")?,
+            mean: num(5, "delta_s_mean")?,
+            ci95: num(6, "delta_s_ci95")?,
+        });
     }
     Ok(rows)
 }

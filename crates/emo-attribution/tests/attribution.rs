@@ -100,10 +100,8 @@ fn attribution_pass_equals_direct_computation() {
 
     // Directly: the 18 elicitation prompts in one batch, in the run's order.
     let records = run.read_replies(ELICIT).unwrap();
-    let prompts: Vec<Vec<u32>> = records
-        .iter()
-        .map(|r| m.encode_chat(&emo_data::elicitation_prompt(r.emotion().unwrap(), &scen[0], r.valence().unwrap())).unwrap())
-        .collect();
+    let prompts: Vec<Vec<u32>> =
+        records.iter().map(|r| m.encode_chat(&emo_data::elicitation_prompt(r.emotion().unwrap(), &scen[0], r.valence().unwrap())).unwrap()).collect();
     let layer = 9usize;
     let acts = capture(&prompts, &[HookPoint::MlpPost(layer), HookPoint::ResidMid(layer)], None);
     let (a, resid_mid) = (&acts[0], &acts[1]);
@@ -194,7 +192,10 @@ fn sweeps_on(run: &RunDir, a: &Attribution) {
     let score = |edits: Option<&mut Interventions>| {
         let acts = capture(&prompts, &points, edits);
         let v = dirs.get(emo_directions::Site::ResidPost, Emotion::Anger);
-        acts.iter().enumerate().map(|(l, x)| (x * v.get(l as i64)).sum_dim_intlist(-1, false, Kind::Double)).fold(Tensor::zeros([3], (Kind::Double, tch::Device::Cpu)), |s, x| s + x)
+        acts.iter()
+            .enumerate()
+            .map(|(l, x)| (x * v.get(l as i64)).sum_dim_intlist(-1, false, Kind::Double))
+            .fold(Tensor::zeros([3], (Kind::Double, tch::Device::Cpu)), |s, x| s + x)
     };
     let row = (0..cfg.n_layers).fold(Intervention::none(), |iv, l| {
         iv.with(HookPoint::MlpPost(l), Edit::Zero(a.neurons.ranking(Emotion::Anger, l)[..2].iter().map(|&j| j as i64).collect()))
@@ -206,7 +207,8 @@ fn sweeps_on(run: &RunDir, a: &Attribution) {
     assert!(want.abs() > 1.0, "ablating the top neurons moved nothing: {want}");
 
     // Head ablation at every token pays full forwards; enhancement adds delta_mu to the top units.
-    let mut heads = SweepOptions { ks: vec![0, 1], seeds: 1, positions: EditPositions::All, ..SweepOptions::paper(SweepKind::Ablate, Units::Heads, cfg) };
+    let mut heads =
+        SweepOptions { ks: vec![0, 1], seeds: 1, positions: EditPositions::All, ..SweepOptions::paper(SweepKind::Ablate, Units::Heads, cfg) };
     heads.limit = Some(1);
     heads.progress = false;
     let rows = run_sweep(run, m, &heads).unwrap();

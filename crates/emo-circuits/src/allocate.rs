@@ -73,10 +73,7 @@ pub fn allocate(attn_importance: &[f64], mlp_importance: &[f64], shape: Shape, b
         return Err(RunError::Invalid(format!("importance {x} is not a finite number")));
     }
     if !(0.0..=1.0).contains(&budget.mlp_share) || !(0.0..=1.0).contains(&budget.cap_ratio) {
-        return Err(RunError::Invalid(format!(
-            "mlp share {} and cap ratio {} must lie in [0, 1]",
-            budget.mlp_share, budget.cap_ratio
-        )));
+        return Err(RunError::Invalid(format!("mlp share {} and cap ratio {} must lie in [0, 1]", budget.mlp_share, budget.cap_ratio)));
     }
     let (k_mlp, k_attn) = budget.split();
     Ok(Allocation {

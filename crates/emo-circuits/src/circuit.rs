@@ -134,7 +134,9 @@ impl Circuit {
             if l.layer >= shape.n_layers || std::mem::replace(&mut seen[l.layer], true) {
                 return bad(format!("layer {} is out of range 0..{} or listed twice", l.layer, shape.n_layers));
             }
-            for (what, k, units, n) in [("neurons", l.mlp.k, &l.mlp.neurons, shape.d_mlp), ("heads", l.attention.k, &l.attention.heads, shape.n_heads)] {
+            for (what, k, units, n) in
+                [("neurons", l.mlp.k, &l.mlp.neurons, shape.d_mlp), ("heads", l.attention.k, &l.attention.heads, shape.n_heads)]
+            {
                 if k != units.len() {
                     return bad(format!("layer {}: k = {k} but {} {what} are listed", l.layer, units.len()));
                 }

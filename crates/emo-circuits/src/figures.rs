@@ -36,7 +36,12 @@ pub fn write_importance_figure(run: &RunDir, imp: &SublayerImportance) -> Result
 /// modulated towards each emotion of `circuits` at scale 1; one PCA per layer over all those states.
 /// Written as `{dir}/fig1_pca.png|svg`. Modulation acts in the prefill too (heads at every token, neurons at
 /// the last), so one forward per row shows where it moves the state the reply starts from.
-pub fn write_modulation_pca(dir: &std::path::Path, model: &emo_model::Model, circuits: &crate::CircuitSet, scenarios: &[emo_data::Scenario]) -> Result<Written> {
+pub fn write_modulation_pca(
+    dir: &std::path::Path,
+    model: &emo_model::Model,
+    circuits: &crate::CircuitSet,
+    scenarios: &[emo_data::Scenario],
+) -> Result<Written> {
     use emo_model::{Capture, HookPoint, HookSet, LogitsFor, Positions};
     use emo_run::figures::ScatterPanel;
     use tch::Tensor;

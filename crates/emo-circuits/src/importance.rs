@@ -235,9 +235,8 @@ impl SublayerImportance {
     pub fn load(run: &RunDir, samples: SampleFilter) -> Result<SublayerImportance> {
         let path = Self::dir(run, samples).join("importance.safetensors");
         let mut f = read_tensors_exact(&path)?;
-        let meta = |k: &str| {
-            f.metadata.get(k).cloned().ok_or_else(|| RunError::Format { path: path.clone(), msg: format!("missing metadata `{k}`") })
-        };
+        let meta =
+            |k: &str| f.metadata.get(k).cloned().ok_or_else(|| RunError::Format { path: path.clone(), msg: format!("missing metadata `{k}`") });
         let parse = |k: &str, v: String| RunError::Format { path: path.clone(), msg: format!("metadata `{k}` = `{v}`") };
         let alphas_s = meta("alphas")?;
         let prompts_s = meta("prompts")?;
@@ -351,7 +350,9 @@ pub fn sublayer_importance(run: &RunDir, model: &Model, opts: &ImportanceOptions
             .iter()
             .map(|&i| {
                 let s = &samples[i];
-                let scenario = scenarios.get(s.scenario).ok_or_else(|| RunError::Invalid(format!("sample {} names scenario {}, beyond the split", s.index, s.scenario)))?;
+                let scenario = scenarios
+                    .get(s.scenario)
+                    .ok_or_else(|| RunError::Invalid(format!("sample {} names scenario {}, beyond the split", s.index, s.scenario)))?;
                 Ok(model.encode_chat(&emo_data::neutral_prompt(scenario, s.valence))?)
             })
             .collect::<Result<Vec<_>>>()?;
@@ -395,7 +396,13 @@ pub fn sublayer_importance(run: &RunDir, model: &Model, opts: &ImportanceOptions
         per_alpha.push(shifts / (alphas * sig));
     }
     bar.finish_and_clear();
-    let got = SublayerImportance { samples: opts.samples, alphas: opts.alphas.clone(), per_alpha: Tensor::stack(&per_alpha, 0), sigma, prompts: prompts_per_emotion };
+    let got = SublayerImportance {
+        samples: opts.samples,
+        alphas: opts.alphas.clone(),
+        per_alpha: Tensor::stack(&per_alpha, 0),
+        sigma,
+        prompts: prompts_per_emotion,
+    };
     got.save(run)?;
     Ok(got)
 }

@@ -136,7 +136,13 @@ pub struct ModulateOptions {
 
 impl Default for ModulateOptions {
     fn default() -> Self {
-        ModulateOptions { emotions: Emotion::ALL.to_vec(), scales: [1.0; 6], batch_size: 32, generation: GenerationConfig::modulation(), progress: true }
+        ModulateOptions {
+            emotions: Emotion::ALL.to_vec(),
+            scales: [1.0; 6],
+            batch_size: 32,
+            generation: GenerationConfig::modulation(),
+            progress: true,
+        }
     }
 }
 

@@ -77,7 +77,8 @@ pub fn section7(run: &RunDir, report: &mut Report) -> Result<()> {
                 .collect();
             all.sort_by(|a, b| b.0.total_cmp(&a.0));
             let top = all.iter().take(3).map(|(v, n)| format!("{n} ({v:.3})")).collect::<Vec<_>>().join(", ");
-            let share_mlp = p.mlp.iter().map(|x| x.max(0.0)).sum::<f64>() / (p.mlp.iter().chain(&p.attn).map(|x| x.max(0.0)).sum::<f64>()).max(1e-300);
+            let share_mlp =
+                p.mlp.iter().map(|x| x.max(0.0)).sum::<f64>() / (p.mlp.iter().chain(&p.attn).map(|x| x.max(0.0)).sum::<f64>()).max(1e-300);
             rows.push(vec![p.emotion.name().to_string(), top, format!("{:.0}%", 100.0 * share_mlp)]);
         }
         report.table(&["emotion", "most important sublayers (I)", "MLP share of positive I"], &rows);
@@ -160,7 +161,11 @@ fn modulation_tables(run: &RunDir, report: &mut Report, start: &mut dyn FnMut(&m
             for v in Valence::ALL {
                 let cell = |x: Option<f64>| x.map_or("-".to_string(), |x| format!("{x:.2}"));
                 rows.push(std::iter::once(format!("ours: {}", v.name())).chain(acc[v.index()].iter().map(|&x| cell(x))).collect());
-                rows.push(std::iter::once(format!("paper: {}", v.name())).chain(PUBLISHED_MODULATION[v.index()].iter().map(|x| format!("{x:.2}"))).collect());
+                rows.push(
+                    std::iter::once(format!("paper: {}", v.name()))
+                        .chain(PUBLISHED_MODULATION[v.index()].iter().map(|x| format!("{x:.2}")))
+                        .collect(),
+                );
             }
             let header: Vec<&str> = std::iter::once("valence").chain(Emotion::ALL.iter().map(|e| e.name())).collect();
             report.table(&header, &rows);

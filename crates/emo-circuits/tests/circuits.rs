@@ -60,7 +60,14 @@ fn section7_on_a_small_run() {
     let v_ref = reference_direction(&dirs, Emotion::Fear);
     assert!((f64::try_from(v_ref.norm()).unwrap() - 1.0).abs() < 1e-5);
 
-    let imp_opts = ImportanceOptions { samples: SampleFilter::All, alphas: vec![0.1, 0.5], max_rows: 40, batch_prompts: 2, progress: false, full_forwards: false };
+    let imp_opts = ImportanceOptions {
+        samples: SampleFilter::All,
+        alphas: vec![0.1, 0.5],
+        max_rows: 40,
+        batch_prompts: 2,
+        progress: false,
+        full_forwards: false,
+    };
     let imp = sublayer_importance(&run, m, &imp_opts).unwrap();
     assert_eq!(imp.prompts, [3; 6]);
     let fig = emo_circuits::figures::write_importance_figure(&run, &imp).unwrap();
@@ -82,7 +89,8 @@ fn section7_on_a_small_run() {
         let mut cap = Capture::new([HookPoint::LnFinal], Positions::LastPrompt);
         let rows = (0..prompts.len())
             .map(|_| match inject {
-                Some(alpha) => Intervention::none().with(Sublayer::Mlp.output(l), Edit::Add(&v * (alpha * sign * f64::try_from(sig.get(1).get(l as i64)).unwrap()))),
+                Some(alpha) => Intervention::none()
+                    .with(Sublayer::Mlp.output(l), Edit::Add(&v * (alpha * sign * f64::try_from(sig.get(1).get(l as i64)).unwrap()))),
                 None => Intervention::none(),
             })
             .collect();
@@ -199,7 +207,11 @@ fn tiny_circuit(emotion: Emotion, neurons: Vec<usize>, heads: Vec<usize>) -> Cir
         cap_ratio: 0.4,
         summary: serde_json::json!({}),
         layers: vec![
-            CircuitLayer { layer: 0, mlp: LayerNeurons { k: neurons.len(), neurons: neurons.clone() }, attention: LayerHeads { k: heads.len(), heads: heads.clone() } },
+            CircuitLayer {
+                layer: 0,
+                mlp: LayerNeurons { k: neurons.len(), neurons: neurons.clone() },
+                attention: LayerHeads { k: heads.len(), heads: heads.clone() },
+            },
             CircuitLayer { layer: 1, mlp: LayerNeurons { k: 1, neurons: vec![0] }, attention: LayerHeads { k: 1, heads: vec![1] } },
         ],
     }

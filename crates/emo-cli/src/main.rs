@@ -6,10 +6,7 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use emo_model::bench::{hooks_for, peak_rss_mb, HookLoad};
 use emo_model::device::{device_name, parse_device, parse_kind};
-use emo_model::{
-    Capture, ChatMessage, DecodeState, GenerationConfig, HookPoint, HookSet, Interventions, LoadOptions, LogitsFor, Model,
-    Positions,
-};
+use emo_model::{Capture, ChatMessage, DecodeState, GenerationConfig, HookPoint, HookSet, Interventions, LoadOptions, LogitsFor, Model, Positions};
 use tch::Tensor;
 
 mod section5;
@@ -59,7 +56,8 @@ impl RunModelArgs {
     /// Loads the model `run` was made with and checks it is the same model files.
     fn load(&self, run: &emo_directions::RunDir) -> Result<Model> {
         let manifest = run.require_manifest()?;
-        let model = ModelArgs { model: manifest.model.path.clone(), device: self.device.clone(), dtype: self.dtype.clone(), threads: self.threads }.load()?;
+        let model =
+            ModelArgs { model: manifest.model.path.clone(), device: self.device.clone(), dtype: self.dtype.clone(), threads: self.threads }.load()?;
         emo_directions::elicit::open_run(run, &model, &manifest.model.reference)?;
         Ok(model)
     }
@@ -305,17 +303,7 @@ fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::Resolve { model } => emit(format!("{}\n", emo_model::model::resolve(&model)?.display()))?,
-        Command::Generate {
-            model,
-            system,
-            max_new_tokens,
-            min_new_tokens,
-            repetition_penalty,
-            no_repeat_ngram_size,
-            json,
-            control,
-            prompts,
-        } => {
+        Command::Generate { model, system, max_new_tokens, min_new_tokens, repetition_penalty, no_repeat_ngram_size, json, control, prompts } => {
             let m = model.load()?;
             let conversations: Vec<Vec<ChatMessage>> = prompts
                 .iter()
@@ -357,11 +345,7 @@ fn run(cli: Cli) -> Result<()> {
                 return bench_branching(&model, &branch, tokens, batch, reps);
             }
             let compare = hooks == "compare";
-            let loads: Vec<HookLoad> = if compare {
-                vec![HookLoad::None, HookLoad::Capture, HookLoad::Edit]
-            } else {
-                vec![hooks.parse()?]
-            };
+            let loads: Vec<HookLoad> = if compare { vec![HookLoad::None, HookLoad::Capture, HookLoad::Edit] } else { vec![hooks.parse()?] };
             let m = model.load()?;
             let t = &m.transformer;
             let cfg = t.config();
@@ -408,10 +392,8 @@ fn run(cli: Cli) -> Result<()> {
             });
             if compare {
                 let base = median(&times[0]);
-                line["forward_ms"] =
-                    serde_json::json!({"none": base, "capture": median(&times[1]), "edit": median(&times[2])});
-                line["ratio_to_none"] =
-                    serde_json::json!({"capture": median(&times[1]) / base, "edit": median(&times[2]) / base});
+                line["forward_ms"] = serde_json::json!({"none": base, "capture": median(&times[1]), "edit": median(&times[2])});
+                line["ratio_to_none"] = serde_json::json!({"capture": median(&times[1]) / base, "edit": median(&times[2]) / base});
                 emit(format!("{line}\n"))?;
                 return Ok(());
             }
@@ -419,10 +401,7 @@ fn run(cli: Cli) -> Result<()> {
             let forward_ms = median(times);
             let mut hook = hook_objs.pop().flatten();
 
-            let prompts: Vec<Vec<u32>> = Vec::<i64>::try_from(ids.view(-1))?
-                .chunks(tokens)
-                .map(|c| c.iter().map(|&x| x as u32).collect())
-                .collect();
+            let prompts: Vec<Vec<u32>> = Vec::<i64>::try_from(ids.view(-1))?.chunks(tokens).map(|c| c.iter().map(|&x| x as u32).collect()).collect();
             let gcfg = GenerationConfig { max_new_tokens: new_tokens, ignore_eos: true, ..Default::default() };
             let mut set = HookSet::new();
             if let Some(h) = hook.as_deref_mut() {

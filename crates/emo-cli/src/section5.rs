@@ -61,13 +61,10 @@ impl JudgeArgs {
 /// The judges that need no chat model: `embedding`, `lexicon`, `openai`.
 pub fn make_judge(name: &str, openai: emo_data::OpenAiConfig) -> Result<Box<dyn Judge>> {
     Ok(match name {
-        "embedding" => {
-            Box::new(emo_data::EmbeddingJudge::load_default().context("loading the sentence encoder (run scripts/setup.sh)")?)
+        "embedding" => Box::new(emo_data::EmbeddingJudge::load_default().context("loading the sentence encoder (run scripts/setup.sh)")?),
+        "lexicon" => {
+            Box::new(emo_data::LexiconJudge::load(&emo_data::LexiconJudge::default_path()).context("loading the NRC lexicon (run scripts/setup.sh)")?)
         }
-        "lexicon" => Box::new(
-            emo_data::LexiconJudge::load(&emo_data::LexiconJudge::default_path())
-                .context("loading the NRC lexicon (run scripts/setup.sh)")?,
-        ),
         "openai" => Box::new(emo_data::OpenAiJudge::new(openai)),
         other => anyhow::bail!("unknown judge `{other}` (embedding, lexicon, openai; judge-eval also takes chat)"),
     })
@@ -105,12 +102,8 @@ pub fn elicit(a: &ElicitArgs) -> Result<()> {
     let run = RunDir::new(&a.out);
     let manifest = open_run(&run, &model, &a.model.model)?;
     let mut judge = a.judge.load()?;
-    let opts = ElicitOptions {
-        batch_size: a.batch,
-        generation: GenerationConfig::greedy(a.max_new_tokens),
-        capture: !a.no_capture,
-        progress: !a.quiet,
-    };
+    let opts =
+        ElicitOptions { batch_size: a.batch, generation: GenerationConfig::greedy(a.max_new_tokens), capture: !a.no_capture, progress: !a.quiet };
     let name = stage_name(&manifest, split);
     let stage = elicitation_stage(name.clone(), &scenarios, info, &judge.name(), &opts)?;
     let stats = run_stage(&run, &model, judge.as_mut(), &stage)?;
@@ -159,10 +152,7 @@ pub fn directions(a: &DirectionsArgs) -> Result<()> {
     let acts = emo_directions::run::load_activations(&run)?;
     let summary = emo_directions::extract::extract(&run, &acts, filter, a.npz)?;
     if filter == GroupFilter::Auto && summary.filter == GroupFilter::All {
-        emit(format!(
-            "only {} of {} groups have all six replies matched: using all groups\n",
-            summary.groups_complete, summary.groups_total
-        ))?;
+        emit(format!("only {} of {} groups have all six replies matched: using all groups\n", summary.groups_complete, summary.groups_total))?;
     }
     emit(format!(
         "directions from {} of {} scenario-event groups ({:?}) in {:.1} s: {}\ncontrol vectors: {}\n",

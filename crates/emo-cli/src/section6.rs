@@ -111,7 +111,10 @@ pub fn sweep_cmd(a: &SweepArgs) -> Result<()> {
     let secs = t.elapsed().as_secs_f64();
     let fig = emo_attribution::figures::write_sweep_figure(&run, &opts, &rows)?;
     let fig3 = emo_attribution::figures::write_fig3(&run)?;
-    let mut text = format!("{} of {} at {} positions in {secs:.1} s\n| emotion | k | target Delta s | random Delta s |\n|---|---:|---:|---:|\n", opts.kind, opts.units, opts.positions);
+    let mut text = format!(
+        "{} of {} at {} positions in {secs:.1} s\n| emotion | k | target Delta s | random Delta s |\n|---|---:|---:|---:|\n",
+        opts.kind, opts.units, opts.positions
+    );
     for r in rows.iter().filter(|r| r.control == "target") {
         let random = rows.iter().find(|x| x.emotion == r.emotion && x.k == r.k && x.seed == Some(MEAN_OVER_SEEDS));
         text.push_str(&format!(

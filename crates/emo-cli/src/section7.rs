@@ -209,15 +209,16 @@ pub fn modulate_cmd(a: &ModulateArgs) -> Result<()> {
     let cfg = model.transformer.config().clone();
     let samples: SampleFilter = a.samples.parse()?;
     let dir = a.circuits.clone().unwrap_or_else(|| circuits_dir(&run, samples));
-    let set = CircuitSet::load_for(&dir, &cfg)
-        .with_context(|| format!("reading circuits from {} (run `emo circuits build` first)", dir.display()))?;
+    let set =
+        CircuitSet::load_for(&dir, &cfg).with_context(|| format!("reading circuits from {} (run `emo circuits build` first)", dir.display()))?;
     let mut scales = [a.scale; 6];
     for s in &a.scales {
         let (e, v) = s.split_once('=').with_context(|| format!("--scales `{s}`: expected EMOTION=SCALE"))?;
         let e: Emotion = e.trim().parse()?;
         scales[e.index()] = v.trim().parse().with_context(|| format!("--scales `{s}`: `{v}` is not a number"))?;
     }
-    let emotions = if a.emotions.is_empty() { Emotion::ALL.to_vec() } else { a.emotions.iter().map(|e| e.trim().parse()).collect::<Result<_, _>>()? };
+    let emotions =
+        if a.emotions.is_empty() { Emotion::ALL.to_vec() } else { a.emotions.iter().map(|e| e.trim().parse()).collect::<Result<_, _>>()? };
     let (split, scenarios, info) = a.data.load(Split::Test)?;
     let mut judge = a.judge.load()?;
     let opts = ModulateOptions {
@@ -277,7 +278,8 @@ pub fn paper(p: &PaperArgs) -> Result<()> {
     let model = a.run_model().load(&run)?;
     let samples: SampleFilter = p.samples.parse()?;
     let step = Instant::now();
-    let attribution = emo_attribution::attribute(&run, &model, &emo_attribution::AttributeOptions { samples, batch_size: a.batch, progress: !a.quiet })?;
+    let attribution =
+        emo_attribution::attribute(&run, &model, &emo_attribution::AttributeOptions { samples, batch_size: a.batch, progress: !a.quiet })?;
     emo_attribution::figures::write_figures(&run, &attribution)?;
     times.push(("attribution", step.elapsed().as_secs_f64()));
     let step = Instant::now();

@@ -9,8 +9,7 @@ fn emo(args: &[&str]) -> std::process::Output {
 fn generate_prints_one_json_object_per_prompt() {
     let out = emo(&["generate", "--device", "cpu", "--json", "--max-new-tokens", "8", "Hi", "Name a colour."]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let lines: Vec<serde_json::Value> =
-        String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(lines.len(), 2);
     assert_eq!(lines[0]["prompt"], "Hi");
     assert_eq!(lines[1]["prompt"], "Name a colour.");
@@ -33,9 +32,7 @@ fn generate_prints_only_the_replies() {
 #[test]
 fn bench_prints_one_json_line_with_timings() {
     for hooks in ["none", "capture", "edit"] {
-        let out = emo(&[
-            "bench", "--device", "cpu", "--batch", "2", "--tokens", "8", "--new-tokens", "4", "--reps", "2", "--hooks", hooks,
-        ]);
+        let out = emo(&["bench", "--device", "cpu", "--batch", "2", "--tokens", "8", "--new-tokens", "4", "--reps", "2", "--hooks", hooks]);
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         assert!(v["forward_ms"].as_f64().unwrap() > 0.0, "{v}");
@@ -91,10 +88,8 @@ fn judge_eval_prints_the_agreement_as_one_json_line() {
         ("fear", "The meeting is at noon.", 0),
         ("sadness", "I weep for the loss of my dear friend.", 1),
     ];
-    let text: String = rows
-        .iter()
-        .map(|(e, t, m)| serde_json::json!({"emotion": e, "gen_text": t, "judge": {"match": m}}).to_string() + "\n")
-        .collect();
+    let text: String =
+        rows.iter().map(|(e, t, m)| serde_json::json!({"emotion": e, "gen_text": t, "judge": {"match": m}}).to_string() + "\n").collect();
     std::fs::write(&labels, text).unwrap();
     let out = emo(&["judge-eval", "--labels", labels.to_str().unwrap(), "--judge", "lexicon", "--json"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -156,8 +151,21 @@ fn section5_commands_run_end_to_end_on_a_small_run() {
     assert_eq!(v["fear"]["mlp_k"], serde_json::json!(mlp_k), "the command and the built circuit follow one rule");
     assert_eq!(v["fear"]["attn_k"].as_array().unwrap().iter().map(|k| k.as_u64().unwrap()).sum::<u64>(), 180);
     let text = ok(emo(&[
-        "modulate", r, "--samples", "all", "--limit", "1", "--emotions", "anger,fear", "--scales", "anger=0.8", "--max-new-tokens", "12", "--quiet",
-        "--device", "cpu",
+        "modulate",
+        r,
+        "--samples",
+        "all",
+        "--limit",
+        "1",
+        "--emotions",
+        "anger,fear",
+        "--scales",
+        "anger=0.8",
+        "--max-new-tokens",
+        "12",
+        "--quiet",
+        "--device",
+        "cpu",
     ]));
     assert!(text.contains("modulation-test: circuits") && text.contains("[0.8, 1.0, 1.0, 1.0, 1.0, 1.0]") && text.contains("6 prompts"), "{text}");
     ok(emo(&["report", r]));
@@ -206,7 +214,8 @@ fn paper_runs_every_section_and_resumes_without_recomputing() {
         assert!(report.contains(part), "{part} missing from the report");
     }
     // Once more: every stage is complete, so the replies and tables stay byte for byte the same.
-    let files = ["modulation-test.jsonl", "steering-test.jsonl", "importance/all/importance.csv", "circuits/all/fear.json", "sweeps/ablate-neurons-last.csv"];
+    let files =
+        ["modulation-test.jsonl", "steering-test.jsonl", "importance/all/importance.csv", "circuits/all/fear.json", "sweeps/ablate-neurons-last.csv"];
     let before: Vec<Vec<u8>> = files.iter().map(|f| std::fs::read(run.join(f)).unwrap()).collect();
     let manifest = std::fs::read_to_string(run.join("manifest.json")).unwrap();
     let out = emo(&args);

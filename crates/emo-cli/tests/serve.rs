@@ -54,11 +54,7 @@ fn synthetic_controls(dir: &Path) -> (PathBuf, PathBuf) {
                 .map(|layer| {
                     let neurons: Vec<usize> = (0..16).map(|i| (i * 97 + e * 13 + layer * 7) % m).collect();
                     let heads = vec![(e + layer) % h, (e + layer + 4) % h];
-                    CircuitLayer {
-                        layer,
-                        mlp: LayerNeurons { k: neurons.len(), neurons },
-                        attention: LayerHeads { k: heads.len(), heads },
-                    }
+                    CircuitLayer { layer, mlp: LayerNeurons { k: neurons.len(), neurons }, attention: LayerHeads { k: heads.len(), heads } }
                 })
                 .collect(),
         })
@@ -158,10 +154,7 @@ fn cli_reply(prompt: &str, max_tokens: usize, flags: &[&str]) -> String {
 
 /// Streams one request with raw HTTP; returns the text, the data lines, and whether it ended with [DONE].
 fn stream(server: &Server, body: &str) -> (String, Vec<Value>, bool) {
-    let resp = ureq::post(&format!("{}/v1/chat/completions", server.url))
-        .set("Authorization", &format!("Bearer {KEY}"))
-        .send_string(body)
-        .unwrap();
+    let resp = ureq::post(&format!("{}/v1/chat/completions", server.url)).set("Authorization", &format!("Bearer {KEY}")).send_string(body).unwrap();
     assert_eq!(resp.header("content-type"), Some("text/event-stream"));
     let mut text = String::new();
     let mut chunks = Vec::new();
@@ -197,7 +190,10 @@ fn serves_plain_steered_modulated_and_streamed_replies_as_the_cli_gives_them() {
     assert_eq!(status, 200, "{plain}");
     assert_eq!(content(&plain), cli_reply(prompts[0], 12, &[]));
     assert_eq!(plain["object"], "chat.completion");
-    assert_eq!(plain["usage"]["completion_tokens"].as_u64().unwrap() + plain["usage"]["prompt_tokens"].as_u64().unwrap(), plain["usage"]["total_tokens"].as_u64().unwrap());
+    assert_eq!(
+        plain["usage"]["completion_tokens"].as_u64().unwrap() + plain["usage"]["prompt_tokens"].as_u64().unwrap(),
+        plain["usage"]["total_tokens"].as_u64().unwrap()
+    );
     let (_, steered) = server.post(Some(KEY), &request(prompts[0], 12, steer.clone()));
     let dirs_s = dirs.display().to_string();
     assert_eq!(content(&steered), cli_reply(prompts[0], 12, &["--steer", "anger", "--directions", &dirs_s, "--alpha", "8"]));
@@ -209,10 +205,8 @@ fn serves_plain_steered_modulated_and_streamed_replies_as_the_cli_gives_them() {
 
     // Under concurrent load (plain, steered and modulated rows in one batch, joining at different steps),
     // every greedy reply equals the same request sent alone.
-    let bodies: Vec<String> = prompts
-        .iter()
-        .flat_map(|p| [request(p, 16, json!({})), request(p, 16, steer.clone()), request(p, 16, modulate.clone())])
-        .collect();
+    let bodies: Vec<String> =
+        prompts.iter().flat_map(|p| [request(p, 16, json!({})), request(p, 16, steer.clone()), request(p, 16, modulate.clone())]).collect();
     let alone: Vec<String> = bodies.iter().map(|b| content(&server.post(Some(KEY), b).1)).collect();
     let together: Vec<String> = std::thread::scope(|s| {
         let handles: Vec<_> = bodies
@@ -351,7 +345,11 @@ fn a_full_queue_answers_429_and_sigterm_lets_running_requests_finish() {
     // SIGTERM while a request runs: it still gets its whole reply, then the server exits 0.
     let url = server.url.clone();
     let running = std::thread::spawn(move || {
-        let resp = ureq::post(&format!("{url}/v1/chat/completions")).send_string(&request("Write a long story about a dragon.", 48, json!({"min_tokens": 48})));
+        let resp = ureq::post(&format!("{url}/v1/chat/completions")).send_string(&request(
+            "Write a long story about a dragon.",
+            48,
+            json!({"min_tokens": 48}),
+        ));
         resp.map(|r| r.into_string().unwrap()).map_err(|e| e.to_string())
     });
     std::thread::sleep(Duration::from_millis(500));

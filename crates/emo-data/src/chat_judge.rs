@@ -59,8 +59,7 @@ impl Judge for ChatJudge<'_> {
             return Ok(Vec::new());
         }
         let prompts = items.iter().map(|(e, t)| self.prompt_ids(*e, t)).collect::<Result<Vec<_>, _>>()?;
-        let logits =
-            self.model.transformer.forward_rows(&prompts, self.model.pad_token_id(), &mut HookSet::new(), LogitsFor::Last)?;
+        let logits = self.model.transformer.forward_rows(&prompts, self.model.pad_token_id(), &mut HookSet::new(), LogitsFor::Last)?;
         let last = logits.select(1, 0).to_kind(tch::Kind::Float).to_device(tch::Device::Cpu);
         let diff = last.select(1, self.one) - last.select(1, self.zero);
         let diff = Vec::<f64>::try_from(diff.to_kind(tch::Kind::Double)).map_err(emo_model::ModelError::Torch)?;

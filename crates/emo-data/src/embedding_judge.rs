@@ -71,9 +71,7 @@ impl EmbeddingJudge {
         tch::manual_seed(0);
         let vs = nn::VarStore::new(Device::Cpu);
         let classifier = nn::linear(vs.root(), encoder.dim() as i64, CLASSES.len() as i64, Default::default());
-        let mut opt = nn::Adam { wd: WEIGHT_DECAY, ..Default::default() }
-            .build(&vs, LEARNING_RATE)
-            .map_err(emo_model::ModelError::Torch)?;
+        let mut opt = nn::Adam { wd: WEIGHT_DECAY, ..Default::default() }.build(&vs, LEARNING_RATE).map_err(emo_model::ModelError::Torch)?;
         for _ in 0..STEPS {
             let loss = classifier.forward(&x).cross_entropy_for_logits(&y);
             opt.backward_step(&loss);

@@ -24,8 +24,7 @@ pub enum Emotion {
 
 impl Emotion {
     /// All six, in the paper's order: anger, sadness, happiness, fear, surprise, disgust.
-    pub const ALL: [Emotion; 6] =
-        [Emotion::Anger, Emotion::Sadness, Emotion::Happiness, Emotion::Fear, Emotion::Surprise, Emotion::Disgust];
+    pub const ALL: [Emotion; 6] = [Emotion::Anger, Emotion::Sadness, Emotion::Happiness, Emotion::Fear, Emotion::Surprise, Emotion::Disgust];
 
     /// The lowercase name used in prompts and files.
     pub fn name(self) -> &'static str {

@@ -13,9 +13,8 @@ use crate::judge::{Judge, Verdict};
 use crate::{DataError, Emotion};
 
 const NEGATORS: &[&str] = &["not", "no", "never", "nothing", "nobody", "none", "neither", "nor", "cannot", "without"];
-const INTENSIFIERS: &[&str] = &[
-    "very", "so", "really", "extremely", "incredibly", "absolutely", "deeply", "utterly", "totally", "truly", "completely",
-];
+const INTENSIFIERS: &[&str] =
+    &["very", "so", "really", "extremely", "incredibly", "absolutely", "deeply", "utterly", "totally", "truly", "completely"];
 const NEGATION_SCOPE: usize = 3;
 
 /// The lexicon judge.

@@ -101,10 +101,8 @@ impl Dataset {
     /// Loads a dataset folder holding `sev.jsonl` and `test_set.jsonl` (the paper's names) or `test.jsonl`.
     pub fn load_dir(dir: &Path) -> Result<Dataset, DataError> {
         let sev = load_jsonl(&dir.join("sev.jsonl"))?;
-        let test_path = [dir.join("test_set.jsonl"), dir.join("test.jsonl")]
-            .into_iter()
-            .find(|p| p.exists())
-            .unwrap_or_else(|| dir.join("test_set.jsonl"));
+        let test_path =
+            [dir.join("test_set.jsonl"), dir.join("test.jsonl")].into_iter().find(|p| p.exists()).unwrap_or_else(|| dir.join("test_set.jsonl"));
         let test = load_jsonl(&test_path)?;
         Ok(Dataset { sev, test })
     }
@@ -154,12 +152,7 @@ pub fn parse_jsonl(path: &Path, text: &str) -> Result<Vec<Scenario>, DataError> 
         if line.trim().is_empty() {
             continue;
         }
-        let err = |field: &str, msg: String| DataError::Record {
-            path: PathBuf::from(path),
-            line: line_no,
-            field: field.to_string(),
-            msg,
-        };
+        let err = |field: &str, msg: String| DataError::Record { path: PathBuf::from(path), line: line_no, field: field.to_string(), msg };
         let v: Value = serde_json::from_str(line).map_err(|e| err("json", format!("not valid JSON: {e}")))?;
         let text_field = |obj: &Value, field: &str, name: &str| -> Result<String, DataError> {
             match obj.get(field) {

@@ -100,8 +100,8 @@ fn embedding_judge_learns_its_corpus_and_beats_the_lexicon_on_the_papers_labels(
         assert_eq!(corpus.iter().filter(|e| e.class == c).count(), 90, "{name}");
     }
     // Held-out check of the training itself: train on 4/5, classify the other fifth.
-    let encoder = SentenceEncoder::load(&SentenceEncoder::default_dir(), tch::Device::Cpu)
-        .unwrap_or_else(|e| panic!("{e}\n(run `scripts/setup.sh`)"));
+    let encoder =
+        SentenceEncoder::load(&SentenceEncoder::default_dir(), tch::Device::Cpu).unwrap_or_else(|e| panic!("{e}\n(run `scripts/setup.sh`)"));
     let (train, held): (Vec<_>, Vec<_>) = corpus.iter().cloned().enumerate().partition(|(i, _)| i % 5 != 0);
     let train: Vec<_> = train.into_iter().map(|(_, e)| e).collect();
     let held: Vec<_> = held.into_iter().map(|(_, e)| e).collect();

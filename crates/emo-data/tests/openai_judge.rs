@@ -35,10 +35,8 @@ fn serve(script: Vec<(u16, String)>) -> (String, Arc<Mutex<Vec<String>>>) {
             let mut req_body = vec![0; len];
             reader.read_exact(&mut req_body).unwrap();
             log.lock().unwrap().push(format!("{head}\n{}", String::from_utf8_lossy(&req_body)));
-            let reply = format!(
-                "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
+            let reply =
+                format!("HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
             stream.write_all(reply.as_bytes()).unwrap();
         }
     });

@@ -47,12 +47,7 @@ tok = AutoTokenizer.from_pretrained(os.path.dirname(path), gguf_file=os.path.bas
 text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 print(json.dumps({"text": text, "ids": tok(text)["input_ids"]}))
 "#;
-    let out = Command::new(python)
-        .args(["-c", script])
-        .arg(&gguf_path)
-        .arg(serde_json::to_string(&messages).unwrap())
-        .output()
-        .unwrap();
+    let out = Command::new(python).args(["-c", script]).arg(&gguf_path).arg(serde_json::to_string(&messages).unwrap()).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let hf: serde_json::Value = serde_json::from_slice(out.stdout.split(|&b| b == b'\n').rfind(|l| !l.is_empty()).unwrap()).unwrap();
     assert_eq!(rendered, hf["text"].as_str().unwrap());

@@ -121,11 +121,11 @@ pub fn analyze(run: &RunDir, acts: &Activations) -> Result<Analysis> {
     for e in Emotion::ALL {
         let inter = Tensor::stack(&[dirs.get(Site::ResidMid, e), dirs.get(Site::ResidPost, e)], 1).view([2 * n_layers as i64, -1]);
         let c = cosine_matrix(&inter)?;
-        let values: Vec<Vec<f64>> = (0..2 * n_layers)
-            .map(|i| Vec::<f64>::try_from(c.get(i as i64).to_kind(Kind::Double)))
-            .collect::<std::result::Result<_, _>>()?;
+        let values: Vec<Vec<f64>> =
+            (0..2 * n_layers).map(|i| Vec::<f64>::try_from(c.get(i as i64).to_kind(Kind::Double))).collect::<std::result::Result<_, _>>()?;
         let band: Vec<usize> = (2 * rl0..2 * rl1 + 2).collect();
-        let pairs: Vec<f64> = band.iter().flat_map(|&i| band.iter().filter(move |&&j| j > i).map(move |&j| (i, j))).map(|(i, j)| values[i][j]).collect();
+        let pairs: Vec<f64> =
+            band.iter().flat_map(|&i| band.iter().filter(move |&&j| j > i).map(move |&j| (i, j))).map(|(i, j)| values[i][j]).collect();
         sublayer_consistency.insert(
             e.name().to_string(),
             SublayerConsistency {

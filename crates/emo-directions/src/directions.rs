@@ -64,11 +64,7 @@ impl Activations {
             }
         }
         if self.group.len() != n || self.matched.len() != n {
-            return Err(DirectionsError::Invalid(format!(
-                "{n} emotions but {} groups and {} verdicts",
-                self.group.len(),
-                self.matched.len()
-            )));
+            return Err(DirectionsError::Invalid(format!("{n} emotions but {} groups and {} verdicts", self.group.len(), self.matched.len())));
         }
         Ok(())
     }
@@ -151,7 +147,6 @@ pub struct DirectionsSummary {
     pub centroid_norms: BTreeMap<String, BTreeMap<String, Vec<f64>>>,
 }
 
-
 impl Activations {
     /// Extracts the emotion directions (spec section 5) from these activations.
     pub fn directions(&self, filter: GroupFilter) -> Result<(EmotionDirections, DirectionsSummary)> {
@@ -189,8 +184,7 @@ impl Activations {
         }
         let resid_post = out.pop().expect("two sites");
         let resid_mid = out.pop().expect("two sites");
-        let summary =
-            DirectionsSummary { filter, groups_used: groups.len(), groups_complete, groups_total, n_layers: l, d_model: d, centroid_norms };
+        let summary = DirectionsSummary { filter, groups_used: groups.len(), groups_complete, groups_total, n_layers: l, d_model: d, centroid_norms };
         Ok((EmotionDirections { resid_mid, resid_post }, summary))
     }
 }

@@ -5,9 +5,7 @@ use emo_data::{PromptItem, Scenario, Split};
 use emo_model::{GenerationConfig, Model};
 
 use crate::error::{DirectionsError, Result};
-use crate::run::{
-    DatasetInfo, Manifest, ModelInfo, PromptKind, RunDir, Stage, StageSettings, ELICIT,
-};
+use crate::run::{DatasetInfo, Manifest, ModelInfo, PromptKind, RunDir, Stage, StageSettings, ELICIT};
 
 /// How to run an elicitation.
 #[derive(Clone, Debug)]
@@ -45,13 +43,7 @@ pub fn stage_name(manifest: &Manifest, split: Split) -> String {
 }
 
 /// The elicitation stage over `scenarios` (prompt order: scenario, valence, emotion; fixed-size batches).
-pub fn elicitation_stage<'a>(
-    name: String,
-    scenarios: &'a [Scenario],
-    dataset: DatasetInfo,
-    judge: &str,
-    opts: &ElicitOptions,
-) -> Result<Stage<'a>> {
+pub fn elicitation_stage<'a>(name: String, scenarios: &'a [Scenario], dataset: DatasetInfo, judge: &str, opts: &ElicitOptions) -> Result<Stage<'a>> {
     if opts.batch_size == 0 {
         return Err(DirectionsError::Invalid("batch size must be at least 1".into()));
     }

@@ -59,24 +59,15 @@ impl ControlVector {
     /// `Invalid` if a direction's block is `n_layers` or more.
     pub fn to_tensor(&self, n_layers: usize) -> Result<Tensor> {
         if let Some(&max) = self.layers.keys().next_back().filter(|&&n| n >= n_layers) {
-            return Err(DirectionsError::Invalid(format!(
-                "control vector has a direction for block {max}, which does not fit in {n_layers} layers"
-            )));
+            return Err(DirectionsError::Invalid(format!("control vector has a direction for block {max}, which does not fit in {n_layers} layers")));
         }
         let d = self.d_model;
-        let total = n_layers
-            .checked_mul(d)
-            .ok_or_else(|| DirectionsError::Invalid(format!("{n_layers} x {d} is too large")))?;
+        let total = n_layers.checked_mul(d).ok_or_else(|| DirectionsError::Invalid(format!("{n_layers} x {d} is too large")))?;
         let mut dense = vec![0f32; total];
         for (&layer, t) in &self.layers {
-            let (_, data) = tensor_to_f32(t).map_err(|msg| {
-                DirectionsError::Invalid(format!("control vector direction {layer}: {msg}"))
-            })?;
+            let (_, data) = tensor_to_f32(t).map_err(|msg| DirectionsError::Invalid(format!("control vector direction {layer}: {msg}")))?;
             if data.len() != d {
-                return Err(DirectionsError::Invalid(format!(
-                    "control vector direction {layer} has {} values, expected d_model = {d}",
-                    data.len()
-                )));
+                return Err(DirectionsError::Invalid(format!("control vector direction {layer} has {} values, expected d_model = {d}", data.len())));
             }
             dense[layer * d..(layer + 1) * d].copy_from_slice(&data);
         }
@@ -92,51 +83,28 @@ impl ControlVector {
 /// Metadata: `general.architecture = "controlvector"`, `controlvector.model_hint = model_hint`,
 /// `controlvector.layer_count = n_layers - 1` (u32, the number of direction tensors, as llama.cpp's
 /// `cvector-generator` writes it). Refuses fewer than 2 layers and non-finite values. Atomic.
-pub fn write_control_vector(
-    path: impl AsRef<Path>,
-    directions_resid_post: &Tensor,
-    model_hint: &str,
-    scale: f32,
-) -> Result<()> {
+pub fn write_control_vector(path: impl AsRef<Path>, directions_resid_post: &Tensor, model_hint: &str, scale: f32) -> Result<()> {
     let path = path.as_ref();
-    let invalid = |msg: String| {
-        DirectionsError::Invalid(format!(
-            "{}: cannot write control vector: {msg}",
-            path.display()
-        ))
-    };
+    let invalid = |msg: String| DirectionsError::Invalid(format!("{}: cannot write control vector: {msg}", path.display()));
     if !scale.is_finite() {
         return Err(invalid(format!("scale {scale} is not finite")));
     }
     let (shape, data) = tensor_to_f32(directions_resid_post).map_err(invalid)?;
     let (n_layers, d) = match shape[..] {
         [l, d] if l >= 2 && d >= 1 => (l as usize, d as usize),
-        _ => {
-            return Err(invalid(format!(
-                "expected directions of shape [n_layers >= 2, d_model >= 1], got {shape:?}"
-            )))
-        }
+        _ => return Err(invalid(format!("expected directions of shape [n_layers >= 2, d_model >= 1], got {shape:?}"))),
     };
     let mut writer = GgufWriter::new();
     writer.add_metadata("general.architecture", GgufValue::String(CVEC_ARCH.into()));
     writer.add_metadata(CVEC_MODEL_HINT, GgufValue::String(model_hint.into()));
-    let count = u32::try_from(n_layers - 1)
-        .map_err(|_| invalid(format!("{n_layers} layers is too many")))?;
+    let count = u32::try_from(n_layers - 1).map_err(|_| invalid(format!("{n_layers} layers is too many")))?;
     writer.add_metadata(CVEC_LAYER_COUNT, GgufValue::U32(count));
     for layer in 1..n_layers {
-        let row: Vec<f32> = data[layer * d..(layer + 1) * d]
-            .iter()
-            .map(|v| v * scale)
-            .collect();
+        let row: Vec<f32> = data[layer * d..(layer + 1) * d].iter().map(|v| v * scale).collect();
         if let Some(i) = row.iter().position(|v| !v.is_finite()) {
-            return Err(invalid(format!(
-                "row {layer} (times scale {scale}) has a non-finite value {} at index {i}",
-                row[i]
-            )));
+            return Err(invalid(format!("row {layer} (times scale {scale}) has a non-finite value {} at index {i}", row[i])));
         }
-        writer
-            .add_f32_tensor(format!("{CVEC_PREFIX}{layer}"), &[d], &row)
-            .map_err(|e| invalid(e.to_string()))?;
+        writer.add_f32_tensor(format!("{CVEC_PREFIX}{layer}"), &[d], &row).map_err(|e| invalid(e.to_string()))?;
     }
     // GgufWriter::write is atomic itself (temporary file in the same folder, then rename).
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -152,51 +120,26 @@ pub fn write_control_vector(
 /// writes i32, repeng u32); `controlvector.model_hint` may be absent (read as "").
 pub fn read_control_vector(path: impl AsRef<Path>) -> Result<ControlVector> {
     let path = path.as_ref();
-    let format = |msg: String| DirectionsError::Format {
-        path: path.to_path_buf(),
-        msg,
-    };
+    let format = |msg: String| DirectionsError::Format { path: path.to_path_buf(), msg };
     let gguf = GgufFile::open(path)?;
 
     match gguf.get("general.architecture") {
         Some(GgufValue::String(a)) if a == CVEC_ARCH => {}
-        Some(GgufValue::String(a)) => {
-            return Err(format(format!(
-                "general.architecture is `{a}`, expected `{CVEC_ARCH}`: not a control vector"
-            )))
-        }
-        Some(v) => {
-            return Err(format(format!(
-                "general.architecture is a {}, expected the string `{CVEC_ARCH}`",
-                v.type_name()
-            )))
-        }
-        None => {
-            return Err(format(
-                "no general.architecture: not a control vector".into(),
-            ))
-        }
+        Some(GgufValue::String(a)) => return Err(format(format!("general.architecture is `{a}`, expected `{CVEC_ARCH}`: not a control vector"))),
+        Some(v) => return Err(format(format!("general.architecture is a {}, expected the string `{CVEC_ARCH}`", v.type_name()))),
+        None => return Err(format("no general.architecture: not a control vector".into())),
     }
     let model_hint = match gguf.get(CVEC_MODEL_HINT) {
         None => String::new(),
         Some(GgufValue::String(s)) => s.clone(),
-        Some(v) => {
-            return Err(format(format!(
-                "{CVEC_MODEL_HINT} is a {}, expected a string",
-                v.type_name()
-            )))
-        }
+        Some(v) => return Err(format(format!("{CVEC_MODEL_HINT} is a {}, expected a string", v.type_name()))),
     };
     let layer_count = match gguf.get(CVEC_LAYER_COUNT) {
         None => return Err(format(format!("no {CVEC_LAYER_COUNT}"))),
         Some(v) => v
             .as_u64()
             .and_then(|n| usize::try_from(n).ok())
-            .ok_or_else(|| {
-                format(format!(
-                    "{CVEC_LAYER_COUNT} is {v:?}, expected a non-negative integer"
-                ))
-            })?,
+            .ok_or_else(|| format(format!("{CVEC_LAYER_COUNT} is {v:?}, expected a non-negative integer")))?,
     };
 
     let mut d_model: Option<usize> = None;
@@ -209,50 +152,28 @@ pub fn read_control_vector(path: impl AsRef<Path>) -> Result<ControlVector> {
             .and_then(|n| n.parse::<usize>().ok())
             .ok_or_else(|| format(format!("tensor `{name}` is not named `direction.N`")))?;
         if layer == 0 {
-            return Err(format(format!(
-                "tensor `{name}`: block 0 is not allowed (llama.cpp adds direction.N after block N, N >= 1)"
-            )));
+            return Err(format(format!("tensor `{name}`: block 0 is not allowed (llama.cpp adds direction.N after block N, N >= 1)")));
         }
         if info.dtype != GgmlType::F32 {
-            return Err(format(format!(
-                "tensor `{name}` has type {}, expected F32",
-                info.dtype
-            )));
+            return Err(format(format!("tensor `{name}` has type {}, expected F32", info.dtype)));
         }
         // ggml counts trailing dims of 1 as absent, so [d, 1] is 1-D to llama.cpp too.
         if info.dims.is_empty() || info.dims[1..].iter().any(|&x| x != 1) {
-            return Err(format(format!(
-                "tensor `{name}` has shape {:?}, expected 1-D",
-                info.shape()
-            )));
+            return Err(format(format!("tensor `{name}` has shape {:?}, expected 1-D", info.shape())));
         }
-        let len = usize::try_from(info.dims[0])
-            .ok()
-            .filter(|&n| n > 0)
-            .ok_or_else(|| format(format!("tensor `{name}` has length {}", info.dims[0])))?;
+        let len =
+            usize::try_from(info.dims[0]).ok().filter(|&n| n > 0).ok_or_else(|| format(format!("tensor `{name}` has length {}", info.dims[0])))?;
         match d_model {
             None => d_model = Some(len),
-            Some(d) if d != len => {
-                return Err(format(format!(
-                    "tensor `{name}` has length {len}, but earlier directions have length {d}"
-                )))
-            }
+            Some(d) if d != len => return Err(format(format!("tensor `{name}` has length {len}, but earlier directions have length {d}"))),
             Some(_) => {}
         }
         let data = gguf.dequantize(name)?;
-        let tensor = f32_tensor(&data, &[len as i64])
-            .map_err(|m| format(format!("tensor `{name}`: {m}")))?;
+        let tensor = f32_tensor(&data, &[len as i64]).map_err(|m| format(format!("tensor `{name}`: {m}")))?;
         if layers.insert(layer, tensor).is_some() {
-            return Err(format(format!(
-                "tensor `{name}`: block {layer} has more than one direction"
-            )));
+            return Err(format(format!("tensor `{name}`: block {layer} has more than one direction")));
         }
     }
     let d_model = d_model.ok_or_else(|| format("no direction.N tensors".into()))?;
-    Ok(ControlVector {
-        model_hint,
-        layer_count,
-        d_model,
-        layers,
-    })
+    Ok(ControlVector { model_hint, layer_count, d_model, layers })
 }

@@ -29,9 +29,7 @@ pub fn pca(x: &Tensor, k: usize) -> Result<Pca> {
         return Err(DirectionsError::Invalid(format!("pca: need at least 2 rows, got {n}")));
     }
     if k == 0 || k > n || k > d {
-        return Err(DirectionsError::Invalid(format!(
-            "pca: k = {k} components requested from {n} rows of dimension {d}; need 1 <= k <= min(n, d)"
-        )));
+        return Err(DirectionsError::Invalid(format!("pca: k = {k} components requested from {n} rows of dimension {d}; need 1 <= k <= min(n, d)")));
     }
     let x = x.f_to_device(Device::Cpu)?.f_to_kind(Kind::Double)?;
     check_finite("pca", &x)?;
@@ -48,8 +46,7 @@ pub fn pca(x: &Tensor, k: usize) -> Result<Pca> {
 
     // svd_flip: make each axis's largest-|entry| positive.
     let idx = comps.f_abs()?.f_argmax(1, true)?;
-    let sign =
-        comps.f_gather(1, &idx, false)?.f_ge(0.0)?.f_to_kind(Kind::Double)?.f_mul_scalar(2.0)?.f_sub_scalar(1.0)?;
+    let sign = comps.f_gather(1, &idx, false)?.f_ge(0.0)?.f_to_kind(Kind::Double)?.f_mul_scalar(2.0)?.f_sub_scalar(1.0)?;
     let components = comps.f_mul(&sign)?.f_contiguous()?;
     let projected = xc.f_mm(&components.f_tr()?)?;
     let explained_variance = s[..k].iter().map(|v| v * v / (n - 1) as f64).collect();
@@ -68,9 +65,7 @@ impl Pca {
         let (_, d) = check_matrix("Pca::transform", x)?;
         let want = self.mean.size()[0] as usize;
         if d != want {
-            return Err(DirectionsError::Invalid(format!(
-                "Pca::transform: rows have dimension {d} but the PCA was fitted on dimension {want}"
-            )));
+            return Err(DirectionsError::Invalid(format!("Pca::transform: rows have dimension {d} but the PCA was fitted on dimension {want}")));
         }
         let x = x.f_to_device(Device::Cpu)?.f_to_kind(Kind::Double)?;
         Ok(x.f_sub(&self.mean)?.f_mm(&self.components.f_tr()?)?)
@@ -81,11 +76,8 @@ impl Pca {
     pub fn projected_xy(&self) -> Vec<(f64, f64)> {
         let k = self.projected.size()[1];
         let first: Vec<f64> = Vec::try_from(&self.projected.select(1, 0).contiguous()).unwrap_or_default();
-        let second: Vec<f64> = if k > 1 {
-            Vec::try_from(&self.projected.select(1, 1).contiguous()).unwrap_or_default()
-        } else {
-            vec![0.0; first.len()]
-        };
+        let second: Vec<f64> =
+            if k > 1 { Vec::try_from(&self.projected.select(1, 1).contiguous()).unwrap_or_default() } else { vec![0.0; first.len()] };
         first.into_iter().zip(second).collect()
     }
 }

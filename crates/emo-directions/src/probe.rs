@@ -100,11 +100,7 @@ pub fn group_folds(groups: &[usize], k: usize, seed: u64) -> Result<Vec<usize>> 
 /// Errors on different lengths, empty input or a label `>= n_classes`.
 pub fn macro_f1(pred: &[usize], truth: &[usize], n_classes: usize) -> Result<(f64, Vec<f64>)> {
     if pred.len() != truth.len() {
-        return Err(DirectionsError::Invalid(format!(
-            "macro_f1: {} predictions for {} true labels",
-            pred.len(),
-            truth.len()
-        )));
+        return Err(DirectionsError::Invalid(format!("macro_f1: {} predictions for {} true labels", pred.len(), truth.len())));
     }
     if pred.is_empty() {
         return Err(DirectionsError::Invalid("macro_f1: no samples".into()));
@@ -142,20 +138,10 @@ pub fn macro_f1(pred: &[usize], truth: &[usize], n_classes: usize) -> Result<(f6
 ///
 /// Errors on a non-2-D or non-float `x`, non-finite values, label or group counts that differ from `n`,
 /// a label `>= n_classes`, fewer than 2 distinct labels, a bad config, or fewer groups than folds.
-pub fn probe(
-    x: &Tensor,
-    labels: &[usize],
-    groups: &[usize],
-    n_classes: usize,
-    cfg: &ProbeConfig,
-) -> Result<ProbeScore> {
+pub fn probe(x: &Tensor, labels: &[usize], groups: &[usize], n_classes: usize, cfg: &ProbeConfig) -> Result<ProbeScore> {
     let (n, _) = check_matrix("probe", x)?;
     if labels.len() != n || groups.len() != n {
-        return Err(DirectionsError::Invalid(format!(
-            "probe: x has {n} rows but {} labels and {} group ids",
-            labels.len(),
-            groups.len()
-        )));
+        return Err(DirectionsError::Invalid(format!("probe: x has {n} rows but {} labels and {} group ids", labels.len(), groups.len())));
     }
     if let Some(&bad) = labels.iter().find(|&&l| l >= n_classes) {
         return Err(DirectionsError::Invalid(format!("probe: label {bad} is not below n_classes = {n_classes}")));
@@ -164,19 +150,13 @@ pub fn probe(
     distinct.sort_unstable();
     distinct.dedup();
     if distinct.len() < 2 {
-        return Err(DirectionsError::Invalid(format!(
-            "probe: need at least 2 distinct labels, got {} (n_classes = {n_classes})",
-            distinct.len()
-        )));
+        return Err(DirectionsError::Invalid(format!("probe: need at least 2 distinct labels, got {} (n_classes = {n_classes})", distinct.len())));
     }
     if !(cfg.c > 0.0 && cfg.c.is_finite()) {
         return Err(DirectionsError::Invalid(format!("probe: C must be positive and finite, got {}", cfg.c)));
     }
     if cfg.steps == 0 || cfg.tol.is_nan() || cfg.tol < 0.0 {
-        return Err(DirectionsError::Invalid(format!(
-            "probe: need steps >= 1 and tol >= 0, got steps = {} and tol = {}",
-            cfg.steps, cfg.tol
-        )));
+        return Err(DirectionsError::Invalid(format!("probe: need steps >= 1 and tol >= 0, got steps = {} and tol = {}", cfg.steps, cfg.tol)));
     }
     let fold = group_folds(groups, cfg.folds, cfg.seed)?;
     let x = x.f_to_device(Device::Cpu)?.f_to_kind(Kind::Double)?;
@@ -205,13 +185,7 @@ pub fn probe(
 /// products here are a few million multiply-adds, too small to gain from threads, and OpenMP threads waiting
 /// on a core that another process keeps busy made one call 3-500x slower in measurements on 2 cores
 /// (n = 2880, d = 576: 0.22 s on one thread; 0.6-3.4 s on two while another process ran).
-fn cross_validate(
-    x: Tensor,
-    labels: &[usize],
-    fold: &[usize],
-    n_classes: usize,
-    cfg: &ProbeConfig,
-) -> Result<(Vec<usize>, bool, usize)> {
+fn cross_validate(x: Tensor, labels: &[usize], fold: &[usize], n_classes: usize, cfg: &ProbeConfig) -> Result<(Vec<usize>, bool, usize)> {
     let n = labels.len();
     let mut pred = vec![0usize; n];
     let mut converged = true;

@@ -88,10 +88,7 @@ pub fn build_report(run: &RunDir) -> Result<Report> {
     }
     if !ours.is_empty() {
         let _ = writeln!(md, "### Side by side with the paper\n");
-        let _ = writeln!(
-            md,
-            "The paper's rows are Llama-3.2-3B-Instruct judged by GPT-4o-mini; ours are this run's model and judge.\n"
-        );
+        let _ = writeln!(md, "The paper's rows are Llama-3.2-3B-Instruct judged by GPT-4o-mini; ours are this run's model and judge.\n");
         let _ = write!(md, "| |");
         for e in Emotion::ALL {
             let _ = write!(md, " {e} |");
@@ -167,11 +164,8 @@ pub fn build_report(run: &RunDir) -> Result<Report> {
         if !post.emotion_vectors.is_empty() {
             let _ = writeln!(md, "| layer | resid_mid vectors | resid_post vectors | resid_mid raw | resid_post raw |\n|---:|---:|---:|---:|---:|");
             for l in 0..post.emotion_vectors.len() {
-                let _ = writeln!(
-                    md,
-                    "| {l} | {:.3} | {:.3} | {:.3} | {:.3} |",
-                    mid.emotion_vectors[l], post.emotion_vectors[l], mid.raw[l], post.raw[l]
-                );
+                let _ =
+                    writeln!(md, "| {l} | {:.3} | {:.3} | {:.3} | {:.3} |", mid.emotion_vectors[l], post.emotion_vectors[l], mid.raw[l], post.raw[l]);
             }
         }
         for f in a.figures.iter().filter(|f| f.ends_with(".png")) {
@@ -179,7 +173,9 @@ pub fn build_report(run: &RunDir) -> Result<Report> {
             let caption = match title {
                 "probe_f1" => "Probe F1 by layer.",
                 "pca" => "PCA of last-token states (top) and of emotion vectors (bottom) at the paper's layers 0, 9, 12, 27 (scaled), as its Fig. 2.",
-                "cosine_sublayers" => "Cosine similarity of each emotion's direction across all sublayers (A = resid_mid, M = resid_post), as the paper's Fig. 6.",
+                "cosine_sublayers" => {
+                    "Cosine similarity of each emotion's direction across all sublayers (A = resid_mid, M = resid_post), as the paper's Fig. 6."
+                }
                 _ => "",
             };
             let _ = writeln!(md, "\n![{title}]({f})\n\n{caption}\n");

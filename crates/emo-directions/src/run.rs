@@ -138,7 +138,6 @@ pub enum PromptKind {
     Neutral,
 }
 
-
 /// One generating stage to run: its prompts in batches, and what to do to each batch.
 pub struct Stage<'a> {
     /// Stage name (see [`RunDir::replies`]).
@@ -175,16 +174,11 @@ pub trait RowEdits {
 impl RowEdits for Steering {
     /// One row per prompt of the batch, each adding its own emotion's directions.
     fn hooks(&self, batch: &[PromptItem]) -> Vec<Interventions> {
-        let rows = batch
-            .iter()
-            .map(|it| {
-                crate::steer::steering_edit(&self.directions, it.emotion, self.settings.alpha, self.settings.layers)
-            })
-            .collect();
+        let rows =
+            batch.iter().map(|it| crate::steer::steering_edit(&self.directions, it.emotion, self.settings.alpha, self.settings.layers)).collect();
         vec![Interventions::new(rows, self.positions.clone())]
     }
 }
-
 
 /// Runs (or resumes) a generating stage: generates, judges and commits every missing batch, then merges the
 /// replies. Returns the stage's statistics.
@@ -272,9 +266,7 @@ impl StageWork for Generation<'_, '_> {
             let tensors = Site::ALL
                 .iter()
                 .map(|&site| {
-                    let per_layer = (0..n_layers)
-                        .map(|l| capture.per_row(site.hook_point(l), batch.len()))
-                        .collect::<emo_model::Result<Vec<_>>>()?;
+                    let per_layer = (0..n_layers).map(|l| capture.per_row(site.hook_point(l), batch.len())).collect::<emo_model::Result<Vec<_>>>()?;
                     Ok((site.name().to_string(), Tensor::stack(&per_layer, 1)))
                 })
                 .collect::<Result<Vec<_>>>()?;
@@ -359,10 +351,11 @@ pub fn load_activations(run: &RunDir) -> Result<crate::directions::Activations> 
     while seen < records.len() {
         let path = run.activations().join(format!("{b:05}.safetensors"));
         let mut f = read_tensors(&path)?;
-        let first: usize = f.metadata.get("first_index").and_then(|v| v.parse().ok()).ok_or_else(|| DirectionsError::Format {
-            path: path.clone(),
-            msg: "missing first_index metadata".into(),
-        })?;
+        let first: usize = f
+            .metadata
+            .get("first_index")
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| DirectionsError::Format { path: path.clone(), msg: "missing first_index metadata".into() })?;
         if first != seen {
             return Err(DirectionsError::Format { path, msg: format!("starts at prompt {first}, expected {seen}") });
         }
@@ -382,10 +375,7 @@ pub fn load_activations(run: &RunDir) -> Result<crate::directions::Activations> 
         });
     }
     let emotion = records.iter().map(|r| r.emotion()).collect::<Result<Vec<_>>>()?;
-    let group = records
-        .iter()
-        .map(|r| Ok(r.scenario * 3 + r.valence()?.index()))
-        .collect::<Result<Vec<_>>>()?;
+    let group = records.iter().map(|r| Ok(r.scenario * 3 + r.valence()?.index())).collect::<Result<Vec<_>>>()?;
     Ok(crate::directions::Activations {
         resid_mid,
         resid_post: Tensor::cat(&posts, 0),
@@ -394,4 +384,3 @@ pub fn load_activations(run: &RunDir) -> Result<crate::directions::Activations> 
         matched: records.iter().map(ReplyRecord::matched).collect(),
     })
 }
-

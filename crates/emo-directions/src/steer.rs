@@ -94,9 +94,7 @@ pub fn steering_stage<'a>(
     // Emotion-major order, packed into full batches: each row carries its own emotion's vectors.
     let items: Vec<PromptItem> = Emotion::ALL
         .into_iter()
-        .flat_map(|emotion| {
-            (0..scenarios.len()).flat_map(move |scenario| Valence::ALL.map(|valence| PromptItem { scenario, valence, emotion }))
-        })
+        .flat_map(|emotion| (0..scenarios.len()).flat_map(move |scenario| Valence::ALL.map(|valence| PromptItem { scenario, valence, emotion })))
         .collect();
     let batches = items.chunks(opts.batch_size).map(<[_]>::to_vec).collect();
     let settings = SteeringSettings { alpha: opts.alpha, layers, site: opts.site, positions: opts.positions.to_string() };

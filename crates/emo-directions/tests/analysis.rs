@@ -209,15 +209,8 @@ fn pca_matches_covariance_eigendecomposition() {
     assert!(pca(&x, 0).is_err());
     assert!(pca(&x, 8).unwrap_err().to_string().contains("k = 8"));
     assert!(pca(&x.narrow(0, 0, 3), 4).unwrap_err().to_string().contains("3 rows"));
-    assert!(pca(&Tensor::ones([5, 3], (Kind::Float, tch::Device::Cpu)), 2)
-        .unwrap_err()
-        .to_string()
-        .contains("no variance"));
-    assert!(p
-        .transform(&Tensor::zeros([2, 6], (Kind::Float, tch::Device::Cpu)))
-        .unwrap_err()
-        .to_string()
-        .contains("dimension 6"));
+    assert!(pca(&Tensor::ones([5, 3], (Kind::Float, tch::Device::Cpu)), 2).unwrap_err().to_string().contains("no variance"));
+    assert!(p.transform(&Tensor::zeros([2, 6], (Kind::Float, tch::Device::Cpu))).unwrap_err().to_string().contains("dimension 6"));
 }
 
 #[test]

@@ -4,9 +4,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use emo_directions::export::{
-    read_control_vector, read_npy, read_npz, write_control_vector, write_npy, write_npz,
-};
+use emo_directions::export::{read_control_vector, read_npy, read_npz, write_control_vector, write_npy, write_npz};
 use emo_model::gguf::{GgufFile, GgufValue, GgufWriter};
 use tch::{Device, Kind, Tensor};
 
@@ -16,8 +14,7 @@ use tch::{Device, Kind, Tensor};
 
 /// A fresh scratch folder under the target dir.
 fn scratch(name: &str) -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("export-{name}-{}", std::process::id()));
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("export-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir
@@ -27,20 +24,12 @@ fn scratch(name: &str) -> PathBuf {
 /// `None` with a NOTICE when it is absent or lacks `modules`: the cross-checks then do not run.
 fn python_with(modules: &str) -> Option<PathBuf> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let p = std::env::var_os("EMO_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join(".venv/bin/python"));
+    let p = std::env::var_os("EMO_PYTHON").map(PathBuf::from).unwrap_or_else(|| root.join(".venv/bin/python"));
     if !p.exists() {
-        eprintln!(
-            "NOTICE: {} is missing (run `scripts/setup.sh --test`); cross-check skipped",
-            p.display()
-        );
+        eprintln!("NOTICE: {} is missing (run `scripts/setup.sh --test`); cross-check skipped", p.display());
         return None;
     }
-    let ok = Command::new(&p)
-        .args(["-c", &format!("import {modules}")])
-        .output()
-        .is_ok_and(|o| o.status.success());
+    let ok = Command::new(&p).args(["-c", &format!("import {modules}")]).output().is_ok_and(|o| o.status.success());
     if !ok {
         eprintln!("NOTICE: {} cannot import {modules} (run `scripts/setup.sh --test`); cross-check skipped", p.display());
         return None;
@@ -50,17 +39,9 @@ fn python_with(modules: &str) -> Option<PathBuf> {
 
 /// Runs a Python script with `dir` as its argument; panics with its output if it fails.
 fn run_python(python: &Path, script: &str, dir: &Path) -> String {
-    let out = Command::new(python)
-        .args(["-c", script])
-        .arg(dir)
-        .output()
-        .unwrap();
+    let out = Command::new(python).args(["-c", script]).arg(dir).output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "python failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "python failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     stdout
 }
 
@@ -89,8 +70,7 @@ fn err_naming<T: std::fmt::Debug>(r: emo_directions::Result<T>, path: &Path) -> 
 /// A hand-built `.npy` image with any version, descr, order and shape text.
 fn npy_image(major: u8, descr: &str, fortran: bool, shape: &str, payload: &[u8]) -> Vec<u8> {
     let order = if fortran { "True" } else { "False" };
-    let mut header =
-        format!("{{'descr': '{descr}', 'fortran_order': {order}, 'shape': {shape}, }}");
+    let mut header = format!("{{'descr': '{descr}', 'fortran_order': {order}, 'shape': {shape}, }}");
     let len_field = if major == 1 { 2 } else { 4 };
     while !(10 + len_field - 2 + header.len() + 1).is_multiple_of(64) {
         header.push(' ');
@@ -114,11 +94,7 @@ fn f32_bytes(v: &[f32]) -> Vec<u8> {
 
 /// Leftover temporary files in `dir` (there must be none after a write, good or bad).
 fn leftovers(dir: &Path) -> Vec<String> {
-    std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| n.ends_with(".tmp"))
-        .collect()
+    std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).filter(|n| n.ends_with(".tmp")).collect()
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -155,28 +131,14 @@ fn npy_reads_versions_2_3_f8_and_python2_headers() {
     let v = [1.5f32, -2.25, 3.0, 0.125, 7.0, -0.5];
     for (major, name) in [(1, "v1"), (2, "v2"), (3, "v3")] {
         let path = dir.join(format!("{name}.npy"));
-        std::fs::write(
-            &path,
-            npy_image(major, "<f4", false, "(2, 3)", &f32_bytes(&v)),
-        )
-        .unwrap();
+        std::fs::write(&path, npy_image(major, "<f4", false, "(2, 3)", &f32_bytes(&v))).unwrap();
         let t = read_npy(&path).unwrap();
         assert_eq!(t.size(), [2, 3]);
         assert_eq!(values(&t), v);
     }
     let f8: Vec<f64> = vec![0.1, -1e-3, 3.5];
     let path = dir.join("f8.npy");
-    std::fs::write(
-        &path,
-        npy_image(
-            1,
-            "<f8",
-            false,
-            "(3L,)",
-            &f8.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<_>>(),
-        ),
-    )
-    .unwrap();
+    std::fs::write(&path, npy_image(1, "<f8", false, "(3L,)", &f8.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<_>>())).unwrap();
     let t = read_npy(&path).unwrap();
     assert_eq!(t.kind(), Kind::Float);
     assert_eq!(values(&t), f8.iter().map(|&x| x as f32).collect::<Vec<_>>());
@@ -191,28 +153,12 @@ fn npy_bad_files_name_the_file_and_the_problem() {
     let dir = scratch("npy-bad");
     let v = f32_bytes(&[1.0; 6]);
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
-        (
-            "fortran.npy",
-            npy_image(1, "<f4", true, "(2, 3)", &v),
-            "Fortran",
-        ),
+        ("fortran.npy", npy_image(1, "<f4", true, "(2, 3)", &v), "Fortran"),
         ("int.npy", npy_image(1, "<i4", false, "(2, 3)", &v), "'<i4'"),
-        (
-            "bigendian.npy",
-            npy_image(1, ">f4", false, "(2, 3)", &v),
-            "'>f4'",
-        ),
+        ("bigendian.npy", npy_image(1, ">f4", false, "(2, 3)", &v), "'>f4'"),
         ("f2.npy", npy_image(1, "<f2", false, "(3,)", &v), "'<f2'"),
-        (
-            "short.npy",
-            npy_image(1, "<f4", false, "(2, 4)", &v),
-            "needs 32 bytes",
-        ),
-        (
-            "long.npy",
-            npy_image(1, "<f4", false, "(5,)", &v),
-            "needs 20 bytes",
-        ),
+        ("short.npy", npy_image(1, "<f4", false, "(2, 4)", &v), "needs 32 bytes"),
+        ("long.npy", npy_image(1, "<f4", false, "(5,)", &v), "needs 20 bytes"),
         (
             "version.npy",
             {
@@ -222,36 +168,20 @@ fn npy_bad_files_name_the_file_and_the_problem() {
             },
             "version 4.0",
         ),
-        (
-            "noshape.npy",
-            npy_image(1, "<f4", false, "None", &v),
-            "'shape'",
-        ),
-        (
-            "header.npy",
-            b"\x93NUMPY\x01\x00\xff\x00{'descr'".to_vec(),
-            "truncated",
-        ),
-        (
-            "garbage.npy",
-            b"this is not numpy at all".to_vec(),
-            "not a NumPy",
-        ),
+        ("noshape.npy", npy_image(1, "<f4", false, "None", &v), "'shape'"),
+        ("header.npy", b"\x93NUMPY\x01\x00\xff\x00{'descr'".to_vec(), "truncated"),
+        ("garbage.npy", b"this is not numpy at all".to_vec(), "not a NumPy"),
         ("empty.npy", Vec::new(), "not a NumPy"),
     ];
     for (name, bytes, expect) in cases {
         let path = dir.join(name);
         std::fs::write(&path, bytes).unwrap();
         let msg = err_naming(read_npy(&path), &path);
-        assert!(
-            msg.contains(expect),
-            "{name}: expected `{expect}` in: {msg}"
-        );
+        assert!(msg.contains(expect), "{name}: expected `{expect}` in: {msg}");
     }
     // A real structured dtype header (descr is a list).
     let path = dir.join("record.npy");
-    let mut header =
-        "{'descr': [('a', '<f4')], 'fortran_order': False, 'shape': (1,), }".to_string();
+    let mut header = "{'descr': [('a', '<f4')], 'fortran_order': False, 'shape': (1,), }".to_string();
     while !(10 + header.len() + 1).is_multiple_of(64) {
         header.push(' ');
     }
@@ -299,11 +229,7 @@ fn failed_writes_leave_nothing_behind() {
 #[test]
 fn npz_round_trip_stored_entries_in_order() {
     let dir = scratch("npz");
-    let named: Vec<(String, Tensor)> = vec![
-        ("resid_post".into(), randn(&[4, 8])),
-        ("anger".into(), randn(&[8])),
-        ("cube".into(), randn(&[2, 3, 4])),
-    ];
+    let named: Vec<(String, Tensor)> = vec![("resid_post".into(), randn(&[4, 8])), ("anger".into(), randn(&[8])), ("cube".into(), randn(&[2, 3, 4]))];
     let path = dir.join("d.npz");
     write_npz(&path, &named).unwrap();
     let back = read_npz(&path).unwrap();
@@ -313,10 +239,7 @@ fn npz_round_trip_stored_entries_in_order() {
         assert_same(t1, t2);
     }
     let mut zip = zip::ZipArchive::new(std::fs::File::open(&path).unwrap()).unwrap();
-    for (i, name) in ["resid_post.npy", "anger.npy", "cube.npy"]
-        .iter()
-        .enumerate()
-    {
+    for (i, name) in ["resid_post.npy", "anger.npy", "cube.npy"].iter().enumerate() {
         let entry = zip.by_index(i).unwrap();
         assert_eq!(entry.name(), *name);
         assert_eq!(entry.compression(), zip::CompressionMethod::Stored);
@@ -331,8 +254,7 @@ fn npz_round_trip_stored_entries_in_order() {
     let tmp = dir.join("t.npy");
     write_npy(&tmp, &t).unwrap();
     let mut w = zip::ZipWriter::new(std::fs::File::create(&deflated).unwrap());
-    let opts = zip::write::SimpleFileOptions::default()
-        .compression_method(zip::CompressionMethod::Deflated);
+    let opts = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Deflated);
     w.start_file("x.npy", opts).unwrap();
     w.write_all(&std::fs::read(&tmp).unwrap()).unwrap();
     w.finish().unwrap();
@@ -346,13 +268,7 @@ fn npz_round_trip_stored_entries_in_order() {
 fn npz_bad_input_is_reported() {
     let dir = scratch("npz-bad");
     let path = dir.join("dup.npz");
-    let msg = err_naming(
-        write_npz(
-            &path,
-            &[("a".into(), randn(&[2])), ("a".into(), randn(&[2]))],
-        ),
-        &path,
-    );
+    let msg = err_naming(write_npz(&path, &[("a".into(), randn(&[2])), ("a".into(), randn(&[2]))]), &path);
     assert!(msg.contains("`a`"), "{msg}");
     err_naming(write_npz(&path, &[(String::new(), randn(&[2]))]), &path);
     assert!(!path.exists());
@@ -371,8 +287,7 @@ fn npz_bad_input_is_reported() {
     // An entry that is not an array: the error names the archive and the entry.
     let bad = dir.join("bad-entry.npz");
     let mut w = zip::ZipWriter::new(std::fs::File::create(&bad).unwrap());
-    w.start_file("notes.npy", zip::write::SimpleFileOptions::default())
-        .unwrap();
+    w.start_file("notes.npy", zip::write::SimpleFileOptions::default()).unwrap();
     w.write_all(b"hello").unwrap();
     w.finish().unwrap();
     let msg = err_naming(read_npz(&bad), &bad);
@@ -404,15 +319,8 @@ fn control_vector_round_trip() {
     }
     let dense = cv.to_tensor(5).unwrap();
     assert_eq!(dense.size(), [5, 16]);
-    assert_eq!(
-        values(&dense.get(0)),
-        vec![0.0; 16],
-        "row 0 is not exported"
-    );
-    assert_eq!(
-        values(&dense.narrow(0, 1, 4)),
-        values(&scaled.narrow(0, 1, 4))
-    );
+    assert_eq!(values(&dense.get(0)), vec![0.0; 16], "row 0 is not exported");
+    assert_eq!(values(&dense.narrow(0, 1, 4)), values(&scaled.narrow(0, 1, 4)));
     // A bigger model gets zero rows at the end; a smaller one is refused.
     let wide = cv.to_tensor(7).unwrap();
     assert_eq!(values(&wide.narrow(0, 5, 2)), vec![0.0; 32]);
@@ -421,10 +329,7 @@ fn control_vector_round_trip() {
     // The metadata as llama.cpp sees it.
     let g = GgufFile::open(&path).unwrap();
     assert_eq!(g.version(), 3);
-    assert_eq!(
-        g.get("general.architecture"),
-        Some(&GgufValue::String("controlvector".into()))
-    );
+    assert_eq!(g.get("general.architecture"), Some(&GgufValue::String("controlvector".into())));
     assert_eq!(g.get("controlvector.layer_count"), Some(&GgufValue::U32(4)));
     assert!(g.tensor_info("direction.0").is_none());
     assert_eq!(g.tensor_info("direction.4").unwrap().dims, [16]);
@@ -435,31 +340,17 @@ fn control_vector_written_by_others_reads() {
     let dir = scratch("cvec-i32");
     // llama.cpp's cvector-generator writes layer_count as i32; direction tensors may be sparse.
     let mut w = GgufWriter::new();
-    w.add_metadata(
-        "general.architecture",
-        GgufValue::String("controlvector".into()),
-    );
-    w.add_metadata(
-        "controlvector.model_hint",
-        GgufValue::String("qwen2".into()),
-    );
+    w.add_metadata("general.architecture", GgufValue::String("controlvector".into()));
+    w.add_metadata("controlvector.model_hint", GgufValue::String("qwen2".into()));
     w.add_metadata("controlvector.layer_count", GgufValue::I32(2));
-    w.add_f32_tensor("direction.3", &[4], &[1.0, 2.0, 3.0, 4.0])
-        .unwrap();
-    w.add_f32_tensor("direction.1", &[4], &[-1.0, 0.5, 0.0, 8.0])
-        .unwrap();
+    w.add_f32_tensor("direction.3", &[4], &[1.0, 2.0, 3.0, 4.0]).unwrap();
+    w.add_f32_tensor("direction.1", &[4], &[-1.0, 0.5, 0.0, 8.0]).unwrap();
     let path = dir.join("i32.gguf");
     w.write(&path).unwrap();
     let cv = read_control_vector(&path).unwrap();
-    assert_eq!(
-        (cv.model_hint.as_str(), cv.layer_count, cv.d_model),
-        ("qwen2", 2, 4)
-    );
+    assert_eq!((cv.model_hint.as_str(), cv.layer_count, cv.d_model), ("qwen2", 2, 4));
     let dense = cv.to_tensor(cv.n_layers()).unwrap();
-    assert_eq!(
-        values(&dense),
-        [0.0, 0.0, 0.0, 0.0, -1.0, 0.5, 0.0, 8.0, 0.0, 0.0, 0.0, 0.0, 1.0, 2.0, 3.0, 4.0]
-    );
+    assert_eq!(values(&dense), [0.0, 0.0, 0.0, 0.0, -1.0, 0.5, 0.0, 8.0, 0.0, 0.0, 0.0, 0.0, 1.0, 2.0, 3.0, 4.0]);
 }
 
 #[test]
@@ -467,82 +358,31 @@ fn control_vector_bad_files_are_reported() {
     let dir = scratch("cvec-bad");
     type Build = fn(&mut GgufWriter);
     let cases: Vec<(&str, Build, &str)> = vec![
-        (
-            "arch.gguf",
-            |w| w.add_metadata("general.architecture", GgufValue::String("llama".into())),
-            "`llama`",
-        ),
-        (
-            "zero.gguf",
-            |w| w.add_f32_tensor("direction.0", &[4], &[0.0; 4]).unwrap(),
-            "direction.0",
-        ),
-        (
-            "name.gguf",
-            |w| {
-                w.add_f32_tensor("blk.1.attn_q.weight", &[4], &[0.0; 4])
-                    .unwrap()
-            },
-            "blk.1.attn_q.weight",
-        ),
-        (
-            "num.gguf",
-            |w| w.add_f32_tensor("direction.x", &[4], &[0.0; 4]).unwrap(),
-            "direction.x",
-        ),
-        (
-            "neg.gguf",
-            |w| w.add_f32_tensor("direction.-1", &[4], &[0.0; 4]).unwrap(),
-            "direction.-1",
-        ),
-        (
-            "rank.gguf",
-            |w| w.add_f32_tensor("direction.2", &[2, 2], &[0.0; 4]).unwrap(),
-            "direction.2",
-        ),
-        (
-            "len.gguf",
-            |w| w.add_f32_tensor("direction.2", &[3], &[0.0; 3]).unwrap(),
-            "direction.2",
-        ),
-        (
-            "count.gguf",
-            |w| w.add_metadata("controlvector.layer_count", GgufValue::String("4".into())),
-            "layer_count",
-        ),
-        (
-            "hint.gguf",
-            |w| w.add_metadata("controlvector.model_hint", GgufValue::U32(1)),
-            "model_hint",
-        ),
+        ("arch.gguf", |w| w.add_metadata("general.architecture", GgufValue::String("llama".into())), "`llama`"),
+        ("zero.gguf", |w| w.add_f32_tensor("direction.0", &[4], &[0.0; 4]).unwrap(), "direction.0"),
+        ("name.gguf", |w| w.add_f32_tensor("blk.1.attn_q.weight", &[4], &[0.0; 4]).unwrap(), "blk.1.attn_q.weight"),
+        ("num.gguf", |w| w.add_f32_tensor("direction.x", &[4], &[0.0; 4]).unwrap(), "direction.x"),
+        ("neg.gguf", |w| w.add_f32_tensor("direction.-1", &[4], &[0.0; 4]).unwrap(), "direction.-1"),
+        ("rank.gguf", |w| w.add_f32_tensor("direction.2", &[2, 2], &[0.0; 4]).unwrap(), "direction.2"),
+        ("len.gguf", |w| w.add_f32_tensor("direction.2", &[3], &[0.0; 3]).unwrap(), "direction.2"),
+        ("count.gguf", |w| w.add_metadata("controlvector.layer_count", GgufValue::String("4".into())), "layer_count"),
+        ("hint.gguf", |w| w.add_metadata("controlvector.model_hint", GgufValue::U32(1)), "model_hint"),
     ];
     for (name, build, expect) in cases {
         let mut w = GgufWriter::new();
-        w.add_metadata(
-            "general.architecture",
-            GgufValue::String("controlvector".into()),
-        );
-        w.add_metadata(
-            "controlvector.model_hint",
-            GgufValue::String("llama".into()),
-        );
+        w.add_metadata("general.architecture", GgufValue::String("controlvector".into()));
+        w.add_metadata("controlvector.model_hint", GgufValue::String("llama".into()));
         w.add_metadata("controlvector.layer_count", GgufValue::U32(1));
         w.add_f32_tensor("direction.1", &[4], &[1.0; 4]).unwrap();
         build(&mut w);
         let path = dir.join(name);
         w.write(&path).unwrap();
         let msg = err_naming(read_control_vector(&path), &path);
-        assert!(
-            msg.contains(expect),
-            "{name}: expected `{expect}` in: {msg}"
-        );
+        assert!(msg.contains(expect), "{name}: expected `{expect}` in: {msg}");
     }
     // No tensors at all.
     let mut w = GgufWriter::new();
-    w.add_metadata(
-        "general.architecture",
-        GgufValue::String("controlvector".into()),
-    );
+    w.add_metadata("general.architecture", GgufValue::String("controlvector".into()));
     w.add_metadata("controlvector.layer_count", GgufValue::U32(0));
     let path = dir.join("none.gguf");
     w.write(&path).unwrap();
@@ -562,18 +402,9 @@ fn control_vector_bad_files_are_reported() {
 
     // Bad inputs to the writer.
     let path = dir.join("w.gguf");
-    err_naming(
-        write_control_vector(&path, &randn(&[1, 8]), "llama", 1.0),
-        &path,
-    );
-    err_naming(
-        write_control_vector(&path, &randn(&[8]), "llama", 1.0),
-        &path,
-    );
-    err_naming(
-        write_control_vector(&path, &randn(&[3, 8]), "llama", f32::NAN),
-        &path,
-    );
+    err_naming(write_control_vector(&path, &randn(&[1, 8]), "llama", 1.0), &path);
+    err_naming(write_control_vector(&path, &randn(&[8]), "llama", 1.0), &path);
+    err_naming(write_control_vector(&path, &randn(&[3, 8]), "llama", f32::NAN), &path);
     let nan = randn(&[3, 8]);
     let _ = nan.get(2).get(5).fill_(f64::NAN);
     let msg = err_naming(write_control_vector(&path, &nan, "llama", 1.0), &path);
@@ -627,37 +458,15 @@ fn numpy_reads_ours_and_we_read_numpys() {
     let dir = scratch("numpy");
     let a = randn(&[2, 3, 4]);
     write_npy(dir.join("rust.npy"), &a).unwrap();
-    let named: Vec<(String, Tensor)> = vec![
-        ("zeta".into(), randn(&[6])),
-        ("alpha".into(), randn(&[2, 2])),
-        ("s".into(), randn(&[])),
-    ];
+    let named: Vec<(String, Tensor)> = vec![("zeta".into(), randn(&[6])), ("alpha".into(), randn(&[2, 2])), ("s".into(), randn(&[]))];
     write_npz(dir.join("rust.npz"), &named).unwrap();
 
-    let out: serde_json::Value =
-        serde_json::from_str(&run_python(&python, NUMPY_SCRIPT, &dir)).unwrap();
-    let floats = |v: &serde_json::Value| -> Vec<f32> {
-        v.as_array()
-            .unwrap()
-            .iter()
-            .map(|x| x.as_f64().unwrap() as f32)
-            .collect()
-    };
-    let shape = |v: &serde_json::Value| -> Vec<i64> {
-        v.as_array()
-            .unwrap()
-            .iter()
-            .map(|x| x.as_i64().unwrap())
-            .collect()
-    };
+    let out: serde_json::Value = serde_json::from_str(&run_python(&python, NUMPY_SCRIPT, &dir)).unwrap();
+    let floats = |v: &serde_json::Value| -> Vec<f32> { v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect() };
+    let shape = |v: &serde_json::Value| -> Vec<i64> { v.as_array().unwrap().iter().map(|x| x.as_i64().unwrap()).collect() };
     assert_eq!(shape(&out["npy"]["shape"]), a.size());
     assert_eq!(floats(&out["npy"]["values"]), values(&a));
-    let order: Vec<&str> = out["npz_order"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s.as_str().unwrap())
-        .collect();
+    let order: Vec<&str> = out["npz_order"].as_array().unwrap().iter().map(|s| s.as_str().unwrap()).collect();
     assert_eq!(order, ["zeta", "alpha", "s"]);
     for (name, t) in &named {
         assert_eq!(shape(&out["npz"][name]["shape"]), t.size(), "{name}");
@@ -674,28 +483,17 @@ fn numpy_reads_ours_and_we_read_numpys() {
     let t = read_npy(dir.join("py_f8.npy")).unwrap();
     assert_eq!((t.size(), t.kind()), (vec![5], Kind::Float));
     assert_eq!(values(&t), y);
-    let msg = read_npy(dir.join("py_fortran.npy"))
-        .unwrap_err()
-        .to_string();
-    assert!(
-        msg.contains("py_fortran.npy") && msg.contains("Fortran"),
-        "{msg}"
-    );
+    let msg = read_npy(dir.join("py_fortran.npy")).unwrap_err().to_string();
+    assert!(msg.contains("py_fortran.npy") && msg.contains("Fortran"), "{msg}");
     let msg = read_npy(dir.join("py_int.npy")).unwrap_err().to_string();
     assert!(msg.contains("py_int.npy") && msg.contains("'<i4'"), "{msg}");
 
     let z = read_npz(dir.join("py_z.npz")).unwrap();
-    assert_eq!(
-        z.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(),
-        ["first", "second"]
-    );
+    assert_eq!(z.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(), ["first", "second"]);
     assert_eq!(values(&z[0].1), x);
     assert_eq!(values(&z[1].1), y);
     let s = read_npz(dir.join("py_s.npz")).unwrap();
-    assert_eq!(
-        s.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(),
-        ["arr_0", "arr_1"]
-    );
+    assert_eq!(s.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(), ["arr_0", "arr_1"]);
     assert_eq!(values(&s[1].1), y);
 }
 
@@ -736,8 +534,7 @@ fn gguf_py_reads_our_control_vectors_and_we_read_its() {
     let dirs = randn(&[4, 12]);
     write_control_vector(dir.join("rust.gguf"), &dirs, "llama", -1.5).unwrap();
 
-    let out: serde_json::Value =
-        serde_json::from_str(&run_python(&python, GGUF_SCRIPT, &dir)).unwrap();
+    let out: serde_json::Value = serde_json::from_str(&run_python(&python, GGUF_SCRIPT, &dir)).unwrap();
     assert_eq!(out["arch"], "controlvector");
     assert_eq!(out["hint"], "llama");
     assert_eq!(out["count"], 3);
@@ -751,20 +548,12 @@ fn gguf_py_reads_our_control_vectors_and_we_read_its() {
         let t = &tensors[&format!("direction.{n}")];
         assert_eq!(t["type"], "F32");
         assert_eq!(t["shape"], serde_json::json!([12]));
-        let got: Vec<f32> = t["values"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|x| x.as_f64().unwrap() as f32)
-            .collect();
+        let got: Vec<f32> = t["values"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
         assert_eq!(got, values(&scaled.get(n)), "direction.{n}");
     }
 
     let cv = read_control_vector(dir.join("py.gguf")).unwrap();
-    assert_eq!(
-        (cv.model_hint.as_str(), cv.layer_count, cv.d_model),
-        ("mistral", 2, 3)
-    );
+    assert_eq!((cv.model_hint.as_str(), cv.layer_count, cv.d_model), ("mistral", 2, 3));
     assert_eq!(cv.layers.keys().copied().collect::<Vec<_>>(), [2, 5]);
     assert_eq!(values(&cv.layers[&5]), [-1.0, 0.25, 9.0]);
     let dense = cv.to_tensor(6).unwrap();

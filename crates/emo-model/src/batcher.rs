@@ -172,10 +172,8 @@ impl<'m> ContinuousBatch<'m> {
             set.push_all(&mut prefill_hooks);
             self.model.forward_chunk(&ids, &valid, &mut fresh, &mut set, LogitsFor::Last)?
         };
-        let mut new_rows: Vec<Row> = requests
-            .into_iter()
-            .map(|r| Row { id: r.id, decoder: RowDecoder::new(&r.prompt, &r.config), control: r.control, next: None })
-            .collect();
+        let mut new_rows: Vec<Row> =
+            requests.into_iter().map(|r| Row { id: r.id, decoder: RowDecoder::new(&r.prompt, &r.config), control: r.control, next: None }).collect();
         let mut events = Vec::new();
         let zero_budget: Vec<bool> = new_rows.iter().map(|r| r.decoder.config().max_new_tokens == 0).collect();
         {
@@ -210,8 +208,7 @@ impl<'m> ContinuousBatch<'m> {
         };
         let mut events = Vec::new();
         let choices = {
-            let mut live: Vec<Option<&mut RowDecoder>> =
-                self.rows.iter_mut().map(|r| r.next.is_some().then_some(&mut r.decoder)).collect();
+            let mut live: Vec<Option<&mut RowDecoder>> = self.rows.iter_mut().map(|r| r.next.is_some().then_some(&mut r.decoder)).collect();
             choose_tokens(&logits.select(1, 0), &mut live)?
         };
         for (row, choice) in self.rows.iter_mut().zip(choices) {

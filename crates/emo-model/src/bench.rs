@@ -38,9 +38,8 @@ pub fn hooks_for(load: HookLoad, cfg: &TransformerConfig) -> Option<Box<dyn Hook
     match load {
         HookLoad::None => None,
         HookLoad::Capture => {
-            let points = (0..cfg.n_layers).flat_map(|l| {
-                [HookPoint::ResidMid(l), HookPoint::ResidPost(l), HookPoint::AttnZ(l), HookPoint::MlpPost(l)]
-            });
+            let points =
+                (0..cfg.n_layers).flat_map(|l| [HookPoint::ResidMid(l), HookPoint::ResidPost(l), HookPoint::AttnZ(l), HookPoint::MlpPost(l)]);
             Some(Box::new(Capture::new(points, Positions::LastPrompt)))
         }
         HookLoad::Edit => {

@@ -45,11 +45,7 @@ struct BertConfig {
 impl BertConfig {
     fn from_file(path: &Path) -> Result<Self> {
         let v = read_json(path)?;
-        let bad = |key: &str, msg: &str| ModelError::Metadata {
-            path: path.to_path_buf(),
-            key: key.into(),
-            msg: msg.into(),
-        };
+        let bad = |key: &str, msg: &str| ModelError::Metadata { path: path.to_path_buf(), key: key.into(), msg: msg.into() };
         let uint = |key: &str| -> Result<usize> {
             match v.get(key).and_then(Value::as_u64) {
                 Some(x) if x > 0 => Ok(x as usize),
@@ -84,10 +80,7 @@ impl BertConfig {
             layer_norm_eps,
         };
         if !cfg.hidden.is_multiple_of(cfg.heads) {
-            return Err(bad(
-                "num_attention_heads",
-                &format!("{} heads do not divide hidden_size {}", cfg.heads, cfg.hidden),
-            ));
+            return Err(bad("num_attention_heads", &format!("{} heads do not divide hidden_size {}", cfg.heads, cfg.hidden)));
         }
         Ok(cfg)
     }
@@ -142,8 +135,7 @@ impl SentenceEncoder {
         if !dir.is_dir() {
             return Err(ModelError::ModelNotFound {
                 reference: dir.display().to_string(),
-                msg: "no such folder (run `scripts/setup.sh` to install all-MiniLM-L6-v2, or set $EMO_MODELS_DIR)"
-                    .into(),
+                msg: "no such folder (run `scripts/setup.sh` to install all-MiniLM-L6-v2, or set $EMO_MODELS_DIR)".into(),
             });
         }
         let cfg = BertConfig::from_file(&dir.join("config.json"))?;
@@ -157,8 +149,7 @@ impl SentenceEncoder {
         if !tokenizer_path.is_file() {
             return Err(tok_err("file not found".into()));
         }
-        let mut tokenizer = tokenizers::Tokenizer::from_file(&tokenizer_path)
-            .map_err(|e| tok_err(format!("cannot load tokenizer.json: {e}")))?;
+        let mut tokenizer = tokenizers::Tokenizer::from_file(&tokenizer_path).map_err(|e| tok_err(format!("cannot load tokenizer.json: {e}")))?;
         // tokenizer.json carries the training-time settings (truncate and pad to 128); sentence-transformers
         // overrides both per call: truncation to max_seq_length, padding to the batch's longest text, which
         // `encode` does itself.
@@ -174,10 +165,7 @@ impl SentenceEncoder {
         // An id past the embedding table would make LibTorch fail mid-forward; refuse the pair up front.
         let max_id = tokenizer.get_vocab(true).values().copied().max().unwrap_or(0) as usize;
         if max_id >= cfg.vocab_size {
-            return Err(tok_err(format!(
-                "token id {max_id} does not fit the model's vocab_size {} (config.json)",
-                cfg.vocab_size
-            )));
+            return Err(tok_err(format!("token id {max_id} does not fit the model's vocab_size {} (config.json)", cfg.vocab_size)));
         }
 
         let src = SafetensorsWeights::open(dir)?;
@@ -188,12 +176,7 @@ impl SentenceEncoder {
             let name = format!("{prefix}{name}");
             let t = src.tensor(&name)?;
             if t.size() != shape {
-                return Err(ModelError::ShapeMismatch {
-                    path: src.path().to_path_buf(),
-                    name,
-                    got: t.size(),
-                    expected: shape.to_vec(),
-                });
+                return Err(ModelError::ShapeMismatch { path: src.path().to_path_buf(), name, got: t.size(), expected: shape.to_vec() });
             }
             Ok(t.f_to_kind(Kind::Float)?.f_to_device(device)?)
         };
@@ -208,10 +191,7 @@ impl SentenceEncoder {
         for l in 0..cfg.layers {
             let p = |s: &str| format!("encoder.layer.{l}.{s}");
             let proj = |which: &str| -> Result<(Tensor, Tensor)> {
-                Ok((
-                    get(&p(&format!("attention.self.{which}.weight")), &[d, d])?,
-                    get(&p(&format!("attention.self.{which}.bias")), &[d])?,
-                ))
+                Ok((get(&p(&format!("attention.self.{which}.weight")), &[d, d])?, get(&p(&format!("attention.self.{which}.bias")), &[d])?))
             };
             let (qw, qb) = proj("query")?;
             let (kw, kb) = proj("key")?;
@@ -231,18 +211,7 @@ impl SentenceEncoder {
                 out_ln_b: get(&p("output.LayerNorm.bias"), &[d])?,
             });
         }
-        Ok(SentenceEncoder {
-            cfg,
-            device,
-            tokenizer,
-            tokenizer_path,
-            word_emb,
-            pos_emb,
-            type_emb,
-            emb_ln_w,
-            emb_ln_b,
-            layers,
-        })
+        Ok(SentenceEncoder { cfg, device, tokenizer, tokenizer_path, word_emb, pos_emb, type_emb, emb_ln_w, emb_ln_b, layers })
     }
 
     /// Where `scripts/setup.sh` puts the model: `$EMO_MODELS_DIR/all-MiniLM-L6-v2` when that variable is set,
@@ -271,10 +240,7 @@ impl SentenceEncoder {
         let encodings = self
             .tokenizer
             .encode_batch(texts.to_vec(), true)
-            .map_err(|e| ModelError::Tokenizer {
-                path: self.tokenizer_path.clone(),
-                msg: format!("encoding failed: {e}"),
-            })?;
+            .map_err(|e| ModelError::Tokenizer { path: self.tokenizer_path.clone(), msg: format!("encoding failed: {e}") })?;
         let ids: Vec<&[u32]> = encodings.iter().map(|e| e.get_ids()).collect();
         // Longest first, so each batch holds texts of similar length (as sentence-transformers does); ties keep
         // input order, so the grouping is deterministic.
@@ -315,9 +281,7 @@ impl SentenceEncoder {
 
         // Embeddings: word + absolute position + token type 0, then LayerNorm (BERT is post-norm throughout).
         let pos = self.pos_emb.f_narrow(0, 0, t)?; // [t, d], broadcast over rows
-        let emb = Tensor::f_embedding(&self.word_emb, &ids, -1, false, false)?
-            .f_add(&pos)?
-            .f_add(&self.type_emb)?;
+        let emb = Tensor::f_embedding(&self.word_emb, &ids, -1, false, false)?.f_add(&pos)?.f_add(&self.type_emb)?;
         let mut h = emb.f_layer_norm([d], Some(&self.emb_ln_w), Some(&self.emb_ln_b), eps, false)?;
 
         // Keys that are padding get no attention weight, from any query: [b, 1, 1, t], true = attend. Every
@@ -368,11 +332,7 @@ fn max_seq_length(path: &Path) -> Result<usize> {
         // At least 2, room for [CLS] and [SEP]; fewer and the tokenizer could not truncate.
         Some(x) => match x.as_u64() {
             Some(n) if n >= 2 => Ok(n as usize),
-            _ => Err(ModelError::Metadata {
-                path: path.to_path_buf(),
-                key: "max_seq_length".into(),
-                msg: format!("{x} is not an integer >= 2"),
-            }),
+            _ => Err(ModelError::Metadata { path: path.to_path_buf(), key: "max_seq_length".into(), msg: format!("{x} is not an integer >= 2") }),
         },
     }
 }
@@ -387,14 +347,13 @@ fn check_pooling(path: &Path, hidden: usize) -> Result<()> {
     let bad = |key: &str, msg: String| ModelError::Metadata { path: path.to_path_buf(), key: key.into(), msg };
     let flag = |key: &str| v.get(key).and_then(Value::as_bool).unwrap_or(false);
     if !flag("pooling_mode_mean_tokens") {
-        return Err(bad(
-            "pooling_mode_mean_tokens",
-            "only mean pooling is implemented, and this folder does not ask for it".into(),
-        ));
+        return Err(bad("pooling_mode_mean_tokens", "only mean pooling is implemented, and this folder does not ask for it".into()));
     }
-    let others = v.as_object().into_iter().flatten().filter(|(k, val)| {
-        k.starts_with("pooling_mode_") && k.as_str() != "pooling_mode_mean_tokens" && val.as_bool() == Some(true)
-    });
+    let others = v
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter(|(k, val)| k.starts_with("pooling_mode_") && k.as_str() != "pooling_mode_mean_tokens" && val.as_bool() == Some(true));
     if let Some((k, _)) = others.into_iter().next() {
         return Err(bad(k, "only mean pooling alone is implemented".into()));
     }

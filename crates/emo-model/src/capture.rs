@@ -112,10 +112,7 @@ impl Capture {
     /// The activation at `point` for each of `batch` rows when exactly one token per row was captured
     /// (e.g. [`Positions::LastPrompt`]): [batch, ...] ordered by row.
     pub fn per_row(&self, point: HookPoint, batch: usize) -> Result<Tensor> {
-        let c = self.get(point).ok_or_else(|| ModelError::Hook {
-            point: point.to_string(),
-            msg: "nothing was captured here".into(),
-        })?;
+        let c = self.get(point).ok_or_else(|| ModelError::Hook { point: point.to_string(), msg: "nothing was captured here".into() })?;
         let rows: Vec<i64> = Vec::<i64>::try_from(&c.rows).map_err(ModelError::Torch)?;
         let mut sorted = rows.clone();
         sorted.sort_unstable();
@@ -165,4 +162,3 @@ impl Hook for Capture {
         Ok(None)
     }
 }
-

@@ -134,33 +134,15 @@ struct DateTime {
 impl DateTime {
     fn now_utc() -> Self {
         // A clock before 1970 is a misconfigured machine; formatting the epoch beats failing the render.
-        let secs =
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
+        let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
         let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-        Self {
-            date: civil_from_days(days),
-            hour: (rem / 3600) as u32,
-            minute: (rem / 60 % 60) as u32,
-            second: (rem % 60) as u32,
-        }
+        Self { date: civil_from_days(days), hour: (rem / 3600) as u32, minute: (rem / 60 % 60) as u32, second: (rem % 60) as u32 }
     }
 
     /// Python's `strftime` for the directives chat templates use, in the C locale.
     fn strftime(&self, fmt: &str) -> std::result::Result<String, String> {
-        const MONTHS: [&str; 12] = [
-            "January",
-            "February",
-            "March",
-            "April",
-            "May",
-            "June",
-            "July",
-            "August",
-            "September",
-            "October",
-            "November",
-            "December",
-        ];
+        const MONTHS: [&str; 12] =
+            ["January", "February", "March", "April", "May", "June", "July", "August", "September", "October", "November", "December"];
         const WEEKDAYS: [&str; 7] = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"];
         let d = self.date;
         let days = days_from_civil(d);
@@ -263,10 +245,7 @@ impl ChatTemplate {
         }
         let mut template = Self { env };
         template.set_clock(None);
-        template
-            .env
-            .add_template_owned(TEMPLATE_NAME, source.to_string())
-            .map_err(|e| ModelError::Template(describe(&e)))?;
+        template.env.add_template_owned(TEMPLATE_NAME, source.to_string()).map_err(|e| ModelError::Template(describe(&e)))?;
         Ok(template)
     }
 
@@ -328,9 +307,7 @@ fn py_tojson(value: Value, kwargs: Kwargs) -> std::result::Result<String, Error>
         Some(v) if v.is_none() => None,
         Some(v) if v.kind() == ValueKind::String => Some(v.as_str().unwrap_or_default().to_string()),
         Some(v) => {
-            let n = v.as_i64().ok_or_else(|| {
-                Error::new(ErrorKind::InvalidOperation, "tojson: indent must be an integer or a string")
-            })?;
+            let n = v.as_i64().ok_or_else(|| Error::new(ErrorKind::InvalidOperation, "tojson: indent must be an integer or a string"))?;
             Some(" ".repeat(n.max(0) as usize))
         }
     };
@@ -420,10 +397,7 @@ fn write_json(out: &mut String, value: &Value, style: &JsonStyle, depth: usize) 
             out.push('}');
         }
         kind => {
-            return Err(Error::new(
-                ErrorKind::InvalidOperation,
-                format!("tojson: a value of kind {kind} is not JSON serializable"),
-            ));
+            return Err(Error::new(ErrorKind::InvalidOperation, format!("tojson: a value of kind {kind} is not JSON serializable")));
         }
     }
     Ok(())
@@ -437,12 +411,7 @@ fn json_key(key: &Value) -> std::result::Result<String, Error> {
         ValueKind::Bool => if key.is_true() { "true" } else { "false" }.to_string(),
         ValueKind::Number if key.is_integer() => key.to_string(),
         ValueKind::Number => py_float_repr(f64::try_from(key.clone())?),
-        kind => {
-            return Err(Error::new(
-                ErrorKind::InvalidOperation,
-                format!("tojson: keys must be str, int, float, bool or None, not {kind}"),
-            ))
-        }
+        kind => return Err(Error::new(ErrorKind::InvalidOperation, format!("tojson: keys must be str, int, float, bool or None, not {kind}"))),
     })
 }
 

@@ -97,18 +97,15 @@ impl TransformerConfig {
     /// Reads an HF `config.json`.
     pub fn from_hf_config(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| ModelError::io(path, e))?;
-        let v: Value = serde_json::from_str(&text)
-            .map_err(|e| ModelError::format(path, format!("invalid JSON: {e}")))?;
+        let v: Value = serde_json::from_str(&text).map_err(|e| ModelError::format(path, format!("invalid JSON: {e}")))?;
         Self::from_hf_value(path, &v)
     }
 
     /// Parses an HF config already read as JSON; `path` is used in error messages.
     pub fn from_hf_value(path: &Path, v: &Value) -> Result<Self> {
         let model_type = v.get("model_type").and_then(Value::as_str).unwrap_or("");
-        let arch = Architecture::parse(model_type).ok_or_else(|| ModelError::UnknownArchitecture {
-            path: path.to_path_buf(),
-            arch: model_type.to_string(),
-        })?;
+        let arch = Architecture::parse(model_type)
+            .ok_or_else(|| ModelError::UnknownArchitecture { path: path.to_path_buf(), arch: model_type.to_string() })?;
         let uint = |key: &str| -> Result<usize> {
             v.get(key).and_then(Value::as_u64).map(|x| x as usize).ok_or_else(|| ModelError::Metadata {
                 path: path.to_path_buf(),
@@ -123,11 +120,8 @@ impl TransformerConfig {
         // transformers 5 writes `rope_parameters` (theta and scaling together); older configs `rope_theta`
         // and `rope_scaling`.
         let rope_params = v.get("rope_parameters").or_else(|| v.get("rope_scaling"));
-        let rope_theta = v
-            .get("rope_theta")
-            .or_else(|| v.get("rope_parameters").and_then(|p| p.get("rope_theta")))
-            .and_then(Value::as_f64)
-            .unwrap_or(10_000.0);
+        let rope_theta =
+            v.get("rope_theta").or_else(|| v.get("rope_parameters").and_then(|p| p.get("rope_theta"))).and_then(Value::as_f64).unwrap_or(10_000.0);
         let rope_scaling = match rope_params {
             Some(Value::Object(s)) => {
                 let kind = s.get("rope_type").or_else(|| s.get("type")).and_then(Value::as_str).unwrap_or("");
@@ -196,9 +190,7 @@ impl TransformerConfig {
             Some(RopeScaling::Divisors(gguf.dequantize("rope_freqs.weight")?))
         } else {
             match gguf.get(&format!("{a}.rope.scaling.type")).and_then(|v| v.as_str()) {
-                Some("linear") => Some(RopeScaling::Linear {
-                    factor: gguf.get_f64(&format!("{a}.rope.scaling.factor")).unwrap_or(1.0),
-                }),
+                Some("linear") => Some(RopeScaling::Linear { factor: gguf.get_f64(&format!("{a}.rope.scaling.factor")).unwrap_or(1.0) }),
                 _ => None,
             }
         };

@@ -19,9 +19,7 @@ pub fn parse_device(s: &str) -> Result<Device> {
 fn cuda(n: usize) -> Result<Device> {
     let count = tch::Cuda::device_count() as usize;
     if n >= count {
-        return Err(ModelError::InvalidArgument(format!(
-            "CUDA device {n} requested, but {count} CUDA device(s) are available to LibTorch"
-        )));
+        return Err(ModelError::InvalidArgument(format!("CUDA device {n} requested, but {count} CUDA device(s) are available to LibTorch")));
     }
     Ok(Device::Cuda(n))
 }

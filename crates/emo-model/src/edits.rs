@@ -100,7 +100,7 @@ impl Hook for Ablate {
         let mut keep = Tensor::ones([n], (act.kind(), act.device()));
         let _ = keep.index_fill_(0, &Tensor::from_slice(ids).to_device(act.device()), 0.0);
         let mask = ctx.mask(&self.positions).to_kind(act.kind()).unsqueeze(-1); // [b, t, 1]
-        // factor = 1 where not selected; `keep` where selected.
+                                                                                // factor = 1 where not selected; `keep` where selected.
         let mut factor = mask * (keep - 1.0) + 1.0; // [b, t, n]
         while factor.dim() < act.dim() {
             factor = factor.unsqueeze(-1);

@@ -207,13 +207,7 @@ pub fn choose_tokens(last: &Tensor, rows: &mut [Option<&mut RowDecoder>]) -> Res
 }
 
 /// Decodes every prompt of `prompts` in one batch.
-pub fn generate(
-    model: &Transformer,
-    prompts: &[Vec<u32>],
-    cfg: &GenerationConfig,
-    pad_id: u32,
-    hooks: &mut HookSet,
-) -> Result<Vec<Generated>> {
+pub fn generate(model: &Transformer, prompts: &[Vec<u32>], cfg: &GenerationConfig, pad_id: u32, hooks: &mut HookSet) -> Result<Vec<Generated>> {
     let (ids, valid, lens) = left_pad(prompts, pad_id)?;
     let b = prompts.len();
     let device = model.device();
@@ -228,8 +222,7 @@ pub fn generate(
     let mut logits = model.forward_chunk(&ids, &valid, &mut state, hooks, LogitsFor::Last)?;
     for step in 0..cfg.max_new_tokens {
         let last = logits.select(1, logits.size()[1] - 1);
-        let mut live: Vec<Option<&mut RowDecoder>> =
-            rows.iter_mut().zip(&done).map(|(r, &d)| (!d).then_some(r)).collect();
+        let mut live: Vec<Option<&mut RowDecoder>> = rows.iter_mut().zip(&done).map(|(r, &d)| (!d).then_some(r)).collect();
         let choices = choose_tokens(&last, &mut live)?;
         let mut feed = Vec::with_capacity(b);
         for r in 0..b {

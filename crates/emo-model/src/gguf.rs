@@ -375,11 +375,7 @@ impl GgufTensorInfo {
     /// The shape in PyTorch order (outermost first): the reversed `dims`.
     pub fn shape(&self) -> Vec<i64> {
         // `open` rejects dims above i64::MAX; saturate for hand-built infos.
-        self.dims
-            .iter()
-            .rev()
-            .map(|&d| i64::try_from(d).unwrap_or(i64::MAX))
-            .collect()
+        self.dims.iter().rev().map(|&d| i64::try_from(d).unwrap_or(i64::MAX)).collect()
     }
 
     /// Number of elements (the product of the dims; 1 for zero dims). Saturates at `u64::MAX`;
@@ -397,10 +393,7 @@ impl GgufTensorInfo {
         if inner % bs != 0 {
             return None;
         }
-        let n = self
-            .dims
-            .iter()
-            .try_fold(1u64, |acc, &d| acc.checked_mul(d))?;
+        let n = self.dims.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d))?;
         (n / bs).checked_mul(ts)
     }
 }
@@ -446,23 +439,14 @@ struct Cursor<'a> {
 
 impl<'a> Cursor<'a> {
     fn truncated(&self, what: String, start: u64, end: u64) -> ModelError {
-        ModelError::Truncated {
-            path: self.path.to_path_buf(),
-            what,
-            start,
-            end,
-            len: self.buf.len() as u64,
-        }
+        ModelError::Truncated { path: self.path.to_path_buf(), what, start, end, len: self.buf.len() as u64 }
     }
 
     /// The next `n` bytes; `what` (built only on failure) describes them for the error.
     fn take(&mut self, n: u64, what: &dyn Fn() -> String) -> Result<&'a [u8]> {
         let start = self.pos as u64;
         let Some(end) = start.checked_add(n) else {
-            return Err(ModelError::format(
-                self.path,
-                format!("{}: size {n} at byte {start} overflows", what()),
-            ));
+            return Err(ModelError::format(self.path, format!("{}: size {n} at byte {start} overflows", what())));
         };
         if end > self.buf.len() as u64 {
             return Err(self.truncated(what(), start, end));
@@ -494,10 +478,7 @@ impl<'a> Cursor<'a> {
         let bytes = self.take(len, &|| format!("{} ({len} bytes)", what()))?;
         match std::str::from_utf8(bytes) {
             Ok(s) => Ok(s.to_owned()),
-            Err(e) => Err(ModelError::format(
-                self.path,
-                format!("{} is not valid UTF-8: {e}", what()),
-            )),
+            Err(e) => Err(ModelError::format(self.path, format!("{} is not valid UTF-8: {e}", what()))),
         }
     }
 
@@ -516,38 +497,24 @@ impl<'a> Cursor<'a> {
                 match b {
                     0 => GgufValue::Bool(false),
                     1 => GgufValue::Bool(true),
-                    b => {
-                        return Err(ModelError::format(
-                            self.path,
-                            format!("{}: bool byte is {b}, not 0 or 1", what()),
-                        ))
-                    }
+                    b => return Err(ModelError::format(self.path, format!("{}: bool byte is {b}, not 0 or 1", what()))),
                 }
             }
             8 => GgufValue::String(self.string(what)?),
             9 => {
                 if depth >= MAX_ARRAY_DEPTH {
-                    return Err(ModelError::format(
-                        self.path,
-                        format!("{}: arrays nested deeper than {MAX_ARRAY_DEPTH}", what()),
-                    ));
+                    return Err(ModelError::format(self.path, format!("{}: arrays nested deeper than {MAX_ARRAY_DEPTH}", what())));
                 }
                 let elem = self.u32(&|| format!("element type of {}", what()))?;
                 let count = self.u64(&|| format!("element count of {}", what()))?;
                 let Some(min) = min_value_size(elem) else {
-                    return Err(ModelError::format(
-                        self.path,
-                        format!("{}: array of unknown value type {elem}", what()),
-                    ));
+                    return Err(ModelError::format(self.path, format!("{}: array of unknown value type {elem}", what())));
                 };
                 // Reject counts the rest of the file cannot hold before reserving memory for them.
                 let start = self.pos as u64;
                 let need = count.checked_mul(min).and_then(|n| n.checked_add(start));
                 let Some(end) = need else {
-                    return Err(ModelError::format(
-                        self.path,
-                        format!("{}: array count {count} is impossibly large", what()),
-                    ));
+                    return Err(ModelError::format(self.path, format!("{}: array count {count} is impossibly large", what())));
                 };
                 if end > self.buf.len() as u64 {
                     let desc = format!("{} ({count} {} elements)", what(), value_type_name(elem));
@@ -556,21 +523,14 @@ impl<'a> Cursor<'a> {
                 // count <= remaining bytes, so it fits in usize.
                 let mut items = Vec::with_capacity(count as usize);
                 for i in 0..count {
-                    items.push(
-                        self.value(elem, depth + 1, &|| format!("element {i} of {}", what()))?,
-                    );
+                    items.push(self.value(elem, depth + 1, &|| format!("element {i} of {}", what()))?);
                 }
                 GgufValue::Array(items)
             }
             10 => GgufValue::U64(u64::from_le_bytes(self.array(what)?)),
             11 => GgufValue::I64(i64::from_le_bytes(self.array(what)?)),
             12 => GgufValue::F64(f64::from_le_bytes(self.array(what)?)),
-            t => {
-                return Err(ModelError::format(
-                    self.path,
-                    format!("{}: unknown value type {t}", what()),
-                ))
-            }
+            t => return Err(ModelError::format(self.path, format!("{}: unknown value type {t}", what()))),
         })
     }
 }
@@ -590,19 +550,9 @@ impl GgufFile {
         Ok(GgufFile {
             path,
             version: parsed.version,
-            meta_index: parsed
-                .metadata
-                .iter()
-                .enumerate()
-                .map(|(i, (k, _))| (k.clone(), i))
-                .collect(),
+            meta_index: parsed.metadata.iter().enumerate().map(|(i, (k, _))| (k.clone(), i)).collect(),
             metadata: parsed.metadata,
-            tensor_index: parsed
-                .tensors
-                .iter()
-                .enumerate()
-                .map(|(i, t)| (t.name.clone(), i))
-                .collect(),
+            tensor_index: parsed.tensors.iter().enumerate().map(|(i, t)| (t.name.clone(), i)).collect(),
             tensors: parsed.tensors,
             alignment: parsed.alignment,
             data_offset: parsed.data_offset,
@@ -637,24 +587,16 @@ impl GgufFile {
 
     /// The value of a metadata key.
     pub fn get(&self, key: &str) -> Option<&GgufValue> {
-        self.meta_index
-            .get(key)
-            .and_then(|&i| self.metadata.get(i))
-            .map(|(_, v)| v)
+        self.meta_index.get(key).and_then(|&i| self.metadata.get(i)).map(|(_, v)| v)
     }
 
     fn metadata_error(&self, key: &str, msg: impl Into<String>) -> ModelError {
-        ModelError::Metadata {
-            path: self.path.clone(),
-            key: key.to_owned(),
-            msg: msg.into(),
-        }
+        ModelError::Metadata { path: self.path.clone(), key: key.to_owned(), msg: msg.into() }
     }
 
     /// A key that must be present, or a `Metadata` error.
     fn require(&self, key: &str) -> Result<&GgufValue> {
-        self.get(key)
-            .ok_or_else(|| self.metadata_error(key, "absent"))
+        self.get(key).ok_or_else(|| self.metadata_error(key, "absent"))
     }
 
     fn wrong_type(&self, key: &str, want: &str, got: &GgufValue) -> ModelError {
@@ -664,29 +606,25 @@ impl GgufFile {
     /// A non-negative integer key (any integer width).
     pub fn get_u64(&self, key: &str) -> Result<u64> {
         let v = self.require(key)?;
-        v.as_u64()
-            .ok_or_else(|| self.wrong_type(key, "a non-negative integer", v))
+        v.as_u64().ok_or_else(|| self.wrong_type(key, "a non-negative integer", v))
     }
 
     /// A numeric key (any integer or float type).
     pub fn get_f64(&self, key: &str) -> Result<f64> {
         let v = self.require(key)?;
-        v.as_f64()
-            .ok_or_else(|| self.wrong_type(key, "a number", v))
+        v.as_f64().ok_or_else(|| self.wrong_type(key, "a number", v))
     }
 
     /// A string key.
     pub fn get_str(&self, key: &str) -> Result<&str> {
         let v = self.require(key)?;
-        v.as_str()
-            .ok_or_else(|| self.wrong_type(key, "a string", v))
+        v.as_str().ok_or_else(|| self.wrong_type(key, "a string", v))
     }
 
     /// An array key.
     pub fn get_array(&self, key: &str) -> Result<&[GgufValue]> {
         let v = self.require(key)?;
-        v.as_array()
-            .ok_or_else(|| self.wrong_type(key, "an array", v))
+        v.as_array().ok_or_else(|| self.wrong_type(key, "an array", v))
     }
 
     /// `general.architecture` (`llama`, `qwen2`, ...).
@@ -701,25 +639,15 @@ impl GgufFile {
 
     /// The info of a named tensor.
     pub fn tensor_info(&self, name: &str) -> Option<&GgufTensorInfo> {
-        self.tensor_index
-            .get(name)
-            .and_then(|&i| self.tensors.get(i))
+        self.tensor_index.get(name).and_then(|&i| self.tensors.get(i))
     }
 
     fn require_tensor(&self, name: &str) -> Result<&GgufTensorInfo> {
-        self.tensor_info(name)
-            .ok_or_else(|| ModelError::MissingTensor {
-                path: self.path.clone(),
-                name: name.to_owned(),
-            })
+        self.tensor_info(name).ok_or_else(|| ModelError::MissingTensor { path: self.path.clone(), name: name.to_owned() })
     }
 
     fn unsupported(&self, info: &GgufTensorInfo) -> ModelError {
-        ModelError::UnsupportedQuant {
-            path: self.path.clone(),
-            tensor: info.name.clone(),
-            dtype: info.dtype.to_string(),
-        }
+        ModelError::UnsupportedQuant { path: self.path.clone(), tensor: info.name.clone(), dtype: info.dtype.to_string() }
     }
 
     /// The raw bytes of a tensor, borrowed from the map.
@@ -731,13 +659,7 @@ impl GgufFile {
             Some(n) => n,
             None if info.dtype.type_size().is_none() => return Err(self.unsupported(info)),
             None => {
-                return Err(ModelError::format(
-                    &self.path,
-                    format!(
-                        "tensor `{name}` of type {} has an invalid size {:?}",
-                        info.dtype, info.dims
-                    ),
-                ))
+                return Err(ModelError::format(&self.path, format!("tensor `{name}` of type {} has an invalid size {:?}", info.dtype, info.dims)))
             }
         };
         let len = self.mmap.len() as u64;
@@ -760,15 +682,10 @@ impl GgufFile {
         if !quant::is_supported(info.dtype) {
             return Err(self.unsupported(info));
         }
-        let n = usize::try_from(info.n_elements()).map_err(|_| {
-            ModelError::format(
-                &self.path,
-                format!("tensor `{name}` is too large for this platform"),
-            )
-        })?;
+        let n = usize::try_from(info.n_elements())
+            .map_err(|_| ModelError::format(&self.path, format!("tensor `{name}` is too large for this platform")))?;
         let data = self.tensor_data(name)?;
-        quant::dequantize(info.dtype, data, n)
-            .map_err(|e| ModelError::format(&self.path, format!("tensor `{name}`: {e}")))
+        quant::dequantize(info.dtype, data, n).map_err(|e| ModelError::format(&self.path, format!("tensor `{name}`: {e}")))
     }
 }
 
@@ -786,27 +703,14 @@ fn parse(path: &Path, buf: &[u8]) -> Result<Parsed> {
     let mut c = Cursor { path, buf, pos: 0 };
     let magic: [u8; 4] = c.array(&|| "GGUF magic".into())?;
     if &magic != MAGIC {
-        return Err(ModelError::format(
-            path,
-            format!("not a GGUF file: magic is {magic:02x?}, expected \"GGUF\""),
-        ));
+        return Err(ModelError::format(path, format!("not a GGUF file: magic is {magic:02x?}, expected \"GGUF\"")));
     }
     let version = c.u32(&|| "GGUF version".into())?;
     match version {
         2 | 3 => {}
         // A big-endian file has the same magic and a byte-swapped version.
-        v if v.swap_bytes() == 2 || v.swap_bytes() == 3 => {
-            return Err(ModelError::format(
-                path,
-                "big-endian GGUF files are not supported",
-            ))
-        }
-        v => {
-            return Err(ModelError::format(
-                path,
-                format!("unsupported GGUF version {v} (only versions 2 and 3 are supported)"),
-            ))
-        }
+        v if v.swap_bytes() == 2 || v.swap_bytes() == 3 => return Err(ModelError::format(path, "big-endian GGUF files are not supported")),
+        v => return Err(ModelError::format(path, format!("unsupported GGUF version {v} (only versions 2 and 3 are supported)"))),
     }
     let n_tensors = c.u64(&|| "tensor count".into())?;
     let n_kv = c.u64(&|| "metadata count".into())?;
@@ -820,10 +724,7 @@ fn parse(path: &Path, buf: &[u8]) -> Result<Parsed> {
         let ty = c.u32(&|| format!("value type of metadata key `{key}`"))?;
         let value = c.value(ty, 0, &|| format!("value of metadata key `{key}`"))?;
         if seen.insert(key.clone(), i).is_some() {
-            return Err(ModelError::format(
-                path,
-                format!("duplicate metadata key `{key}`"),
-            ));
+            return Err(ModelError::format(path, format!("duplicate metadata key `{key}`")));
         }
         metadata.push((key, value));
     }
@@ -848,10 +749,7 @@ fn parse(path: &Path, buf: &[u8]) -> Result<Parsed> {
         let name = c.string(&|| format!("name of tensor info {i}"))?;
         let n_dims = c.u32(&|| format!("dimension count of tensor `{name}`"))?;
         if n_dims > MAX_DIMS {
-            return Err(ModelError::format(
-                path,
-                format!("tensor `{name}` has {n_dims} dimensions (ggml allows at most {MAX_DIMS})"),
-            ));
+            return Err(ModelError::format(path, format!("tensor `{name}` has {n_dims} dimensions (ggml allows at most {MAX_DIMS})")));
         }
         let mut dims = Vec::with_capacity(n_dims as usize);
         for d in 0..n_dims {
@@ -861,26 +759,13 @@ fn parse(path: &Path, buf: &[u8]) -> Result<Parsed> {
         let rel = c.u64(&|| format!("data offset of tensor `{name}`"))?;
         // Shapes become i64 (PyTorch); element counts must fit too.
         let n_elements = dims.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d));
-        if dims.iter().any(|&d| d > i64::MAX as u64)
-            || n_elements.is_none_or(|n| n > i64::MAX as u64)
-        {
-            return Err(ModelError::format(
-                path,
-                format!("tensor `{name}` has impossible dimensions {dims:?}"),
-            ));
+        if dims.iter().any(|&d| d > i64::MAX as u64) || n_elements.is_none_or(|n| n > i64::MAX as u64) {
+            return Err(ModelError::format(path, format!("tensor `{name}` has impossible dimensions {dims:?}")));
         }
         if names.insert(name.clone(), i).is_some() {
-            return Err(ModelError::format(
-                path,
-                format!("duplicate tensor name `{name}`"),
-            ));
+            return Err(ModelError::format(path, format!("duplicate tensor name `{name}`")));
         }
-        tensors.push(GgufTensorInfo {
-            name,
-            dims,
-            dtype,
-            offset: rel,
-        });
+        tensors.push(GgufTensorInfo { name, dims, dtype, offset: rel });
     }
 
     let end_of_infos = c.pos as u64;
@@ -889,12 +774,9 @@ fn parse(path: &Path, buf: &[u8]) -> Result<Parsed> {
     let len = buf.len() as u64;
     for t in &mut tensors {
         let rel = t.offset;
-        t.offset = data_offset.checked_add(rel).ok_or_else(|| {
-            ModelError::format(
-                path,
-                format!("tensor `{}` has an impossible data offset {rel}", t.name),
-            )
-        })?;
+        t.offset = data_offset
+            .checked_add(rel)
+            .ok_or_else(|| ModelError::format(path, format!("tensor `{}` has an impossible data offset {rel}", t.name)))?;
         if t.dtype.block_size().is_none() {
             continue; // Unknown layout: reported when the data is asked for.
         }
@@ -911,29 +793,18 @@ fn parse(path: &Path, buf: &[u8]) -> Result<Parsed> {
                 ),
             ));
         };
-        let end = t.offset.checked_add(n_bytes).ok_or_else(|| {
-            ModelError::format(path, format!("tensor `{}`: data end overflows", t.name))
-        })?;
+        let end = t.offset.checked_add(n_bytes).ok_or_else(|| ModelError::format(path, format!("tensor `{}`: data end overflows", t.name)))?;
         if end > len {
             return Err(ModelError::Truncated {
                 path: path.to_path_buf(),
-                what: format!(
-                    "data of tensor `{}` ({} bytes of {})",
-                    t.name, n_bytes, t.dtype
-                ),
+                what: format!("data of tensor `{}` ({} bytes of {})", t.name, n_bytes, t.dtype),
                 start: t.offset,
                 end,
                 len,
             });
         }
     }
-    Ok(Parsed {
-        version,
-        metadata,
-        tensors,
-        alignment,
-        data_offset,
-    })
+    Ok(Parsed { version, metadata, tensors, alignment, data_offset })
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -966,12 +837,7 @@ impl GgufWriter {
 
     /// Adds an `f32` tensor with a PyTorch-order `shape` (at most 4 dims); `InvalidArgument` if
     /// `data.len()` is not the shape's element count, or the name is a duplicate or 64+ bytes long.
-    pub fn add_f32_tensor(
-        &mut self,
-        name: impl Into<String>,
-        shape: &[usize],
-        data: &[f32],
-    ) -> Result<()> {
+    pub fn add_f32_tensor(&mut self, name: impl Into<String>, shape: &[usize], data: &[f32]) -> Result<()> {
         let name = name.into();
         if name.len() >= MAX_NAME {
             return Err(ModelError::InvalidArgument(format!(
@@ -981,21 +847,14 @@ impl GgufWriter {
             )));
         }
         if shape.len() > MAX_DIMS as usize {
-            return Err(ModelError::InvalidArgument(format!(
-                "GGUF tensor `{name}` has shape {shape:?}; ggml allows at most {MAX_DIMS} dims"
-            )));
+            return Err(ModelError::InvalidArgument(format!("GGUF tensor `{name}` has shape {shape:?}; ggml allows at most {MAX_DIMS} dims")));
         }
         let n = shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d));
         if n != Some(data.len()) {
-            return Err(ModelError::InvalidArgument(format!(
-                "GGUF tensor `{name}` has shape {shape:?} but {} values",
-                data.len()
-            )));
+            return Err(ModelError::InvalidArgument(format!("GGUF tensor `{name}` has shape {shape:?} but {} values", data.len())));
         }
         if self.tensors.iter().any(|(n, _, _)| *n == name) {
-            return Err(ModelError::InvalidArgument(format!(
-                "duplicate GGUF tensor `{name}`"
-            )));
+            return Err(ModelError::InvalidArgument(format!("duplicate GGUF tensor `{name}`")));
         }
         let dims = shape.iter().rev().map(|&d| d as u64).collect();
         self.tensors.push((name, dims, data.to_vec()));
@@ -1009,11 +868,7 @@ impl GgufWriter {
         let alignment = match self.metadata.iter().find(|(k, _)| k == ALIGNMENT_KEY) {
             None => DEFAULT_ALIGNMENT,
             Some((_, GgufValue::U32(a))) if a.is_power_of_two() => u64::from(*a),
-            Some((_, v)) => {
-                return Err(ModelError::InvalidArgument(format!(
-                    "{ALIGNMENT_KEY} must be a UINT32 power of two, got {v:?}"
-                )))
-            }
+            Some((_, v)) => return Err(ModelError::InvalidArgument(format!("{ALIGNMENT_KEY} must be a UINT32 power of two, got {v:?}"))),
         };
 
         let mut head = Vec::new();
@@ -1024,9 +879,7 @@ impl GgufWriter {
         for (key, value) in &self.metadata {
             put_str(&mut head, key);
             head.extend_from_slice(&value.type_id().to_le_bytes());
-            put_value(&mut head, value).map_err(|msg| {
-                ModelError::InvalidArgument(format!("GGUF metadata key `{key}`: {msg}"))
-            })?;
+            put_value(&mut head, value).map_err(|msg| ModelError::InvalidArgument(format!("GGUF metadata key `{key}`: {msg}")))?;
         }
         let mut rel = 0u64;
         for (name, dims, data) in &self.tensors {
@@ -1097,11 +950,7 @@ fn put_value(buf: &mut Vec<u8>, value: &GgufValue) -> std::result::Result<(), St
             // An empty array needs some element type; ggml accepts any, UINT8 is the smallest.
             let elem = items.first().map_or(0, GgufValue::type_id);
             if let Some(bad) = items.iter().find(|v| v.type_id() != elem) {
-                return Err(format!(
-                    "array mixes {} and {} elements (GGUF arrays are homogeneous)",
-                    value_type_name(elem),
-                    bad.type_name()
-                ));
+                return Err(format!("array mixes {} and {} elements (GGUF arrays are homogeneous)", value_type_name(elem), bad.type_name()));
             }
             buf.extend_from_slice(&elem.to_le_bytes());
             buf.extend_from_slice(&(items.len() as u64).to_le_bytes());

@@ -390,8 +390,7 @@ impl<'a> HookSet<'a> {
         self.routes.clear();
         if !self.slots.is_empty() {
             for point in HookPoint::all(n_layers) {
-                let ids: Vec<usize> =
-                    self.slots.iter().enumerate().filter(|(_, s)| s.hook_ref().wants(point)).map(|(i, _)| i).collect();
+                let ids: Vec<usize> = self.slots.iter().enumerate().filter(|(_, s)| s.hook_ref().wants(point)).map(|(i, _)| i).collect();
                 if !ids.is_empty() {
                     self.routes.insert(point, ids);
                 }
@@ -433,4 +432,3 @@ impl<'a> HookSet<'a> {
         Ok(act)
     }
 }
-

@@ -165,10 +165,7 @@ fn build_dense(rows: &[Intervention], point: HookPoint, trailing: &[i64], device
     let opts = (Kind::Float, Device::Cpu);
     let flat = |v: &Tensor, row: usize| -> Result<Tensor> {
         if v.numel() as i64 != numel || (v.dim() != 1 && v.size() != trailing) {
-            return Err(err(format!(
-                "row {row}: vector has shape {:?}, the activation's trailing shape is {trailing:?}",
-                v.size()
-            )));
+            return Err(err(format!("row {row}: vector has shape {:?}, the activation's trailing shape is {trailing:?}", v.size())));
         }
         Ok(v.to_device(Device::Cpu).to_kind(Kind::Float).reshape([numel]))
     };

@@ -82,8 +82,8 @@ impl DecodeState {
         let q_slot = Tensor::arange_start(self.len, total, (Kind::Int64, self.device)).unsqueeze(1);
         let k_slot = Tensor::arange(total, (Kind::Int64, self.device)).unsqueeze(0);
         let causal = k_slot.le_tensor(&q_slot); // [t, T]
-        // A padding query may attend to itself, so no softmax row is empty (an empty row would give NaN,
-        // which then leaks through 0 * NaN into real tokens' attention).
+                                                // A padding query may attend to itself, so no softmax row is empty (an empty row would give NaN,
+                                                // which then leaks through 0 * NaN into real tokens' attention).
         let itself = k_slot.eq_tensor(&q_slot);
         let mask = key_valid.unsqueeze(1).logical_and(&causal.unsqueeze(0)).logical_or(&itself.unsqueeze(0));
         self.key_valid = key_valid;

@@ -50,18 +50,15 @@ pub mod tokenizer;
 pub mod transformer;
 pub mod weights;
 
+pub use batcher::{BatchRequest, ContinuousBatch, Event, RowControl};
 pub use bert::SentenceEncoder;
 pub use branch::Prefix;
-pub use components::{Sublayer, SublayerKind};
 pub use chat::{ChatMessage, ChatTemplate};
+pub use components::{Sublayer, SublayerKind};
 pub use config::{Architecture, TransformerConfig};
 pub use error::{ModelError, Result};
-pub use batcher::{BatchRequest, ContinuousBatch, Event, RowControl};
-pub use generate::{GenerationConfig, Generated, StopReason};
-pub use hooks::{
-    Ablate, AddVector, Capture, Edit, FnHook, Hook, HookContext, HookPoint, HookSet, Intervention, Interventions, Positions,
-    Scale,
-};
+pub use generate::{Generated, GenerationConfig, StopReason};
+pub use hooks::{Ablate, AddVector, Capture, Edit, FnHook, Hook, HookContext, HookPoint, HookSet, Intervention, Interventions, Positions, Scale};
 pub use kv_cache::DecodeState;
 pub use model::{LoadOptions, Model, Reply};
 pub use sampling::Sampling;

@@ -6,7 +6,7 @@ use tch::{Device, Kind};
 
 use crate::chat::{ChatMessage, ChatTemplate};
 use crate::config::TransformerConfig;
-use crate::generate::{generate, GenerationConfig, Generated};
+use crate::generate::{generate, Generated, GenerationConfig};
 use crate::gguf::GgufFile;
 use crate::hooks::HookSet;
 use crate::tokenizer::Tokenizer;
@@ -103,8 +103,7 @@ impl Model {
         for file in ["generation_config.json", "config.json"] {
             let p = dir.join(file);
             if let Ok(text) = std::fs::read_to_string(&p) {
-                let v: serde_json::Value =
-                    serde_json::from_str(&text).map_err(|e| ModelError::format(&p, format!("invalid JSON: {e}")))?;
+                let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| ModelError::format(&p, format!("invalid JSON: {e}")))?;
                 match v.get("eos_token_id") {
                     Some(serde_json::Value::Number(n)) => eos.extend(n.as_u64().map(|x| x as u32)),
                     Some(serde_json::Value::Array(a)) => eos.extend(a.iter().filter_map(|x| x.as_u64()).map(|x| x as u32)),
@@ -139,9 +138,7 @@ impl Model {
 
     /// Renders a conversation with the model's chat template, ending with the assistant header.
     pub fn render_chat(&self, messages: &[ChatMessage]) -> Result<String> {
-        let tpl = self.chat_template.as_ref().ok_or_else(|| {
-            ModelError::Template(format!("{} has no chat template", self.path.display()))
-        })?;
+        let tpl = self.chat_template.as_ref().ok_or_else(|| ModelError::Template(format!("{} has no chat template", self.path.display())))?;
         tpl.render(messages, true)
     }
 
@@ -152,18 +149,10 @@ impl Model {
     }
 
     /// Replies to each conversation, greedily, in one batch; `cfg.eos_token_ids` defaults to the model's.
-    pub fn generate_chat(
-        &self,
-        conversations: &[Vec<ChatMessage>],
-        cfg: &GenerationConfig,
-        hooks: &mut HookSet,
-    ) -> Result<Vec<Reply>> {
+    pub fn generate_chat(&self, conversations: &[Vec<ChatMessage>], cfg: &GenerationConfig, hooks: &mut HookSet) -> Result<Vec<Reply>> {
         let prompts = conversations.iter().map(|c| self.encode_chat(c)).collect::<Result<Vec<_>>>()?;
         let generated = self.generate_ids(&prompts, cfg, hooks)?;
-        generated
-            .into_iter()
-            .map(|g| Ok(Reply { text: self.tokenizer.decode(&g.tokens, true)?, generated: g }))
-            .collect()
+        generated.into_iter().map(|g| Ok(Reply { text: self.tokenizer.decode(&g.tokens, true)?, generated: g })).collect()
     }
 
     /// Greedy-decodes token prompts in one batch; `cfg.eos_token_ids` defaults to the model's.
@@ -196,10 +185,7 @@ pub fn resolve(reference: &str) -> Result<PathBuf> {
         }
         return Err(ModelError::ModelNotFound {
             reference: reference.into(),
-            msg: format!(
-                "{file} is in none of {:?}; run scripts/setup.sh (it downloads the offline models) or set EMO_MODELS_DIR",
-                model_dirs()
-            ),
+            msg: format!("{file} is in none of {:?}; run scripts/setup.sh (it downloads the offline models) or set EMO_MODELS_DIR", model_dirs()),
         });
     }
     let p = Path::new(reference);
@@ -247,12 +233,9 @@ fn fetch_from_hub(repo: &str) -> Result<PathBuf> {
     match &index {
         Some(idx) => {
             let text = std::fs::read_to_string(idx).map_err(|e| ModelError::io(idx, e))?;
-            let v: serde_json::Value =
-                serde_json::from_str(&text).map_err(|e| ModelError::format(idx, format!("invalid JSON: {e}")))?;
-            let mut shards: Vec<String> = v["weight_map"]
-                .as_object()
-                .map(|m| m.values().filter_map(|x| x.as_str().map(String::from)).collect())
-                .unwrap_or_default();
+            let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| ModelError::format(idx, format!("invalid JSON: {e}")))?;
+            let mut shards: Vec<String> =
+                v["weight_map"].as_object().map(|m| m.values().filter_map(|x| x.as_str().map(String::from)).collect()).unwrap_or_default();
             shards.sort();
             shards.dedup();
             for s in shards {

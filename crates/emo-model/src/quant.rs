@@ -42,9 +42,7 @@ pub fn is_supported(dtype: GgmlType) -> bool {
 /// wrong byte count); callers add the file and tensor names.
 pub fn dequantize(dtype: GgmlType, data: &[u8], n_elements: usize) -> Result<Vec<f32>, String> {
     if !is_supported(dtype) {
-        return Err(format!(
-            "ggml type {dtype} cannot be dequantized (not supported)"
-        ));
+        return Err(format!("ggml type {dtype} cannot be dequantized (not supported)"));
     }
     // Both are Some for every supported type.
     let (Some(bs), Some(ts)) = (dtype.block_size(), dtype.type_size()) else {
@@ -52,29 +50,18 @@ pub fn dequantize(dtype: GgmlType, data: &[u8], n_elements: usize) -> Result<Vec
     };
     let n_blocks = n_elements / bs;
     if n_blocks * bs != n_elements {
-        return Err(format!(
-            "{n_elements} elements of type {dtype} are not a whole number of {bs}-element blocks"
-        ));
+        return Err(format!("{n_elements} elements of type {dtype} are not a whole number of {bs}-element blocks"));
     }
-    let expected = n_blocks
-        .checked_mul(ts)
-        .ok_or_else(|| format!("{n_elements} elements of type {dtype} overflow the byte size"))?;
+    let expected = n_blocks.checked_mul(ts).ok_or_else(|| format!("{n_elements} elements of type {dtype} overflow the byte size"))?;
     if data.len() != expected {
-        return Err(format!(
-            "{n_elements} elements of type {dtype} need {expected} bytes, got {}",
-            data.len()
-        ));
+        return Err(format!("{n_elements} elements of type {dtype} need {expected} bytes, got {}", data.len()));
     }
 
     let mut out = vec![0f32; n_elements];
     match dtype {
         GgmlType::F32 => run::<1, 4>(data, &mut out, |b, o| o[0] = f32::from_le_bytes(*b)),
-        GgmlType::F16 => run::<1, 2>(data, &mut out, |b, o| {
-            o[0] = f16::from_le_bytes(*b).to_f32()
-        }),
-        GgmlType::BF16 => run::<1, 2>(data, &mut out, |b, o| {
-            o[0] = bf16::from_le_bytes(*b).to_f32()
-        }),
+        GgmlType::F16 => run::<1, 2>(data, &mut out, |b, o| o[0] = f16::from_le_bytes(*b).to_f32()),
+        GgmlType::BF16 => run::<1, 2>(data, &mut out, |b, o| o[0] = bf16::from_le_bytes(*b).to_f32()),
         GgmlType::Q8_0 => run::<QK, 34>(data, &mut out, q8_0),
         GgmlType::Q4_0 => run::<QK, 18>(data, &mut out, q4_0),
         GgmlType::Q4_1 => run::<QK, 20>(data, &mut out, q4_1),
@@ -83,33 +70,23 @@ pub fn dequantize(dtype: GgmlType, data: &[u8], n_elements: usize) -> Result<Vec
         GgmlType::Q5_K => run::<QK_K, 176>(data, &mut out, q5_k),
         GgmlType::Q6_K => run::<QK_K, 210>(data, &mut out, q6_k),
         // Excluded by `is_supported` above.
-        other => {
-            return Err(format!(
-                "ggml type {other} cannot be dequantized (not supported)"
-            ))
-        }
+        other => return Err(format!("ggml type {other} cannot be dequantized (not supported)")),
     }
     Ok(out)
 }
 
 /// Applies `f` to every (block bytes, block output) pair, in parallel over chunks of blocks.
 /// The caller has checked that `data` and `out` hold the same whole number of blocks.
-fn run<const BS: usize, const TS: usize>(
-    data: &[u8],
-    out: &mut [f32],
-    f: impl Fn(&[u8; TS], &mut [f32; BS]) + Sync,
-) {
+fn run<const BS: usize, const TS: usize>(data: &[u8], out: &mut [f32], f: impl Fn(&[u8; TS], &mut [f32; BS]) + Sync) {
     let blocks_per_chunk = (CHUNK_ELEMS / BS).max(1);
-    out.par_chunks_mut(blocks_per_chunk * BS)
-        .zip(data.par_chunks(blocks_per_chunk * TS))
-        .for_each(|(o, d)| {
-            for (ob, db) in o.chunks_exact_mut(BS).zip(d.chunks_exact(TS)) {
-                // chunks_exact guarantees the lengths; the `if let` only avoids a panic path.
-                if let (Some(ob), Some(db)) = (ob.first_chunk_mut::<BS>(), db.first_chunk::<TS>()) {
-                    f(db, ob);
-                }
+    out.par_chunks_mut(blocks_per_chunk * BS).zip(data.par_chunks(blocks_per_chunk * TS)).for_each(|(o, d)| {
+        for (ob, db) in o.chunks_exact_mut(BS).zip(d.chunks_exact(TS)) {
+            // chunks_exact guarantees the lengths; the `if let` only avoids a panic path.
+            if let (Some(ob), Some(db)) = (ob.first_chunk_mut::<BS>(), db.first_chunk::<TS>()) {
+                f(db, ob);
             }
-        });
+        }
+    });
 }
 
 #[inline(always)]
@@ -171,10 +148,7 @@ fn scale_min_k4(j: usize, s: &[u8]) -> (u8, u8) {
     if j < 4 {
         (s[j] & 63, s[j + 4] & 63)
     } else {
-        (
-            (s[j + 4] & 0x0F) | ((s[j - 4] >> 6) << 4),
-            (s[j + 4] >> 4) | ((s[j] >> 6) << 4),
-        )
+        ((s[j + 4] & 0x0F) | ((s[j - 4] >> 6) << 4), (s[j + 4] >> 4) | ((s[j] >> 6) << 4))
     }
 }
 
@@ -255,22 +229,11 @@ mod tests {
 
     #[test]
     fn rejects_wrong_sizes_and_types() {
-        assert!(dequantize(GgmlType::Q4_0, &[0; 17], 32)
-            .unwrap_err()
-            .contains("need 18 bytes"));
-        assert!(dequantize(GgmlType::Q4_0, &[0; 18], 31)
-            .unwrap_err()
-            .contains("whole number"));
-        assert!(dequantize(GgmlType::Q5_1, &[0; 24], 32)
-            .unwrap_err()
-            .contains("not supported"));
-        assert!(dequantize(GgmlType::Other(99), &[], 0)
-            .unwrap_err()
-            .contains("not supported"));
-        assert_eq!(
-            dequantize(GgmlType::Q6_K, &[], 0).unwrap(),
-            Vec::<f32>::new()
-        );
+        assert!(dequantize(GgmlType::Q4_0, &[0; 17], 32).unwrap_err().contains("need 18 bytes"));
+        assert!(dequantize(GgmlType::Q4_0, &[0; 18], 31).unwrap_err().contains("whole number"));
+        assert!(dequantize(GgmlType::Q5_1, &[0; 24], 32).unwrap_err().contains("not supported"));
+        assert!(dequantize(GgmlType::Other(99), &[], 0).unwrap_err().contains("not supported"));
+        assert_eq!(dequantize(GgmlType::Q6_K, &[], 0).unwrap(), Vec::<f32>::new());
     }
 
     #[test]

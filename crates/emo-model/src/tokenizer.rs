@@ -28,10 +28,10 @@ const TOKEN_TYPE_USER_DEFINED: i64 = 4;
 /// Llama 3's split: contractions, letters with one leading non-letter, numbers in groups of up to three.
 const SPLIT_LLAMA3: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 /// Qwen2's split: Llama 3's, but every digit on its own.
-const SPLIT_QWEN2: &str =
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const SPLIT_QWEN2: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 /// Qwen3.5's split: Qwen2's with combining marks kept inside words.
-const SPLIT_QWEN35: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+|\p{N}| ?[^\s\p{L}\p{M}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const SPLIT_QWEN35: &str =
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+|\p{N}| ?[^\s\p{L}\p{M}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 /// Mistral's Tekken split.
 const SPLIT_TEKKEN: &str = concat!(
     r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+",
@@ -71,8 +71,7 @@ struct PreType {
 fn pre_type(pre: &str) -> PreType {
     let plain = |split| PreType { split, ignore_merges: false, default_add_bos: false };
     match pre {
-        "llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "falcon-h1" | "pixtral" | "midm-2.0" | "lfm2"
-        | "jina-v5-nano" => {
+        "llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "falcon-h1" | "pixtral" | "midm-2.0" | "lfm2" | "jina-v5-nano" => {
             PreType { split: PreSplit::Regex(SPLIT_LLAMA3), ignore_merges: true, default_add_bos: true }
         }
         "dbrx" | "smaug-bpe" => plain(PreSplit::Regex(SPLIT_LLAMA3)),
@@ -80,9 +79,7 @@ fn pre_type(pre: &str) -> PreType {
         "qwen2" | "deepseek-r1-qwen" | "kormo" | "f2llmv2" | "megrez" => plain(PreSplit::Regex(SPLIT_QWEN2)),
         "qwen35" => plain(PreSplit::Regex(SPLIT_QWEN35)),
         "gpt-4o" | "llama4" | "kanana2" | "talkie" | "minimax-m2" => plain(PreSplit::Regex(SPLIT_GPT4O)),
-        "smollm" | "starcoder" | "refact" | "command-r" | "codeshell" | "exaone" | "minerva-7b" => {
-            plain(PreSplit::DigitsThenGpt2)
-        }
+        "smollm" | "starcoder" | "refact" | "command-r" | "codeshell" | "exaone" | "minerva-7b" => plain(PreSplit::DigitsThenGpt2),
         _ => plain(PreSplit::Gpt2),
     }
 }
@@ -90,9 +87,7 @@ fn pre_type(pre: &str) -> PreType {
 fn pre_tokenizer(split: PreSplit) -> std::result::Result<PreTokenizerWrapper, String> {
     Ok(match split {
         PreSplit::Gpt2 => ByteLevel::new(false, true, true).into(),
-        PreSplit::DigitsThenGpt2 => {
-            Sequence::new(vec![Digits::new(true).into(), ByteLevel::new(false, true, true).into()]).into()
-        }
+        PreSplit::DigitsThenGpt2 => Sequence::new(vec![Digits::new(true).into(), ByteLevel::new(false, true, true).into()]).into(),
         PreSplit::Regex(re) => {
             let split = Split::new(SplitPattern::Regex(re.to_string()), SplitDelimiterBehavior::Isolated, false)
                 .map_err(|e| format!("pre-tokenizer regex does not compile: {e}"))?;
@@ -182,9 +177,7 @@ impl<'a, 'v, F: Fn(&str) -> Option<&'v GgufValue>> Meta<'a, F> {
         items
             .iter()
             .enumerate()
-            .map(|(i, v)| {
-                v.as_str().ok_or_else(|| self.err(format!("metadata key `{key}`: entry {i} is not a string")))
-            })
+            .map(|(i, v)| v.as_str().ok_or_else(|| self.err(format!("metadata key `{key}`: entry {i} is not a string"))))
             .collect::<Result<Vec<_>>>()
             .map(Some)
     }
@@ -221,17 +214,12 @@ impl Tokenizer {
         F: Fn(&str) -> Option<&'v GgufValue>,
     {
         let meta = Meta { path, get };
-        let model = meta
-            .str("tokenizer.ggml.model")?
-            .ok_or_else(|| meta.err("no `tokenizer.ggml.model` in the metadata: the file has no tokenizer"))?;
+        let model =
+            meta.str("tokenizer.ggml.model")?.ok_or_else(|| meta.err("no `tokenizer.ggml.model` in the metadata: the file has no tokenizer"))?;
         if model != "gpt2" {
-            return Err(meta.err(format!(
-                "unsupported tokenizer model `{model}` (tokenizer.ggml.model); supported: `gpt2` (byte-level BPE)"
-            )));
+            return Err(meta.err(format!("unsupported tokenizer model `{model}` (tokenizer.ggml.model); supported: `gpt2` (byte-level BPE)")));
         }
-        let tokens = meta
-            .strings("tokenizer.ggml.tokens")?
-            .ok_or_else(|| meta.err("no `tokenizer.ggml.tokens` in the metadata"))?;
+        let tokens = meta.strings("tokenizer.ggml.tokens")?.ok_or_else(|| meta.err("no `tokenizer.ggml.tokens` in the metadata"))?;
         let n_tokens = tokens.len();
         if n_tokens == 0 || n_tokens > u32::MAX as usize {
             return Err(meta.err(format!("`tokenizer.ggml.tokens` has {n_tokens} entries")));
@@ -240,18 +228,14 @@ impl Tokenizer {
             None => None,
             Some(items) => {
                 if items.len() != n_tokens {
-                    return Err(meta.err(format!(
-                        "`tokenizer.ggml.token_type` has {} entries but `tokenizer.ggml.tokens` has {n_tokens}",
-                        items.len()
-                    )));
+                    return Err(
+                        meta.err(format!("`tokenizer.ggml.token_type` has {} entries but `tokenizer.ggml.tokens` has {n_tokens}", items.len()))
+                    );
                 }
                 let types = items
                     .iter()
                     .enumerate()
-                    .map(|(i, v)| {
-                        v.as_i64()
-                            .ok_or_else(|| meta.err(format!("`tokenizer.ggml.token_type` entry {i} is not an integer")))
-                    })
+                    .map(|(i, v)| v.as_i64().ok_or_else(|| meta.err(format!("`tokenizer.ggml.token_type` entry {i} is not an integer"))))
                     .collect::<Result<Vec<_>>>()?;
                 Some(types)
             }
@@ -270,10 +254,7 @@ impl Tokenizer {
         let mut vocab = Vocab::with_capacity(n_tokens);
         for (i, token) in tokens.iter().enumerate() {
             let ty = type_of(i);
-            let spelled = if ty == TOKEN_TYPE_CONTROL
-                || ty == TOKEN_TYPE_USER_DEFINED
-                || token.chars().all(|c| in_alphabet.contains(&c))
-            {
+            let spelled = if ty == TOKEN_TYPE_CONTROL || ty == TOKEN_TYPE_USER_DEFINED || token.chars().all(|c| in_alphabet.contains(&c)) {
                 (*token).to_string()
             } else {
                 token.bytes().map(|b| alphabet[b as usize]).collect()
@@ -282,11 +263,9 @@ impl Tokenizer {
         }
         let mut merges: Merges = Vec::with_capacity(merges_raw.len());
         for (i, merge) in merges_raw.iter().enumerate() {
-            let (a, b) = merge.split_once(' ').ok_or_else(|| {
-                meta.err(format!(
-                    "`tokenizer.ggml.merges` entry {i} (`{merge}`) is not two tokens separated by a space"
-                ))
-            })?;
+            let (a, b) = merge
+                .split_once(' ')
+                .ok_or_else(|| meta.err(format!("`tokenizer.ggml.merges` entry {i} (`{merge}`) is not two tokens separated by a space")))?;
             merges.push((a.to_string(), b.to_string()));
         }
         let bpe = BPE::builder()
@@ -304,34 +283,27 @@ impl Tokenizer {
         for (i, token) in tokens.iter().enumerate() {
             match type_of(i) {
                 TOKEN_TYPE_CONTROL => special.push(AddedToken::from(token.to_string(), true).normalized(false)),
-                TOKEN_TYPE_USER_DEFINED => {
-                    user_defined.push(AddedToken::from(token.to_string(), false).normalized(false))
-                }
+                TOKEN_TYPE_USER_DEFINED => user_defined.push(AddedToken::from(token.to_string(), false).normalized(false)),
                 _ => {}
             }
         }
         inner.add_special_tokens(&special);
         inner.add_tokens(&user_defined);
 
-        let named = |key: &str| -> Result<Option<(String, u32)>> {
-            Ok(meta.token_id(key, n_tokens)?.map(|id| (tokens[id as usize].to_string(), id)))
-        };
+        let named =
+            |key: &str| -> Result<Option<(String, u32)>> { Ok(meta.token_id(key, n_tokens)?.map(|id| (tokens[id as usize].to_string(), id))) };
         let bos = named("tokenizer.ggml.bos_token_id")?;
         let eos = named("tokenizer.ggml.eos_token_id")?;
         let pad_id = meta.token_id("tokenizer.ggml.padding_token_id", n_tokens)?;
         let add_bos = meta.bool("tokenizer.ggml.add_bos_token")?.unwrap_or(pre.default_add_bos);
         let add_eos = meta.bool("tokenizer.ggml.add_eos_token")?.unwrap_or(false);
         let bos_added = if add_bos {
-            Some(bos.clone().ok_or_else(|| {
-                meta.err("`tokenizer.ggml.add_bos_token` is true but there is no `tokenizer.ggml.bos_token_id`")
-            })?)
+            Some(bos.clone().ok_or_else(|| meta.err("`tokenizer.ggml.add_bos_token` is true but there is no `tokenizer.ggml.bos_token_id`"))?)
         } else {
             None
         };
         let eos_added = if add_eos {
-            Some(eos.clone().ok_or_else(|| {
-                meta.err("`tokenizer.ggml.add_eos_token` is true but there is no `tokenizer.ggml.eos_token_id`")
-            })?)
+            Some(eos.clone().ok_or_else(|| meta.err("`tokenizer.ggml.add_eos_token` is true but there is no `tokenizer.ggml.eos_token_id`"))?)
         } else {
             None
         };
@@ -354,33 +326,21 @@ impl Tokenizer {
         if !tokenizer_json.is_file() {
             return Err(err(tokenizer_json, "file not found".into()));
         }
-        let inner = tokenizers::Tokenizer::from_file(tokenizer_json)
-            .map_err(|e| err(tokenizer_json, format!("cannot load tokenizer.json: {e}")))?;
+        let inner = tokenizers::Tokenizer::from_file(tokenizer_json).map_err(|e| err(tokenizer_json, format!("cannot load tokenizer.json: {e}")))?;
         let vocab_size = inner.get_vocab(true).values().max().map_or(0, |&m| m as usize + 1);
-        let mut tok = Self {
-            inner,
-            source: tokenizer_json.to_path_buf(),
-            vocab_size,
-            bos: None,
-            eos: None,
-            pad_id: None,
-            chat_template: None,
-        };
+        let mut tok = Self { inner, source: tokenizer_json.to_path_buf(), vocab_size, bos: None, eos: None, pad_id: None, chat_template: None };
         let template_dir = tokenizer_config_json.unwrap_or(tokenizer_json).parent().map(Path::to_path_buf);
         if let Some(config_path) = tokenizer_config_json {
             let text = std::fs::read_to_string(config_path).map_err(|e| ModelError::io(config_path, e))?;
-            let config: serde_json::Value =
-                serde_json::from_str(&text).map_err(|e| err(config_path, format!("invalid JSON: {e}")))?;
+            let config: serde_json::Value = serde_json::from_str(&text).map_err(|e| err(config_path, format!("invalid JSON: {e}")))?;
             let special = |name: &str| -> Result<Option<(String, u32)>> {
                 let Some(content) = special_token_content(&config, name).map_err(|m| err(config_path, m))? else {
                     return Ok(None);
                 };
-                let id = tok.inner.token_to_id(&content).ok_or_else(|| {
-                    err(
-                        config_path,
-                        format!("{name} `{content}` is not in the vocabulary of {}", tokenizer_json.display()),
-                    )
-                })?;
+                let id = tok
+                    .inner
+                    .token_to_id(&content)
+                    .ok_or_else(|| err(config_path, format!("{name} `{content}` is not in the vocabulary of {}", tokenizer_json.display())))?;
                 Ok(Some((content, id)))
             };
             let bos = special("bos_token")?;
@@ -414,8 +374,7 @@ impl Tokenizer {
     /// [`Tokenizer::encode`] on many texts, in parallel.
     pub fn encode_batch(&self, texts: &[String], add_special_tokens: bool) -> Result<Vec<Vec<u32>>> {
         let inputs: Vec<&str> = texts.iter().map(String::as_str).collect();
-        let encs =
-            self.inner.encode_batch(inputs, add_special_tokens).map_err(|e| self.err(format!("encode_batch: {e}")))?;
+        let encs = self.inner.encode_batch(inputs, add_special_tokens).map_err(|e| self.err(format!("encode_batch: {e}")))?;
         Ok(encs.into_iter().map(|e| e.get_ids().to_vec()).collect())
     }
 
@@ -423,9 +382,7 @@ impl Tokenizer {
     /// valid UTF-8 (a character cut between tokens) become U+FFFD. Ids outside the vocabulary are an error.
     pub fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String> {
         if let Some(bad) = ids.iter().find(|&&id| id as usize >= self.vocab_size) {
-            return Err(
-                self.err(format!("decode: token id {bad} is outside the vocabulary of {} tokens", self.vocab_size))
-            );
+            return Err(self.err(format!("decode: token id {bad} is outside the vocabulary of {} tokens", self.vocab_size)));
         }
         self.inner.decode(ids, skip_special_tokens).map_err(|e| self.err(format!("decode: {e}")))
     }
@@ -480,10 +437,7 @@ impl Tokenizer {
 
 /// A `TemplateProcessing` post-processor adding BOS before and/or EOS after each sequence. Built through
 /// serde rather than the string template syntax, which would misread tokens containing spaces or colons.
-fn bos_eos_processor(
-    bos: Option<&(String, u32)>,
-    eos: Option<&(String, u32)>,
-) -> std::result::Result<PostProcessorWrapper, String> {
+fn bos_eos_processor(bos: Option<&(String, u32)>, eos: Option<&(String, u32)>) -> std::result::Result<PostProcessorWrapper, String> {
     use serde_json::json;
     let piece = |t: &(String, u32), type_id: u32| json!({"SpecialToken": {"id": t.0, "type_id": type_id}});
     let seq = |id: &str, type_id: u32| json!({"Sequence": {"id": id, "type_id": type_id}});
@@ -531,11 +485,7 @@ fn config_chat_template(config: &serde_json::Value) -> std::result::Result<Optio
                 match (name, template) {
                     (Some("default"), Some(t)) => return Ok(Some(t.to_string())),
                     (Some(n), Some(_)) => names.push(n.to_string()),
-                    _ => {
-                        return Err(
-                            "`chat_template` list entries must be {\"name\": string, \"template\": string}".into()
-                        )
-                    }
+                    _ => return Err("`chat_template` list entries must be {\"name\": string, \"template\": string}".into()),
                 }
             }
             Err(format!("`chat_template` lists no template named `default` (names: {})", names.join(", ")))
@@ -554,8 +504,8 @@ fn sibling_chat_template(dir: &Path) -> Result<Option<String>> {
     let json = dir.join("chat_template.json");
     if json.is_file() {
         let text = std::fs::read_to_string(&json).map_err(|e| ModelError::io(&json, e))?;
-        let value: serde_json::Value = serde_json::from_str(&text)
-            .map_err(|e| ModelError::Tokenizer { path: json.clone(), msg: format!("invalid JSON: {e}") })?;
+        let value: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| ModelError::Tokenizer { path: json.clone(), msg: format!("invalid JSON: {e}") })?;
         return config_chat_template(&value).map_err(|msg| ModelError::Tokenizer { path: json, msg });
     }
     Ok(None)

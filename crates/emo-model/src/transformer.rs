@@ -149,14 +149,7 @@ impl Transformer {
     /// Runs one chunk of tokens for every row of `state`: the left-padded prompts first, then one token per
     /// row per decoding step. `tokens` is [batch, chunk] i64 and `valid` [batch, chunk] bool (false for left
     /// padding). The chunk's keys and values are appended to `state`. Returns logits as `logits` asks.
-    pub fn forward_chunk(
-        &self,
-        tokens: &Tensor,
-        valid: &Tensor,
-        state: &mut DecodeState,
-        hooks: &mut HookSet,
-        logits: LogitsFor,
-    ) -> Result<Tensor> {
+    pub fn forward_chunk(&self, tokens: &Tensor, valid: &Tensor, state: &mut DecodeState, hooks: &mut HookSet, logits: LogitsFor) -> Result<Tensor> {
         let _guard = tch::no_grad_guard();
         let (b, t) = tokens.size2().map_err(ModelError::Torch)?;
         if valid.size() != [b, t] || state.batch() != b {
@@ -168,9 +161,7 @@ impl Transformer {
             )));
         }
         if !state.caches() && !state.is_empty() {
-            return Err(ModelError::InvalidArgument(
-                "a decode state without a KV cache serves one forward call; start a new one".into(),
-            ));
+            return Err(ModelError::InvalidArgument("a decode state without a KV cache serves one forward call; start a new one".into()));
         }
         let vocab = self.cfg.vocab_size as i64;
         if t > 0 {

@@ -71,12 +71,9 @@ impl WeightSource for GgufWeights<'_> {
 
     fn tensor(&self, name: &str) -> Result<Tensor> {
         let path = self.gguf.path().to_path_buf();
-        let gname = Self::gguf_name(name)
-            .ok_or_else(|| ModelError::MissingTensor { path: path.clone(), name: name.to_string() })?;
-        let info = self
-            .gguf
-            .tensor_info(&gname)
-            .ok_or_else(|| ModelError::MissingTensor { path, name: format!("{gname} (Hugging Face `{name}`)") })?;
+        let gname = Self::gguf_name(name).ok_or_else(|| ModelError::MissingTensor { path: path.clone(), name: name.to_string() })?;
+        let info =
+            self.gguf.tensor_info(&gname).ok_or_else(|| ModelError::MissingTensor { path, name: format!("{gname} (Hugging Face `{name}`)") })?;
         let shape = info.shape();
         let data = self.gguf.dequantize(&gname)?;
         let t = Tensor::f_from_slice(&data)?.f_reshape(&shape)?;
@@ -127,18 +124,12 @@ impl SafetensorsWeights {
         let index_path = dir.join("model.safetensors.index.json");
         let mut names: Vec<String> = if index_path.exists() {
             let text = std::fs::read_to_string(&index_path).map_err(|e| ModelError::io(&index_path, e))?;
-            let v: serde_json::Value = serde_json::from_str(&text)
-                .map_err(|e| ModelError::format(&index_path, format!("invalid JSON: {e}")))?;
-            let map = v.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| {
-                ModelError::format(&index_path, "no `weight_map` object")
-            })?;
+            let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| ModelError::format(&index_path, format!("invalid JSON: {e}")))?;
+            let map = v.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| ModelError::format(&index_path, "no `weight_map` object"))?;
             map.values().filter_map(|f| f.as_str().map(str::to_string)).collect()
         } else {
             let rd = std::fs::read_dir(dir).map_err(|e| ModelError::io(dir, e))?;
-            rd.filter_map(|e| e.ok())
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n.ends_with(".safetensors"))
-                .collect()
+            rd.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| n.ends_with(".safetensors")).collect()
         };
         names.sort();
         names.dedup();
@@ -152,8 +143,7 @@ impl SafetensorsWeights {
             let file = std::fs::File::open(&path).map_err(|e| ModelError::io(&path, e))?;
             // SAFETY: the map is read-only; a file changed underneath us is the user's doing, as with any mmap.
             let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| ModelError::io(&path, e))?;
-            let st = SafeTensors::deserialize(&mmap)
-                .map_err(|e| ModelError::format(&path, format!("invalid safetensors: {e}")))?;
+            let st = SafeTensors::deserialize(&mmap).map_err(|e| ModelError::format(&path, format!("invalid safetensors: {e}")))?;
             for t in st.names() {
                 index.insert(t.to_string(), files.len());
             }
@@ -169,10 +159,7 @@ impl WeightSource for SafetensorsWeights {
     }
 
     fn tensor(&self, name: &str) -> Result<Tensor> {
-        let &i = self
-            .index
-            .get(name)
-            .ok_or_else(|| ModelError::MissingTensor { path: self.dir.clone(), name: name.to_string() })?;
+        let &i = self.index.get(name).ok_or_else(|| ModelError::MissingTensor { path: self.dir.clone(), name: name.to_string() })?;
         let (path, mmap) = &self.files[i];
         let st = SafeTensors::deserialize(mmap).map_err(|e| ModelError::format(path, format!("invalid safetensors: {e}")))?;
         let view = st.tensor(name).map_err(|e| ModelError::format(path, format!("tensor `{name}`: {e}")))?;

@@ -4,8 +4,8 @@ mod common;
 
 use emo_model::batcher::row_hooks;
 use emo_model::{
-    BatchRequest, ChatMessage, ContinuousBatch, Edit, Event, GenerationConfig, HookPoint, HookSet, Intervention, Positions,
-    RowControl, Sampling, StopReason,
+    BatchRequest, ChatMessage, ContinuousBatch, Edit, Event, GenerationConfig, HookPoint, HookSet, Intervention, Positions, RowControl, Sampling,
+    StopReason,
 };
 use tch::{Kind, Tensor};
 
@@ -138,8 +138,8 @@ fn sampling_is_reproducible_and_batch_invariant() {
     assert_ne!(a, alone(&p[1], &sampled(12), &RowControl::none()).0, "another seed, other tokens");
     assert_ne!(a, alone(&p[1], &GenerationConfig { sampling: Sampling::greedy(), ..sampled(11) }, &RowControl::none()).0);
     // In a padded batch beside other rows, and in a continuous batch, the row draws the same tokens.
-    let g = emo_model::generate::generate(&m.transformer, &[p[2].clone(), p[1].clone()], &sampled(11), m.pad_token_id(), &mut HookSet::new())
-        .unwrap();
+    let g =
+        emo_model::generate::generate(&m.transformer, &[p[2].clone(), p[1].clone()], &sampled(11), m.pad_token_id(), &mut HookSet::new()).unwrap();
     assert_eq!(g[1].tokens, a);
     let mut batch = ContinuousBatch::new(&m.transformer, m.pad_token_id());
     let mut events = batch.admit(vec![BatchRequest { id: 0, prompt: p[0].clone(), config: sampled(5), control: RowControl::none() }]).unwrap();

@@ -31,11 +31,7 @@ fn texts() -> Vec<String> {
 
 fn model_dir() -> PathBuf {
     let dir = SentenceEncoder::default_dir();
-    assert!(
-        dir.join("config.json").is_file(),
-        "{} is missing: run `scripts/setup.sh` to install all-MiniLM-L6-v2",
-        dir.display()
-    );
+    assert!(dir.join("config.json").is_file(), "{} is missing: run `scripts/setup.sh` to install all-MiniLM-L6-v2", dir.display());
     dir
 }
 
@@ -97,8 +93,7 @@ fn batching_does_not_change_embeddings() {
     let enc = encoder();
     // More than one internal batch of 32, lengths mixed, so sorting, padding and regrouping are exercised.
     let base = texts();
-    let many: Vec<String> =
-        (0..45).map(|i| format!("{} {}", base[i % base.len()], "again ".repeat(i % 7))).collect();
+    let many: Vec<String> = (0..45).map(|i| format!("{} {}", base[i % base.len()], "again ".repeat(i % 7))).collect();
     let refs: Vec<&str> = many.iter().map(String::as_str).collect();
     let batched = rows(&enc.encode(&refs).unwrap());
     let mut worst = 0f64;
@@ -118,9 +113,7 @@ fn batching_does_not_change_embeddings() {
 fn throughput_200_sentences() {
     let enc = encoder();
     let words = ["the", "train", "was", "late", "again", "and", "everyone", "on", "platform", "grew", "angry"];
-    let texts: Vec<String> = (0..200)
-        .map(|i| (0..25).map(|j| words[(i * 7 + j * 3) % words.len()]).collect::<Vec<_>>().join(" ") + ".")
-        .collect();
+    let texts: Vec<String> = (0..200).map(|i| (0..25).map(|j| words[(i * 7 + j * 3) % words.len()]).collect::<Vec<_>>().join(" ") + ".").collect();
     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
     let _ = enc.encode(&refs[..8]).unwrap(); // warm-up: LibTorch's first calls allocate and pick kernels
     let start = Instant::now();

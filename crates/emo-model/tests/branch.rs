@@ -4,8 +4,7 @@
 mod common;
 
 use emo_model::{
-    Ablate, AddVector, Capture, Edit, HookPoint, HookSet, Intervention, Interventions, LogitsFor, ModelError, Positions,
-    Scale, Sublayer,
+    Ablate, AddVector, Capture, Edit, HookPoint, HookSet, Intervention, Interventions, LogitsFor, ModelError, Positions, Scale, Sublayer,
 };
 use tch::{Kind, Tensor};
 
@@ -74,16 +73,12 @@ fn branched_vs_full(layer: usize, read_from: usize) -> f64 {
     let mut prefix = t.prefill_prefix(&prompts, m.pad_token_id()).unwrap();
     let mut edits = Interventions::new(rows.clone(), Positions::LastPrompt);
     let mut cap_b = Capture::new(points.iter().copied(), Positions::LastPrompt);
-    let logits_b = t
-        .forward_branches(&mut prefix, &which, &mut HookSet::new().with(&mut edits).with(&mut cap_b), LogitsFor::Last)
-        .unwrap();
+    let logits_b = t.forward_branches(&mut prefix, &which, &mut HookSet::new().with(&mut edits).with(&mut cap_b), LogitsFor::Last).unwrap();
 
     let full_rows: Vec<Vec<u32>> = which.iter().map(|&p| prompts[p].clone()).collect();
     let mut edits = Interventions::new(rows, Positions::LastPrompt);
     let mut cap_f = Capture::new(points.iter().copied(), Positions::LastPrompt);
-    let logits_f = t
-        .forward_rows(&full_rows, m.pad_token_id(), &mut HookSet::new().with(&mut edits).with(&mut cap_f), LogitsFor::Last)
-        .unwrap();
+    let logits_f = t.forward_rows(&full_rows, m.pad_token_id(), &mut HookSet::new().with(&mut edits).with(&mut cap_f), LogitsFor::Last).unwrap();
 
     let r = which.len();
     // f32 rounding grows with the magnitude of what is compared (late SmolLM2 residuals reach ~550, where one
@@ -156,9 +151,8 @@ fn mixed_per_row_edits_equal_each_edit_alone() {
     let prompt = prompts().remove(0);
     let v = unit(d, 9);
     let layers = 8..12;
-    let steer = |alpha: f64| {
-        layers.clone().fold(Intervention::none(), |iv, l| iv.with(HookPoint::ResidPost(l), Edit::AddRms(v.shallow_clone(), alpha)))
-    };
+    let steer =
+        |alpha: f64| layers.clone().fold(Intervention::none(), |iv, l| iv.with(HookPoint::ResidPost(l), Edit::AddRms(v.shallow_clone(), alpha)));
     let rows = vec![
         steer(8.0),
         Intervention::none(),
@@ -170,9 +164,8 @@ fn mixed_per_row_edits_equal_each_edit_alone() {
     let got = t.forward_rows(&batch, m.pad_token_id(), &mut HookSet::new().with(&mut mixed), LogitsFor::Last).unwrap();
 
     let alone = |hooks: &mut HookSet| t.forward_rows(&[prompt.clone()], m.pad_token_id(), hooks, LogitsFor::Last).unwrap();
-    let add = |alpha: f64| {
-        AddVector::new(layers.clone().map(|l| (HookPoint::ResidPost(l), v.shallow_clone())), Scale::Rms(alpha), Positions::LastPrompt)
-    };
+    let add =
+        |alpha: f64| AddVector::new(layers.clone().map(|l| (HookPoint::ResidPost(l), v.shallow_clone())), Scale::Rms(alpha), Positions::LastPrompt);
     let mut a = add(8.0);
     let mut abl = Ablate::new([(HookPoint::MlpPost(5), vec![1, 2, 3]), (HookPoint::AttnZ(5), vec![4])], Positions::LastPrompt);
     let mut b = add(-2.0);
@@ -219,14 +212,9 @@ fn bad_interventions_are_errors_naming_the_hook_point() {
 
 #[test]
 fn positions_and_sublayers_parse_what_they_print() {
-    for p in [
-        Positions::All,
-        Positions::Prompt,
-        Positions::LastPrompt,
-        Positions::Generated,
-        Positions::LastPromptAndGenerated,
-        Positions::Range(3, 17),
-    ] {
+    for p in
+        [Positions::All, Positions::Prompt, Positions::LastPrompt, Positions::Generated, Positions::LastPromptAndGenerated, Positions::Range(3, 17)]
+    {
         assert_eq!(p.to_string().parse::<Positions>().unwrap(), p);
     }
     assert_eq!(Positions::Range(0, 4).to_string(), "0..4");
@@ -241,8 +229,14 @@ fn positions_and_sublayers_parse_what_they_print() {
         assert_eq!(s.to_string().parse::<Sublayer>().unwrap(), *s);
     }
     let s = Sublayer::attn(4);
-    assert_eq!((s.resid_site(), s.output(), s.units(), s.n_units(cfg)), (HookPoint::ResidMid(4), HookPoint::AttnOut(4), HookPoint::AttnZ(4), cfg.n_heads));
+    assert_eq!(
+        (s.resid_site(), s.output(), s.units(), s.n_units(cfg)),
+        (HookPoint::ResidMid(4), HookPoint::AttnOut(4), HookPoint::AttnZ(4), cfg.n_heads)
+    );
     let s = Sublayer::mlp(4);
-    assert_eq!((s.resid_site(), s.output(), s.units(), s.n_units(cfg)), (HookPoint::ResidPost(4), HookPoint::MlpOut(4), HookPoint::MlpPost(4), cfg.d_mlp));
+    assert_eq!(
+        (s.resid_site(), s.output(), s.units(), s.n_units(cfg)),
+        (HookPoint::ResidPost(4), HookPoint::MlpOut(4), HookPoint::MlpPost(4), cfg.d_mlp)
+    );
     assert!("blocks.4.ffn".parse::<Sublayer>().unwrap_err().to_string().contains("blocks.4.ffn"));
 }

@@ -13,8 +13,7 @@ fn rss_stays_flat_over_many_capture_passes() {
     let cfg = t.config();
     tch::manual_seed(0);
     let ids = Tensor::randint(cfg.vocab_size as i64, [8, 64], (tch::Kind::Int64, tch::Device::Cpu));
-    let rows: Vec<Vec<u32>> =
-        Vec::<i64>::try_from(ids.view(-1)).unwrap().chunks(64).map(|c| c.iter().map(|&x| x as u32).collect()).collect();
+    let rows: Vec<Vec<u32>> = Vec::<i64>::try_from(ids.view(-1)).unwrap().chunks(64).map(|c| c.iter().map(|&x| x as u32).collect()).collect();
     // The elicitation workload (4 sites x every layer at the last token), never cleared, as `emo bench` runs it.
     let mut capture = hooks_for(HookLoad::Capture, cfg).unwrap();
     let pass = |capture: &mut Box<dyn emo_model::Hook>| {

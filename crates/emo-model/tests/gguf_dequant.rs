@@ -45,9 +45,7 @@ fn model(name: &str) -> PathBuf {
 
 fn python() -> PathBuf {
     let py = common::python();
-    let ok = Command::new(&py)
-        .args(["-c", "import gguf, numpy"])
-        .output();
+    let ok = Command::new(&py).args(["-c", "import gguf, numpy"]).output();
     assert!(
         matches!(&ok, Ok(o) if o.status.success()),
         "{} cannot import gguf-py ({:?}): {SETUP}",
@@ -60,17 +58,8 @@ fn python() -> PathBuf {
 /// Runs tests/support/gguf_reference.py with `args`.
 fn reference(args: &[&std::ffi::OsStr]) {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/gguf_reference.py");
-    let out = Command::new(python())
-        .arg(&script)
-        .args(args)
-        .output()
-        .expect("run python");
-    assert!(
-        out.status.success(),
-        "gguf_reference.py {:?} failed:\n{}",
-        args,
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = Command::new(python()).arg(&script).args(args).output().expect("run python");
+    assert!(out.status.success(), "gguf_reference.py {:?} failed:\n{}", args, String::from_utf8_lossy(&out.stderr));
 }
 
 /// A fresh directory under the system temp dir, removed on drop.
@@ -79,15 +68,8 @@ struct TempDir(PathBuf);
 impl TempDir {
     fn new(tag: &str) -> Self {
         static N: AtomicUsize = AtomicUsize::new(0);
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
-        let dir = std::env::temp_dir().join(format!(
-            "emo-gguf-{tag}-{}-{}-{nanos}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+        let dir = std::env::temp_dir().join(format!("emo-gguf-{tag}-{}-{}-{nanos}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)));
         std::fs::create_dir_all(&dir).expect("create temp dir");
         TempDir(dir)
     }
@@ -105,10 +87,7 @@ impl Drop for TempDir {
 
 fn read_f32(path: &Path) -> Vec<f32> {
     let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    bytes
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect()
+    bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
 }
 
 /// Max |a−b| after asserting the two are bit-identical (NaNs compare by bit pattern).
@@ -150,9 +129,7 @@ impl Rng {
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> usize {
-    hay.windows(needle.len())
-        .position(|w| w == needle)
-        .expect("pattern in file")
+    hay.windows(needle.len()).position(|w| w == needle).expect("pattern in file")
 }
 
 /// The bytes of a GGUF string (u64 length + bytes), to locate keys and tensor names in a file.
@@ -168,10 +145,7 @@ fn patch(bytes: &mut [u8], at: usize, new: &[u8]) {
 
 fn assert_names_file(err: &ModelError, path: &Path) {
     let msg = err.to_string();
-    assert!(
-        msg.contains(&path.display().to_string()),
-        "error does not name the file: {msg}"
-    );
+    assert!(msg.contains(&path.display().to_string()), "error does not name the file: {msg}");
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -201,14 +175,9 @@ fn real_tensors_match_gguf_py() {
                 *last = t.name.clone();
             }
         }
-        assert_eq!(
-            types.len(),
-            picked.len(),
-            "{name}: some type has no tensor small enough to compare"
-        );
+        assert_eq!(types.len(), picked.len(), "{name}: some type has no tensor small enough to compare");
         let names: Vec<String> = picked.values().flatten().cloned().collect();
-        let mut args: Vec<std::ffi::OsString> =
-            vec!["tensors".into(), path.clone().into(), tmp.0.clone().into()];
+        let mut args: Vec<std::ffi::OsString> = vec!["tensors".into(), path.clone().into(), tmp.0.clone().into()];
         args.extend(names.iter().map(Into::into));
         reference(&args.iter().map(|a| a.as_os_str()).collect::<Vec<_>>());
         for tname in &names {
@@ -216,9 +185,7 @@ fn real_tensors_match_gguf_py() {
             let ours = file.dequantize(tname).expect("dequantize");
             let theirs = read_f32(&tmp.path(&format!("{tname}.f32")));
             let diff = compare(&format!("{name} {tname} ({})", info.dtype), &ours, &theirs);
-            let e = report
-                .entry(format!("{} ({name})", info.dtype))
-                .or_default();
+            let e = report.entry(format!("{} ({name})", info.dtype)).or_default();
             e.0 += 1;
             e.1 += info.n_elements();
             e.2 = e.2.max(diff);
@@ -272,9 +239,7 @@ fn random_blocks_match_gguf_py() {
                     }
                     block.copy_from_slice(&rng.bytes(2));
                 },
-                GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0 => {
-                    patch(&mut block, 0, &finite_f16(&mut rng))
-                }
+                GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0 => patch(&mut block, 0, &finite_f16(&mut rng)),
                 GgmlType::Q4_1 | GgmlType::Q4_K | GgmlType::Q5_K => {
                     patch(&mut block, 0, &finite_f16(&mut rng));
                     patch(&mut block, 2, &finite_f16(&mut rng));
@@ -287,27 +252,17 @@ fn random_blocks_match_gguf_py() {
         let bin = tmp.path(&format!("{ty}.bin"));
         let out = tmp.path(&format!("{ty}.f32"));
         std::fs::write(&bin, &data).unwrap();
-        reference(&[
-            "blocks".as_ref(),
-            ty.to_string().as_ref(),
-            bin.as_os_str(),
-            out.as_os_str(),
-        ]);
+        reference(&["blocks".as_ref(), ty.to_string().as_ref(), bin.as_os_str(), out.as_os_str()]);
         let ours = quant::dequantize(ty, &data, n_blocks * bs).expect("dequantize");
         let diff = compare(&format!("random {ty}"), &ours, &read_f32(&out));
-        println!(
-            "random {ty:<5} {n_blocks:>5} blocks, {:>6} elements, max |diff| {diff}",
-            n_blocks * bs
-        );
+        println!("random {ty:<5} {n_blocks:>5} blocks, {:>6} elements, max |diff| {diff}", n_blocks * bs);
     }
 }
 
 /// Compares one of our values with gguf_reference.py's JSON rendering of it.
 fn scalar_matches(ours: &GgufValue, theirs: &Value) -> bool {
     match ours {
-        GgufValue::F32(_) | GgufValue::F64(_) => {
-            theirs["f64_bits"].as_u64() == ours.as_f64().map(f64::to_bits)
-        }
+        GgufValue::F32(_) | GgufValue::F64(_) => theirs["f64_bits"].as_u64() == ours.as_f64().map(f64::to_bits),
         GgufValue::Bool(b) => theirs.as_bool() == Some(*b),
         GgufValue::String(s) => theirs.as_str() == Some(s.as_str()),
         GgufValue::Array(_) => false,
@@ -333,114 +288,42 @@ fn assert_metadata_matches(path: &Path, file: &GgufFile, tmp: &TempDir) {
     reference(&["meta".as_ref(), path.as_os_str(), json_path.as_os_str()]);
     let doc: Value = serde_json::from_slice(&std::fs::read(&json_path).unwrap()).unwrap();
     let name = path.display();
-    assert_eq!(
-        doc["version"].as_u64(),
-        Some(file.version() as u64),
-        "{name}: version"
-    );
-    assert_eq!(
-        doc["alignment"].as_u64(),
-        Some(file.alignment()),
-        "{name}: alignment"
-    );
-    assert_eq!(
-        doc["data_offset"].as_u64(),
-        Some(file.data_offset()),
-        "{name}: data offset"
-    );
+    assert_eq!(doc["version"].as_u64(), Some(file.version() as u64), "{name}: version");
+    assert_eq!(doc["alignment"].as_u64(), Some(file.alignment()), "{name}: alignment");
+    assert_eq!(doc["data_offset"].as_u64(), Some(file.data_offset()), "{name}: data offset");
 
     let fields = doc["fields"].as_array().unwrap();
-    assert_eq!(
-        fields.len(),
-        file.metadata().len(),
-        "{name}: number of metadata keys"
-    );
+    assert_eq!(fields.len(), file.metadata().len(), "{name}: number of metadata keys");
     for (f, (key, value)) in fields.iter().zip(file.metadata()) {
         assert_eq!(f["key"].as_str(), Some(key.as_str()), "{name}: key order");
-        assert_eq!(
-            f["type"].as_str(),
-            Some(value.type_name()),
-            "{name}: type of {key}"
-        );
+        assert_eq!(f["type"].as_str(), Some(value.type_name()), "{name}: type of {key}");
         match value {
             GgufValue::Array(items) => {
-                assert_eq!(
-                    f["len"].as_u64(),
-                    Some(items.len() as u64),
-                    "{name}: length of {key}"
-                );
-                assert_eq!(
-                    f["leaves"].as_u64(),
-                    Some(leaves(value)),
-                    "{name}: leaf count of {key}"
-                );
+                assert_eq!(f["len"].as_u64(), Some(items.len() as u64), "{name}: length of {key}");
+                assert_eq!(f["leaves"].as_u64(), Some(leaves(value)), "{name}: leaf count of {key}");
                 if let (Some(first), Some(last)) = (items.first(), items.last()) {
-                    assert_eq!(
-                        f["elem_type"].as_str(),
-                        Some(first.type_name()),
-                        "{name}: element type of {key}"
-                    );
+                    assert_eq!(f["elem_type"].as_str(), Some(first.type_name()), "{name}: element type of {key}");
                     if !matches!(first, GgufValue::Array(_)) {
-                        assert!(
-                            scalar_matches(first, &f["first"]),
-                            "{name}: {key}[0] = {first:?} vs {}",
-                            f["first"]
-                        );
-                        assert!(
-                            scalar_matches(last, &f["last"]),
-                            "{name}: {key}[-1] = {last:?} vs {}",
-                            f["last"]
-                        );
+                        assert!(scalar_matches(first, &f["first"]), "{name}: {key}[0] = {first:?} vs {}", f["first"]);
+                        assert!(scalar_matches(last, &f["last"]), "{name}: {key}[-1] = {last:?} vs {}", f["last"]);
                     }
                 }
             }
-            v => assert!(
-                scalar_matches(v, &f["value"]),
-                "{name}: {key} = {v:?} vs {}",
-                f["value"]
-            ),
+            v => assert!(scalar_matches(v, &f["value"]), "{name}: {key} = {v:?} vs {}", f["value"]),
         }
     }
 
     let tensors = doc["tensors"].as_array().unwrap();
-    assert_eq!(
-        tensors.len(),
-        file.tensors().len(),
-        "{name}: number of tensors"
-    );
+    assert_eq!(tensors.len(), file.tensors().len(), "{name}: number of tensors");
     for (t, ours) in tensors.iter().zip(file.tensors()) {
         let tn = &ours.name;
-        assert_eq!(
-            t["name"].as_str(),
-            Some(tn.as_str()),
-            "{name}: tensor order"
-        );
-        assert_eq!(
-            t["type"].as_u64(),
-            Some(ours.dtype.to_u32() as u64),
-            "{name}: type of {tn}"
-        );
-        let dims: Vec<u64> = t["dims"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|d| d.as_u64().unwrap())
-            .collect();
+        assert_eq!(t["name"].as_str(), Some(tn.as_str()), "{name}: tensor order");
+        assert_eq!(t["type"].as_u64(), Some(ours.dtype.to_u32() as u64), "{name}: type of {tn}");
+        let dims: Vec<u64> = t["dims"].as_array().unwrap().iter().map(|d| d.as_u64().unwrap()).collect();
         assert_eq!(dims, ours.dims, "{name}: dims of {tn}");
-        assert_eq!(
-            t["offset"].as_u64(),
-            Some(ours.offset),
-            "{name}: offset of {tn}"
-        );
-        assert_eq!(
-            t["n_bytes"].as_u64(),
-            ours.n_bytes(),
-            "{name}: byte size of {tn}"
-        );
-        assert_eq!(
-            file.tensor_data(tn).unwrap().len() as u64,
-            ours.n_bytes().unwrap()
-        );
+        assert_eq!(t["offset"].as_u64(), Some(ours.offset), "{name}: offset of {tn}");
+        assert_eq!(t["n_bytes"].as_u64(), ours.n_bytes(), "{name}: byte size of {tn}");
+        assert_eq!(file.tensor_data(tn).unwrap().len() as u64, ours.n_bytes().unwrap());
     }
 }
 
@@ -448,27 +331,14 @@ fn assert_metadata_matches(path: &Path, file: &GgufFile, tmp: &TempDir) {
 fn metadata_matches_gguf_py() {
     let _g = heavy();
     let tmp = TempDir::new("meta");
-    for (name, arch, blocks, vocab, eps) in [
-        (SMOL, "llama", 30, 49152, 1e-5f32),
-        (QWEN, "qwen2", 24, 151936, 1e-6),
-    ] {
+    for (name, arch, blocks, vocab, eps) in [(SMOL, "llama", 30, 49152, 1e-5f32), (QWEN, "qwen2", 24, 151936, 1e-6)] {
         let path = model(name);
         let file = GgufFile::open(&path).expect("open model");
         assert_metadata_matches(&path, &file, &tmp);
         assert_eq!(file.architecture().unwrap(), arch);
-        assert_eq!(
-            file.get_u64(&format!("{arch}.block_count")).unwrap(),
-            blocks
-        );
-        assert_eq!(
-            file.get_array("tokenizer.ggml.tokens").unwrap().len(),
-            vocab
-        );
-        assert_eq!(
-            file.get_f64(&format!("{arch}.attention.layer_norm_rms_epsilon"))
-                .unwrap() as f32,
-            eps
-        );
+        assert_eq!(file.get_u64(&format!("{arch}.block_count")).unwrap(), blocks);
+        assert_eq!(file.get_array("tokenizer.ggml.tokens").unwrap().len(), vocab);
+        assert_eq!(file.get_f64(&format!("{arch}.attention.layer_norm_rms_epsilon")).unwrap() as f32, eps);
         println!(
             "{name}: v{}, {} keys, {} tensors, data at {}, {arch} with {blocks} blocks and {vocab} tokens",
             file.version(),
@@ -487,14 +357,7 @@ fn whole_files_dequantize_and_timing() {
         // Warm the page cache so the timing is of decoding, not of the disk.
         let mut sum = 0u64;
         for t in file.tensors() {
-            sum = sum.wrapping_add(
-                file.tensor_data(&t.name)
-                    .unwrap()
-                    .iter()
-                    .step_by(4096)
-                    .map(|&b| b as u64)
-                    .sum(),
-            );
+            sum = sum.wrapping_add(file.tensor_data(&t.name).unwrap().iter().step_by(4096).map(|&b| b as u64).sum());
         }
         let start = Instant::now();
         let mut elements = 0u64;
@@ -534,17 +397,11 @@ fn every_value() -> Vec<(String, GgufValue)> {
         ("t.i64".into(), I64(i64::MIN)),
         ("t.f64".into(), F64(-2.25e300)),
         ("t.array_u32".into(), Array(vec![U32(1), U32(2), U32(3)])),
-        (
-            "t.array_str".into(),
-            Array(vec![String("a".into()), String(std::string::String::new())]),
-        ),
+        ("t.array_str".into(), Array(vec![String("a".into()), String(std::string::String::new())])),
         ("t.array_f32".into(), Array(vec![F32(0.25), F32(-1.0)])),
         ("t.array_bool".into(), Array(vec![Bool(false), Bool(true)])),
         ("t.array_empty".into(), Array(vec![])),
-        (
-            "t.array_nested".into(),
-            Array(vec![Array(vec![I32(1), I32(2)]), Array(vec![I32(3)])]),
-        ),
+        ("t.array_nested".into(), Array(vec![Array(vec![I32(1), I32(2)]), Array(vec![I32(3)])])),
     ]
 }
 
@@ -566,10 +423,7 @@ fn writer_round_trip() {
     let tmp = TempDir::new("writer");
     let path = tmp.path("sample.gguf");
     let (matrix, vector) = write_sample(&path);
-    assert!(
-        !tmp.path("sample.gguf.tmp").exists(),
-        "temporary file left behind"
-    );
+    assert!(!tmp.path("sample.gguf.tmp").exists(), "temporary file left behind");
 
     let file = GgufFile::open(&path).unwrap();
     assert_eq!(file.version(), 3);
@@ -584,10 +438,7 @@ fn writer_round_trip() {
     let names: Vec<&str> = file.tensors().iter().map(|t| t.name.as_str()).collect();
     assert_eq!(names, ["t.matrix", "t.vector"]);
     let m = file.tensor_info("t.matrix").unwrap();
-    assert_eq!(
-        (m.dims.as_slice(), m.shape(), m.dtype, m.n_elements()),
-        (&[5u64, 3][..], vec![3i64, 5], GgmlType::F32, 15)
-    );
+    assert_eq!((m.dims.as_slice(), m.shape(), m.dtype, m.n_elements()), (&[5u64, 3][..], vec![3i64, 5], GgmlType::F32, 15));
     for t in file.tensors() {
         assert_eq!(t.offset % 32, 0, "{} not aligned", t.name);
     }
@@ -608,29 +459,14 @@ fn writer_round_trip() {
 
     // Invalid writer input.
     let mut w = GgufWriter::new();
-    assert!(matches!(
-        w.add_f32_tensor("x", &[2, 2], &[1.0; 3]),
-        Err(ModelError::InvalidArgument(_))
-    ));
+    assert!(matches!(w.add_f32_tensor("x", &[2, 2], &[1.0; 3]), Err(ModelError::InvalidArgument(_))));
     w.add_f32_tensor("x", &[1], &[1.0]).unwrap();
-    assert!(matches!(
-        w.add_f32_tensor("x", &[1], &[1.0]),
-        Err(ModelError::InvalidArgument(_))
-    ));
+    assert!(matches!(w.add_f32_tensor("x", &[1], &[1.0]), Err(ModelError::InvalidArgument(_))));
     w.add_metadata("general.alignment", GgufValue::U32(48));
-    assert!(matches!(
-        w.write(tmp.path("bad.gguf")),
-        Err(ModelError::InvalidArgument(_))
-    ));
+    assert!(matches!(w.write(tmp.path("bad.gguf")), Err(ModelError::InvalidArgument(_))));
     let mut w = GgufWriter::new();
-    w.add_metadata(
-        "mixed",
-        GgufValue::Array(vec![GgufValue::U8(1), GgufValue::I8(1)]),
-    );
-    assert!(matches!(
-        w.write(tmp.path("bad.gguf")),
-        Err(ModelError::InvalidArgument(_))
-    ));
+    w.add_metadata("mixed", GgufValue::Array(vec![GgufValue::U8(1), GgufValue::I8(1)]));
+    assert!(matches!(w.write(tmp.path("bad.gguf")), Err(ModelError::InvalidArgument(_))));
 }
 
 #[test]
@@ -642,19 +478,9 @@ fn writer_output_reads_in_gguf_py() {
     assert_metadata_matches(&path, &file, &tmp);
     let out = tmp.path("out");
     std::fs::create_dir(&out).unwrap();
-    reference(&[
-        "tensors".as_ref(),
-        path.as_os_str(),
-        out.as_os_str(),
-        "t.matrix".as_ref(),
-        "t.vector".as_ref(),
-    ]);
+    reference(&["tensors".as_ref(), path.as_os_str(), out.as_os_str(), "t.matrix".as_ref(), "t.vector".as_ref()]);
     for name in ["t.matrix", "t.vector"] {
-        compare(
-            name,
-            &file.dequantize(name).unwrap(),
-            &read_f32(&out.join(format!("{name}.f32"))),
-        );
+        compare(name, &file.dequantize(name).unwrap(), &read_f32(&out.join(format!("{name}.f32"))));
     }
 }
 
@@ -687,10 +513,7 @@ fn truncated_real_file_is_a_typed_error() {
         let path = tmp.path(&format!("cut-{cut}.gguf"));
         std::fs::write(&path, &full[..cut]).unwrap();
         let err = GgufFile::open(&path).expect_err(what);
-        assert!(
-            matches!(err, ModelError::Truncated { .. }),
-            "{what}: expected Truncated, got {err}"
-        );
+        assert!(matches!(err, ModelError::Truncated { .. }), "{what}: expected Truncated, got {err}");
         assert_names_file(&err, &path);
         println!("{what:>18} @ {cut:>8}: {err}");
     }
@@ -736,25 +559,15 @@ fn corrupt_headers_are_format_errors() {
     b[0] = b'X';
     let (p, r) = open_patched(&tmp, "magic", &b);
     let err = r.unwrap_err();
-    assert!(
-        matches!(err, ModelError::Format { .. }) && err.to_string().contains("not a GGUF file"),
-        "{err}"
-    );
+    assert!(matches!(err, ModelError::Format { .. }) && err.to_string().contains("not a GGUF file"), "{err}");
     assert_names_file(&err, &p);
 
-    for (v, text) in [
-        (1u32, "unsupported GGUF version 1"),
-        (99, "unsupported GGUF version 99"),
-        (3u32.swap_bytes(), "big-endian"),
-    ] {
+    for (v, text) in [(1u32, "unsupported GGUF version 1"), (99, "unsupported GGUF version 99"), (3u32.swap_bytes(), "big-endian")] {
         let mut b = good.clone();
         patch(&mut b, 4, &v.to_le_bytes());
         let (p, r) = open_patched(&tmp, &format!("version{v}"), &b);
         let err = r.unwrap_err();
-        assert!(
-            matches!(err, ModelError::Format { .. }) && err.to_string().contains(text),
-            "{err}"
-        );
+        assert!(matches!(err, ModelError::Format { .. }) && err.to_string().contains(text), "{err}");
         assert_names_file(&err, &p);
     }
 
@@ -764,18 +577,8 @@ fn corrupt_headers_are_format_errors() {
         patch(&mut b, 24, &len.to_le_bytes());
         let (p, r) = open_patched(&tmp, "strlen", &b);
         let err = r.unwrap_err();
-        assert_eq!(
-            matches!(err, ModelError::Truncated { .. }),
-            truncated,
-            "{err}"
-        );
-        assert!(
-            matches!(
-                err,
-                ModelError::Truncated { .. } | ModelError::Format { .. }
-            ),
-            "{err}"
-        );
+        assert_eq!(matches!(err, ModelError::Truncated { .. }), truncated, "{err}");
+        assert!(matches!(err, ModelError::Truncated { .. } | ModelError::Format { .. }), "{err}");
         assert_names_file(&err, &p);
     }
 
@@ -786,13 +589,7 @@ fn corrupt_headers_are_format_errors() {
         patch(&mut b, arr + 8, &count.to_le_bytes());
         let (p, r) = open_patched(&tmp, "arrcount", &b);
         let err = r.unwrap_err();
-        assert!(
-            matches!(
-                err,
-                ModelError::Truncated { .. } | ModelError::Format { .. }
-            ),
-            "{err}"
-        );
+        assert!(matches!(err, ModelError::Truncated { .. } | ModelError::Format { .. }), "{err}");
         assert!(err.to_string().contains("k.arr"), "{err}");
         assert_names_file(&err, &p);
     }
@@ -806,35 +603,21 @@ fn corrupt_headers_are_format_errors() {
     let mut b = good.clone();
     patch(&mut b, bb, &99u32.to_le_bytes());
     let err = open_patched(&tmp, "vtype", &b).1.unwrap_err();
-    assert!(
-        matches!(err, ModelError::Format { .. })
-            && err.to_string().contains("unknown value type 99"),
-        "{err}"
-    );
+    assert!(matches!(err, ModelError::Format { .. }) && err.to_string().contains("unknown value type 99"), "{err}");
     let flag = find(&good, &gguf_str("k.flag")) + gguf_str("k.flag").len() + 4;
     let mut b = good.clone();
     b[flag] = 2;
     let err = open_patched(&tmp, "bool", &b).1.unwrap_err();
-    assert!(
-        matches!(err, ModelError::Format { .. }) && err.to_string().contains("k.flag"),
-        "{err}"
-    );
+    assert!(matches!(err, ModelError::Format { .. }) && err.to_string().contains("k.flag"), "{err}");
     let mut b = good.clone();
     let hello = find(&good, b"hello");
     b[hello] = 0xFF;
     let err = open_patched(&tmp, "utf8", &b).1.unwrap_err();
-    assert!(
-        matches!(err, ModelError::Format { .. }) && err.to_string().contains("UTF-8"),
-        "{err}"
-    );
+    assert!(matches!(err, ModelError::Format { .. }) && err.to_string().contains("UTF-8"), "{err}");
     let mut b = good.clone();
     patch(&mut b, bb - 2, b"aa");
     let err = open_patched(&tmp, "dupkey", &b).1.unwrap_err();
-    assert!(
-        matches!(err, ModelError::Format { .. })
-            && err.to_string().contains("duplicate metadata key"),
-        "{err}"
-    );
+    assert!(matches!(err, ModelError::Format { .. }) && err.to_string().contains("duplicate metadata key"), "{err}");
 }
 
 #[test]
@@ -852,18 +635,9 @@ fn corrupt_tensor_infos() {
     let (p, r) = open_patched(&tmp, "unknown-type", &b);
     let file = r.expect("a file with an unknown tensor type still opens");
     assert_eq!(file.tensor_info("a").unwrap().dtype, GgmlType::Other(200));
-    for err in [
-        file.dequantize("a").unwrap_err(),
-        file.tensor_data("a").unwrap_err(),
-    ] {
-        assert!(
-            matches!(&err, ModelError::UnsupportedQuant { tensor, .. } if tensor == "a"),
-            "{err}"
-        );
-        assert!(
-            err.to_string().contains("`a`") && err.to_string().contains("200"),
-            "{err}"
-        );
+    for err in [file.dequantize("a").unwrap_err(), file.tensor_data("a").unwrap_err()] {
+        assert!(matches!(&err, ModelError::UnsupportedQuant { tensor, .. } if tensor == "a"), "{err}");
+        assert!(err.to_string().contains("`a`") && err.to_string().contains("200"), "{err}");
         assert_names_file(&err, &p);
     }
     assert_eq!(file.dequantize("b").unwrap(), vec![1.5; 32]);
@@ -875,28 +649,19 @@ fn corrupt_tensor_infos() {
     let file = r.unwrap();
     assert_eq!(file.tensor_data("b").unwrap().len(), 24);
     let err = file.dequantize("b").unwrap_err();
-    assert!(
-        matches!(err, ModelError::UnsupportedQuant { .. }) && err.to_string().contains("Q5_1"),
-        "{err}"
-    );
+    assert!(matches!(err, ModelError::UnsupportedQuant { .. }) && err.to_string().contains("Q5_1"), "{err}");
 
     // A quantised type whose row is not a whole number of blocks.
     let mut b = good.clone();
     patch(&mut b, c + 4 + 8, &2u32.to_le_bytes());
     let err = open_patched(&tmp, "rowblocks", &b).1.unwrap_err();
-    assert!(
-        matches!(err, ModelError::Format { .. }) && err.to_string().contains("`c`"),
-        "{err}"
-    );
+    assert!(matches!(err, ModelError::Format { .. }) && err.to_string().contains("`c`"), "{err}");
 
     // Too many dimensions.
     let mut b = good.clone();
     patch(&mut b, a, &5u32.to_le_bytes());
     let err = open_patched(&tmp, "ndims", &b).1.unwrap_err();
-    assert!(
-        matches!(err, ModelError::Format { .. }) && err.to_string().contains("dimensions"),
-        "{err}"
-    );
+    assert!(matches!(err, ModelError::Format { .. }) && err.to_string().contains("dimensions"), "{err}");
 
     // Element count overflowing.
     let mut b = good.clone();
@@ -910,11 +675,7 @@ fn corrupt_tensor_infos() {
         patch(&mut b, b_ + 4 + 8 + 4, &off.to_le_bytes());
         let (p, r) = open_patched(&tmp, "offset", &b);
         let err = r.unwrap_err();
-        assert_eq!(
-            matches!(err, ModelError::Truncated { .. }),
-            truncated,
-            "{err}"
-        );
+        assert_eq!(matches!(err, ModelError::Truncated { .. }), truncated, "{err}");
         assert!(err.to_string().contains("`b`"), "{err}");
         assert_names_file(&err, &p);
     }
@@ -923,10 +684,7 @@ fn corrupt_tensor_infos() {
     let mut b = good.clone();
     patch(&mut b, b_ - 1, b"a");
     let err = open_patched(&tmp, "dupname", &b).1.unwrap_err();
-    assert!(
-        matches!(err, ModelError::Format { .. }) && err.to_string().contains("duplicate tensor"),
-        "{err}"
-    );
+    assert!(matches!(err, ModelError::Format { .. }) && err.to_string().contains("duplicate tensor"), "{err}");
 
     // A bad general.alignment.
     let mut w = GgufWriter::new();
@@ -939,10 +697,7 @@ fn corrupt_tensor_infos() {
     patch(&mut b, at, &48u32.to_le_bytes());
     let (p, r) = open_patched(&tmp, "align48", &b);
     let err = r.unwrap_err();
-    assert!(
-        matches!(err, ModelError::Metadata { .. }) && err.to_string().contains("general.alignment"),
-        "{err}"
-    );
+    assert!(matches!(err, ModelError::Metadata { .. }) && err.to_string().contains("general.alignment"), "{err}");
     assert_names_file(&err, &p);
 }
 
@@ -965,15 +720,9 @@ fn lookups_report_key_tensor_and_file() {
     assert!(file.get_f64("k.bb").unwrap() == 7.0);
     assert_eq!(file.get_array("k.arr").unwrap().len(), 4);
     let err = file.dequantize("nope").unwrap_err();
-    assert!(
-        matches!(&err, ModelError::MissingTensor { name, .. } if name == "nope"),
-        "{err}"
-    );
+    assert!(matches!(&err, ModelError::MissingTensor { name, .. } if name == "nope"), "{err}");
     assert_names_file(&err, &path);
-    assert!(matches!(
-        file.tensor_data("nope"),
-        Err(ModelError::MissingTensor { .. })
-    ));
+    assert!(matches!(file.tensor_data("nope"), Err(ModelError::MissingTensor { .. })));
     assert!(file.get("nope").is_none() && file.tensor_info("nope").is_none());
     let err = GgufFile::open(tmp.path("does-not-exist.gguf")).unwrap_err();
     assert!(matches!(err, ModelError::Io { .. }), "{err}");

@@ -19,13 +19,7 @@ fn hf_folder() -> &'static PathBuf {
     DIR.get_or_init(|| {
         let dir = common::scratch("hf-folder");
         let script = common::workspace().join("crates/emo-model/tests/support/save_hf_folder.py");
-        let status = Command::new(common::python())
-            .arg(script)
-            .arg(common::model_file("smollm2-135m"))
-            .arg(&dir)
-            .arg("150MB")
-            .status()
-            .unwrap();
+        let status = Command::new(common::python()).arg(script).arg(common::model_file("smollm2-135m")).arg(&dir).arg("150MB").status().unwrap();
         assert!(status.success(), "saving the Hugging Face folder failed; run `scripts/setup.sh --test`");
         dir
     })
@@ -50,9 +44,7 @@ fn broken_copy(name: &str, edit: impl FnOnce(&Path)) -> PathBuf {
 #[test]
 fn a_sharded_safetensors_folder_loads_as_the_same_model() {
     let dir = hf_folder();
-    let shards = std::fs::read_dir(dir).unwrap().filter(|e| {
-        e.as_ref().unwrap().file_name().to_string_lossy().ends_with(".safetensors")
-    });
+    let shards = std::fs::read_dir(dir).unwrap().filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().ends_with(".safetensors"));
     assert!(shards.count() > 1, "expected a sharded checkpoint");
     assert!(dir.join("model.safetensors.index.json").exists());
 
@@ -70,8 +62,7 @@ fn a_sharded_safetensors_folder_loads_as_the_same_model() {
 #[test]
 fn a_truncated_shard_is_an_error_naming_it() {
     let dir = broken_copy("hf-truncated", |dir| {
-        let index: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(dir.join("model.safetensors.index.json")).unwrap()).unwrap();
+        let index: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("model.safetensors.index.json")).unwrap()).unwrap();
         let shard = index["weight_map"].as_object().unwrap().values().next().unwrap().as_str().unwrap().to_string();
         let path = dir.join(&shard);
         let bytes = std::fs::read(&path).unwrap();

@@ -27,8 +27,7 @@ fn check_model(alias: &str) {
     let script = common::workspace().join("crates/emo-model/tests/support/hf_reference.py");
     let status = Command::new(common::python()).arg(&script).arg(&req_path).arg(&dir).status().unwrap();
     assert!(status.success(), "the Hugging Face reference failed ({status}); run `scripts/setup.sh --test`");
-    let reference: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap()).unwrap();
+    let reference: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap()).unwrap();
     let items = reference["items"].as_array().unwrap();
     assert_eq!(items.len(), convs.len());
 
@@ -56,9 +55,7 @@ fn check_model(alias: &str) {
         assert_eq!(ours[0].tokens, hf_cont, "{alias} conversation {k}: greedy continuation");
 
         // min_new_tokens, repetition_penalty and no_repeat_ngram_size with Hugging Face's semantics.
-        for (name, settings) in
-            [("steering", GenerationConfig::steering()), ("modulation", GenerationConfig::modulation())]
-        {
+        for (name, settings) in [("steering", GenerationConfig::steering()), ("modulation", GenerationConfig::modulation())] {
             let settings = GenerationConfig { max_new_tokens: NEW_TOKENS, ..settings };
             let ours = model.generate_ids(&prompts[k..k + 1], &settings, &mut HookSet::new()).unwrap();
             let hf: Vec<u32> = serde_json::from_value(item[format!("continuation_{name}")].clone()).unwrap();

@@ -2,9 +2,7 @@
 //! position on, and positions mean the same with and without the KV cache and at any padding.
 mod common;
 
-use emo_model::{
-    AddVector, Capture, FnHook, GenerationConfig, HookPoint, HookSet, LogitsFor, Positions, Scale,
-};
+use emo_model::{AddVector, Capture, FnHook, GenerationConfig, HookPoint, HookSet, LogitsFor, Positions, Scale};
 use tch::{Kind, Tensor};
 
 fn prompts() -> Vec<Vec<u32>> {
@@ -65,16 +63,11 @@ fn hook_errors_are_reported_not_panics() {
     let m = common::smollm2();
     let bad = Tensor::ones([7], (Kind::Float, tch::Device::Cpu));
     let mut edit = AddVector::new([(HookPoint::ResidMid(2), bad)], Scale::Fixed(1.0), Positions::All);
-    let err = m
-        .generate_ids(&rows, &GenerationConfig::greedy(3), &mut HookSet::new().with(&mut edit))
-        .unwrap_err()
-        .to_string();
+    let err = m.generate_ids(&rows, &GenerationConfig::greedy(3), &mut HookSet::new().with(&mut edit)).unwrap_err().to_string();
     assert!(err.contains("blocks.2.hook_resid_mid"), "{err}");
     // A hook returning the wrong shape is refused with the point's name.
     let mut set = HookSet::new();
-    set.push_owned(FnHook::new(HookPoint::MlpOut(1), |act: &Tensor, _: &emo_model::HookContext| {
-        Ok(Some(act.narrow(2, 0, 3)))
-    }));
+    set.push_owned(FnHook::new(HookPoint::MlpOut(1), |act: &Tensor, _: &emo_model::HookContext| Ok(Some(act.narrow(2, 0, 3)))));
     let err = m.generate_ids(&rows, &GenerationConfig::greedy(3), &mut set).unwrap_err().to_string();
     assert!(err.contains("blocks.1.hook_mlp_out") && err.contains("shape"), "{err}");
 }
@@ -133,11 +126,7 @@ fn positions_mean_the_same_with_and_without_the_cache() {
     tch::manual_seed(1);
     let v = Tensor::randn([d], (Kind::Float, tch::Device::Cpu));
     let run = |use_cache: bool| {
-        let mut steer = AddVector::new(
-            [(HookPoint::ResidPost(8), v.shallow_clone())],
-            Scale::Rms(4.0),
-            Positions::LastPromptAndGenerated,
-        );
+        let mut steer = AddVector::new([(HookPoint::ResidPost(8), v.shallow_clone())], Scale::Rms(4.0), Positions::LastPromptAndGenerated);
         let mut cap = Capture::new([HookPoint::ResidPost(12)], Positions::Generated);
         let cfg = GenerationConfig { use_cache, ignore_eos: true, ..GenerationConfig::greedy(12) };
         let out = m.generate_ids(&rows, &cfg, &mut HookSet::new().with(&mut steer).with(&mut cap)).unwrap();
@@ -172,10 +161,7 @@ fn ablation_zeroes_chosen_neurons_and_heads_at_chosen_tokens() {
     let rows = vec![prompts().remove(0)];
     let plen = rows[0].len() as i64;
     let base = full_logits(&rows, &mut HookSet::new());
-    let mut ablate = Ablate::new(
-        [(HookPoint::MlpPost(3), vec![5, 17, 1000]), (HookPoint::AttnZ(4), vec![2])],
-        Positions::LastPrompt,
-    );
+    let mut ablate = Ablate::new([(HookPoint::MlpPost(3), vec![5, 17, 1000]), (HookPoint::AttnZ(4), vec![2])], Positions::LastPrompt);
     // Registered after the ablation, the capture sees its result.
     let mut cap = Capture::new([HookPoint::MlpPost(3), HookPoint::AttnZ(4)], Positions::All);
     let ablated = full_logits(&rows, &mut HookSet::new().with(&mut ablate).with(&mut cap));

@@ -22,8 +22,7 @@ fn llama3_rope_scaling_matches_hugging_face() {
     let weights = SafetensorsWeights::open(&dir).unwrap();
     let model = Transformer::load(cfg, &weights, tch::Device::Cpu, tch::Kind::Float).unwrap();
 
-    let reference: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap()).unwrap();
+    let reference: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap()).unwrap();
     let ids: Vec<u32> = serde_json::from_value(reference["ids"].clone()).unwrap();
     let bytes = std::fs::read(dir.join("logits.f32")).unwrap();
     let hf: Vec<f32> = bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();

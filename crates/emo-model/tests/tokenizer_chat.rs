@@ -53,11 +53,7 @@ fn conversations() -> Vec<Vec<ChatMessage>> {
             ChatMessage::user("And 10*12? Don't explain, I'LL check."),
         ],
         vec![ChatMessage::user("Unicode: café, naïve, 日本語, Привет, emoji 😀👍🏽👨‍👩‍👧 — it's fine.")],
-        vec![
-            ChatMessage::user("  padded\tcontent  "),
-            ChatMessage::assistant(""),
-            ChatMessage::user("Line one\n\nLine two\n"),
-        ],
+        vec![ChatMessage::user("  padded\tcontent  "), ChatMessage::assistant(""), ChatMessage::user("Line one\n\nLine two\n")],
     ]
 }
 
@@ -214,23 +210,13 @@ fn build_fixture(model: Model) -> Result<Fixture, String> {
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| format!("cannot run {}: {e}; {SETUP_HINT}", py.display()))?;
-    child
-        .stdin
-        .take()
-        .ok_or("no stdin for the reference script")?
-        .write_all(request.as_bytes())
-        .map_err(|e| format!("writing the request: {e}"))?;
+    child.stdin.take().ok_or("no stdin for the reference script")?.write_all(request.as_bytes()).map_err(|e| format!("writing the request: {e}"))?;
     let out = child.wait_with_output().map_err(|e| format!("waiting for the reference script: {e}"))?;
     let stderr = String::from_utf8_lossy(&out.stderr);
     if !out.status.success() {
-        return Err(format!(
-            "{} failed ({}); is transformers installed? {SETUP_HINT}\n{stderr}",
-            script.display(),
-            out.status
-        ));
+        return Err(format!("{} failed ({}); is transformers installed? {SETUP_HINT}\n{stderr}", script.display(), out.status));
     }
-    let hf: HfReference =
-        serde_json::from_slice(&out.stdout).map_err(|e| format!("reference output is not the expected JSON: {e}"))?;
+    let hf: HfReference = serde_json::from_slice(&out.stdout).map_err(|e| format!("reference output is not the expected JSON: {e}"))?;
     eprintln!(
         "{}: our tokenizer loaded in {ours_seconds:.2}s (GGUF metadata included); transformers' in {:.1}s, script {:.1}s",
         model.file, hf.load_seconds, hf.total_seconds
@@ -254,11 +240,9 @@ fn fixture(model: Model) -> &'static Fixture {
 /// merge can join their bytes). SmolLM's vocabulary has no token joining ASCII digits or a space and one.
 fn may_split_differently(text: &str) -> bool {
     let chars: Vec<char> = text.chars().collect();
-    let run_before_numeral =
-        chars.windows(3).any(|w| w[0].is_whitespace() && w[1].is_whitespace() && w[2].is_numeric());
-    let joined_non_ascii = chars.windows(2).any(|w| {
-        w[1].is_numeric() && (w[0].is_whitespace() || w[0].is_numeric()) && !(w[0].is_ascii() && w[1].is_ascii())
-    });
+    let run_before_numeral = chars.windows(3).any(|w| w[0].is_whitespace() && w[1].is_whitespace() && w[2].is_numeric());
+    let joined_non_ascii =
+        chars.windows(2).any(|w| w[1].is_numeric() && (w[0].is_whitespace() || w[0].is_numeric()) && !(w[0].is_ascii() && w[1].is_ascii()));
     run_before_numeral || joined_non_ascii
 }
 
@@ -301,10 +285,8 @@ fn special_tokens_match(model: Model) {
 fn chat_rendering_matches(model: Model) {
     let f = fixture(model);
     let template = template_for(f);
-    let extras: Vec<ChatTemplate> = extra_templates()
-        .iter()
-        .map(|t| ChatTemplate::new(t, f.tok.bos_token(), f.tok.eos_token()).expect("extra template compiles"))
-        .collect();
+    let extras: Vec<ChatTemplate> =
+        extra_templates().iter().map(|t| ChatTemplate::new(t, f.tok.bos_token(), f.tok.eos_token()).expect("extra template compiles")).collect();
     let convs = conversations();
     assert_eq!(convs.len(), f.hf.conversations.len());
     for (messages, hf) in convs.iter().zip(&f.hf.conversations) {
@@ -356,10 +338,7 @@ fn raw_ids_and_decode_match(model: Model) {
     }
     if model.pre == "smollm" {
         for known in SMOLLM_KNOWN_DIVERGENT {
-            assert!(
-                divergent.iter().any(|d| d == known),
-                "expected transformers to split {known:?} differently; divergent: {divergent:?}"
-            );
+            assert!(divergent.iter().any(|d| d == known), "expected transformers to split {known:?} differently; divergent: {divergent:?}");
         }
     } else {
         assert!(divergent.is_empty());
@@ -497,9 +476,7 @@ fn strings(items: &[String]) -> GgufValue {
 fn tiny_metadata(pre: &str) -> HashMap<String, GgufValue> {
     let mut tokens = byte_chars();
     let mut types = vec![1i32; tokens.len()];
-    for (t, ty) in
-        [("he", 1), ("ll", 1), ("hell", 1), ("hello", 1), ("<|begin_of_text|>", 3), ("<|eot_id|>", 3), ("<think>", 4)]
-    {
+    for (t, ty) in [("he", 1), ("ll", 1), ("hell", 1), ("hello", 1), ("<|begin_of_text|>", 3), ("<|eot_id|>", 3), ("<think>", 4)] {
         tokens.push(t.to_string());
         types.push(ty);
     }

@@ -272,7 +272,6 @@ impl DatasetInfo {
     }
 }
 
-
 /// What a stage did, filled as it runs.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
@@ -319,9 +318,8 @@ pub struct StageInfo {
 impl StageInfo {
     /// The settings as `S`, or an error naming the stage.
     pub fn settings_as<S: serde::de::DeserializeOwned>(&self, name: &str) -> Result<S> {
-        serde_json::from_value(self.settings.clone()).map_err(|e| {
-            RunError::Invalid(format!("stage `{name}` ({}) has settings this version cannot read: {e}", self.kind))
-        })
+        serde_json::from_value(self.settings.clone())
+            .map_err(|e| RunError::Invalid(format!("stage `{name}` ({}) has settings this version cannot read: {e}", self.kind)))
     }
 }
 

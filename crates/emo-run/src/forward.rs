@@ -152,8 +152,8 @@ impl Reduction {
         let names: Vec<String> = tensors.keys().filter_map(|k| k.strip_suffix(".count").map(str::to_string)).collect();
         let mut sums = BTreeMap::new();
         for name in names {
-            let s = GroupedSums::from_tensors(&name, |k| tensors.remove(k))
-                .map_err(|e| RunError::Format { path: path.into(), msg: e.to_string() })?;
+            let s =
+                GroupedSums::from_tensors(&name, |k| tensors.remove(k)).map_err(|e| RunError::Format { path: path.into(), msg: e.to_string() })?;
             sums.insert(name, s);
         }
         Ok(Reduction { sums })
@@ -184,9 +184,7 @@ impl<S, F> ReduceStage<S, F> {
     /// The batch whose running sums are committed last in `parts`, if any.
     fn last_committed(parts: &Path) -> Option<usize> {
         let entries = fs::read_dir(parts).ok()?;
-        entries
-            .filter_map(|e| e.ok()?.file_name().to_str()?.strip_prefix("state-")?.strip_suffix(".safetensors")?.parse().ok())
-            .max()
+        entries.filter_map(|e| e.ok()?.file_name().to_str()?.strip_prefix("state-")?.strip_suffix(".safetensors")?.parse().ok()).max()
     }
 }
 

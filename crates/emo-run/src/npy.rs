@@ -28,22 +28,11 @@ fn npy_bytes(shape: &[i64], data: &[f32]) -> Vec<u8> {
     let dims = match shape {
         [] => "()".to_string(),
         [d] => format!("({d},)"),
-        _ => format!(
-            "({})",
-            shape
-                .iter()
-                .map(i64::to_string)
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
+        _ => format!("({})", shape.iter().map(i64::to_string).collect::<Vec<_>>().join(", ")),
     };
     let dict = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {dims}, }}");
     // Magic, version, header length field, dict, padding spaces and '\n' make a multiple of 64.
-    let (major, len_field) = if dict.len() + 1 + 10 + NPY_ALIGN <= u16::MAX as usize {
-        (1u8, 2usize)
-    } else {
-        (2u8, 4usize)
-    };
+    let (major, len_field) = if dict.len() + 1 + 10 + NPY_ALIGN <= u16::MAX as usize { (1u8, 2usize) } else { (2u8, 4usize) };
     let unpadded = NPY_MAGIC.len() + 2 + len_field + dict.len() + 1;
     let header_len = dict.len() + 1 + (NPY_ALIGN - unpadded % NPY_ALIGN) % NPY_ALIGN;
 
@@ -73,12 +62,7 @@ fn tensor_npy_bytes(tensor: &Tensor) -> std::result::Result<Vec<u8>, String> {
 /// other float kinds are converted to `f32`). Atomic.
 pub fn write_npy(path: impl AsRef<Path>, tensor: &Tensor) -> Result<()> {
     let path = path.as_ref();
-    let bytes = tensor_npy_bytes(tensor).map_err(|msg| {
-        RunError::Invalid(format!(
-            "{}: cannot write the tensor: {msg}",
-            path.display()
-        ))
-    })?;
+    let bytes = tensor_npy_bytes(tensor).map_err(|msg| RunError::Invalid(format!("{}: cannot write the tensor: {msg}", path.display())))?;
     write_atomic_with(path, |out| out.write_all(&bytes).map_err(io(path)))
 }
 
@@ -89,10 +73,7 @@ pub fn write_npy(path: impl AsRef<Path>, tensor: &Tensor) -> Result<()> {
 pub fn read_npy(path: impl AsRef<Path>) -> Result<Tensor> {
     let path = path.as_ref();
     let bytes = std::fs::read(path).map_err(io(path))?;
-    parse_npy(&bytes).map_err(|msg| RunError::Format {
-        path: path.to_path_buf(),
-        msg,
-    })
+    parse_npy(&bytes).map_err(|msg| RunError::Format { path: path.to_path_buf(), msg })
 }
 
 /// The element types [`read_npy`] accepts.
@@ -111,18 +92,11 @@ fn parse_npy(bytes: &[u8]) -> std::result::Result<Tensor, String> {
     let len_field = match (major, minor) {
         (1, 0) => 2,
         (2, 0) | (3, 0) => 4,
-        _ => {
-            return Err(format!(
-                "unsupported .npy format version {major}.{minor} (supported: 1.0, 2.0, 3.0)"
-            ))
-        }
+        _ => return Err(format!("unsupported .npy format version {major}.{minor} (supported: 1.0, 2.0, 3.0)")),
     };
     let start = 8 + len_field;
     if bytes.len() < start {
-        return Err(format!(
-            "truncated .npy header: the file has {} bytes",
-            bytes.len()
-        ));
+        return Err(format!("truncated .npy header: the file has {} bytes", bytes.len()));
     }
     let header_len = if len_field == 2 {
         u16::from_le_bytes([bytes[8], bytes[9]]) as usize
@@ -130,16 +104,11 @@ fn parse_npy(bytes: &[u8]) -> std::result::Result<Tensor, String> {
         u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize
     };
     if header_len > NPY_MAX_HEADER {
-        return Err(format!(
-            "the .npy header claims {header_len} bytes, more than the {NPY_MAX_HEADER} allowed"
-        ));
+        return Err(format!("the .npy header claims {header_len} bytes, more than the {NPY_MAX_HEADER} allowed"));
     }
     let data_start = start + header_len;
     if bytes.len() < data_start {
-        return Err(format!(
-            "truncated .npy header: it needs bytes {start}..{data_start}, but the file has {} bytes",
-            bytes.len()
-        ));
+        return Err(format!("truncated .npy header: it needs bytes {start}..{data_start}, but the file has {} bytes", bytes.len()));
     }
     // Versions 1 and 2 are latin-1, version 3 UTF-8; the fields we read are ASCII either way.
     let header = String::from_utf8_lossy(&bytes[start..data_start]);
@@ -150,11 +119,7 @@ fn parse_npy(bytes: &[u8]) -> std::result::Result<Tensor, String> {
         // Same layout on little-endian hosts, which is all LibTorch's CPU builds are.
         "=f4" if cfg!(target_endian = "little") => NpyDtype::F4,
         "=f8" if cfg!(target_endian = "little") => NpyDtype::F8,
-        other => {
-            return Err(format!(
-                "unsupported dtype '{other}' (supported: '<f4', '<f8')"
-            ))
-        }
+        other => return Err(format!("unsupported dtype '{other}' (supported: '<f4', '<f8')")),
     };
     // A Fortran-ordered array of rank 0 or 1 has the same bytes as a C-ordered one.
     if header.fortran_order && header.shape.len() > 1 {
@@ -184,14 +149,8 @@ fn parse_npy(bytes: &[u8]) -> std::result::Result<Tensor, String> {
         ));
     }
     let data: Vec<f32> = match dtype {
-        NpyDtype::F4 => payload
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect(),
-        NpyDtype::F8 => payload
-            .chunks_exact(8)
-            .map(|c| f64::from_le_bytes(c.try_into().expect("chunks of 8")) as f32)
-            .collect(),
+        NpyDtype::F4 => payload.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
+        NpyDtype::F8 => payload.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().expect("chunks of 8")) as f32).collect(),
     };
     let shape: Vec<i64> = header.shape.iter().map(|&d| d as i64).collect();
     f32_tensor(&data, &shape)
@@ -219,10 +178,7 @@ enum PyLit {
 /// Parses the header dict (`{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), }`).
 fn parse_npy_header(text: &str) -> std::result::Result<NpyHeader, String> {
     let bad = |msg: &str| format!("malformed .npy header {:?}: {msg}", text.trim_end());
-    let mut p = LitParser {
-        s: text.as_bytes(),
-        pos: 0,
-    };
+    let mut p = LitParser { s: text.as_bytes(), pos: 0 };
     let lit = p.value(0).map_err(|m| bad(&m))?;
     p.skip_ws();
     if p.pos != p.s.len() {
@@ -254,11 +210,7 @@ fn parse_npy_header(text: &str) -> std::result::Result<NpyHeader, String> {
         Some(_) => return Err(bad("'shape' is not a tuple")),
         None => return Err(bad("no 'shape'")),
     };
-    Ok(NpyHeader {
-        descr,
-        fortran_order,
-        shape,
-    })
+    Ok(NpyHeader { descr, fortran_order, shape })
 }
 
 /// A recursive-descent parser for the Python literals NumPy writes (`repr` of a dict of str, bool,
@@ -352,9 +304,7 @@ impl LitParser<'_> {
                     self.pos += 1;
                 }
                 let digits = std::str::from_utf8(&self.s[start..self.pos]).expect("ASCII digits");
-                let v = digits
-                    .parse::<u64>()
-                    .map_err(|_| format!("integer {digits} is too large"))?;
+                let v = digits.parse::<u64>().map_err(|_| format!("integer {digits} is too large"))?;
                 // Python 2 wrote long integers with an `L` suffix (`(3L, 4L)`).
                 if self.s.get(self.pos) == Some(&b'L') {
                     self.pos += 1;
@@ -363,11 +313,7 @@ impl LitParser<'_> {
             }
             Some(_) => {
                 let start = self.pos;
-                while self
-                    .s
-                    .get(self.pos)
-                    .is_some_and(|c| c.is_ascii_alphanumeric() || *c == b'_')
-                {
+                while self.s.get(self.pos).is_some_and(|c| c.is_ascii_alphanumeric() || *c == b'_') {
                     self.pos += 1;
                 }
                 match &self.s[start..self.pos] {
@@ -399,8 +345,7 @@ pub fn write_npz(path: impl AsRef<Path>, tensors: &[(String, Tensor)]) -> Result
         if tensors[..i].iter().any(|(n, _)| n == name) {
             return Err(invalid(format!("array name `{name}` appears twice")));
         }
-        let bytes = tensor_npy_bytes(tensor)
-            .map_err(|msg| invalid(format!("cannot write array `{name}`: {msg}")))?;
+        let bytes = tensor_npy_bytes(tensor).map_err(|msg| invalid(format!("cannot write array `{name}`: {msg}")))?;
         entries.push((format!("{name}.npy"), bytes));
     }
     write_atomic_with(path, |out| {
@@ -427,18 +372,12 @@ pub fn write_npz(path: impl AsRef<Path>, tensors: &[(String, Tensor)]) -> Result
 /// suffix stripped from each name. Directory entries are skipped.
 pub fn read_npz(path: impl AsRef<Path>) -> Result<Vec<(String, Tensor)>> {
     let path = path.as_ref();
-    let format = |msg: String| RunError::Format {
-        path: path.to_path_buf(),
-        msg,
-    };
+    let format = |msg: String| RunError::Format { path: path.to_path_buf(), msg };
     let file = File::open(path).map_err(io(path))?;
-    let mut archive = zip::ZipArchive::new(std::io::BufReader::new(file))
-        .map_err(|e| format(format!("not a readable .npz (zip) archive: {e}")))?;
+    let mut archive = zip::ZipArchive::new(std::io::BufReader::new(file)).map_err(|e| format(format!("not a readable .npz (zip) archive: {e}")))?;
     let mut out = Vec::with_capacity(archive.len());
     for i in 0..archive.len() {
-        let mut entry = archive
-            .by_index(i)
-            .map_err(|e| format(format!("zip entry {i}: {e}")))?;
+        let mut entry = archive.by_index(i).map_err(|e| format(format!("zip entry {i}: {e}")))?;
         if entry.is_dir() {
             continue;
         }
@@ -446,24 +385,13 @@ pub fn read_npz(path: impl AsRef<Path>) -> Result<Vec<(String, Tensor)>> {
         // Reading more than the declared size would mean a lying header; stop one byte past it.
         let declared = entry.size();
         let mut bytes = Vec::with_capacity(declared.min(1 << 30) as usize);
-        (&mut entry)
-            .take(declared.saturating_add(1))
-            .read_to_end(&mut bytes)
-            .map_err(|e| format(format!("entry `{entry_name}`: {e}")))?;
+        (&mut entry).take(declared.saturating_add(1)).read_to_end(&mut bytes).map_err(|e| format(format!("entry `{entry_name}`: {e}")))?;
         if bytes.len() as u64 != declared {
-            return Err(format(format!(
-                "entry `{entry_name}` declares {declared} bytes but holds {}",
-                bytes.len()
-            )));
+            return Err(format(format!("entry `{entry_name}` declares {declared} bytes but holds {}", bytes.len())));
         }
-        let tensor =
-            parse_npy(&bytes).map_err(|msg| format(format!("entry `{entry_name}`: {msg}")))?;
-        let name = entry_name
-            .strip_suffix(".npy")
-            .unwrap_or(&entry_name)
-            .to_owned();
+        let tensor = parse_npy(&bytes).map_err(|msg| format(format!("entry `{entry_name}`: {msg}")))?;
+        let name = entry_name.strip_suffix(".npy").unwrap_or(&entry_name).to_owned();
         out.push((name, tensor));
     }
     Ok(out)
 }
-

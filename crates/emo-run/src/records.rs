@@ -75,9 +75,7 @@ pub fn read_records(path: &Path) -> Result<Vec<ReplyRecord>> {
     text.lines()
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty())
-        .map(|(i, l)| {
-            serde_json::from_str(l).map_err(|e| RunError::Format { path: path.into(), msg: format!("line {}: {e}", i + 1) })
-        })
+        .map(|(i, l)| serde_json::from_str(l).map_err(|e| RunError::Format { path: path.into(), msg: format!("line {}: {e}", i + 1) }))
         .collect()
 }
 
@@ -95,4 +93,3 @@ pub fn records_jsonl(records: &[ReplyRecord]) -> String {
 pub fn record_key(s: &Scenario, v: Valence, e: Emotion) -> String {
     format!("{}__{}__{}", s.skeleton_id, v.name(), e.name())
 }
-

@@ -122,8 +122,8 @@ fn check_resumable<W: StageWork>(run: &RunDir, name: &str, info: &StageInfo, wor
 }
 
 fn save_stage<W: StageWork>(run: &RunDir, manifest: &mut Manifest, name: &str, work: &W, stats: &StageStats) -> Result<()> {
-    let settings = serde_json::to_value(work.settings())
-        .map_err(|e| RunError::Invalid(format!("stage `{name}`: settings cannot be recorded: {e}")))?;
+    let settings =
+        serde_json::to_value(work.settings()).map_err(|e| RunError::Invalid(format!("stage `{name}`: settings cannot be recorded: {e}")))?;
     manifest.stages.insert(name.to_string(), StageInfo { kind: work.kind().to_string(), settings, stats: stats.clone() });
     write_json(&run.manifest(), manifest)
 }

@@ -7,16 +7,14 @@ use std::path::Path;
 use sha2::{Digest, Sha256};
 
 pub use emo_steer::tensor_file::{
-    f32_tensor, read_tensors, read_tensors_exact, tensor_to_f32, write_atomic, write_atomic_with, write_tensors, write_tensors_exact,
-    TensorFile,
+    f32_tensor, read_tensors, read_tensors_exact, tensor_to_f32, write_atomic, write_atomic_with, write_tensors, write_tensors_exact, TensorFile,
 };
 
 use crate::error::{io, Result, RunError};
 
 /// Serialises `value` as pretty JSON, atomically.
 pub fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> Result<()> {
-    let mut text = serde_json::to_string_pretty(value)
-        .map_err(|e| RunError::Format { path: path.into(), msg: format!("cannot serialise: {e}") })?;
+    let mut text = serde_json::to_string_pretty(value).map_err(|e| RunError::Format { path: path.into(), msg: format!("cannot serialise: {e}") })?;
     text.push('\n');
     write_atomic(path, text.as_bytes())
 }

@@ -29,9 +29,8 @@ impl Metric {
     /// must be residual sites (`hook_resid_pre`, `hook_resid_mid`, `hook_resid_post`) or
     /// `ln_final.hook_normalized`.
     pub fn projection(points: Vec<HookPoint>, directions: Tensor) -> Result<Metric> {
-        let bad_point = points
-            .iter()
-            .find(|p| !matches!(p, HookPoint::ResidPre(_) | HookPoint::ResidMid(_) | HookPoint::ResidPost(_) | HookPoint::LnFinal));
+        let bad_point =
+            points.iter().find(|p| !matches!(p, HookPoint::ResidPre(_) | HookPoint::ResidMid(_) | HookPoint::ResidPost(_) | HookPoint::LnFinal));
         if let Some(p) = bad_point {
             return Err(ModelError::InvalidArgument(format!("a sweep metric reads residual sites or ln_final, not {p}")));
         }

@@ -3,8 +3,8 @@
 use std::path::{Path, PathBuf};
 
 use emo_run::figures::{
-    color_for, default_font_path, sublayer_labels, BarGroup, Figures, HeatmapPanel, LinesPanel, ScatterPanel, Series,
-    Written, EMOTION_COLORS, EMOTION_NAMES,
+    color_for, default_font_path, sublayer_labels, BarGroup, Figures, HeatmapPanel, LinesPanel, ScatterPanel, Series, Written, EMOTION_COLORS,
+    EMOTION_NAMES,
 };
 use emo_run::RunError;
 
@@ -12,10 +12,7 @@ const PNG_SIGNATURE: [u8; 8] = [0x89, b'P', b'N', b'G', b'\r', b'\n', 0x1a, b'\n
 
 /// The texts of an SVG's `<text>` elements, trimmed.
 fn svg_texts(svg: &str) -> Vec<String> {
-    svg.split("<text")
-        .skip(1)
-        .filter_map(|t| Some(t[t.find('>')? + 1..t.find("</text>")?].trim().to_string()))
-        .collect()
+    svg.split("<text").skip(1).filter_map(|t| Some(t[t.find('>')? + 1..t.find("</text>")?].trim().to_string())).collect()
 }
 
 /// Whether an SVG shows `text` as one of its `<text>` elements.
@@ -96,11 +93,8 @@ fn scatter_grid_writes_png_and_svg() {
     require_font();
     let dir = out_dir("scatter");
     let titles = ["Layer 0 · states", "Layer 9 · states", "Layer 12 · states", "Layer 27 · states"];
-    let mut panels: Vec<ScatterPanel> = titles
-        .iter()
-        .enumerate()
-        .map(|(i, t)| ScatterPanel { title: t.to_string(), ..clusters(i as f64 * 0.3, 25) })
-        .collect();
+    let mut panels: Vec<ScatterPanel> =
+        titles.iter().enumerate().map(|(i, t)| ScatterPanel { title: t.to_string(), ..clusters(i as f64 * 0.3, 25) }).collect();
     for (i, layer) in [0, 9, 12, 27].iter().enumerate() {
         panels.push(ScatterPanel { title: format!("Layer {layer} · emotion vectors"), ..clusters(1.0 + i as f64, 8) });
     }
@@ -132,21 +126,11 @@ fn heatmap_grid_writes_png_and_svg() {
         .enumerate()
         .map(|(e, name)| HeatmapPanel {
             title: name.to_string(),
-            values: (0..n)
-                .map(|r| (0..n).map(|c| if r == c { 1.0 } else { ((r * c + e) as f64 * 0.37).sin() * 0.8 }).collect())
-                .collect(),
+            values: (0..n).map(|r| (0..n).map(|c| if r == c { 1.0 } else { ((r * c + e) as f64 * 0.37).sin() * 0.8 }).collect()).collect(),
         })
         .collect();
     let base = dir.join("fig6_cosine");
-    let written = Figures::default().heatmap_grid(
-        &base,
-        "Cosine similarity of sublayer directions",
-        &panels,
-        &labels,
-        3,
-        Some((-1.0, 1.0)),
-    )
-    .unwrap();
+    let written = Figures::default().heatmap_grid(&base, "Cosine similarity of sublayer directions", &panels, &labels, 3, Some((-1.0, 1.0))).unwrap();
     let svg = check(&written, &base);
     assert!(shows(&svg, "Cosine similarity of sublayer directions"));
     for name in EMOTION_NAMES {
@@ -182,9 +166,7 @@ fn lines_writes_png_and_svg() {
     let series: Vec<Series> = ["resid_mid", "resid_post"]
         .iter()
         .enumerate()
-        .map(|(k, name)| {
-            Series::new(*name, (0..24).map(|l| (l as f64, 0.3 + 0.65 * (1.0 - (-(l as f64) / (4.0 + k as f64)).exp()))).collect())
-        })
+        .map(|(k, name)| Series::new(*name, (0..24).map(|l| (l as f64, 0.3 + 0.65 * (1.0 - (-(l as f64) / (4.0 + k as f64)).exp()))).collect()))
         .collect();
     let base = dir.join("probe_f1");
     let written = Figures::default().lines(&base, "Probe F1 per layer", "layer", "macro F1", &series, Some((0.0, 1.0))).unwrap();
@@ -207,8 +189,7 @@ fn grouped_bars_writes_png_and_svg() {
         BarGroup { name: "steering".into(), values: vec![95.0, 99.0, 100.0, 91.0, 93.0, 87.5] },
     ];
     let base = dir.join("success");
-    let written =
-        Figures::default().grouped_bars(&base, "Expression success rate", "success (%)", &EMOTION_NAMES, &groups, None).unwrap();
+    let written = Figures::default().grouped_bars(&base, "Expression success rate", "success (%)", &EMOTION_NAMES, &groups, None).unwrap();
     let svg = check(&written, &base);
     for t in ["Expression success rate", "prompting", "steering", "success (%)", "100"] {
         assert!(shows(&svg, t), "SVG lacks {t}");
@@ -239,29 +220,15 @@ fn bad_input_is_an_error() {
     invalid(Figures::default().scatter(&base, &ScatterPanel { title: "e".into(), ..Default::default() }, &names));
     invalid(Figures::default().scatter(&base, &ScatterPanel { classes: vec![0], ..ok_panel.clone() }, &names));
     invalid(Figures::default().scatter(&base, &ScatterPanel { classes: vec![0, 2], ..ok_panel.clone() }, &names));
-    let msg = invalid(Figures::default().scatter(
-        &base,
-        &ScatterPanel { points: vec![(0.0, f64::NAN), (1.0, 1.0)], ..ok_panel.clone() },
-        &names,
-    ));
+    let msg = invalid(Figures::default().scatter(&base, &ScatterPanel { points: vec![(0.0, f64::NAN), (1.0, 1.0)], ..ok_panel.clone() }, &names));
     assert!(msg.contains("NaN"), "{msg}");
 
     let sq = HeatmapPanel { title: "h".into(), values: vec![vec![0.0, 1.0], vec![1.0, 0.0]] };
     invalid(Figures::default().heatmap_grid(&base, "t", &[], &[], 1, None));
     invalid(Figures::default().heatmap(&base, &HeatmapPanel { title: "e".into(), values: vec![] }, &[], None));
-    invalid(Figures::default().heatmap(
-        &base,
-        &HeatmapPanel { values: vec![vec![0.0, 1.0], vec![1.0]], ..sq.clone() },
-        &[],
-        None,
-    ));
+    invalid(Figures::default().heatmap(&base, &HeatmapPanel { values: vec![vec![0.0, 1.0], vec![1.0]], ..sq.clone() }, &[], None));
     invalid(Figures::default().heatmap(&base, &HeatmapPanel { values: vec![vec![0.0, 1.0]], ..sq.clone() }, &[], None));
-    invalid(Figures::default().heatmap(
-        &base,
-        &HeatmapPanel { values: vec![vec![0.0, f64::NAN], vec![1.0, 0.0]], ..sq.clone() },
-        &[],
-        None,
-    ));
+    invalid(Figures::default().heatmap(&base, &HeatmapPanel { values: vec![vec![0.0, f64::NAN], vec![1.0, 0.0]], ..sq.clone() }, &[], None));
     invalid(Figures::default().heatmap(&base, &sq, &sublayer_labels(2), None)); // 4 labels for 2 rows
     invalid(Figures::default().heatmap(&base, &sq, &[], Some((1.0, -1.0))));
     invalid(Figures::default().heatmap(&base, &sq, &[], Some((f64::NAN, 1.0))));
@@ -278,14 +245,7 @@ fn bad_input_is_an_error() {
     invalid(Figures::default().grouped_bars(&base, "t", "y", &[], std::slice::from_ref(&g), None));
     invalid(Figures::default().grouped_bars(&base, "t", "y", &["a", "b"], &[], None));
     invalid(Figures::default().grouped_bars(&base, "t", "y", &["a", "b", "c"], std::slice::from_ref(&g), None));
-    invalid(Figures::default().grouped_bars(
-        &base,
-        "t",
-        "y",
-        &["a", "b"],
-        &[BarGroup { values: vec![1.0, f64::NAN], ..g }],
-        None,
-    ));
+    invalid(Figures::default().grouped_bars(&base, "t", "y", &["a", "b"], &[BarGroup { values: vec![1.0, f64::NAN], ..g }], None));
 
     // Nothing was written for bad input.
     assert!(!dir.join("x.svg").exists() && !dir.join("x.png").exists());

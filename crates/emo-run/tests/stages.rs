@@ -75,7 +75,13 @@ fn sweep_stage_resumes_to_the_table_of_one_sweep() {
     let mut other = SweepStage { settings: json!({"what": "test sweep", "interventions": 4}), model: m, sweep: sweep(), batch_prompts: 2 };
     let err = run_stage(&run, "sweep-test", &mut other, false).unwrap_err().to_string();
     assert!(err.contains("other settings") && err.contains("interventions: was 3, now 4"), "{err}");
-    let mut reduce = ReduceStage { settings: settings.clone(), items: 5, batch_items: 2, state: Reduction::default(), reduce: |_: Range<usize>, _: &mut Reduction, _: &mut _| Ok(()) };
+    let mut reduce = ReduceStage {
+        settings: settings.clone(),
+        items: 5,
+        batch_items: 2,
+        state: Reduction::default(),
+        reduce: |_: Range<usize>, _: &mut Reduction, _: &mut _| Ok(()),
+    };
     let err = run_stage(&run, "sweep-test", &mut reduce, false).unwrap_err().to_string();
     assert!(err.contains("kind: was sweep, now reduce"), "{err}");
 }
@@ -112,7 +118,8 @@ fn reduce_stage_commits_running_sums_and_resumes_from_them() {
     let mut stage = ReduceStage { settings: settings.clone(), items: 5, batch_items: 2, state: empty(), reduce: reduce(Some(4)) };
     let err = run_stage(&run, "reduce-test", &mut stage, false).unwrap_err().to_string();
     assert!(err.contains("killed"), "{err}");
-    let states: Vec<String> = std::fs::read_dir(run.parts("reduce-test")).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    let states: Vec<String> =
+        std::fs::read_dir(run.parts("reduce-test")).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
     assert_eq!(states, vec!["state-00001.safetensors".to_string()]);
     let manifest = run.require_manifest().unwrap();
     assert_eq!(manifest.stages["reduce-test"].stats.prompts, 4);

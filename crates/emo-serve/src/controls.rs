@@ -69,7 +69,11 @@ pub struct Controls {
 }
 
 /// Loads `NAME=PATH` direction sets and `NAME=DIR` circuit sets for a model of configuration `cfg`.
-pub fn load(cfg: &TransformerConfig, directions: &[(String, std::path::PathBuf)], circuits: &[(String, std::path::PathBuf)]) -> Result<(Catalog, Controls)> {
+pub fn load(
+    cfg: &TransformerConfig,
+    directions: &[(String, std::path::PathBuf)],
+    circuits: &[(String, std::path::PathBuf)],
+) -> Result<(Catalog, Controls)> {
     let mut names = Vec::new();
     let mut sets = Vec::new();
     for (name, path) in directions {
@@ -122,14 +126,14 @@ fn finite(field: &str, x: f64) -> std::result::Result<f64, ApiError> {
 /// Picks a set by name, or the only one when no name is given.
 fn pick(field: &str, flag: &str, wanted: Option<&str>, names: &[&str]) -> std::result::Result<usize, ApiError> {
     match wanted {
-        Some(w) => names.iter().position(|n| *n == w).ok_or_else(|| {
-            ApiError::invalid(field, format!("`{field}`: no set named `{w}` was loaded (loaded: {})", list(names)))
-        }),
+        Some(w) => names
+            .iter()
+            .position(|n| *n == w)
+            .ok_or_else(|| ApiError::invalid(field, format!("`{field}`: no set named `{w}` was loaded (loaded: {})", list(names)))),
         None if names.len() == 1 => Ok(0),
-        None if names.is_empty() => Err(ApiError::invalid(
-            field,
-            format!("`{field}`: the server was started without any; start it with {flag} NAME=PATH"),
-        )),
+        None if names.is_empty() => {
+            Err(ApiError::invalid(field, format!("`{field}`: the server was started without any; start it with {flag} NAME=PATH")))
+        }
         None => Err(ApiError::invalid(field, format!("`{field}`: several sets are loaded ({}); name one", list(names)))),
     }
 }
@@ -158,7 +162,9 @@ impl Catalog {
                         _ => {
                             return Err(ApiError::invalid(
                                 "steering.layers",
-                                format!("`steering.layers` must be [first, last] with 0 <= first <= last < {l} (the model has {l} layers), got {v:?}"),
+                                format!(
+                                    "`steering.layers` must be [first, last] with 0 <= first <= last < {l} (the model has {l} layers), got {v:?}"
+                                ),
                             ))
                         }
                     }

@@ -122,7 +122,11 @@ fn check(shared: &Shared, r: ChatRequest) -> Result<Checked, ApiError> {
         if *m != shared.model_id {
             return Err(ApiError {
                 param: Some("model".into()),
-                ..ApiError::status(StatusCode::NOT_FOUND, "model_not_found", format!("the model `{m}` does not exist; this server serves `{}`", shared.model_id))
+                ..ApiError::status(
+                    StatusCode::NOT_FOUND,
+                    "model_not_found",
+                    format!("the model `{m}` does not exist; this server serves `{}`", shared.model_id),
+                )
             });
         }
     }
@@ -157,7 +161,10 @@ fn check(shared: &Shared, r: ChatRequest) -> Result<Checked, ApiError> {
     let max_tokens = r.max_completion_tokens.or(r.max_tokens).unwrap_or(shared.max_tokens.min(256) as u64);
     let field = if r.max_completion_tokens.is_some() { "max_completion_tokens" } else { "max_tokens" };
     if max_tokens == 0 || max_tokens > shared.max_tokens as u64 {
-        return Err(ApiError::invalid(field, format!("`{field}` must be between 1 and {} (this server's limit), got {max_tokens}", shared.max_tokens)));
+        return Err(ApiError::invalid(
+            field,
+            format!("`{field}` must be between 1 and {} (this server's limit), got {max_tokens}", shared.max_tokens),
+        ));
     }
     let temperature = r.temperature.unwrap_or(1.0);
     if !(0.0..=2.0).contains(&temperature) {
@@ -244,7 +251,8 @@ struct Started {
 fn start(shared: &Shared, headers: &HeaderMap, body: &[u8]) -> Result<Started, ApiError> {
     authorize(shared, headers)?;
     let checked = check(shared, parse_request(body)?)?;
-    let prompt = shared.model.encode_chat(&checked.messages).map_err(|e| ApiError::invalid("messages", format!("cannot render the conversation: {e}")))?;
+    let prompt =
+        shared.model.encode_chat(&checked.messages).map_err(|e| ApiError::invalid("messages", format!("cannot render the conversation: {e}")))?;
     let context = shared.model.transformer.config().max_position;
     let need = prompt.len() + checked.job_config.max_new_tokens;
     if need > context {
@@ -260,7 +268,11 @@ fn start(shared: &Shared, headers: &HeaderMap, body: &[u8]) -> Result<Started, A
     let queued = shared.metrics.queue_depth.fetch_add(1, Ordering::Relaxed);
     if queued >= shared.max_queue {
         shared.metrics.queue_depth.fetch_sub(1, Ordering::Relaxed);
-        return Err(ApiError::status(StatusCode::TOO_MANY_REQUESTS, "queue_full", format!("the queue is full ({} waiting); retry later", shared.max_queue)));
+        return Err(ApiError::status(
+            StatusCode::TOO_MANY_REQUESTS,
+            "queue_full",
+            format!("the queue is full ({} waiting); retry later", shared.max_queue),
+        ));
     }
     let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
     let (tx, rx) = unbounded_channel();

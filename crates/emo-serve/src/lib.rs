@@ -116,16 +116,7 @@ pub fn serve(opts: ServeOptions) -> Result<()> {
             .spawn(move || engine::run(model, controls, rx, cfg, metrics))
             .map_err(|e| ServeError::Io { context: "starting the engine thread".into(), source: e })?
     };
-    let shared = Arc::new(http::Shared::new(
-        model,
-        opts.model.clone(),
-        catalog,
-        tx,
-        metrics,
-        opts.max_queue,
-        opts.max_tokens,
-        opts.api_key.clone(),
-    ));
+    let shared = Arc::new(http::Shared::new(model, opts.model.clone(), catalog, tx, metrics, opts.max_queue, opts.max_tokens, opts.api_key.clone()));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

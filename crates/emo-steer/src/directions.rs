@@ -61,7 +61,6 @@ impl FromStr for Site {
     }
 }
 
-
 /// Unit emotion directions per site, emotion and layer.
 pub struct EmotionDirections {
     /// `[6, n_layers, d_model]` at `hook_resid_mid`, emotions in [`Emotion::ALL`] order.
@@ -69,7 +68,6 @@ pub struct EmotionDirections {
     /// `[6, n_layers, d_model]` at `hook_resid_post`.
     pub resid_post: Tensor,
 }
-
 
 impl EmotionDirections {
     /// The directions of one site, `[6, n_layers, d_model]`.
@@ -93,10 +91,7 @@ impl EmotionDirections {
 
     /// Every direction by its file name `{site}.{emotion}` (e.g. `resid_post.anger`), each `[n_layers, d_model]`.
     pub fn named(&self) -> Vec<(String, Tensor)> {
-        Site::ALL
-            .iter()
-            .flat_map(|&s| Emotion::ALL.iter().map(move |&e| (format!("{}.{}", s.name(), e.name()), self.get(s, e))))
-            .collect()
+        Site::ALL.iter().flat_map(|&s| Emotion::ALL.iter().map(move |&e| (format!("{}.{}", s.name(), e.name()), self.get(s, e)))).collect()
     }
 
     /// Saves as safetensors: tensors `resid_mid.{emotion}` and `resid_post.{emotion}`, each `[n_layers, d_model]`.
@@ -128,10 +123,8 @@ impl EmotionDirections {
         file.tensors.insert("resid_post.anger".into(), first);
         let mut sites = Vec::new();
         for site in Site::ALL {
-            let rows = Emotion::ALL
-                .iter()
-                .map(|e| file.take(path, &format!("{}.{}", site.name(), e.name()), Some(&shape)))
-                .collect::<Result<Vec<_>>>()?;
+            let rows =
+                Emotion::ALL.iter().map(|e| file.take(path, &format!("{}.{}", site.name(), e.name()), Some(&shape))).collect::<Result<Vec<_>>>()?;
             sites.push(Tensor::stack(&rows, 0));
         }
         let resid_post = sites.pop().expect("two sites");

@@ -70,10 +70,8 @@ pub fn tensor_to_f32(t: &Tensor) -> std::result::Result<(Vec<i64>, Vec<f32>), St
         .and_then(|t| t.f_to_dtype(Kind::Float, false, false))
         .and_then(|t| t.f_contiguous())
         .map_err(|e| e.to_string())?;
-    let n = shape
-        .iter()
-        .try_fold(1usize, |acc, &d| acc.checked_mul(usize::try_from(d).ok()?))
-        .ok_or_else(|| format!("shape {shape:?} is too large"))?;
+    let n =
+        shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(usize::try_from(d).ok()?)).ok_or_else(|| format!("shape {shape:?} is too large"))?;
     let mut data = vec![0f32; n];
     if n > 0 {
         cpu.f_copy_data(&mut data, n).map_err(|e| e.to_string())?;
@@ -91,8 +89,7 @@ pub fn f32_tensor(data: &[f32], shape: &[i64]) -> std::result::Result<Tensor, St
 pub fn write_tensors(path: &Path, tensors: &[(String, Tensor)], metadata: &BTreeMap<String, String>) -> Result<()> {
     let mut raw = Vec::with_capacity(tensors.len());
     for (name, t) in tensors {
-        let (shape, values) = tensor_to_f32(t)
-            .map_err(|msg| Error::Format { path: path.into(), msg: format!("tensor `{name}`: {msg}") })?;
+        let (shape, values) = tensor_to_f32(t).map_err(|msg| Error::Format { path: path.into(), msg: format!("tensor `{name}`: {msg}") })?;
         raw.push((name.clone(), Dtype::F32, shape, values.iter().flat_map(|v| v.to_le_bytes()).collect()));
     }
     serialize(path, raw, metadata)
@@ -142,8 +139,7 @@ fn serialize(path: &Path, raw: Vec<(String, Dtype, Vec<i64>, Vec<u8>)>, metadata
         .collect::<Result<Vec<_>, safetensors::SafeTensorError>>()
         .map_err(|e| Error::Format { path: path.into(), msg: format!("cannot serialise: {e}") })?;
     let meta: HashMap<String, String> = metadata.clone().into_iter().collect();
-    let bytes = safetensors::serialize(views, Some(meta))
-        .map_err(|e| Error::Format { path: path.into(), msg: format!("cannot serialise: {e}") })?;
+    let bytes = safetensors::serialize(views, Some(meta)).map_err(|e| Error::Format { path: path.into(), msg: format!("cannot serialise: {e}") })?;
     let bytes = canonical_header(bytes).map_err(|msg| Error::Format { path: path.into(), msg })?;
     write_atomic(path, &bytes)
 }
@@ -191,10 +187,7 @@ impl TensorFile {
         })?;
         if let Some(shape) = shape {
             if t.size() != shape {
-                return Err(Error::Format {
-                    path: path.into(),
-                    msg: format!("tensor `{name}` has shape {:?}, expected {shape:?}", t.size()),
-                });
+                return Err(Error::Format { path: path.into(), msg: format!("tensor `{name}` has shape {:?}, expected {shape:?}", t.size()) });
             }
         }
         Ok(t)

@@ -18,8 +18,7 @@ pub fn models_dir() -> PathBuf {
 
 /// The offline model file of an alias, or a panic telling how to install it.
 pub fn model_file(alias: &str) -> PathBuf {
-    emo_model::model::resolve(alias)
-        .unwrap_or_else(|e| panic!("{e}\n(run `scripts/setup.sh --test` first)"))
+    emo_model::model::resolve(alias).unwrap_or_else(|e| panic!("{e}\n(run `scripts/setup.sh --test` first)"))
 }
 
 /// The venv's Python with transformers, or a panic telling how to install it.
@@ -55,10 +54,7 @@ pub fn conversations() -> Vec<Vec<emo_model::ChatMessage>> {
             M::system("Always reply in anger.\nKeep the reply to at most two sentences."),
             M::user(format!("{scenario}\nWhen we arrived, the host said our booking had been cancelled.")),
         ],
-        vec![
-            M::system("Keep the reply to at most two sentences."),
-            M::user(format!("{scenario}\nThe waiter brought us the menus.")),
-        ],
+        vec![M::system("Keep the reply to at most two sentences."), M::user(format!("{scenario}\nThe waiter brought us the menus."))],
         vec![
             M::system("Always reply in happiness.\nKeep the reply to at most two sentences."),
             M::user("My team finished the project a week early.\nOur manager gave everyone a day off."),

@@ -36,12 +36,7 @@ impl<'a> BarsFigure<'a> {
         }
         for g in groups {
             if g.values.len() != categories.len() {
-                return bad(format!(
-                    "group {:?} has {} values for {} categories",
-                    g.name,
-                    g.values.len(),
-                    categories.len()
-                ));
+                return bad(format!("group {:?} has {} values for {} categories", g.name, g.values.len(), categories.len()));
             }
             if let Some(v) = g.values.iter().find(|v| !v.is_finite()) {
                 return bad(format!("group {:?} has the value {v}", g.name));
@@ -60,11 +55,7 @@ impl<'a> BarsFigure<'a> {
         });
         let widest = categories.iter().map(|c| text_w(c, AXIS) as u32 + 16).max().unwrap_or(0);
         let per_category = (u32::try_from(groups.len()).unwrap_or(u32::MAX).saturating_mul(30) + 30).max(widest);
-        let width = u32::try_from(categories.len())
-            .unwrap_or(u32::MAX)
-            .saturating_mul(per_category)
-            .saturating_add(100)
-            .max(CHART_W);
+        let width = u32::try_from(categories.len()).unwrap_or(u32::MAX).saturating_mul(per_category).saturating_add(100).max(CHART_W);
         let colors: Vec<RGBColor> = groups.iter().enumerate().map(|(i, g)| rgb(color_for(&g.name, i))).collect();
         let items = groups.iter().zip(&colors).map(|(g, c)| (g.name.clone(), *c)).collect();
         let legend = Legend::new(items, Mark::Box, width);

@@ -49,15 +49,7 @@ impl Ctx<'_> {
         FontDesc::new(FontFamily::Name(self.family), size * self.k as f64, FontStyle::Normal).color(&BLACK)
     }
 
-    pub(super) fn text<DB: DrawingBackend>(
-        &self,
-        root: &Area<DB>,
-        size: f64,
-        text: &str,
-        at: (i32, i32),
-        h: HPos,
-        v: VPos,
-    ) -> Drawn<DB> {
+    pub(super) fn text<DB: DrawingBackend>(&self, root: &Area<DB>, size: f64, text: &str, at: (i32, i32), h: HPos, v: VPos) -> Drawn<DB> {
         if text.is_empty() {
             return Ok(());
         }
@@ -68,14 +60,7 @@ impl Ctx<'_> {
         root.draw(&Rectangle::new([self.pt(a), self.pt(b)], style))
     }
 
-    pub(super) fn line<DB: DrawingBackend>(
-        &self,
-        root: &Area<DB>,
-        a: (i32, i32),
-        b: (i32, i32),
-        color: RGBColor,
-        w: u32,
-    ) -> Drawn<DB> {
+    pub(super) fn line<DB: DrawingBackend>(&self, root: &Area<DB>, a: (i32, i32), b: (i32, i32), color: RGBColor, w: u32) -> Drawn<DB> {
         root.draw(&PathElement::new(vec![self.pt(a), self.pt(b)], color.stroke_width(self.width(w))))
     }
 
@@ -114,11 +99,7 @@ pub(super) fn write_png<F: Figure>(png: &Path, fig: &F, family: &str) -> std::re
     let (w, h) = fig.size();
     let (bw, bh) = (w as usize * k, h as usize * k);
     let mut buf = vec![0u8; bw * bh * 3];
-    render(
-        BitMapBackend::with_buffer(&mut buf, (bw as u32, bh as u32)).into_drawing_area(),
-        fig,
-        &Ctx { family, k: k as i32 },
-    )?;
+    render(BitMapBackend::with_buffer(&mut buf, (bw as u32, bh as u32)).into_drawing_area(), fig, &Ctx { family, k: k as i32 })?;
     let out = BitMapBackend::new(png, (w, h)).into_drawing_area();
     let n = (k * k) as u32;
     let drawn: Drawn<BitMapBackend> = (|| {
@@ -279,4 +260,3 @@ pub(super) fn check_cols(what: &str, cols: usize) -> Result<()> {
 pub(super) fn draw_title<DB: DrawingBackend>(root: &Area<DB>, ctx: &Ctx, title: &str, width: u32) -> Drawn<DB> {
     ctx.text(root, TITLE, title, (width as i32 / 2, TITLE_H as i32 / 2 + 2), HPos::Center, VPos::Center)
 }
-

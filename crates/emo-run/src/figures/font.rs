@@ -104,4 +104,3 @@ pub(super) fn metrics_only_font() -> Vec<u8> {
     out.extend_from_slice(&body);
     out
 }
-

@@ -44,15 +44,8 @@ pub(super) const COLORBAR_W: u32 = 110;
 
 /// A diverging colour map (blue, white, red), t in 0..=1.
 pub(super) fn diverging(t: f64) -> RGBColor {
-    const STOPS: [(u8, u8, u8); 7] = [
-        (33, 102, 172),
-        (103, 169, 207),
-        (209, 229, 240),
-        (247, 247, 247),
-        (253, 219, 199),
-        (239, 138, 98),
-        (178, 24, 43),
-    ];
+    const STOPS: [(u8, u8, u8); 7] =
+        [(33, 102, 172), (103, 169, 207), (209, 229, 240), (247, 247, 247), (253, 219, 199), (239, 138, 98), (178, 24, 43)];
     let t = if t.is_nan() { 0.5 } else { t.clamp(0.0, 1.0) };
     let x = t * (STOPS.len() - 1) as f64;
     let i = (x.floor() as usize).min(STOPS.len() - 2);
@@ -194,10 +187,7 @@ impl Figure for HeatmapFigure<'_> {
     fn size(&self) -> (u32, u32) {
         let cols = u32::try_from(self.cols).unwrap_or(u32::MAX);
         let rows = u32::try_from(self.rows).unwrap_or(u32::MAX);
-        (
-            cols.saturating_mul(self.panel_w()).saturating_add(COLORBAR_W),
-            rows.saturating_mul(self.panel_h()).saturating_add(self.title_h()),
-        )
+        (cols.saturating_mul(self.panel_w()).saturating_add(COLORBAR_W), rows.saturating_mul(self.panel_h()).saturating_add(self.title_h()))
     }
 
     fn draw<DB: DrawingBackend>(&self, root: &Area<DB>, ctx: &Ctx) -> Drawn<DB> {

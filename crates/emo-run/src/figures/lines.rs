@@ -79,16 +79,9 @@ impl<'a> Chart<'a> {
             .build_cartesian_2d(self.x_range.0..self.x_range.1, self.y_range.0..self.y_range.1)?;
         let mut mesh = chart.configure_mesh();
         ctx.mesh_style(&mut mesh);
-        mesh.x_desc(self.x_label)
-            .y_desc(self.y_label)
-            .x_labels(12)
-            .y_labels(8)
-            .x_label_formatter(&fmt_tick)
-            .y_label_formatter(&fmt_tick)
-            .draw()?;
+        mesh.x_desc(self.x_label).y_desc(self.y_label).x_labels(12).y_labels(8).x_label_formatter(&fmt_tick).y_label_formatter(&fmt_tick).draw()?;
         for s in self.series.iter().filter(|s| !s.band.is_empty()) {
-            let outline: Vec<(f64, f64)> =
-                s.band.iter().map(|&(x, lo, _)| (x, lo)).chain(s.band.iter().rev().map(|&(x, _, hi)| (x, hi))).collect();
+            let outline: Vec<(f64, f64)> = s.band.iter().map(|&(x, lo, _)| (x, lo)).chain(s.band.iter().rev().map(|&(x, _, hi)| (x, hi))).collect();
             chart.draw_series([Polygon::new(outline, s.color.mix(0.18).filled())])?;
         }
         for s in &self.series {
@@ -122,13 +115,7 @@ pub(super) struct LinesFigure<'a> {
 }
 
 impl<'a> LinesFigure<'a> {
-    pub(super) fn new(
-        title: &'a str,
-        x_label: &'a str,
-        y_label: &'a str,
-        series: &[Series],
-        y_range: Option<(f64, f64)>,
-    ) -> Result<Self> {
+    pub(super) fn new(title: &'a str, x_label: &'a str, y_label: &'a str, series: &[Series], y_range: Option<(f64, f64)>) -> Result<Self> {
         let chart = Chart::new("lines", x_label, y_label, series, y_range)?;
         // Per-chart indices, so that unnamed colours match the chart's.
         let items = series.iter().zip(&chart.series).map(|(s, d)| (s.name.clone(), d.color)).collect();
@@ -180,7 +167,11 @@ impl<'a> LinesGridFigure<'a> {
     }
 
     fn header_h(&self) -> u32 {
-        if self.title.is_empty() { 0 } else { TITLE_H }
+        if self.title.is_empty() {
+            0
+        } else {
+            TITLE_H
+        }
     }
 }
 

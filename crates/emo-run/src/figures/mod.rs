@@ -44,8 +44,7 @@ pub const EMOTION_NAMES: [&str; 6] = ["anger", "sadness", "happiness", "fear", "
 
 /// One RGB colour per emotion, in the order of [`EMOTION_NAMES`]: anger red, sadness blue, happiness gold,
 /// fear purple, surprise teal, disgust green.
-pub const EMOTION_COLORS: [(u8, u8, u8); 6] =
-    [(214, 39, 40), (31, 119, 180), (232, 170, 14), (148, 103, 189), (23, 190, 207), (44, 160, 44)];
+pub const EMOTION_COLORS: [(u8, u8, u8); 6] = [(214, 39, 40), (31, 119, 180), (232, 170, 14), (148, 103, 189), (23, 190, 207), (44, 160, 44)];
 
 /// Colours of series, groups and classes that are not emotions, taken in turn (they repeat after ten).
 pub const SERIES_COLORS: [(u8, u8, u8); 10] = [
@@ -198,25 +197,13 @@ impl Figures {
 
     /// PCA scatter panels in a grid of `cols` columns (row by row), points coloured by class (see
     /// [`color_for`]), axes "PCA component 1/2", one legend of `class_names` above the grid.
-    pub fn scatter_grid(
-        &self,
-        base: impl AsRef<Path>,
-        panels: &[ScatterPanel],
-        class_names: &[&str],
-        cols: usize,
-    ) -> Result<Written> {
+    pub fn scatter_grid(&self, base: impl AsRef<Path>, panels: &[ScatterPanel], class_names: &[&str], cols: usize) -> Result<Written> {
         let fig = ScatterFigure::new(panels, class_names, cols)?;
         self.write(base.as_ref(), &fig)
     }
 
     /// One heatmap titled with the panel's title; see [`Figures::heatmap_grid`].
-    pub fn heatmap(
-        &self,
-        base: impl AsRef<Path>,
-        panel: &HeatmapPanel,
-        tick_labels: &[String],
-        range: Option<(f64, f64)>,
-    ) -> Result<Written> {
+    pub fn heatmap(&self, base: impl AsRef<Path>, panel: &HeatmapPanel, tick_labels: &[String], range: Option<(f64, f64)>) -> Result<Written> {
         self.heatmap_grid(base, "", std::slice::from_ref(panel), tick_labels, 1, range)
     }
 
@@ -326,8 +313,7 @@ impl Figures {
             Err(_) => fallback_family()?,
         };
         let ctx = Ctx { family: &svg_family, k: 1 };
-        render(SVGBackend::new(&svg, (width, height)).into_drawing_area(), fig, &ctx)
-            .map_err(|msg| RunError::Format { path: svg.clone(), msg })?;
+        render(SVGBackend::new(&svg, (width, height)).into_drawing_area(), fig, &ctx).map_err(|msg| RunError::Format { path: svg.clone(), msg })?;
         let family = font.map_err(|why| {
             RunError::Invalid(format!(
                 "cannot write {}: font {} {why}; run scripts/setup.sh to fetch it, or set {FONT_ENV} to a .ttf \
@@ -341,4 +327,3 @@ impl Figures {
         Ok(Written { svg, png, width, height })
     }
 }
-

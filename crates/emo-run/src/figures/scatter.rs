@@ -1,7 +1,6 @@
 //! PCA scatter panels in a grid with one legend.
 use plotters::prelude::*;
 
-
 use super::draw::*;
 use super::*;
 use crate::error::{Result, RunError};
@@ -32,12 +31,7 @@ impl<'a> ScatterFigure<'a> {
                 return bad(format!("panel {i} ({:?}) has no points", p.title));
             }
             if p.points.len() != p.classes.len() {
-                return bad(format!(
-                    "panel {i} ({:?}) has {} points but {} classes",
-                    p.title,
-                    p.points.len(),
-                    p.classes.len()
-                ));
+                return bad(format!("panel {i} ({:?}) has {} points but {} classes", p.title, p.points.len(), p.classes.len()));
             }
             if let Some(j) = p.points.iter().position(|(x, y)| !(x.is_finite() && y.is_finite())) {
                 return bad(format!("panel {i} ({:?}): point {j} is {:?}", p.title, p.points[j]));
@@ -86,15 +80,9 @@ impl Figure for ScatterFigure<'_> {
                 .x_label_formatter(&fmt_tick)
                 .y_label_formatter(&fmt_tick)
                 .draw()?;
-            chart.draw_series(
-                panel
-                    .points
-                    .iter()
-                    .zip(&panel.classes)
-                    .map(|(&p, &c)| Circle::new(p, ctx.px(3), self.colors[c].mix(0.75).filled())),
-            )?;
+            chart
+                .draw_series(panel.points.iter().zip(&panel.classes).map(|(&p, &c)| Circle::new(p, ctx.px(3), self.colors[c].mix(0.75).filled())))?;
         }
         Ok(())
     }
 }
-
