@@ -9,7 +9,9 @@ set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${EMO_VENV:-$ROOT/.venv}"
-MODELS="${EMO_MODELS_DIR:-$ROOT/.cache/models}"
+# Offline files go to $EMO_HOME (default: this checkout's .cache), where the crates look for them at run time.
+CACHE="${EMO_HOME:-$ROOT/.cache}"
+MODELS="${EMO_MODELS_DIR:-$CACHE/models}"
 PY="${PYTHON:-python3.11}"
 command -v "$PY" >/dev/null 2>&1 || PY=python3
 
@@ -111,12 +113,12 @@ if ! check_sha "$ENC/model.safetensors" 53aa51172d142c89d9012cce15ae4d6cc0ca6895
 fi
 
 # 3. the NRC Emotion Lexicon (Mohammad & Turney 2013; research use only, never committed), from PyPI nrclex.
-LEXICON="${EMO_LEXICON:-$ROOT/.cache/lexicon/nrc_en.json}"
+LEXICON="${EMO_LEXICON:-$CACHE/lexicon/nrc_en.json}"
 file_from_wheel nrclex==4.1.0 nrclex/data/nrc_en.json "$LEXICON" \
   437a177fdb118b330516de72fe4bb6919c53a6d5f772a6ee3bb835c0912066b0
 
 # 4. a font for the figures' PNG text (DejaVu Sans, free licence; never committed), from the matplotlib wheel.
-FONT="${EMO_FONT:-$ROOT/.cache/fonts/DejaVuSans.ttf}"
+FONT="${EMO_FONT:-$CACHE/fonts/DejaVuSans.ttf}"
 file_from_wheel matplotlib==3.10.7 matplotlib/mpl-data/fonts/ttf/DejaVuSans.ttf "$FONT" \
   3fdf69cabf06049ea70a00b5919340e2ce1e6d02b0cc3c4b44fb6801bd1e0d22
 

@@ -18,7 +18,7 @@ pub fn alignment(model: &Transformer, v: &Tensor) -> Result<Tensor> {
 
 /// `v[:, L] @ W_L` for every layer L, with `W_L` a `[d_model, width]` weight of layer L (`name` for errors):
 /// [6, n_layers, width] f32 on the CPU.
-pub(crate) fn through_weights(model: &Transformer, v: &Tensor, name: &str, weight: fn(&Transformer, usize) -> Option<&Tensor>) -> Result<Tensor> {
+pub(crate) fn through_weights(model: &Transformer, v: &Tensor, name: &str, weight: fn(&Transformer, usize) -> Option<Tensor>) -> Result<Tensor> {
     let per_layer = (0..model.config().n_layers)
         .map(|l| {
             let w = weight(model, l).ok_or_else(|| RunError::Invalid(format!("no {name} weight in layer {l}")))?;

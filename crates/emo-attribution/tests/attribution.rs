@@ -109,7 +109,7 @@ fn attribution_pass_equals_direct_computation() {
     for e in [Emotion::Anger, Emotion::Disgust] {
         let rows: Vec<i64> = records.iter().filter(|r| r.emotion().unwrap() == e && r.matched()).map(|r| r.index as i64).collect();
         let rows = Tensor::from_slice(&rows);
-        let beta = dirs.get(emo_directions::Site::ResidPost, e).get(layer as i64).unsqueeze(0).matmul(w_down).squeeze_dim(0);
+        let beta = dirs.get(emo_directions::Site::ResidPost, e).get(layer as i64).unsqueeze(0).matmul(&w_down).squeeze_dim(0);
         let c = a.index_select(0, &rows) * &beta;
         let scale = f64::try_from(c.abs().max()).unwrap();
         let c_mean = got.neurons.c_mean.get(e.index() as i64).get(layer as i64);

@@ -24,11 +24,10 @@ pub struct LexiconJudge {
 }
 
 impl LexiconJudge {
-    /// Where the set-up puts the lexicon: `$EMO_LEXICON`, else the workspace's `.cache/lexicon/nrc_en.json`.
+    /// Where the set-up puts the lexicon: `$EMO_LEXICON`, else `lexicon/nrc_en.json` under the first of
+    /// [`emo_model::home::roots`] that has it.
     pub fn default_path() -> PathBuf {
-        std::env::var_os("EMO_LEXICON")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.cache/lexicon/nrc_en.json"))
+        std::env::var_os("EMO_LEXICON").map(PathBuf::from).unwrap_or_else(|| emo_model::home::locate("lexicon/nrc_en.json"))
     }
 
     /// Loads `nrc_en.json` (word -> list of labels).

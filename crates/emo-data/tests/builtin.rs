@@ -1,8 +1,8 @@
 //! The project's own SEV-style data obeys the rules it was written to: 8 themes x 20 scenarios x 3 events
 //! per split, first-person neutral scenarios of 12-25 words, minimally different events of similar length,
 //! no explicit emotion words, no repeated scenario within or across splits (nor with the paper's files).
+mod common;
 use std::collections::HashSet;
-use std::path::Path;
 
 use emo_data::{Dataset, Split, Valence};
 
@@ -88,13 +88,10 @@ fn no_scenario_repeats_within_or_across_splits() {
     for s in ds.sev.iter().chain(&ds.test) {
         assert!(seen.insert(normalise(&s.scenario)), "{}: scenario repeated: {}", s.skeleton_id, s.scenario);
     }
-    let upstream = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/upstream");
-    if upstream.join("sev.jsonl").exists() {
+    if let Some(upstream) = common::upstream("sev.jsonl") {
         let paper = Dataset::load_dir(&upstream).unwrap();
         for s in paper.sev.iter().chain(&paper.test) {
             assert!(!seen.contains(&normalise(&s.scenario)), "copied from the paper: {}", s.scenario);
         }
-    } else {
-        eprintln!("NOTICE: {} is absent; disjointness from the paper's files not checked", upstream.display());
     }
 }

@@ -1,18 +1,13 @@
 //! The paper's JSONL schema: the upstream files load exactly, and malformed input is an error naming the
 //! file, line and field.
+mod common;
 use std::path::{Path, PathBuf};
 
 use emo_data::sev::{load_jsonl, parse_jsonl, to_jsonl};
 use emo_data::{DataError, Dataset, Split};
 
 fn upstream() -> Option<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/upstream");
-    if dir.join("sev.jsonl").exists() {
-        Some(dir)
-    } else {
-        eprintln!("NOTICE: {} is absent; the paper's files are not checked in this run", dir.display());
-        None
-    }
+    common::upstream("sev.jsonl")
 }
 
 #[test]

@@ -1,5 +1,6 @@
 //! Judges on real inputs: the NRC lexicon judge's decision rule, the paper's judge prompt on the default
 //! chat model, and the evaluation against the paper's labels.
+mod common;
 use std::path::Path;
 
 use emo_data::judge::{evaluate, load_labels, Judge};
@@ -50,11 +51,8 @@ fn a_malformed_lexicon_or_label_file_is_an_error_naming_it() {
 
 #[test]
 fn lexicon_judge_against_the_papers_labels() {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/upstream/steering_labeled.jsonl");
-    if !path.exists() {
-        eprintln!("NOTICE: {} is absent; the judge is not measured in this run", path.display());
-        return;
-    }
+    let Some(upstream) = common::upstream("steering_labeled.jsonl") else { return };
+    let path = upstream.join("steering_labeled.jsonl");
     let labels = load_labels(&path).unwrap();
     assert_eq!(labels.len(), 2880);
     assert_eq!(labels.iter().filter(|l| !l.matched).count(), 253);
@@ -112,11 +110,8 @@ fn embedding_judge_learns_its_corpus_and_beats_the_lexicon_on_the_papers_labels(
     let accuracy = correct as f64 / held.len() as f64;
     assert!(accuracy > 0.6, "held-out accuracy {accuracy} (chance is 1/7)");
 
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/upstream/steering_labeled.jsonl");
-    if !path.exists() {
-        eprintln!("NOTICE: {} is absent; the judge is not measured in this run", path.display());
-        return;
-    }
+    let Some(upstream) = common::upstream("steering_labeled.jsonl") else { return };
+    let path = upstream.join("steering_labeled.jsonl");
     // Every fourth label keeps the test short; both judges see the same items.
     let labels: Vec<_> = load_labels(&path).unwrap().into_iter().step_by(4).collect();
     let embedding = evaluate(&mut EmbeddingJudge::load_default().unwrap(), &labels, 64).unwrap();

@@ -1,8 +1,7 @@
 //! Steering validation (spec section 6): neutral prompt, `h += alpha * RMS(h) * v_e[L]` at `hook_resid_post` of
 //! a layer range, at the last prompt token and every generated token by default.
 use emo_data::{Emotion, PromptItem, Scenario, Valence};
-use emo_model::{Edit, GenerationConfig, HookPoint, Intervention, Positions, RowControl, TransformerConfig};
-use tch::Tensor;
+use emo_model::{GenerationConfig, Positions, TransformerConfig};
 
 use crate::directions::{EmotionDirections, Site};
 use crate::error::{DirectionsError, Result};
@@ -41,30 +40,7 @@ impl Default for SteerOptions {
     }
 }
 
-/// The paper's steering layers, 11..=20 of 28, scaled to `cfg`'s depth.
-pub fn default_layers(cfg: &TransformerConfig) -> (usize, usize) {
-    emo_run::paper::scaled_range(emo_run::paper::STEERING_LAYERS, cfg.n_layers)
-}
-
-/// One row's steering edit: `h += alpha * RMS(h) * v_e[L]` at `hook_resid_post` of every layer in the
-/// inclusive range `layers`, whichever site `directions` (one site's `[6, n_layers, d_model]` tensor) comes from.
-pub fn steering_edit(directions: &Tensor, emotion: Emotion, alpha: f64, layers: (usize, usize)) -> Intervention {
-    let v = directions.get(emotion.index() as i64);
-    (layers.0..=layers.1).fold(Intervention::none(), |row, l| row.with(HookPoint::ResidPost(l), Edit::AddRms(v.get(l as i64), alpha)))
-}
-
-/// One row's steering towards `emotion` at the tokens `positions` selects, ready for a continuous batch or
-/// [`emo_model::batcher::row_hooks`].
-pub fn steering_control(
-    directions: &EmotionDirections,
-    site: Site,
-    emotion: Emotion,
-    alpha: f64,
-    layers: (usize, usize),
-    positions: Positions,
-) -> RowControl {
-    RowControl::none().with(positions, steering_edit(directions.site(site), emotion, alpha, layers))
-}
+pub use emo_steer::steer::{default_layers, steering_control, steering_edit};
 
 /// The steering stage over `scenarios`: every scenario x valence for each emotion, emotion-major, in full
 /// batches whose rows may hold different emotions.

@@ -1,5 +1,5 @@
 //! Export formats: `.npy` / `.npz` and llama.cpp control vectors, round trips, damaged files, and
-//! cross-checks against NumPy and gguf-py when the venv's Python is present.
+//! cross-checks against NumPy and gguf-py (the venv's, which `scripts/setup.sh --test` installs).
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -20,21 +20,16 @@ fn scratch(name: &str) -> PathBuf {
     dir
 }
 
-/// The venv's Python (`$EMO_PYTHON`, else `.venv/bin/python`, as emo-model's tests find it), or
-/// `None` with a NOTICE when it is absent or lacks `modules`: the cross-checks then do not run.
-fn python_with(modules: &str) -> Option<PathBuf> {
+/// The venv's Python (`$EMO_PYTHON`, else `.venv/bin/python`, as emo-model's tests find it) with `modules`
+/// importable, or a panic saying what to run: `scripts/setup.sh --test` installs them, so a missing one is a
+/// broken set-up, never a reason to skip.
+fn python_with(modules: &str) -> PathBuf {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let p = std::env::var_os("EMO_PYTHON").map(PathBuf::from).unwrap_or_else(|| root.join(".venv/bin/python"));
-    if !p.exists() {
-        eprintln!("NOTICE: {} is missing (run `scripts/setup.sh --test`); cross-check skipped", p.display());
-        return None;
-    }
+    assert!(p.exists(), "{} is missing: run `scripts/setup.sh --test`", p.display());
     let ok = Command::new(&p).args(["-c", &format!("import {modules}")]).output().is_ok_and(|o| o.status.success());
-    if !ok {
-        eprintln!("NOTICE: {} cannot import {modules} (run `scripts/setup.sh --test`); cross-check skipped", p.display());
-        return None;
-    }
-    Some(p)
+    assert!(ok, "{} cannot import {modules}: run `scripts/setup.sh --test`", p.display());
+    p
 }
 
 /// Runs a Python script with `dir` as its argument; panics with its output if it fails.
@@ -452,9 +447,7 @@ print(json.dumps(out))
 
 #[test]
 fn numpy_reads_ours_and_we_read_numpys() {
-    let Some(python) = python_with("numpy") else {
-        return;
-    };
+    let python = python_with("numpy");
     let dir = scratch("numpy");
     let a = randn(&[2, 3, 4]);
     write_npy(dir.join("rust.npy"), &a).unwrap();
@@ -527,9 +520,7 @@ print(json.dumps(out))
 
 #[test]
 fn gguf_py_reads_our_control_vectors_and_we_read_its() {
-    let Some(python) = python_with("numpy, gguf") else {
-        return;
-    };
+    let python = python_with("numpy, gguf");
     let dir = scratch("gguf-py");
     let dirs = randn(&[4, 12]);
     write_control_vector(dir.join("rust.gguf"), &dirs, "llama", -1.5).unwrap();

@@ -176,6 +176,21 @@ fn directions_exports_analysis_steering_and_report_from_one_run() {
     let changed = steered.iter().filter(|r| r.gen_text != plain[r.valence().unwrap().index()]).count();
     assert!(changed >= 12, "alpha 8 changed only {changed} of 18 replies");
 
+    // The embedder's Steerer, at the stage's settings, replies what the stage recorded: per emotion, one batch
+    // of the three valences, as the stage batched them.
+    let steerer = emo_steer::Steerer::new(model, dirs.clone()).unwrap().generation(gen.clone());
+    for e in [Emotion::Anger, Emotion::Sadness] {
+        let rows: Vec<_> = emo_data::Valence::ALL.iter().map(|&v| (Some(e), emo_data::neutral_prompt(&test[0], v))).collect();
+        let replies = steerer.chat_batch(&rows).unwrap();
+        for (v, reply) in emo_data::Valence::ALL.iter().zip(&replies) {
+            let recorded = steered.iter().find(|r| r.emotion().unwrap() == e && r.valence().unwrap() == *v).unwrap();
+            assert_eq!(reply, &recorded.gen_text, "{}", recorded.key);
+        }
+    }
+    // Unsteered rows of a mixed batch are plain generation.
+    let mixed = steerer.chat_batch(&[(None, emo_data::neutral_prompt(&test[0], emo_data::Valence::ALL[0]))]).unwrap();
+    assert_eq!(mixed[0], plain[0]);
+
     let report = fs::read_to_string(emo_directions::report::write_report(&run).unwrap()).unwrap();
     for needle in ["Prompting, sev split", "Steering, test split", "paper: steering, test", "Linear probes", "Cosine structure", "figures/pca.png"] {
         assert!(report.contains(needle), "report lacks {needle}:\n{report}");

@@ -215,12 +215,12 @@ impl SentenceEncoder {
     }
 
     /// Where `scripts/setup.sh` puts the model: `$EMO_MODELS_DIR/all-MiniLM-L6-v2` when that variable is set,
-    /// else `<workspace>/.cache/models/all-MiniLM-L6-v2`.
+    /// else `models/all-MiniLM-L6-v2` under the first of [`crate::home::roots`] that has it.
     pub fn default_dir() -> PathBuf {
-        let models = std::env::var_os("EMO_MODELS_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.cache/models"));
-        models.join(MODEL_NAME)
+        match std::env::var_os("EMO_MODELS_DIR") {
+            Some(models) => PathBuf::from(models).join(MODEL_NAME),
+            None => crate::home::locate(&format!("models/{MODEL_NAME}")),
+        }
     }
 
     /// The embedding width (384 for all-MiniLM-L6-v2).

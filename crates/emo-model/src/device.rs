@@ -1,12 +1,42 @@
 //! Parsing `--device` and `--dtype`, and making sure a CUDA request really gets CUDA.
+use std::sync::OnceLock;
+
 use tch::{Device, Kind};
 
 use crate::{ModelError, Result};
 
+/// Loads LibTorch's CUDA backend into the process, when the LibTorch this crate was built against has one;
+/// true when it is loaded. Call it before asking LibTorch about CUDA (every function here does).
+///
+/// The backend registers itself from `libtorch_cuda.so`'s static constructors, and nothing in Rust code
+/// references one of its symbols, so a linker with `--as-needed` (the default) drops it and LibTorch reports
+/// no GPU. This workspace's own binaries link it with `--no-as-needed`, but that link argument does not reach
+/// a program that depends on these crates from elsewhere; opening the library at run time works for both.
+pub fn load_cuda_backend() -> bool {
+    static LOADED: OnceLock<bool> = OnceLock::new();
+    *LOADED.get_or_init(|| {
+        let Some(lib) = option_env!("EMO_LIBTORCH_LIB") else { return false };
+        let path = std::path::Path::new(lib).join("libtorch_cuda.so");
+        if !path.is_file() {
+            return false;
+        }
+        let Ok(c_path) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else { return false };
+        // SAFETY: dlopen with a NUL-terminated path; the handle is kept open for the life of the process.
+        let handle = unsafe { libc::dlopen(c_path.as_ptr(), libc::RTLD_NOW | libc::RTLD_GLOBAL) };
+        !handle.is_null()
+    })
+}
+
+/// CUDA device 0 when LibTorch sees one, else the CPU.
+pub fn auto() -> Device {
+    load_cuda_backend();
+    Device::cuda_if_available()
+}
+
 /// Parses `auto` (CUDA when available, else CPU), `cpu`, `cuda` or `cuda:N`.
 pub fn parse_device(s: &str) -> Result<Device> {
     match s {
-        "auto" => Ok(Device::cuda_if_available()),
+        "auto" => Ok(auto()),
         "cpu" => Ok(Device::Cpu),
         "cuda" | "gpu" => cuda(0),
         _ => match s.strip_prefix("cuda:").and_then(|n| n.parse::<usize>().ok()) {
@@ -17,6 +47,7 @@ pub fn parse_device(s: &str) -> Result<Device> {
 }
 
 fn cuda(n: usize) -> Result<Device> {
+    load_cuda_backend();
     let count = tch::Cuda::device_count() as usize;
     if n >= count {
         return Err(ModelError::InvalidArgument(format!("CUDA device {n} requested, but {count} CUDA device(s) are available to LibTorch")));

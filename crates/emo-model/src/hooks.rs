@@ -29,7 +29,16 @@ pub use crate::edits::{Ablate, AddVector, Scale};
 pub use crate::interventions::{Edit, Intervention, Interventions};
 use crate::{ModelError, Result};
 
-/// A place in the forward pass where an activation can be read or replaced.
+/// A place in the forward pass where an activation can be read or replaced, named as TransformerLens names it.
+///
+/// ```
+/// use emo_model::HookPoint;
+/// let p: HookPoint = "blocks.3.attn.hook_z".parse()?;
+/// assert_eq!(p, HookPoint::AttnZ(3));
+/// assert_eq!(HookPoint::ResidPost(12).to_string(), "blocks.12.hook_resid_post");
+/// assert!("blocks.3.hook_resid_middle".parse::<HookPoint>().is_err());
+/// # Ok::<(), emo_model::ModelError>(())
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum HookPoint {
     /// `hook_embed`: token embeddings, [batch, pos, d_model].

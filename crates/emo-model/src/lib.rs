@@ -40,6 +40,7 @@ pub mod edits;
 pub mod error;
 pub mod generate;
 pub mod gguf;
+pub mod home;
 pub mod hooks;
 pub mod interventions;
 pub mod kv_cache;
@@ -49,6 +50,11 @@ pub mod sampling;
 pub mod tokenizer;
 pub mod transformer;
 pub mod weights;
+
+/// docs/hooks.md's snippets, compiled as doc tests (only then: the file is outside this crate's package).
+#[cfg(doctest)]
+#[doc = include_str!("../../../docs/hooks.md")]
+pub struct HooksGuide;
 
 pub use batcher::{BatchRequest, ContinuousBatch, Event, RowControl};
 pub use bert::SentenceEncoder;

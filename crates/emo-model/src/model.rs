@@ -23,17 +23,11 @@ pub const ALIASES: &[(&str, &str, &str)] = &[
 /// The alias every command uses unless told otherwise.
 pub const DEFAULT_MODEL: &str = "smollm2-135m";
 
-/// Folders searched for aliased models, in order: `$EMO_MODELS_DIR`, the workspace's `.cache/models`
-/// (where `scripts/setup.sh` puts them), `~/.cache/emo-circuits/models`.
+/// Folders searched for aliased models, in order: `$EMO_MODELS_DIR`, then `models/` under each of
+/// [`crate::home::roots`] (`$EMO_HOME`, the per-user cache, the checkout's `.cache` that `scripts/setup.sh` fills).
 pub fn model_dirs() -> Vec<PathBuf> {
-    let mut dirs = Vec::new();
-    if let Some(d) = std::env::var_os("EMO_MODELS_DIR") {
-        dirs.push(PathBuf::from(d));
-    }
-    dirs.push(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.cache/models"));
-    if let Some(home) = std::env::var_os("HOME") {
-        dirs.push(Path::new(&home).join(".cache/emo-circuits/models"));
-    }
+    let mut dirs: Vec<PathBuf> = std::env::var_os("EMO_MODELS_DIR").map(PathBuf::from).into_iter().collect();
+    dirs.extend(crate::home::roots().into_iter().map(|r| r.join("models")));
     dirs
 }
 
@@ -48,7 +42,7 @@ pub struct LoadOptions {
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        LoadOptions { device: Device::cuda_if_available(), kind: Kind::Float }
+        LoadOptions { device: crate::device::auto(), kind: Kind::Float }
     }
 }
 
@@ -70,6 +64,9 @@ impl Model {
     /// Loads `reference`: an alias of [`ALIASES`], a `.gguf` path, a Hugging Face model folder, or a Hugging
     /// Face repo id (`org/name`, fetched through hf-hub's cache; `HF_HOME` and `HF_TOKEN` are respected).
     pub fn load(reference: &str, opts: LoadOptions) -> Result<Model> {
+        if opts.device.is_cuda() {
+            crate::device::load_cuda_backend();
+        }
         let path = resolve(reference)?;
         if path.is_dir() {
             Self::load_hf_dir(&path, opts)
@@ -185,7 +182,7 @@ pub fn resolve(reference: &str) -> Result<PathBuf> {
         }
         return Err(ModelError::ModelNotFound {
             reference: reference.into(),
-            msg: format!("{file} is in none of {:?}; run scripts/setup.sh (it downloads the offline models) or set EMO_MODELS_DIR", model_dirs()),
+            msg: format!("{file} is in none of {:?}: {}, or set EMO_MODELS_DIR", model_dirs(), crate::home::missing(&format!("models/{file}"))),
         });
     }
     let p = Path::new(reference);

@@ -46,8 +46,10 @@ pub struct Transformer {
 }
 
 // SAFETY: a `Transformer` owns its weight tensors and never mutates them after `load` (every forward op
-// is out-of-place on them), and LibTorch tensor reads are thread-safe; sharing `&Transformer` across threads
-// (e.g. one model serving several worker threads) is therefore sound.
+// is out-of-place on them); its fields are private and its accessors return copies, so safe code cannot get
+// a handle to a weight (not even through `shallow_clone`) to edit in place; LibTorch tensor reads are
+// thread-safe. Sharing `&Transformer` across threads (one model serving several worker threads) is therefore
+// sound; tests/hooks.rs runs one model from several threads and checks each gets the single-thread result.
 unsafe impl Sync for Transformer {}
 
 impl Transformer {
@@ -123,19 +125,22 @@ impl Transformer {
         self.kind
     }
 
-    /// The unembedding matrix, [vocab, d_model].
-    pub fn unembed(&self) -> &Tensor {
-        &self.lm_head
+    /// A copy of the unembedding matrix, [vocab, d_model]. The weights themselves are never handed out: a
+    /// shared handle could be edited in place from safe code while another thread reads it (see the `Sync`
+    /// impl).
+    pub fn unembed(&self) -> Tensor {
+        self.lm_head.copy()
     }
 
-    /// `W_O` of a layer, [d_model, n_heads * d_head]: head h writes through columns h*d_head..(h+1)*d_head.
-    pub fn w_o(&self, layer: usize) -> Option<&Tensor> {
-        self.blocks.get(layer).map(|b| &b.o_w)
+    /// A copy of a layer's `W_O`, [d_model, n_heads * d_head]: head h writes through columns
+    /// h*d_head..(h+1)*d_head.
+    pub fn w_o(&self, layer: usize) -> Option<Tensor> {
+        self.blocks.get(layer).map(|b| b.o_w.copy())
     }
 
-    /// `W_down` of a layer, [d_model, d_mlp].
-    pub fn w_down(&self, layer: usize) -> Option<&Tensor> {
-        self.blocks.get(layer).map(|b| &b.down_w)
+    /// A copy of a layer's `W_down`, [d_model, d_mlp].
+    pub fn w_down(&self, layer: usize) -> Option<Tensor> {
+        self.blocks.get(layer).map(|b| b.down_w.copy())
     }
 
     /// One forward pass, without a cache, over whole token rows (left-padded with `pad_id`; every token counts

@@ -184,3 +184,36 @@ fn ablation_zeroes_chosen_neurons_and_heads_at_chosen_tokens() {
     let err = m.generate_ids(&rows, &GenerationConfig::greedy(2), &mut HookSet::new().with(&mut bad)).unwrap_err();
     assert!(err.to_string().contains("blocks.0.mlp.hook_post"), "{err}");
 }
+
+/// One model shared by several threads (the server's and sweeps' use of `Sync`): each thread's forward passes,
+/// hooked with its own edit and capture, give what they give on one thread.
+#[test]
+fn one_model_serves_several_threads_at_once() {
+    let m = common::smollm2();
+    let rows = prompts();
+    let point = HookPoint::ResidPost(12);
+    tch::manual_seed(3);
+    let v = Tensor::randn([576], (Kind::Float, tch::Device::Cpu));
+    // Plain numbers, not a tensor, cross the threads (a tensor is not Sync).
+    let v = Vec::<f32>::try_from(&v / v.norm()).unwrap();
+    let run = |i: usize| {
+        let mut scale = AddVector::new([(point, Tensor::from_slice(&v))], Scale::Rms(2.0 * i as f64), Positions::All);
+        let mut capture = Capture::new([HookPoint::LnFinal], Positions::LastPrompt);
+        let logits =
+            m.transformer.forward_rows(&rows, m.pad_token_id(), &mut HookSet::new().with(&mut scale).with(&mut capture), LogitsFor::Last).unwrap();
+        (logits, capture.per_row(HookPoint::LnFinal, rows.len()).unwrap())
+    };
+    let alone: Vec<_> = (0..4).map(run).collect();
+    let together: Vec<_> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..4).map(|i| s.spawn(move || (0..3).map(|_| run(i)).collect::<Vec<_>>())).collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for (i, runs) in together.iter().enumerate() {
+        for (logits, normed) in runs {
+            assert!(logits.allclose(&alone[i].0, 1e-4, 1e-4, false), "thread {i}: logits differ from the single-thread run");
+            assert!(normed.allclose(&alone[i].1, 1e-5, 1e-5, false), "thread {i}: captured ln_final differs");
+        }
+    }
+    // The edits differ between threads, so the comparison can tell threads apart.
+    assert!(!alone[0].0.allclose(&alone[3].0, 1e-3, 1e-3, false));
+}

@@ -20,6 +20,22 @@ pub const ELICIT: &str = "elicit";
 pub const FORMAT_VERSION: u32 = 1;
 
 /// The files of a run folder.
+///
+/// Reading what a finished run holds (`emo paper` writes `runs/paper`):
+///
+/// ```no_run
+/// use emo_run::RunDir;
+/// let run = RunDir::new("runs/paper");
+/// let manifest = run.require_manifest()?;
+/// for (name, stage) in &manifest.stages {
+///     println!("{name}: {}, {} prompts, complete: {}", stage.kind, stage.stats.prompts, stage.stats.complete);
+/// }
+/// let replies = run.read_replies("steering-test")?;
+/// let matched = replies.iter().filter(|r| r.matched()).count();
+/// println!("steering: {matched} of {} replies judged on target", replies.len());
+/// let directions = emo_steer::EmotionDirections::load(&run.directions())?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Clone, Debug)]
 pub struct RunDir {
     /// The folder.

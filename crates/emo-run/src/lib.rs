@@ -18,7 +18,7 @@ pub mod figures;
 pub mod folder;
 pub mod forward;
 pub mod npy;
-pub mod paper;
+pub use emo_steer::paper;
 pub mod records;
 pub mod report;
 pub mod stage;

@@ -69,6 +69,13 @@ pub struct EmotionDirections {
     pub resid_post: Tensor,
 }
 
+/// A clone shares the tensors' storage: nothing in this crate edits directions in place.
+impl Clone for EmotionDirections {
+    fn clone(&self) -> Self {
+        EmotionDirections { resid_mid: self.resid_mid.shallow_clone(), resid_post: self.resid_post.shallow_clone() }
+    }
+}
+
 impl EmotionDirections {
     /// The directions of one site, `[6, n_layers, d_model]`.
     pub fn site(&self, site: Site) -> &Tensor {
@@ -95,6 +102,23 @@ impl EmotionDirections {
     }
 
     /// Saves as safetensors: tensors `resid_mid.{emotion}` and `resid_post.{emotion}`, each `[n_layers, d_model]`.
+    ///
+    /// ```
+    /// use emo_steer::EmotionDirections;
+    /// use tch::{Device, Kind, Tensor};
+    /// let unit = |t: Tensor| &t / t.norm_scalaropt_dim(2, [-1].as_slice(), true);
+    /// let dirs = EmotionDirections {
+    ///     resid_mid: unit(Tensor::randn([6, 4, 8], (Kind::Float, Device::Cpu))),
+    ///     resid_post: unit(Tensor::randn([6, 4, 8], (Kind::Float, Device::Cpu))),
+    /// };
+    /// let path = std::env::temp_dir().join(format!("doc-directions-{}.safetensors", std::process::id()));
+    /// dirs.save(&path, &[("model".to_string(), "tiny".to_string())].into())?;
+    /// let back = EmotionDirections::load(&path)?;
+    /// assert_eq!(back.dims(), (4, 8));
+    /// assert!(back.resid_post.equal(&dirs.resid_post));
+    /// # std::fs::remove_file(&path).unwrap();
+    /// # Ok::<(), emo_steer::Error>(())
+    /// ```
     pub fn save(&self, path: &Path, metadata: &BTreeMap<String, String>) -> Result<()> {
         write_tensors(path, &self.named(), metadata)
     }

@@ -1,7 +1,18 @@
 //! `emo-steer`: what a program that steers with emotion directions needs, and nothing heavier — the two
 //! residual sites the paper reads ([`Site`]), unit emotion directions per site, emotion and layer
 //! ([`EmotionDirections`], loaded from and saved to safetensors), the atomic safetensors writer and checked
-//! reader behind them ([`tensor_file`]), and the error type every experiment crate shares ([`Error`]).
+//! reader behind them ([`tensor_file`]), the error type every experiment crate shares ([`Error`]), the
+//! paper's constants ([`paper`]) and residual steering itself ([`steer`]: the edit, and [`Steerer`], a
+//! builder that steers a model's chat replies).
+//!
+//! ```no_run
+//! use emo_steer::{ChatMessage, Emotion, Model, LoadOptions, Steerer};
+//! let model = Model::load("smollm2-135m", LoadOptions::default())?;
+//! let steerer = Steerer::from_file(&model, "runs/paper/directions.safetensors".as_ref())?;
+//! let reply = steerer.emotion(Emotion::Anger).alpha(4.0).chat(&[ChatMessage::user("How was your day?")])?;
+//! println!("{reply}");
+//! # Ok::<(), emo_steer::Error>(())
+//! ```
 //!
 //! Extraction, analysis, figures and archives live in `emo-directions` and `emo-run`; loading a direction
 //! file through this crate pulls in none of them.
@@ -9,9 +20,15 @@
 
 pub mod directions;
 pub mod error;
+pub mod paper;
+pub mod steer;
 pub mod tensor_file;
 
 pub use directions::{EmotionDirections, Site};
+pub use steer::{steering_control, steering_edit, Steerer};
+// What a steering program names besides this crate's types, so that it needs no other import.
+pub use emo_data::Emotion;
+pub use emo_model::{ChatMessage, GenerationConfig, LoadOptions, Model, Positions};
 
 /// This crate's version.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -80,15 +80,13 @@ pub fn sublayer_labels(n_layers: usize) -> Vec<String> {
     (0..n_layers).flat_map(|l| [format!("A{l}"), format!("M{l}")]).collect()
 }
 
-/// The font for PNG text: `$EMO_FONT` when set, else `<workspace>/.cache/fonts/DejaVuSans.ttf` (where
-/// `scripts/setup.sh` puts it).
+/// The font for PNG text: `$EMO_FONT` when set, else `fonts/DejaVuSans.ttf` under the first of
+/// [`emo_model::home::roots`] that has it (where `scripts/setup.sh` puts it).
 pub fn default_font_path() -> PathBuf {
     if let Some(p) = std::env::var_os(FONT_ENV).filter(|p| !p.is_empty()) {
         return PathBuf::from(p);
     }
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let root = manifest.parent().and_then(Path::parent).map(Path::to_path_buf);
-    root.unwrap_or_else(|| manifest.join("../..")).join(".cache/fonts/DejaVuSans.ttf")
+    emo_model::home::locate("fonts/DejaVuSans.ttf")
 }
 
 /// The two files a figure was written to, and their size in pixels (the PNG's; the SVG's in user units).
