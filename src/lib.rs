@@ -62,6 +62,9 @@ pub use emo_serve as serve;
 
 /// What a program that loads a model, hooks it and steers it names.
 pub mod prelude {
+    /// Circuit modulation (section 7), the other way to steer.
+    #[cfg(feature = "pipelines")]
+    pub use emo_circuits::Modulator;
     pub use emo_data::{Emotion, Valence};
     pub use emo_model::{
         Capture, ChatMessage, Edit, GenerationConfig, Hook, HookPoint, HookSet, Intervention, Interventions, LoadOptions, Model, Positions, Reply,

@@ -2,10 +2,9 @@
 //! against LibTorch without anything exported at run time.
 //!
 //! ```no_run
-//! // build.rs of a crate that depends on emotion-circuits (and lists emo-build under [build-dependencies])
-//! fn main() {
-//!     emo_build::link_libtorch();
-//! }
+//! // The whole body of `fn main` in build.rs, in a crate that depends on emotion-circuits and lists
+//! // emo-build under [build-dependencies]:
+//! emo_build::link_libtorch();
 //! ```
 //!
 //! It adds two link arguments and one compile-time variable:

@@ -360,6 +360,7 @@ pub fn sublayer_importance(run: &RunDir, model: &Model, opts: &ImportanceOptions
         let v_ref = reference_direction(&dirs, emotion);
         let mut interventions = vec![Intervention::none()];
         for &alpha in &opts.alphas {
+            #[allow(clippy::needless_range_loop)] // l indexes the layers of sigma, the directions and the hook points alike
             for l in 0..n_layers {
                 for (s, sub) in SUBLAYERS.iter().enumerate() {
                     let v = dirs.get(sub.site(), emotion).get(l as i64);

@@ -23,4 +23,4 @@ pub mod report;
 pub use allocate::{allocate, Allocation, Budget, Shape};
 pub use circuit::{Circuit, CircuitSet};
 pub use importance::{sublayer_importance, ImportanceOptions, Profile, SublayerImportance};
-pub use modulate::{modulation_stage, ModulateOptions, Modulation, Modulator};
+pub use modulate::{modulation_stage, ModulateOptions, ModulatedChat, Modulation, Modulator};

@@ -218,6 +218,9 @@ pub fn modulation_stage<'a>(
     })
 }
 
+/// One conversation of [`Modulator::chat_batch`] and its `(emotion, scale)` (`None`: plain generation).
+pub type ModulatedChat = (Vec<ChatMessage>, Option<(Emotion, f64)>);
+
 /// The high-level entry point: a model with a circuit set, to chat modulated towards an emotion, or a batch
 /// with a different emotion (or none) per row.
 pub struct Modulator<'m> {
@@ -257,7 +260,7 @@ impl<'m> Modulator<'m> {
     }
 
     /// One reply per row, each modulated as its own `(emotion, scale)` says (`None`: plain generation).
-    pub fn chat_batch(&self, rows: &[(Vec<ChatMessage>, Option<(Emotion, f64)>)]) -> Result<Vec<String>> {
+    pub fn chat_batch(&self, rows: &[ModulatedChat]) -> Result<Vec<String>> {
         let prompts = rows.iter().map(|(m, _)| self.model.encode_chat(m)).collect::<emo_model::Result<Vec<_>>>()?;
         let per_row: Vec<Option<(Emotion, f64)>> = rows.iter().map(|(_, r)| *r).collect();
         let mut hooks = HookSet::new();

@@ -180,7 +180,7 @@ fn directions_exports_analysis_steering_and_report_from_one_run() {
     // of the three valences, as the stage batched them.
     let steerer = emo_steer::Steerer::new(model, dirs.clone()).unwrap().generation(gen.clone());
     for e in [Emotion::Anger, Emotion::Sadness] {
-        let rows: Vec<_> = emo_data::Valence::ALL.iter().map(|&v| (Some(e), emo_data::neutral_prompt(&test[0], v))).collect();
+        let rows: Vec<_> = emo_data::Valence::ALL.iter().map(|&v| (emo_data::neutral_prompt(&test[0], v), Some(e))).collect();
         let replies = steerer.chat_batch(&rows).unwrap();
         for (v, reply) in emo_data::Valence::ALL.iter().zip(&replies) {
             let recorded = steered.iter().find(|r| r.emotion().unwrap() == e && r.valence().unwrap() == *v).unwrap();
@@ -188,7 +188,7 @@ fn directions_exports_analysis_steering_and_report_from_one_run() {
         }
     }
     // Unsteered rows of a mixed batch are plain generation.
-    let mixed = steerer.chat_batch(&[(None, emo_data::neutral_prompt(&test[0], emo_data::Valence::ALL[0]))]).unwrap();
+    let mixed = steerer.chat_batch(&[(emo_data::neutral_prompt(&test[0], emo_data::Valence::ALL[0]), None)]).unwrap();
     assert_eq!(mixed[0], plain[0]);
 
     let report = fs::read_to_string(emo_directions::report::write_report(&run).unwrap()).unwrap();

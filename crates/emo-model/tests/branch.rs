@@ -33,8 +33,8 @@ fn kinds(layer: usize) -> Vec<Intervention> {
     let mut enhance = Tensor::zeros([dm], (Kind::Float, tch::Device::Cpu));
     let _ = enhance.index_fill_(0, &Tensor::from_slice(&neurons), 0.5);
     let head_add = Tensor::zeros([nh, hd], (Kind::Float, tch::Device::Cpu));
-    let _ = head_add.get(2).copy_(&(unit(hd, 1) * 2.0));
-    let _ = head_add.get(7).copy_(&(unit(hd, 2) * 2.0));
+    head_add.get(2).copy_(&(unit(hd, 1) * 2.0));
+    head_add.get(7).copy_(&(unit(hd, 2) * 2.0));
     let sigma = 5.0;
     vec![
         Intervention::none(),
@@ -163,7 +163,7 @@ fn mixed_per_row_edits_equal_each_edit_alone() {
     let mut mixed = Interventions::new(rows, Positions::LastPrompt);
     let got = t.forward_rows(&batch, m.pad_token_id(), &mut HookSet::new().with(&mut mixed), LogitsFor::Last).unwrap();
 
-    let alone = |hooks: &mut HookSet| t.forward_rows(&[prompt.clone()], m.pad_token_id(), hooks, LogitsFor::Last).unwrap();
+    let alone = |hooks: &mut HookSet| t.forward_rows(std::slice::from_ref(&prompt), m.pad_token_id(), hooks, LogitsFor::Last).unwrap();
     let add =
         |alpha: f64| AddVector::new(layers.clone().map(|l| (HookPoint::ResidPost(l), v.shallow_clone())), Scale::Rms(alpha), Positions::LastPrompt);
     let mut a = add(8.0);
@@ -203,7 +203,7 @@ fn bad_interventions_are_errors_naming_the_hook_point() {
     let e = run(vec![one], 3).to_string();
     assert!(e.contains("blocks.1.mlp.hook_post") && e.contains("1 interventions"), "{e}");
     // A branch row naming a prompt the prefix does not have.
-    let mut prefix = t.prefill_prefix(&[prompt.clone()], m.pad_token_id()).unwrap();
+    let mut prefix = t.prefill_prefix(std::slice::from_ref(&prompt), m.pad_token_id()).unwrap();
     let e = t.forward_branches(&mut prefix, &[0, 1], &mut HookSet::new(), LogitsFor::Last).unwrap_err().to_string();
     assert!(e.contains("prompt 1"), "{e}");
     let e = t.prefill_prefix(&[vec![5]], m.pad_token_id()).err().expect("a one-token prompt has no prefix").to_string();

@@ -25,7 +25,7 @@ pub mod steer;
 pub mod tensor_file;
 
 pub use directions::{EmotionDirections, Site};
-pub use steer::{steering_control, steering_edit, Steerer};
+pub use steer::{steering_control, steering_edit, SteeredChat, Steerer};
 // What a steering program names besides this crate's types, so that it needs no other import.
 pub use emo_data::Emotion;
 pub use emo_model::{ChatMessage, GenerationConfig, LoadOptions, Model, Positions};

@@ -41,6 +41,9 @@ pub fn steering_control(
     RowControl::none().with(positions, steering_edit(directions.site(site), emotion, alpha, layers))
 }
 
+/// One conversation of [`Steerer::chat_batch`] and the emotion it is steered towards (`None`: unsteered).
+pub type SteeredChat = (Vec<ChatMessage>, Option<Emotion>);
+
 /// Steers a model's chat replies with emotion directions; every setting defaults to the paper's (alpha 8,
 /// the `resid_post` directions, layers 11-20 of 28 scaled to the model's depth, the last prompt token and every
 /// generated token, the steering validation's decoding).
@@ -148,14 +151,15 @@ impl<'m> Steerer<'m> {
 
     /// The reply to one conversation, steered towards the emotion set with [`Steerer::emotion`].
     pub fn chat(&self, messages: &[ChatMessage]) -> Result<String> {
-        let mut replies = self.chat_batch(&[(self.emotion, messages.to_vec())])?;
+        let mut replies = self.chat_batch(&[(messages.to_vec(), self.emotion)])?;
         Ok(replies.remove(0))
     }
 
-    /// Replies to several conversations in one batch, each steered towards its own emotion (none: unsteered).
-    pub fn chat_batch(&self, rows: &[(Option<Emotion>, Vec<ChatMessage>)]) -> Result<Vec<String>> {
-        let emotions: Vec<Option<Emotion>> = rows.iter().map(|(e, _)| *e).collect();
-        let conversations: Vec<Vec<ChatMessage>> = rows.iter().map(|(_, c)| c.clone()).collect();
+    /// Replies to several conversations in one batch, each steered towards its own emotion (`None`:
+    /// unsteered) — rows in the same order as `emo_circuits::Modulator::chat_batch`'s.
+    pub fn chat_batch(&self, rows: &[SteeredChat]) -> Result<Vec<String>> {
+        let emotions: Vec<Option<Emotion>> = rows.iter().map(|(_, e)| *e).collect();
+        let conversations: Vec<Vec<ChatMessage>> = rows.iter().map(|(c, _)| c.clone()).collect();
         let mut hook = self.hook(&emotions)?;
         let replies = self.model.generate_chat(&conversations, &self.generation, &mut HookSet::new().with(&mut hook))?;
         Ok(replies.into_iter().map(|r| r.text).collect())
