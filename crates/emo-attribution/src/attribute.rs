@@ -121,13 +121,15 @@ pub fn attribute(run: &RunDir, model: &Model, opts: &AttributeOptions) -> Result
     };
     let beta = neurons::alignment(&model.transformer, &dirs.resid_post)?;
     let readout = heads::readout(&model.transformer, &dirs.resid_mid)?;
+    // The prompts the elicitation ran, so that the activations are the ones the directions came from.
+    let prompt_set = manifest.prompt_set();
     let prompts = samples
         .iter()
         .map(|s| {
             let scenario = scenarios
                 .get(s.scenario)
                 .ok_or_else(|| RunError::Invalid(format!("sample {} names scenario {}, beyond the split", s.index, s.scenario)))?;
-            Ok(model.encode_chat(&emo_data::elicitation_prompt(s.emotion, scenario, s.valence))?)
+            Ok(model.encode_chat(&prompt_set.elicitation_prompt(s.emotion, scenario, s.valence))?)
         })
         .collect::<Result<Vec<_>>>()?;
     let (l, dm, nh, hd) = (cfg.n_layers as i64, cfg.d_mlp as i64, cfg.n_heads as i64, cfg.d_head as i64);

@@ -270,6 +270,7 @@ pub fn run_sweep(run: &RunDir, model: &Model, opts: &SweepOptions) -> Result<Vec
     // committed.
     let stages: Vec<(String, usize)> = per_emotion.iter().map(|(e, items, columns)| (name(*e), items.len() * (1 + columns.len()))).collect();
     let bar = emo_run::stage::rows_bar(opts.progress, &format!("{} {} {}", opts.kind, opts.units, opts.positions), &manifest, &stages);
+    let prompt_set = manifest.prompt_set();
     let mut rows = Vec::new();
     for (emotion, items, columns) in per_emotion {
         bar.set_message(format!("{} {} {}: {}", opts.kind, opts.units, opts.positions, emotion.name()));
@@ -278,8 +279,8 @@ pub fn run_sweep(run: &RunDir, model: &Model, opts: &SweepOptions) -> Result<Vec
             .map(|it| {
                 let s = &scenarios[it.scenario];
                 let messages = match opts.kind {
-                    SweepKind::Ablate => emo_data::elicitation_prompt(emotion, s, it.valence),
-                    SweepKind::Enhance => emo_data::neutral_prompt(s, it.valence),
+                    SweepKind::Ablate => prompt_set.elicitation_prompt(emotion, s, it.valence),
+                    SweepKind::Enhance => prompt_set.neutral_prompt(s, it.valence),
                 };
                 Ok(model.encode_chat(&messages)?)
             })

@@ -34,10 +34,10 @@ pub fn write_importance_figure(run: &RunDir, imp: &SublayerImportance) -> Result
 /// The paper's Fig. 1 view: PCA of the last-prompt-token residual (`hook_resid_post`) at the paper's PCA
 /// layers (0, 9, 12, 27 of 28, scaled) for the neutral prompts of `scenarios`, without modulation and
 /// modulated towards each emotion of `circuits` at scale 1; one PCA per layer over all those states.
-/// Written as `{dir}/fig1_pca.png|svg`. Modulation acts in the prefill too (heads at every token, neurons at
+/// Written as `figures/fig1_pca.png|svg` of `run`, with the run's neutral prompt. Modulation acts in the prefill too (heads at every token, neurons at
 /// the last), so one forward per row shows where it moves the state the reply starts from.
 pub fn write_modulation_pca(
-    dir: &std::path::Path,
+    run: &RunDir,
     model: &emo_model::Model,
     circuits: &crate::CircuitSet,
     scenarios: &[emo_data::Scenario],
@@ -47,9 +47,10 @@ pub fn write_modulation_pca(
     use tch::Tensor;
     let cfg = model.transformer.config();
     let layers: Vec<usize> = emo_run::paper::PCA_LAYERS.iter().map(|&l| emo_run::paper::scaled(l, cfg.n_layers)).collect();
+    let prompt_set = run.require_manifest()?.prompt_set();
     let prompts = scenarios
         .iter()
-        .flat_map(|s| emo_data::Valence::ALL.map(|v| model.encode_chat(&emo_data::neutral_prompt(s, v))))
+        .flat_map(|s| emo_data::Valence::ALL.map(|v| model.encode_chat(&prompt_set.neutral_prompt(s, v))))
         .collect::<emo_model::Result<Vec<_>>>()?;
     // Class 0..6: modulated towards that emotion; 6: no modulation.
     let mut rows: Vec<(usize, Option<(Emotion, f64)>)> = (0..prompts.len()).map(|p| (p, None)).collect();
@@ -81,5 +82,5 @@ pub fn write_modulation_pca(
         panels.push(ScatterPanel { title: format!("layer {l}"), points: fit.projected_xy(), classes: classes.clone() });
     }
     let names: Vec<&str> = Emotion::ALL.iter().map(|e| e.name()).chain(std::iter::once("no modulation")).collect();
-    Figures::default().scatter_grid(dir.join("fig1_pca"), &panels, &names, layers.len())
+    Figures::default().scatter_grid(run.figures().join("fig1_pca"), &panels, &names, layers.len())
 }

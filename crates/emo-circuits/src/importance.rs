@@ -342,6 +342,7 @@ pub fn sublayer_importance(run: &RunDir, model: &Model, opts: &ImportanceOptions
     let columns = 1 + opts.alphas.len() * n_layers * 2;
     let stages: Vec<(String, usize)> = per_emotion.iter().map(|(e, p)| (stage_name(opts.samples, *e), p.len() * columns)).collect();
     let bar = emo_run::stage::rows_bar(opts.progress, "sublayer importance", &manifest, &stages);
+    let prompt_set = manifest.prompt_set();
     let mut per_alpha = Vec::new();
     let mut prompts_per_emotion = [0usize; 6];
     for (emotion, picked) in per_emotion {
@@ -353,7 +354,7 @@ pub fn sublayer_importance(run: &RunDir, model: &Model, opts: &ImportanceOptions
                 let scenario = scenarios
                     .get(s.scenario)
                     .ok_or_else(|| RunError::Invalid(format!("sample {} names scenario {}, beyond the split", s.index, s.scenario)))?;
-                Ok(model.encode_chat(&emo_data::neutral_prompt(scenario, s.valence))?)
+                Ok(model.encode_chat(&prompt_set.neutral_prompt(scenario, s.valence))?)
             })
             .collect::<Result<Vec<_>>>()?;
         prompts_per_emotion[emotion.index()] = prompts.len();

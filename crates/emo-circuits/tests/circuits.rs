@@ -186,7 +186,7 @@ fn modulation_on(run: &RunDir) {
     let err = run_stage(run, m, &mut Yes, &stage).unwrap_err().to_string();
     assert!(err.contains("other settings"), "{err}");
 
-    let fig = emo_circuits::figures::write_modulation_pca(&run.figures(), m, &loaded, &scen).unwrap();
+    let fig = emo_circuits::figures::write_modulation_pca(run, m, &loaded, &scen).unwrap();
     assert!(fig.png.exists() && fig.svg.exists());
     let mut report = emo_directions::report::build_report(run).unwrap();
     emo_circuits::report::section7(run, &mut report).unwrap();

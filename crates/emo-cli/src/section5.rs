@@ -88,6 +88,11 @@ pub struct ElicitArgs {
     /// Maximum new tokens per reply (the paper: 100).
     #[arg(long, default_value_t = 100)]
     pub max_new_tokens: usize,
+    /// The run's prompt set: paper (the default for a new run), strong, or a JSON file with
+    /// `elicitation_system` (containing `{emotion}`) and `neutral_system`. Every later stage of the run uses
+    /// it; asking an existing run for another set is an error.
+    #[arg(long)]
+    pub prompt: Option<String>,
     /// Generate and judge without capturing activations (to measure what capturing costs).
     #[arg(long)]
     pub no_capture: bool,
@@ -100,7 +105,10 @@ pub fn elicit(a: &ElicitArgs) -> Result<()> {
     let (split, scenarios, info) = a.data.load(Split::Sev)?;
     let model = a.model.load()?;
     let run = RunDir::new(&a.out);
-    let manifest = open_run(&run, &model, &a.model.model)?;
+    let mut manifest = open_run(&run, &model, &a.model.model)?;
+    if let Some(p) = &a.prompt {
+        run.use_prompts(&mut manifest, &emo_data::PromptSet::parse(p)?)?;
+    }
     let mut judge = a.judge.load()?;
     let opts =
         ElicitOptions { batch_size: a.batch, generation: GenerationConfig::greedy(a.max_new_tokens), capture: !a.no_capture, progress: !a.quiet };
@@ -109,8 +117,9 @@ pub fn elicit(a: &ElicitArgs) -> Result<()> {
     let stats = run_stage(&run, &model, judge.as_mut(), &stage)?;
     let acc = emo_directions::Accuracy::of(&run.read_replies(&name)?)?;
     emit(format!(
-        "{name}: {} prompts, {} new tokens in {:.1} s of generation ({:.2} prompts/s, {:.1} tokens/s), judged in {:.1} s; peak RSS {:.0} MB\nprompting accuracy (judge {}):\n{}\nwrote {}\n",
+        "{name}: {} prompts (prompt set {}), {} new tokens in {:.1} s of generation ({:.2} prompts/s, {:.1} tokens/s), judged in {:.1} s; peak RSS {:.0} MB\nprompting accuracy (judge {}):\n{}\nwrote {}\n",
         stats.prompts,
+        manifest.prompt_set().name,
         stats.new_tokens,
         stats.generate_seconds,
         stats.prompts as f64 / stats.generate_seconds,
@@ -301,6 +310,11 @@ pub struct PipelineArgs {
     /// Prompts per batch (32: the best throughput per prompt on a 2-core CPU within 2 GB).
     #[arg(long, default_value_t = 32)]
     pub batch: usize,
+    /// The run's prompt set: paper (the default for a new run), strong, or a JSON file with
+    /// `elicitation_system` (containing `{emotion}`) and `neutral_system`. Every later stage of the run uses
+    /// it; asking an existing run for another set is an error.
+    #[arg(long)]
+    pub prompt: Option<String>,
     /// No progress bars.
     #[arg(long)]
     pub quiet: bool,
@@ -349,6 +363,7 @@ pub fn section5(s5: &Section5Args) -> Result<()> {
             judge: a.judge.clone(),
             batch: a.batch,
             max_new_tokens: 100,
+            prompt: a.prompt.clone(),
             no_capture: false,
             quiet: a.quiet,
         })?;

@@ -231,7 +231,7 @@ pub fn modulate_cmd(a: &ModulateArgs) -> Result<()> {
     let name = crate::section5::check_stage_name(a.stage.as_deref(), &format!("modulation-{split}"))?;
     let stage = modulation_stage(name.clone(), &scenarios, info, &judge.name(), &set, &cfg, &opts)?;
     let stats = run_stage(&run, &model, judge.as_mut(), &stage)?;
-    let fig1 = emo_circuits::figures::write_modulation_pca(&run.figures(), &model, &set, &emo_data::sev::spread(&scenarios, 8))?;
+    let fig1 = emo_circuits::figures::write_modulation_pca(&run, &model, &set, &emo_data::sev::spread(&scenarios, 8))?;
     let records = run.read_replies(&name)?;
     let acc = emo_directions::Accuracy::of(&records)?;
     let (ended, distinct) = emo_circuits::report::fluency(&records);
@@ -313,7 +313,7 @@ pub fn paper(p: &PaperArgs) -> Result<()> {
     let name = format!("modulation-{split}");
     let stage = modulation_stage(name, &scenarios, info, &judge.name(), &set, &cfg, &opts)?;
     run_stage(&run, &model, judge.as_mut(), &stage)?;
-    emo_circuits::figures::write_modulation_pca(&run.figures(), &model, &set, &emo_data::sev::spread(&scenarios, 8))?;
+    emo_circuits::figures::write_modulation_pca(&run, &model, &set, &emo_data::sev::spread(&scenarios, 8))?;
     times.push(("circuit modulation", step.elapsed().as_secs_f64()));
     drop(model);
     crate::section5::report(&crate::section5::ReportArgs { run: p.out.clone() })?;

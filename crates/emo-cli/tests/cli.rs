@@ -200,6 +200,57 @@ fn section5_commands_run_end_to_end_on_a_small_run() {
 }
 
 #[test]
+fn elicit_uses_the_chosen_prompt_set_for_the_whole_run() {
+    let tmp = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("cli-prompts-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).unwrap();
+    let elicit = |run: &std::path::Path, extra: &[&str]| {
+        let mut args =
+            vec!["elicit", "--out", run.to_str().unwrap(), "--limit", "1", "--max-new-tokens", "2", "--batch", "18", "--quiet", "--device", "cpu"];
+        args.extend_from_slice(extra);
+        emo(&args)
+    };
+    let prompts_of = |run: &std::path::Path| -> serde_json::Value {
+        let m: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join("manifest.json")).unwrap()).unwrap();
+        m["prompts"].clone()
+    };
+    let prompt_tokens = |run: &std::path::Path| -> Vec<u64> {
+        std::fs::read_to_string(run.join("replies.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["prompt_tokens"].as_u64().unwrap())
+            .collect()
+    };
+    let (paper, strong) = (tmp.join("paper"), tmp.join("strong"));
+    let out = elicit(&paper, &[]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("(prompt set paper)"));
+    let out = elicit(&strong, &["--prompt", "strong"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(prompts_of(&paper)["prompt_set"], "paper");
+    let p = prompts_of(&strong);
+    assert_eq!(p["prompt_set"], "strong");
+    assert!(p["elicitation_system"].as_str().unwrap().starts_with("You are feeling intense {emotion}."), "{p}");
+    // The prompts the model saw are the strong ones: longer system prompts, row by row.
+    let (a, b) = (prompt_tokens(&paper), prompt_tokens(&strong));
+    assert_eq!(a.len(), 18);
+    assert!(a.iter().zip(&b).all(|(a, b)| b > a), "paper {a:?} vs strong {b:?}");
+    // A run keeps its set: resuming without --prompt is fine, another set is refused, naming both.
+    let out = elicit(&strong, &[]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let e = String::from_utf8(elicit(&strong, &["--prompt", "paper"]).stderr).unwrap();
+    assert!(e.contains("prompt set `strong`") && e.contains("`paper` differs"), "{e}");
+    // A custom set from a file, checked field by field.
+    let bad = tmp.join("bad.json");
+    std::fs::write(&bad, r#"{"elicitation_system": "Be emotional.", "neutral_system": "Reply briefly."}"#).unwrap();
+    let e = String::from_utf8(elicit(&tmp.join("custom"), &["--prompt", bad.to_str().unwrap()]).stderr).unwrap();
+    assert!(e.contains("bad.json") && e.contains("elicitation_system") && e.contains("{emotion}"), "{e}");
+    let e = String::from_utf8(elicit(&tmp.join("custom"), &["--prompt", "loud"]).stderr).unwrap();
+    assert!(e.contains("unknown prompt set `loud`"), "{e}");
+    let _ = std::fs::remove_dir_all(&tmp);
+}
+
+#[test]
 fn paper_runs_every_section_and_resumes_without_recomputing() {
     let run = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("cli-paper-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&run);

@@ -22,5 +22,5 @@ pub use error::DataError;
 pub use judge::{Judge, Verdict};
 pub use lexicon_judge::LexiconJudge;
 pub use openai_judge::{OpenAiConfig, OpenAiJudge};
-pub use prompts::{elicitation_prompt, neutral_prompt, PromptItem};
+pub use prompts::{elicitation_prompt, neutral_prompt, PromptItem, PromptSet};
 pub use sev::{Dataset, Events, Scenario, Split};

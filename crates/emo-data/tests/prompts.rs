@@ -4,7 +4,7 @@ use std::path::Path;
 use std::process::Command;
 
 use emo_data::prompts::{elicitation_prompt, neutral_prompt, NEUTRAL_SYSTEM};
-use emo_data::{Dataset, Emotion, PromptItem, Valence};
+use emo_data::{Dataset, Emotion, PromptItem, PromptSet, Valence};
 use emo_model::gguf::GgufFile;
 use emo_model::{ChatTemplate, Tokenizer};
 
@@ -53,4 +53,38 @@ print(json.dumps({"text": text, "ids": tok(text)["input_ids"]}))
     assert_eq!(rendered, hf["text"].as_str().unwrap());
     let hf_ids: Vec<u32> = serde_json::from_value(hf["ids"].clone()).unwrap();
     assert_eq!(ours, hf_ids);
+}
+
+#[test]
+fn prompt_sets_by_name_and_from_files() {
+    let s = &Dataset::builtin().sev[0];
+    let strong = PromptSet::parse("strong").unwrap();
+    let p = strong.elicitation_prompt(Emotion::Disgust, s, Valence::Neutral);
+    assert_eq!(p[0].content, "You are feeling intense disgust. Reply in a tone full of disgust, in at most two sentences.");
+    assert_eq!(p[1].content, format!("{}\n{}", s.scenario, s.events.neutral));
+    assert_eq!(strong.neutral_prompt(s, Valence::Neutral), neutral_prompt(s, Valence::Neutral));
+    // The paper's set is what the free functions build.
+    assert_eq!(PromptSet::paper().elicitation_prompt(Emotion::Fear, s, Valence::Negative), elicitation_prompt(Emotion::Fear, s, Valence::Negative));
+
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("prompt-sets-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = |name: &str, text: &str| {
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        p.to_str().unwrap().to_string()
+    };
+    let good = file("good.json", r#"{"elicitation_system": "Feel {emotion}; reply as one who does.", "neutral_system": "Reply briefly."}"#);
+    let custom = PromptSet::parse(&good).unwrap();
+    assert_eq!((custom.name.as_str(), custom.elicitation_system(Emotion::Anger).as_str()), (good.as_str(), "Feel anger; reply as one who does."));
+    for (name, text, needle) in [
+        ("no-emotion.json", r#"{"elicitation_system": "Be emotional.", "neutral_system": "x"}"#, "elicitation_system: has no `{emotion}`"),
+        ("empty.json", r#"{"elicitation_system": "{emotion}", "neutral_system": " "}"#, "neutral_system: is empty"),
+        ("extra.json", r#"{"elicitation_system": "{emotion}", "neutral_system": "x", "user": "y"}"#, "unknown field `user`"),
+        ("broken.json", "{\n\"elicitation_system\": ", ":2: json:"),
+    ] {
+        let e = PromptSet::parse(&file(name, text)).unwrap_err().to_string();
+        assert!(e.contains(name) && e.contains(needle), "{name}: {e}");
+    }
+    let e = PromptSet::parse("loud").unwrap_err().to_string();
+    assert!(e.contains("unknown prompt set `loud`"), "{e}");
 }

@@ -37,6 +37,13 @@ pub fn build_report(run: &RunDir) -> Result<Report> {
         &m.sha256[..12.min(m.sha256.len())],
         run.path.display()
     );
+    let prompts = manifest.prompt_set();
+    let _ = writeln!(
+        md,
+        "Prompt set `{}` for every stage (the paper's unless chosen with `--prompt`): elicitation system prompt {:?}, \
+         neutral {:?}.\n",
+        prompts.name, prompts.elicitation_system, prompts.neutral_system
+    );
 
     let _ = writeln!(md, "## Emotion-expression accuracy\n");
     let mut ours: Vec<(String, Accuracy)> = Vec::new();

@@ -81,7 +81,8 @@ pub struct StageSettings {
     pub generation: GenerationSettings,
     /// The judge's name.
     pub judge: String,
-    /// Whether the elicitation prompt (system `Always reply in {emotion}.`) or the neutral prompt is used.
+    /// Whether the run's elicitation prompt (the paper's: system `Always reply in {emotion}.`) or its neutral
+    /// prompt is used.
     pub prompt: PromptKind,
     /// Whether last-prompt-token residuals are captured.
     pub capture: bool,
@@ -128,7 +129,8 @@ pub struct ModulationSettings {
     pub head_positions: String,
 }
 
-/// Which system prompt a stage uses (spec section 2).
+/// Which of the run's two system prompts a stage uses (spec section 2; the texts are the run's
+/// [`emo_data::PromptSet`], the paper's unless chosen otherwise).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PromptKind {
@@ -191,7 +193,9 @@ pub fn run_stage(run: &RunDir, model: &Model, judge: &mut dyn Judge, stage: &Sta
         )));
     }
     let points = (0..model.transformer.config().n_layers).flat_map(|l| Site::ALL.map(|s| s.hook_point(l))).collect();
-    let mut work = Generation { run, model, judge, stage, points };
+    // Every stage of a run uses the run's prompt set (RunDir::use_prompts keeps it from changing).
+    let prompts = run.require_manifest()?.prompt_set();
+    let mut work = Generation { run, model, judge, stage, points, prompts };
     emo_run::run_stage(run, &stage.name, &mut work, stage.progress)
 }
 
@@ -203,6 +207,7 @@ struct Generation<'r, 'a> {
     judge: &'r mut dyn Judge,
     stage: &'r Stage<'a>,
     points: Vec<emo_model::HookPoint>,
+    prompts: emo_data::PromptSet,
 }
 
 impl Generation<'_, '_> {
@@ -239,8 +244,8 @@ impl StageWork for Generation<'_, '_> {
             .map(|it| {
                 let s = &stage.scenarios[it.scenario];
                 match stage.settings.prompt {
-                    PromptKind::Elicitation => emo_data::elicitation_prompt(it.emotion, s, it.valence),
-                    PromptKind::Neutral => emo_data::neutral_prompt(s, it.valence),
+                    PromptKind::Elicitation => self.prompts.elicitation_prompt(it.emotion, s, it.valence),
+                    PromptKind::Neutral => self.prompts.neutral_prompt(s, it.valence),
                 }
             })
             .collect();

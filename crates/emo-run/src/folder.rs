@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use emo_data::{Emotion, Scenario};
+use emo_data::{PromptSet, Scenario};
 use emo_model::Model;
 use serde::{Deserialize, Serialize};
 
@@ -144,6 +144,29 @@ impl RunDir {
                 Ok(m)
             }
         }
+    }
+}
+
+impl RunDir {
+    /// Makes `set` the run's prompt set: recorded in a run without stages, accepted when it is already the
+    /// run's, refused otherwise (a run never mixes prompt sets; the error names both).
+    pub fn use_prompts(&self, manifest: &mut Manifest, set: &PromptSet) -> Result<()> {
+        let current = manifest.prompt_set();
+        if current.elicitation_system == set.elicitation_system && current.neutral_system == set.neutral_system {
+            return Ok(());
+        }
+        if !manifest.stages.is_empty() {
+            return Err(RunError::Invalid(format!(
+                "{}: the run uses prompt set `{}` (elicitation {:?}, neutral {:?}); `{}` differs: use another run folder",
+                self.path.display(),
+                current.name,
+                current.elicitation_system,
+                current.neutral_system,
+                set.name
+            )));
+        }
+        manifest.record_prompts(set);
+        write_json(&self.manifest(), manifest)
     }
 }
 
@@ -388,11 +411,27 @@ impl Manifest {
             ("tch".to_string(), emo_model::TCH_VERSION.to_string()),
             ("libtorch".to_string(), emo_model::LIBTORCH_VERSION.to_string()),
         ]);
-        let prompts = BTreeMap::from([
-            ("elicitation_system".to_string(), emo_data::prompts::elicitation_system(Emotion::Anger).replace("anger", "{emotion}")),
-            ("neutral_system".to_string(), emo_data::prompts::NEUTRAL_SYSTEM.to_string()),
-            ("user".to_string(), "{scenario}\n{event}".to_string()),
-        ]);
-        Manifest { format_version: FORMAT_VERSION, model, versions, prompts, stages: BTreeMap::new() }
+        let mut m = Manifest { format_version: FORMAT_VERSION, model, versions, prompts: BTreeMap::new(), stages: BTreeMap::new() };
+        m.record_prompts(&PromptSet::paper());
+        m
+    }
+
+    /// The prompt set every stage of the run uses. Manifests written before prompt sets existed hold the
+    /// paper's texts without a `prompt_set` key and read as `paper`.
+    pub fn prompt_set(&self) -> PromptSet {
+        let paper = PromptSet::paper();
+        let text = |key: &str, default: &str| self.prompts.get(key).cloned().unwrap_or_else(|| default.to_string());
+        let elicitation_system = text("elicitation_system", &paper.elicitation_system);
+        let neutral_system = text("neutral_system", &paper.neutral_system);
+        let same = elicitation_system == paper.elicitation_system && neutral_system == paper.neutral_system;
+        let name = self.prompts.get("prompt_set").cloned().unwrap_or_else(|| if same { paper.name.clone() } else { "custom".into() });
+        PromptSet { name, elicitation_system, neutral_system }
+    }
+
+    fn record_prompts(&mut self, set: &PromptSet) {
+        self.prompts.insert("prompt_set".into(), set.name.clone());
+        self.prompts.insert("elicitation_system".into(), set.elicitation_system.clone());
+        self.prompts.insert("neutral_system".into(), set.neutral_system.clone());
+        self.prompts.insert("user".into(), "{scenario}\n{event}".into());
     }
 }

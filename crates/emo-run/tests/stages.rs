@@ -229,3 +229,31 @@ fn f64_settings_survive_the_manifest_round_trip_bit_for_bit() {
     let off = values.iter().zip(&back).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
     assert_eq!(off, 0, "{off} of {} values changed", values.len());
 }
+
+#[test]
+fn a_run_keeps_one_prompt_set() {
+    use emo_data::PromptSet;
+    let run = new_run("prompt-set");
+    let mut m = run.require_manifest().unwrap();
+    assert_eq!(m.prompt_set(), PromptSet::paper());
+    // Before any stage the set may be chosen; the choice is on disk.
+    run.use_prompts(&mut m, &PromptSet::strong()).unwrap();
+    let mut m = run.require_manifest().unwrap();
+    assert_eq!(m.prompt_set(), PromptSet::strong());
+    assert_eq!(m.prompts["prompt_set"], "strong");
+    run.use_prompts(&mut m, &PromptSet::strong()).unwrap();
+    // With a stage recorded, another set is refused and the manifest is left alone.
+    let mut stats = emo_run::StageStats::default();
+    stats.prompts = 1;
+    m.stages.insert("elicit".into(), emo_run::StageInfo { kind: "generation".into(), settings: json!({}), stats });
+    emo_run::store::write_json(&run.manifest(), &m).unwrap();
+    let e = run.use_prompts(&mut m, &PromptSet::paper()).unwrap_err().to_string();
+    assert!(e.contains("prompt set `strong`") && e.contains("`paper` differs") && e.contains("another run folder"), "{e}");
+    assert_eq!(run.require_manifest().unwrap().prompt_set(), PromptSet::strong());
+    // A manifest of the version before prompt sets (the paper's texts, no `prompt_set` key) reads as paper.
+    let mut old = run.require_manifest().unwrap();
+    old.prompts.remove("prompt_set");
+    assert_eq!(old.prompt_set().name, "custom"); // texts that are not the paper's, without a name
+    old.prompts.insert("elicitation_system".into(), "Always reply in {emotion}.\nKeep the reply to at most two sentences.".into());
+    assert_eq!(old.prompt_set(), PromptSet::paper());
+}
