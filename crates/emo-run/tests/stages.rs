@@ -243,8 +243,7 @@ fn a_run_keeps_one_prompt_set() {
     assert_eq!(m.prompts["prompt_set"], "strong");
     run.use_prompts(&mut m, &PromptSet::strong()).unwrap();
     // With a stage recorded, another set is refused and the manifest is left alone.
-    let mut stats = emo_run::StageStats::default();
-    stats.prompts = 1;
+    let stats = emo_run::StageStats { prompts: 1, ..Default::default() };
     m.stages.insert("elicit".into(), emo_run::StageInfo { kind: "generation".into(), settings: json!({}), stats });
     emo_run::store::write_json(&run.manifest(), &m).unwrap();
     let e = run.use_prompts(&mut m, &PromptSet::paper()).unwrap_err().to_string();
