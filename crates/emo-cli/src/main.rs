@@ -24,7 +24,7 @@ struct Cli {
 /// Options every model-running command shares.
 #[derive(Args, Clone, Debug)]
 pub(crate) struct ModelArgs {
-    /// Built-in alias (smollm2-135m, qwen2.5-coder-0.5b), a .gguf file, a Hugging Face folder or repo id.
+    /// Built-in alias (smollm2-135m, qwen2.5-coder-0.5b, opt-in qwen2.5-coder-1.5b), a .gguf file, a Hugging Face folder or repo id.
     #[arg(long, short, default_value = emo_model::model::DEFAULT_MODEL)]
     pub(crate) model: String,
     /// auto (CUDA when present), cpu, cuda, cuda:N.
