@@ -30,7 +30,8 @@ pub(crate) struct ModelArgs {
     /// auto (CUDA when present), cpu, cuda, cuda:N.
     #[arg(long, default_value = "auto")]
     pub(crate) device: String,
-    /// f32, bf16 or f16 (f32 on CPU: bf16 matrix products are slow there).
+    /// f32, bf16 or f16 (default f32; on a CPU with AMX, bf16 ran the 1.5B model 3x faster than f32:
+    /// docs/performance.md).
     #[arg(long, default_value = "f32")]
     pub(crate) dtype: String,
     /// CPU threads for LibTorch (default: LibTorch's choice).
@@ -120,7 +121,8 @@ enum Command {
         labels: std::path::PathBuf,
         /// lexicon (NRC word-emotion lexicon), embedding (all-MiniLM-L6-v2 + a classifier trained on the
         /// project's corpus), chat (the paper's judge prompt on --model), or openai (the paper's judge on an
-        /// OpenAI-compatible endpoint). The default is the local judge that measured best (docs/judges.md).
+        /// OpenAI-compatible endpoint); several joined by `+` (embedding+lexicon) match when any matches. The
+        /// default is the local judge that measured best (docs/judges.md).
         #[arg(long, default_value = "embedding")]
         judge: String,
         /// For --judge openai: base URL including /v1 (default $OPENAI_BASE_URL or OpenAI's).
@@ -147,6 +149,10 @@ enum Command {
         /// One JSON line instead of a table.
         #[arg(long)]
         json: bool,
+        /// Also write the labeled view's verdicts here, one JSON line per label judged (`label`: its 1-based
+        /// number among the file's labels; `emotion`, `reference`, `matched`, `score`), to read disagreements.
+        #[arg(long)]
+        verdicts: Option<std::path::PathBuf>,
     },
     /// Print the file or folder a --model reference resolves to (aliases: smollm2-135m, qwen2.5-coder-0.5b, opt-in qwen2.5-coder-1.5b).
     Resolve {
@@ -263,11 +269,13 @@ fn run(cli: Cli) -> Result<()> {
             let scenarios = emo_data::sev::load_split(dataset.as_deref(), split)?;
             emit(emo_data::sev::to_jsonl(&scenarios))?;
         }
-        Command::JudgeEval { labels, judge, base_url, api_key, judge_model, temperature, model, batch, limit, json } => {
+        Command::JudgeEval { labels, judge, base_url, api_key, judge_model, temperature, model, batch, limit, json, verdicts } => {
             let mut all = emo_data::judge::load_labels(&labels)?;
+            let mut numbers: Vec<usize> = (1..=all.len()).collect();
             if let Some(n) = limit.filter(|&n| n > 0 && n < all.len()) {
                 let stride = all.len() as f64 / n as f64;
-                all = (0..n).map(|i| all[(i as f64 * stride) as usize].clone()).collect();
+                numbers = (0..n).map(|i| (i as f64 * stride) as usize + 1).collect();
+                all = numbers.iter().map(|&l| all[l - 1].clone()).collect();
             }
             let report = if judge == "chat" {
                 let m = model.load()?;
@@ -282,6 +290,9 @@ fn run(cli: Cli) -> Result<()> {
                 let mut j = section5::make_judge(&judge, cfg)?;
                 emo_data::judge::evaluate(j.as_mut(), &all, batch)?
             };
+            if let Some(path) = &verdicts {
+                write_verdicts(path, &numbers, &all, &report.verdicts)?;
+            }
             if json {
                 let l = &report.labeled;
                 let line = serde_json::json!({
@@ -488,4 +499,14 @@ fn bench_branching(model: &ModelArgs, ns: &[usize], tokens: usize, batch: usize,
         emit(format!("{line}\n"))?;
     }
     Ok(())
+}
+
+/// `judge-eval --verdicts`: one JSON line per label with the judge's verdict beside the reference.
+fn write_verdicts(path: &std::path::Path, numbers: &[usize], labels: &[emo_data::judge::Labeled], verdicts: &[emo_data::Verdict]) -> Result<()> {
+    let mut out = String::new();
+    for ((number, l), v) in numbers.iter().zip(labels).zip(verdicts) {
+        let row = serde_json::json!({"label": number, "emotion": l.emotion.name(), "reference": l.matched, "matched": v.matched, "score": v.score});
+        out += &format!("{row}\n");
+    }
+    std::fs::write(path, out).with_context(|| format!("writing {}", path.display()))
 }

@@ -47,7 +47,8 @@ impl DataArgs {
 #[derive(Args, Clone, Debug)]
 pub struct JudgeArgs {
     /// embedding (default; all-MiniLM-L6-v2 + the project's classifier), lexicon (NRC), or openai (the paper's
-    /// GPT-4o-mini judge on an OpenAI-compatible endpoint: $OPENAI_BASE_URL, $OPENAI_API_KEY).
+    /// GPT-4o-mini judge on an OpenAI-compatible endpoint: $OPENAI_BASE_URL, $OPENAI_API_KEY); several joined
+    /// by `+` (embedding+lexicon) match when any of them matches.
     #[arg(long, default_value = "embedding")]
     pub judge: String,
 }
@@ -60,13 +61,19 @@ impl JudgeArgs {
 
 /// The judges that need no chat model: `embedding`, `lexicon`, `openai`.
 pub fn make_judge(name: &str, openai: emo_data::OpenAiConfig) -> Result<Box<dyn Judge>> {
+    if name.contains('+') {
+        let members = name.split('+').map(|m| make_judge(m, openai.clone())).collect::<Result<Vec<_>>>()?;
+        return Ok(Box::new(emo_data::AnyOfJudge::new(members)?));
+    }
     Ok(match name {
         "embedding" => Box::new(emo_data::EmbeddingJudge::load_default().context("loading the sentence encoder (run scripts/setup.sh)")?),
         "lexicon" => {
             Box::new(emo_data::LexiconJudge::load(&emo_data::LexiconJudge::default_path()).context("loading the NRC lexicon (run scripts/setup.sh)")?)
         }
         "openai" => Box::new(emo_data::OpenAiJudge::new(openai)),
-        other => anyhow::bail!("unknown judge `{other}` (embedding, lexicon, openai; judge-eval also takes chat)"),
+        other => anyhow::bail!(
+            "unknown judge `{other}` (embedding, lexicon, openai, or several joined by `+`, matching when any matches; judge-eval also takes chat)"
+        ),
     })
 }
 

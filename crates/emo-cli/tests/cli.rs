@@ -99,6 +99,28 @@ fn judge_eval_prints_the_agreement_as_one_json_line() {
     }
     assert_eq!(v["n"], 4);
     assert_eq!(v["cross"]["n"], 6);
+
+    // An ensemble of a judge with itself agrees with it; --verdicts writes one line per label, subset too.
+    let verdicts = labels.with_file_name("verdicts.jsonl");
+    let args = ["judge-eval", "--labels", labels.to_str().unwrap(), "--json", "--limit", "2", "--verdicts", verdicts.to_str().unwrap()];
+    let out = emo(&[&args[..], &["--judge", "lexicon+lexicon"]].concat());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let both: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(both["judge"], "lexicon+lexicon");
+    let pair = std::fs::read_to_string(&verdicts).unwrap();
+    let out = emo(&[&args[..], &["--judge", "lexicon"]].concat());
+    assert!(out.status.success());
+    let single: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((both["n"].clone(), both["kappa"].clone()), (single["n"].clone(), single["kappa"].clone()));
+    assert_eq!(pair, std::fs::read_to_string(&verdicts).unwrap());
+    let rows: Vec<serde_json::Value> = pair.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(rows.len(), 2);
+    assert_eq!((rows[0]["label"].clone(), rows[0]["emotion"].clone(), rows[0]["reference"].clone()), (1.into(), "anger".into(), true.into()));
+    assert_eq!((rows[1]["label"].clone(), rows[1]["emotion"].clone()), (3.into(), "fear".into()));
+    assert_eq!(rows[1]["matched"], false, "{pair}");
+    let out = emo(&["judge-eval", "--labels", labels.to_str().unwrap(), "--judge", "lexicon+nope"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown judge `nope`"));
+
     let out = emo(&["judge-eval", "--labels", "/nonexistent/labels.jsonl"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/labels.jsonl"));
 }

@@ -38,6 +38,9 @@ pub enum DataError {
     /// A split name other than `sev` or `test`.
     #[error("unknown split `{0}` (expected sev or test)")]
     UnknownSplit(String),
+    /// An argument that cannot be used, with what is wrong.
+    #[error("{0}")]
+    Invalid(String),
     /// An error from the model layer (chat templates, tokenizer).
     #[error(transparent)]
     Model(#[from] emo_model::ModelError),

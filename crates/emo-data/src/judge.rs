@@ -154,6 +154,9 @@ pub struct JudgeReport {
     /// Cross-emotion view: every reply the reference accepted, judged against its own target (expected match)
     /// and against the next emotion in the paper's order (expected no match).
     pub cross: Agreement,
+    /// The labeled view's verdicts, one per label in order (to inspect disagreements).
+    #[serde(skip)]
+    pub verdicts: Vec<Verdict>,
 }
 
 /// Runs `judge` over `labels` in batches of `batch` and measures both views.
@@ -183,7 +186,7 @@ pub fn evaluate(judge: &mut dyn Judge, labels: &[Labeled], batch: usize) -> Resu
     }
     let (cross_pred, cross_secs) = run(judge, &cross_items)?;
     let cross = Agreement::compute(&cross_pred, &cross_truth, cross_secs);
-    Ok(JudgeReport { judge: judge.name(), labeled, cross })
+    Ok(JudgeReport { judge: judge.name(), labeled, cross, verdicts: pred })
 }
 
 #[cfg(test)]
