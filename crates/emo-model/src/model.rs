@@ -40,7 +40,7 @@ pub fn model_dirs() -> Vec<PathBuf> {
 pub struct LoadOptions {
     /// Where the weights go.
     pub device: Device,
-    /// Weight and activation dtype (f32 on CPU: bf16 matrix products crawl there).
+    /// Weight and activation dtype (f32 by default; bf16 is faster only on CPUs with AMX or on a GPU).
     pub kind: Kind,
 }
 

@@ -252,7 +252,11 @@ impl Transformer {
             LogitsFor::All => (h, None),
             LogitsFor::Last => (h.narrow(1, t - 1, 1), Some(ctx.positions.narrow(1, t - 1, 1))),
         };
-        let out = h.linear::<&Tensor>(&self.lm_head, None);
+        // One [rows, d_model] x [d_model, vocab] product on contiguous rows: a strided [batch, 1, d_model]
+        // (the last position) sent LibTorch's CPU bf16 matmul down its batched path, which copied the whole
+        // unembedding once per row (30x slower than f32 on the 1.5B model).
+        let (b, rows, d) = h.size3().map_err(ModelError::Torch)?;
+        let out = h.contiguous().view([b * rows, d]).linear::<&Tensor>(&self.lm_head, None).view([b, rows, -1]);
         match lpos {
             None => hooks.apply(HookPoint::Logits, out, ctx),
             Some(p) => {

@@ -56,3 +56,25 @@ fn bf16_and_f16_run_close_to_f32() {
         assert!(diff < 0.05 * scale, "{kind:?}: max |difference| {diff} (scale {scale})");
     }
 }
+
+#[test]
+fn last_position_logits_are_the_last_row_of_all_in_every_dtype() {
+    // Generation asks for the last position only (a strided [batch, 1, d_model] slice); its logits must be
+    // the same numbers as the full forward's last row, with several rows and in every dtype.
+    let dir = common::scratch("tiny-llama3-last");
+    let script = common::workspace().join("crates/emo-model/tests/support/tiny_llama3.py");
+    assert!(Command::new(common::python()).arg(script).arg(&dir).status().unwrap().success());
+    let cfg = TransformerConfig::from_hf_config(&dir.join("config.json")).unwrap();
+    let weights = SafetensorsWeights::open(&dir).unwrap();
+    let rows: Vec<Vec<u32>> = (0..3).map(|r| (0..24).map(|i| ((i * 7 + r * 11) % 300) as u32).collect()).collect();
+    for kind in [tch::Kind::Float, tch::Kind::BFloat16, tch::Kind::Half] {
+        let model = Transformer::load(cfg.clone(), &weights, tch::Device::Cpu, kind).unwrap();
+        let all = model.forward_rows(&rows, 0, &mut HookSet::new(), LogitsFor::All).unwrap();
+        let last = model.forward_rows(&rows, 0, &mut HookSet::new(), LogitsFor::Last).unwrap();
+        assert_eq!(last.size(), [3, 1, cfg.vocab_size as i64]);
+        let want = all.narrow(1, 23, 1).to_kind(tch::Kind::Float);
+        let scale = f64::try_from(want.abs().max()).unwrap();
+        let diff = f64::try_from((last.to_kind(tch::Kind::Float) - &want).abs().max()).unwrap();
+        assert!(diff <= 0.01 * scale, "{kind:?}: max |difference| {diff} (scale {scale})");
+    }
+}
