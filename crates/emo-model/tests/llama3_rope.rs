@@ -36,11 +36,7 @@ fn llama3_rope_scaling_matches_hugging_face() {
 
 #[test]
 fn bf16_and_f16_run_close_to_f32() {
-    let dir = common::scratch("tiny-llama3-dtypes");
-    let script = common::workspace().join("crates/emo-model/tests/support/tiny_llama3.py");
-    assert!(Command::new(common::python()).arg(script).arg(&dir).status().unwrap().success());
-    let cfg = TransformerConfig::from_hf_config(&dir.join("config.json")).unwrap();
-    let weights = SafetensorsWeights::open(&dir).unwrap();
+    let (cfg, weights) = tiny_llama3("tiny-llama3-dtypes");
     let ids: Vec<u32> = (0..40).map(|i| (i * 7 % 300) as u32).collect();
     let run = |kind: tch::Kind| {
         let model = Transformer::load(cfg.clone(), &weights, tch::Device::Cpu, kind).unwrap();
@@ -61,11 +57,7 @@ fn bf16_and_f16_run_close_to_f32() {
 fn last_position_logits_are_the_last_row_of_all_in_every_dtype() {
     // Generation asks for the last position only (a strided [batch, 1, d_model] slice); its logits must be
     // the same numbers as the full forward's last row, with several rows and in every dtype.
-    let dir = common::scratch("tiny-llama3-last");
-    let script = common::workspace().join("crates/emo-model/tests/support/tiny_llama3.py");
-    assert!(Command::new(common::python()).arg(script).arg(&dir).status().unwrap().success());
-    let cfg = TransformerConfig::from_hf_config(&dir.join("config.json")).unwrap();
-    let weights = SafetensorsWeights::open(&dir).unwrap();
+    let (cfg, weights) = tiny_llama3("tiny-llama3-last");
     let rows: Vec<Vec<u32>> = (0..3).map(|r| (0..24).map(|i| ((i * 7 + r * 11) % 300) as u32).collect()).collect();
     for kind in [tch::Kind::Float, tch::Kind::BFloat16, tch::Kind::Half] {
         let model = Transformer::load(cfg.clone(), &weights, tch::Device::Cpu, kind).unwrap();
@@ -77,4 +69,12 @@ fn last_position_logits_are_the_last_row_of_all_in_every_dtype() {
         let diff = f64::try_from((last.to_kind(tch::Kind::Float) - &want).abs().max()).unwrap();
         assert!(diff <= 0.01 * scale, "{kind:?}: max |difference| {diff} (scale {scale})");
     }
+}
+
+/// The tiny random checkpoint written by Hugging Face into a scratch folder of its own, loaded.
+fn tiny_llama3(scratch: &str) -> (TransformerConfig, SafetensorsWeights) {
+    let dir = common::scratch(scratch);
+    let script = common::workspace().join("crates/emo-model/tests/support/tiny_llama3.py");
+    assert!(Command::new(common::python()).arg(script).arg(&dir).status().unwrap().success());
+    (TransformerConfig::from_hf_config(&dir.join("config.json")).unwrap(), SafetensorsWeights::open(&dir).unwrap())
 }

@@ -139,6 +139,9 @@ fn admit(model: &Model, controls: &Controls, metrics: &Metrics, batch: &mut Cont
             for (id, stop, out) in outs {
                 live.insert(id, Live { tokens: Vec::new(), text: ReplyText::new(stop), out });
             }
+            // The gauge counts the new rows before their first token reaches a client, so a client that
+            // has a token can never read a batch without its row.
+            metrics.set_batch_size(batch.len());
             deliver(model, batch, live, events);
         }
         Err(e) => {
