@@ -235,9 +235,9 @@ impl Transformer {
             let attn = hooks.apply(HookPoint::AttnOut(l), attn, ctx)?;
             h = hooks.apply(HookPoint::ResidMid(l), h + attn, ctx)?;
             let x = rms_norm(&h, &blk.mlp_norm, self.cfg.rms_norm_eps);
-            let gu = x.linear::<&Tensor>(&blk.gate_up_w, None).chunk(2, -1);
+            let gu = linear(&x, &blk.gate_up_w, None)?.chunk(2, -1);
             let post = hooks.apply(HookPoint::MlpPost(l), gu[0].silu() * &gu[1], ctx)?;
-            let mlp = hooks.apply(HookPoint::MlpOut(l), post.linear::<&Tensor>(&blk.down_w, None), ctx)?;
+            let mlp = hooks.apply(HookPoint::MlpOut(l), linear(&post, &blk.down_w, None)?, ctx)?;
             h = hooks.apply(HookPoint::ResidPost(l), h + mlp, ctx)?;
         }
         Ok(h)
@@ -252,11 +252,7 @@ impl Transformer {
             LogitsFor::All => (h, None),
             LogitsFor::Last => (h.narrow(1, t - 1, 1), Some(ctx.positions.narrow(1, t - 1, 1))),
         };
-        // One [rows, d_model] x [d_model, vocab] product on contiguous rows: a strided [batch, 1, d_model]
-        // (the last position) sent LibTorch's CPU bf16 matmul down its batched path, which copied the whole
-        // unembedding once per row (a bf16 prefill of the 1.5B model took 10x as long as it does now).
-        let (b, rows, d) = h.size3().map_err(ModelError::Torch)?;
-        let out = h.contiguous().view([b * rows, d]).linear::<&Tensor>(&self.lm_head, None).view([b, rows, -1]);
+        let out = linear(&h, &self.lm_head, None)?;
         match lpos {
             None => hooks.apply(HookPoint::Logits, out, ctx),
             Some(p) => {
@@ -286,7 +282,7 @@ impl Transformer {
         let (b, t, _) = h.size3().map_err(ModelError::Torch)?;
         let (nh, nkv, hd) = (self.cfg.n_heads as i64, self.cfg.n_kv_heads as i64, self.cfg.d_head as i64);
         let x = rms_norm(h, &blk.attn_norm, self.cfg.rms_norm_eps);
-        let qkv = x.linear(&blk.qkv_w, blk.qkv_b.as_ref());
+        let qkv = linear(&x, &blk.qkv_w, blk.qkv_b.as_ref())?;
         let parts = qkv.split_with_sizes([nh * hd, nkv * hd, nkv * hd], -1);
         let q = parts[0].view([b, t, nh, hd]).transpose(1, 2);
         let k = parts[1].view([b, t, nkv, hd]).transpose(1, 2);
@@ -307,7 +303,7 @@ impl Transformer {
         };
         // hook_z is [batch, pos, head, d_head], TransformerLens' layout.
         let z = hooks.apply(HookPoint::AttnZ(l), z.transpose(1, 2), ctx)?;
-        Ok(z.reshape([b, t, nh * hd]).linear::<&Tensor>(&blk.o_w, None))
+        linear(&z.reshape([b, t, nh * hd]), &blk.o_w, None)
     }
 
     fn rope(&self, positions: &Tensor) -> (Tensor, Tensor) {
@@ -317,6 +313,15 @@ impl Transformer {
         let emb = Tensor::cat(&[&freqs, &freqs], -1).unsqueeze(1); // [b, 1, t, d_head]
         (emb.cos().to_kind(self.kind), emb.sin().to_kind(self.kind))
     }
+}
+
+/// `x @ w^T + b` for a [batch, tokens, in] input, as one [rows, in] x [in, out] product on contiguous rows. A strided
+/// input (the last position's [batch, 1, d_model] slice, or whatever a hook returns) sent LibTorch's CPU bf16
+/// matmul down its batched path, which copied the whole weight once per row: a bf16 prefill of the 1.5B
+/// model took 10x as long as it does now. On contiguous input this is the product `Tensor::linear` computes.
+fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+    let (batch, tokens, d) = x.size3().map_err(ModelError::Torch)?;
+    Ok(x.contiguous().view([batch * tokens, d]).linear(w, b).view([batch, tokens, -1]))
 }
 
 fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Tensor {

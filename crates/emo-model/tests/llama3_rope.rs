@@ -11,15 +11,9 @@ use emo_model::{HookSet, LogitsFor, Transformer, TransformerConfig};
 
 #[test]
 fn llama3_rope_scaling_matches_hugging_face() {
-    let dir = common::scratch("tiny-llama3");
-    let script = common::workspace().join("crates/emo-model/tests/support/tiny_llama3.py");
-    let status = Command::new(common::python()).arg(script).arg(&dir).status().unwrap();
-    assert!(status.success(), "writing the tiny checkpoint failed; run `scripts/setup.sh --test`");
-
-    let cfg = TransformerConfig::from_hf_config(&dir.join("config.json")).unwrap();
+    let (dir, cfg, weights) = tiny_llama3("tiny-llama3");
     assert!(matches!(cfg.rope_scaling, Some(RopeScaling::Llama3 { .. })), "{:?}", cfg.rope_scaling);
     assert!(!cfg.tie_embeddings);
-    let weights = SafetensorsWeights::open(&dir).unwrap();
     let model = Transformer::load(cfg, &weights, tch::Device::Cpu, tch::Kind::Float).unwrap();
 
     let reference: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap()).unwrap();
@@ -36,7 +30,7 @@ fn llama3_rope_scaling_matches_hugging_face() {
 
 #[test]
 fn bf16_and_f16_run_close_to_f32() {
-    let (cfg, weights) = tiny_llama3("tiny-llama3-dtypes");
+    let (_, cfg, weights) = tiny_llama3("tiny-llama3-dtypes");
     let ids: Vec<u32> = (0..40).map(|i| (i * 7 % 300) as u32).collect();
     let run = |kind: tch::Kind| {
         let model = Transformer::load(cfg.clone(), &weights, tch::Device::Cpu, kind).unwrap();
@@ -57,7 +51,7 @@ fn bf16_and_f16_run_close_to_f32() {
 fn last_position_logits_are_the_last_row_of_all_in_every_dtype() {
     // Generation asks for the last position only (a strided [batch, 1, d_model] slice); its logits must be
     // the same numbers as the full forward's last row, with several rows and in every dtype.
-    let (cfg, weights) = tiny_llama3("tiny-llama3-last");
+    let (_, cfg, weights) = tiny_llama3("tiny-llama3-last");
     let rows: Vec<Vec<u32>> = (0..3).map(|r| (0..24).map(|i| ((i * 7 + r * 11) % 300) as u32).collect()).collect();
     for kind in [tch::Kind::Float, tch::Kind::BFloat16, tch::Kind::Half] {
         let model = Transformer::load(cfg.clone(), &weights, tch::Device::Cpu, kind).unwrap();
@@ -71,10 +65,14 @@ fn last_position_logits_are_the_last_row_of_all_in_every_dtype() {
     }
 }
 
-/// The tiny random checkpoint written by Hugging Face into a scratch folder of its own, loaded.
-fn tiny_llama3(scratch: &str) -> (TransformerConfig, SafetensorsWeights) {
+/// The tiny random checkpoint written by Hugging Face into a scratch folder of its own (with its reference
+/// logits), loaded.
+fn tiny_llama3(scratch: &str) -> (std::path::PathBuf, TransformerConfig, SafetensorsWeights) {
     let dir = common::scratch(scratch);
     let script = common::workspace().join("crates/emo-model/tests/support/tiny_llama3.py");
-    assert!(Command::new(common::python()).arg(script).arg(&dir).status().unwrap().success());
-    (TransformerConfig::from_hf_config(&dir.join("config.json")).unwrap(), SafetensorsWeights::open(&dir).unwrap())
+    let status = Command::new(common::python()).arg(script).arg(&dir).status().unwrap();
+    assert!(status.success(), "writing the tiny checkpoint failed; run `scripts/setup.sh --test`");
+    let cfg = TransformerConfig::from_hf_config(&dir.join("config.json")).unwrap();
+    let weights = SafetensorsWeights::open(&dir).unwrap();
+    (dir, cfg, weights)
 }
