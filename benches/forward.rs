@@ -6,7 +6,7 @@ use emotion_circuits::model::{DecodeState, HookSet, LoadOptions, LogitsFor, Mode
 use tch::{Device, Kind, Tensor};
 
 fn forward(c: &mut Criterion) {
-    let opts = LoadOptions { device: Device::cuda_if_available(), kind: Kind::Float };
+    let opts = LoadOptions::new(Device::cuda_if_available(), Kind::Float);
     let model = Model::load("smollm2-135m", opts).expect("run scripts/setup.sh first");
     let t = &model.transformer;
     let cfg = t.config().clone();

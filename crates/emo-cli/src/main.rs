@@ -6,7 +6,9 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use emo_model::bench::{hooks_for, peak_rss_mb, HookLoad};
 use emo_model::device::{device_name, parse_device, parse_kind};
-use emo_model::{Capture, ChatMessage, DecodeState, GenerationConfig, HookPoint, HookSet, Interventions, LoadOptions, LogitsFor, Model, Positions};
+use emo_model::{
+    Capture, ChatMessage, DecodeState, GenerationConfig, HookPoint, HookSet, Interventions, LoadOptions, LogitsFor, Model, Positions, WeightFormat,
+};
 use tch::Tensor;
 
 mod section5;
@@ -37,6 +39,10 @@ pub(crate) struct ModelArgs {
     /// CPU threads for LibTorch (default: LibTorch's choice).
     #[arg(long)]
     pub(crate) threads: Option<i32>,
+    /// How a GGUF file's quantized weights are held: dequantized (exact, the default) or packed (Q4 matrices
+    /// stay int4, multiplied in bf16 on the CPU: a quarter of the memory; docs/performance.md).
+    #[arg(long, default_value = "dequantized")]
+    pub(crate) weights: String,
 }
 
 /// Device options of the commands that run a run folder's own model (`steer`, `attribute`, `sweep`).
@@ -51,25 +57,39 @@ struct RunModelArgs {
     /// CPU threads for LibTorch.
     #[arg(long)]
     pub(crate) threads: Option<i32>,
+    /// dequantized or packed (as for `--model`).
+    #[arg(long, default_value = "dequantized")]
+    pub(crate) weights: String,
 }
 
 impl RunModelArgs {
     /// Loads the model `run` was made with and checks it is the same model files.
     fn load(&self, run: &emo_directions::RunDir) -> Result<Model> {
         let manifest = run.require_manifest()?;
-        let model =
-            ModelArgs { model: manifest.model.path.clone(), device: self.device.clone(), dtype: self.dtype.clone(), threads: self.threads }.load()?;
+        let model = ModelArgs {
+            model: manifest.model.path.clone(),
+            device: self.device.clone(),
+            dtype: self.dtype.clone(),
+            threads: self.threads,
+            weights: self.weights.clone(),
+        }
+        .load()?;
         emo_directions::elicit::open_run(run, &model, &manifest.model.reference)?;
         Ok(model)
     }
 }
 
 impl ModelArgs {
+    /// Device, dtype and weight format as parsed from the flags.
+    pub(crate) fn options(&self) -> Result<LoadOptions> {
+        Ok(LoadOptions::new(parse_device(&self.device)?, parse_kind(&self.dtype)?).weights(WeightFormat::parse(&self.weights)?))
+    }
+
     fn load(&self) -> Result<Model> {
         if let Some(n) = self.threads {
             tch::set_num_threads(n);
         }
-        let opts = LoadOptions { device: parse_device(&self.device)?, kind: parse_kind(&self.dtype)? };
+        let opts = self.options()?;
         Model::load(&self.model, opts).with_context(|| format!("loading model `{}`", self.model))
     }
 }
@@ -395,6 +415,8 @@ fn run(cli: Cli) -> Result<()> {
                 "model": model.model,
                 "device": device_name(t.device()),
                 "dtype": model.dtype,
+                "weights": model.weights,
+                "weight_mb": t.weight_bytes().0 as f64 / 1e6,
                 "threads": tch::get_num_threads(),
                 "batch": batch,
                 "tokens": tokens,

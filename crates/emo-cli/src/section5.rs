@@ -340,7 +340,12 @@ impl PipelineArgs {
 
     /// The device options for commands that run the run's own model.
     pub fn run_model(&self) -> RunModelArgs {
-        RunModelArgs { device: self.model.device.clone(), dtype: self.model.dtype.clone(), threads: self.model.threads }
+        RunModelArgs {
+            device: self.model.device.clone(),
+            dtype: self.model.dtype.clone(),
+            threads: self.model.threads,
+            weights: self.model.weights.clone(),
+        }
     }
 }
 

@@ -5,8 +5,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use emo_model::device::{parse_device, parse_kind};
-use emo_model::{LoadOptions, RowControl, Sampling, TransformerConfig};
+use emo_model::{RowControl, Sampling, TransformerConfig};
 use emo_serve::api::{CircuitRequest, SteeringRequest};
 use emo_serve::{serve, ServeOptions};
 
@@ -61,7 +60,7 @@ pub fn serve_cmd(a: &ServeArgs) -> Result<()> {
     anyhow::ensure!(a.max_batch > 0 && a.max_queue > 0 && a.max_tokens > 0, "--max-batch, --max-queue and --max-tokens must be positive");
     let opts = ServeOptions {
         model: a.model.model.clone(),
-        load: LoadOptions { device: parse_device(&a.model.device)?, kind: parse_kind(&a.model.dtype)? },
+        load: a.model.options()?,
         directions: named("--directions", &a.directions)?,
         circuits: named("--circuits", &a.circuits)?,
         host: a.host.clone(),

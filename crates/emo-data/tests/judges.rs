@@ -66,8 +66,8 @@ fn lexicon_judge_against_the_papers_labels() {
 
 #[test]
 fn chat_judge_reads_the_forced_decision_batched_like_alone() {
-    let model = Model::load("smollm2-135m", LoadOptions { device: tch::Device::Cpu, kind: tch::Kind::Float })
-        .unwrap_or_else(|e| panic!("{e}\n(run `scripts/setup.sh`)"));
+    let model =
+        Model::load("smollm2-135m", LoadOptions::new(tch::Device::Cpu, tch::Kind::Float)).unwrap_or_else(|e| panic!("{e}\n(run `scripts/setup.sh`)"));
     let mut j = ChatJudge::new(&model, "chat").unwrap();
     let ids = j.prompt_ids(Emotion::Anger, "How dare they cancel it again!").unwrap();
     let text = model.tokenizer.decode(&ids, false).unwrap();

@@ -9,6 +9,7 @@ use crate::config::TransformerConfig;
 use crate::generate::{generate, Generated, GenerationConfig};
 use crate::gguf::GgufFile;
 use crate::hooks::HookSet;
+use crate::packed::WeightFormat;
 use crate::tokenizer::Tokenizer;
 use crate::transformer::Transformer;
 use crate::weights::{GgufWeights, SafetensorsWeights};
@@ -35,18 +36,33 @@ pub fn model_dirs() -> Vec<PathBuf> {
     dirs
 }
 
-/// How to load: device and dtype.
+/// How to load: device, dtype, and how a GGUF file's quantized weights are held.
 #[derive(Clone, Copy, Debug)]
 pub struct LoadOptions {
     /// Where the weights go.
     pub device: Device,
-    /// Weight and activation dtype (f32 by default; bf16 is faster only on CPUs with AMX or on a GPU).
+    /// Weight and activation dtype (f32 by default; bf16 is faster only on CPUs with AVX-512 bf16 or AMX, or on
+    /// a GPU).
     pub kind: Kind,
+    /// Dequantized (default, exact) or packed int4 ([`WeightFormat`]); ignored for safetensors folders.
+    pub weights: WeightFormat,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        LoadOptions { device: crate::device::auto(), kind: Kind::Float }
+        LoadOptions { device: crate::device::auto(), kind: Kind::Float, weights: WeightFormat::Dequantized }
+    }
+}
+
+impl LoadOptions {
+    /// On `device` in `kind`, every weight dequantized.
+    pub fn new(device: Device, kind: Kind) -> Self {
+        LoadOptions { device, kind, weights: WeightFormat::Dequantized }
+    }
+
+    /// The same options with quantized weights held as `weights`.
+    pub fn weights(self, weights: WeightFormat) -> Self {
+        LoadOptions { weights, ..self }
     }
 }
 
@@ -79,7 +95,8 @@ impl Model {
         }
     }
 
-    /// Loads a GGUF file: weights dequantized to `opts.kind`, tokenizer and template from its metadata.
+    /// Loads a GGUF file: weights dequantized to `opts.kind` or packed as `opts.weights` says, tokenizer and
+    /// template from its metadata.
     pub fn load_gguf(path: &Path, opts: LoadOptions) -> Result<Model> {
         let gguf = GgufFile::open(path)?;
         let cfg = TransformerConfig::from_gguf(&gguf)?;
@@ -90,7 +107,7 @@ impl Model {
                 eos.push(id as u32);
             }
         }
-        let transformer = Transformer::load(cfg.clone(), &GgufWeights::new(&gguf, cfg), opts.device, opts.kind)?;
+        let transformer = Transformer::load_as(cfg.clone(), &GgufWeights::new(&gguf, cfg), opts.device, opts.kind, opts.weights)?;
         Self::assemble(transformer, tokenizer, eos, path)
     }
 

@@ -144,7 +144,7 @@ fn q5_0(b: &[u8; 22], y: &mut [f32; QK]) {
 /// bytes 0..4 hold scales 0..4 (low 6 bits), bytes 4..8 mins 0..4; sub-blocks 4..8 keep their low
 /// nibbles in bytes 8..12 and their top two bits in the spare high bits of bytes 0..8.
 #[inline(always)]
-fn scale_min_k4(j: usize, s: &[u8]) -> (u8, u8) {
+pub(crate) fn scale_min_k4(j: usize, s: &[u8]) -> (u8, u8) {
     if j < 4 {
         (s[j] & 63, s[j + 4] & 63)
     } else {

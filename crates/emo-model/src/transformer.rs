@@ -6,6 +6,7 @@ use tch::{Device, Kind, Tensor};
 use crate::config::{RopeScaling, TransformerConfig};
 use crate::hooks::{HookContext, HookPoint, HookSet};
 use crate::kv_cache::DecodeState;
+use crate::packed::{Projection, WeightFormat};
 use crate::weights::WeightSource;
 use crate::{ModelError, Result};
 
@@ -24,13 +25,13 @@ pub enum LogitsFor {
 struct Block {
     attn_norm: Tensor,
     // q, k and v fused into one matmul: fewer kernel launches per token.
-    qkv_w: Tensor,
+    qkv_w: Projection,
     qkv_b: Option<Tensor>,
-    o_w: Tensor,
+    o_w: Projection,
     mlp_norm: Tensor,
     // gate and up fused likewise.
-    gate_up_w: Tensor,
-    down_w: Tensor,
+    gate_up_w: Projection,
+    down_w: Projection,
 }
 
 /// A loaded decoder on one device, in one dtype.
@@ -41,7 +42,9 @@ pub struct Transformer {
     embed: Tensor,
     blocks: Vec<Block>,
     norm: Tensor,
-    lm_head: Tensor,
+    lm_head: Projection,
+    // The unembedding shares the embedding's tensor.
+    tied: bool,
     inv_freq: Tensor,
 }
 
@@ -54,8 +57,15 @@ unsafe impl Sync for Transformer {}
 
 impl Transformer {
     /// Loads weights from `src` (Hugging Face names), checks every shape against `cfg`, and moves them to
-    /// `device` in `kind`.
+    /// `device` in `kind`, every tensor dequantized.
     pub fn load(cfg: TransformerConfig, src: &dyn WeightSource, device: Device, kind: Kind) -> Result<Self> {
+        Self::load_as(cfg, src, device, kind, WeightFormat::Dequantized)
+    }
+
+    /// As [`Transformer::load`], holding quantized projection matrices as `weights` says. With
+    /// [`WeightFormat::Packed`] one line on stderr says how many matrices were packed and why the others were
+    /// not.
+    pub fn load_as(cfg: TransformerConfig, src: &dyn WeightSource, device: Device, kind: Kind, weights: WeightFormat) -> Result<Self> {
         let d = cfg.d_model as i64;
         let hd = cfg.d_head as i64;
         let nh = cfg.n_heads as i64;
@@ -74,12 +84,19 @@ impl Transformer {
             Ok(t.to_kind(kind).to_device(device))
         };
         let embed = get("model.embed_tokens.weight", &[cfg.vocab_size as i64, d])?;
+        let mut packer = crate::packed::Packer::new(src, weights, device, kind);
         let mut blocks = Vec::with_capacity(cfg.n_layers);
         for l in 0..cfg.n_layers {
             let p = |s: &str| format!("model.layers.{l}.{s}");
-            let q = get(&p("self_attn.q_proj.weight"), &[nh * hd, d])?;
-            let k = get(&p("self_attn.k_proj.weight"), &[nkv * hd, d])?;
-            let v = get(&p("self_attn.v_proj.weight"), &[nkv * hd, d])?;
+            let mut proj = |parts: &[(&str, i64)], cols: i64| -> Result<Projection> {
+                let parts: Vec<(String, [i64; 2])> = parts.iter().map(|&(s, rows)| (p(s), [rows, cols])).collect();
+                packer.projection(&parts, &get)
+            };
+            let qkv_w =
+                proj(&[("self_attn.q_proj.weight", nh * hd), ("self_attn.k_proj.weight", nkv * hd), ("self_attn.v_proj.weight", nkv * hd)], d)?;
+            let o_w = proj(&[("self_attn.o_proj.weight", d)], nh * hd)?;
+            let gate_up_w = proj(&[("mlp.gate_proj.weight", dm), ("mlp.up_proj.weight", dm)], d)?;
+            let down_w = proj(&[("mlp.down_proj.weight", d)], dm)?;
             let qkv_b = if cfg.qkv_bias {
                 let qb = get(&p("self_attn.q_proj.bias"), &[nh * hd])?;
                 let kb = get(&p("self_attn.k_proj.bias"), &[nkv * hd])?;
@@ -88,26 +105,22 @@ impl Transformer {
             } else {
                 None
             };
-            let gate = get(&p("mlp.gate_proj.weight"), &[dm, d])?;
-            let up = get(&p("mlp.up_proj.weight"), &[dm, d])?;
             blocks.push(Block {
                 attn_norm: get(&p("input_layernorm.weight"), &[d])?,
-                qkv_w: Tensor::cat(&[q, k, v], 0),
+                qkv_w,
                 qkv_b,
-                o_w: get(&p("self_attn.o_proj.weight"), &[d, nh * hd])?,
+                o_w,
                 mlp_norm: get(&p("post_attention_layernorm.weight"), &[d])?,
-                gate_up_w: Tensor::cat(&[gate, up], 0),
-                down_w: get(&p("mlp.down_proj.weight"), &[d, dm])?,
+                gate_up_w,
+                down_w,
             });
         }
+        packer.report();
         let norm = get("model.norm.weight", &[d])?;
-        let lm_head = if cfg.tie_embeddings || !src.contains("lm_head.weight") {
-            embed.shallow_clone()
-        } else {
-            get("lm_head.weight", &[cfg.vocab_size as i64, d])?
-        };
+        let tied = cfg.tie_embeddings || !src.contains("lm_head.weight");
+        let lm_head = Projection::Dense(if tied { embed.shallow_clone() } else { get("lm_head.weight", &[cfg.vocab_size as i64, d])? });
         let inv_freq = rope_inv_freq(&cfg).to_device(device);
-        Ok(Transformer { cfg, device, kind, embed, blocks, norm, lm_head, inv_freq })
+        Ok(Transformer { cfg, device, kind, embed, blocks, norm, lm_head, tied, inv_freq })
     }
 
     /// The model's shape.
@@ -129,18 +142,39 @@ impl Transformer {
     /// shared handle could be edited in place from safe code while another thread reads it (see the `Sync`
     /// impl).
     pub fn unembed(&self) -> Tensor {
-        self.lm_head.copy()
+        self.lm_head.dense(self.kind)
     }
 
     /// A copy of a layer's `W_O`, [d_model, n_heads * d_head]: head h writes through columns
     /// h*d_head..(h+1)*d_head.
     pub fn w_o(&self, layer: usize) -> Option<Tensor> {
-        self.blocks.get(layer).map(|b| b.o_w.copy())
+        self.blocks.get(layer).map(|b| b.o_w.dense(self.kind))
     }
 
     /// A copy of a layer's `W_down`, [d_model, d_mlp].
     pub fn w_down(&self, layer: usize) -> Option<Tensor> {
-        self.blocks.get(layer).map(|b| b.down_w.copy())
+        self.blocks.get(layer).map(|b| b.down_w.dense(self.kind))
+    }
+
+    /// Bytes held by the weights (packed matrices at their packed size), and how many of the projection
+    /// matrices are packed, of how many.
+    pub fn weight_bytes(&self) -> (usize, usize, usize) {
+        let dense = |t: &Tensor| t.numel() * t.kind().elt_size_in_bytes();
+        let mut bytes = dense(&self.embed) + dense(&self.norm);
+        if !self.tied {
+            bytes += self.lm_head.resident_bytes();
+        }
+        let (mut packed, mut total) = (0, 0);
+        for b in &self.blocks {
+            bytes += dense(&b.attn_norm) + dense(&b.mlp_norm) + b.qkv_b.as_ref().map_or(0, dense);
+            for p in [&b.qkv_w, &b.o_w, &b.gate_up_w, &b.down_w] {
+                bytes += p.resident_bytes();
+                let (pk, n) = p.packed_parts();
+                packed += pk;
+                total += n;
+            }
+        }
+        (bytes, packed, total)
     }
 
     /// One forward pass, without a cache, over whole token rows (left-padded with `pad_id`; every token counts
@@ -319,9 +353,9 @@ impl Transformer {
 /// input (the last position's [batch, 1, d_model] slice, or whatever a hook returns) sent LibTorch's CPU bf16
 /// matmul down its batched path, which copied the whole weight once per row: a bf16 prefill of the 1.5B
 /// model took 10x as long as it does now. On contiguous input this is the product `Tensor::linear` computes.
-fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+fn linear(x: &Tensor, w: &Projection, b: Option<&Tensor>) -> Result<Tensor> {
     let (batch, tokens, d) = x.size3().map_err(ModelError::Torch)?;
-    Ok(x.contiguous().view([batch * tokens, d]).linear(w, b).view([batch, tokens, -1]))
+    Ok(w.forward(&x.contiguous().view([batch * tokens, d]), b)?.view([batch, tokens, -1]))
 }
 
 fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Tensor {

@@ -8,6 +8,7 @@ use tch::{Kind, Tensor};
 
 use crate::config::{Architecture, TransformerConfig};
 use crate::gguf::GgufFile;
+use crate::packed::Int4Rows;
 use crate::{ModelError, Result};
 
 /// A source of named weights, by Hugging Face name (`model.layers.0.self_attn.q_proj.weight`).
@@ -18,6 +19,13 @@ pub trait WeightSource {
     fn tensor(&self, name: &str) -> Result<Tensor>;
     /// The file or folder, for error messages.
     fn path(&self) -> &Path;
+    /// The tensor as int4 codes with group scales and zeros, without changing any weight
+    /// ([`crate::packed`]), or why it cannot be (not quantized, or more than 4 bits). Only GGUF files hold
+    /// such tensors.
+    fn int4(&self, name: &str) -> Result<std::result::Result<Int4Rows, String>> {
+        let _ = name;
+        Ok(Err("not a quantized file".into()))
+    }
 }
 
 /// Weights of a GGUF file, renamed to Hugging Face names and, for the Llama family, with llama.cpp's
@@ -31,6 +39,31 @@ impl<'a> GgufWeights<'a> {
     /// Wraps an open GGUF file whose config was read with [`TransformerConfig::from_gguf`].
     pub fn new(gguf: &'a GgufFile, cfg: TransformerConfig) -> Self {
         GgufWeights { gguf, cfg }
+    }
+
+    /// The GGUF tensor behind a Hugging Face name, or `MissingTensor`.
+    fn info(&self, name: &str) -> Result<(String, &crate::gguf::GgufTensorInfo)> {
+        let path = self.gguf.path().to_path_buf();
+        let gname = Self::gguf_name(name).ok_or_else(|| ModelError::MissingTensor { path: path.clone(), name: name.to_string() })?;
+        match self.gguf.tensor_info(&gname) {
+            Some(info) => Ok((gname, info)),
+            None => Err(ModelError::MissingTensor { path, name: format!("{gname} (Hugging Face `{name}`)") }),
+        }
+    }
+
+    /// How many heads share the rows of `name` when llama.cpp permuted them for its interleaved RoPE (the
+    /// Llama family's q and k), else `None`.
+    fn permuted_heads(&self, name: &str) -> Option<i64> {
+        if self.cfg.arch != Architecture::Llama {
+            return None;
+        }
+        if name.ends_with("q_proj.weight") || name.ends_with("q_proj.bias") {
+            Some(self.cfg.n_heads as i64)
+        } else if name.ends_with("k_proj.weight") || name.ends_with("k_proj.bias") {
+            Some(self.cfg.n_kv_heads as i64)
+        } else {
+            None
+        }
     }
 
     fn gguf_name(name: &str) -> Option<String> {
@@ -70,28 +103,43 @@ impl WeightSource for GgufWeights<'_> {
     }
 
     fn tensor(&self, name: &str) -> Result<Tensor> {
-        let path = self.gguf.path().to_path_buf();
-        let gname = Self::gguf_name(name).ok_or_else(|| ModelError::MissingTensor { path: path.clone(), name: name.to_string() })?;
-        let info =
-            self.gguf.tensor_info(&gname).ok_or_else(|| ModelError::MissingTensor { path, name: format!("{gname} (Hugging Face `{name}`)") })?;
+        let (gname, info) = self.info(name)?;
         let shape = info.shape();
         let data = self.gguf.dequantize(&gname)?;
         let t = Tensor::f_from_slice(&data)?.f_reshape(&shape)?;
         // llama.cpp permutes Q and K rows for its interleaved RoPE; Hugging Face (and we) use the half-split
         // layout, so invert the permutation per head: [heads, 2, d/2] -> [heads, d/2, 2].
-        if self.cfg.arch == Architecture::Llama {
-            let heads = if name.ends_with("q_proj.weight") || name.ends_with("q_proj.bias") {
-                Some(self.cfg.n_heads)
-            } else if name.ends_with("k_proj.weight") || name.ends_with("k_proj.bias") {
-                Some(self.cfg.n_kv_heads)
-            } else {
-                None
-            };
-            if let Some(h) = heads {
-                return Ok(unpermute_rows(&t, h as i64));
-            }
+        Ok(match self.permuted_heads(name) {
+            Some(h) => unpermute_rows(&t, h),
+            None => t,
+        })
+    }
+
+    fn int4(&self, name: &str) -> Result<std::result::Result<Int4Rows, String>> {
+        let (gname, info) = self.info(name)?;
+        if !Int4Rows::represents(info.dtype) {
+            return Ok(Err(format!("{} is not 4-bit", info.dtype)));
         }
-        Ok(t)
+        let shape = info.shape();
+        let &[n, k] = shape.as_slice() else {
+            return Ok(Err(format!("{}-dimensional", shape.len())));
+        };
+        let (n, k) = (n as usize, k as usize);
+        let data = self.gguf.tensor_data(&gname)?;
+        let rows = match Int4Rows::from_ggml(info.dtype, data, n, k) {
+            Ok(Some(rows)) => rows,
+            Ok(None) => return Ok(Err(format!("{} is not 4-bit", info.dtype))),
+            Err(e) => return Err(ModelError::format(self.gguf.path(), format!("tensor `{gname}`: {e}"))),
+        };
+        Ok(Ok(match self.permuted_heads(name) {
+            Some(h) => {
+                // The same permutation as `tensor`, computed on row indices.
+                let order = unpermute_rows(&Tensor::arange(n as i64, (tch::Kind::Int64, tch::Device::Cpu)), h);
+                let order: Vec<i64> = Vec::try_from(&order)?;
+                rows.select_rows(&order.iter().map(|&i| i as usize).collect::<Vec<_>>())
+            }
+            None => rows,
+        }))
     }
 
     fn path(&self) -> &Path {

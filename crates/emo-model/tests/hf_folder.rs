@@ -10,7 +10,7 @@ use std::sync::OnceLock;
 use emo_model::{HookSet, LoadOptions, Model, ModelError};
 
 fn opts() -> LoadOptions {
-    LoadOptions { device: tch::Device::Cpu, kind: tch::Kind::Float }
+    LoadOptions::new(tch::Device::Cpu, tch::Kind::Float)
 }
 
 /// SmolLM2 written by Hugging Face as a sharded safetensors folder, once per test binary.

@@ -10,7 +10,7 @@ const NEW_TOKENS: usize = 32;
 
 fn check_model(alias: &str) {
     let path = common::model_file(alias);
-    let opts = LoadOptions { device: tch::Device::Cpu, kind: tch::Kind::Float };
+    let opts = LoadOptions::new(tch::Device::Cpu, tch::Kind::Float);
     let model = Model::load(alias, opts).unwrap();
     let convs = common::conversations();
 

@@ -6,7 +6,7 @@ use emo_model::gguf::{GgufValue, GgufWriter};
 use emo_model::{LoadOptions, Model, ModelError};
 
 fn opts() -> LoadOptions {
-    LoadOptions { device: tch::Device::Cpu, kind: tch::Kind::Float }
+    LoadOptions::new(tch::Device::Cpu, tch::Kind::Float)
 }
 
 #[test]

@@ -14,8 +14,8 @@ fn directions(n_layers: i64, d_model: i64) -> EmotionDirections {
 
 #[test]
 fn settings_are_checked_and_default_to_the_papers() {
-    let model = Model::load("smollm2-135m", LoadOptions { device: Device::Cpu, kind: Kind::Float })
-        .unwrap_or_else(|e| panic!("{e}\n(run `scripts/setup.sh` first)"));
+    let model =
+        Model::load("smollm2-135m", LoadOptions::new(Device::Cpu, Kind::Float)).unwrap_or_else(|e| panic!("{e}\n(run `scripts/setup.sh` first)"));
     let e = Steerer::new(&model, directions(24, 896)).err().unwrap().to_string();
     assert!(e.contains("[24 layers, 896]") && e.contains("30 layers of width 576"), "{e}");
 

@@ -40,7 +40,7 @@ pub fn scratch(name: &str) -> PathBuf {
 pub fn smollm2() -> &'static Model {
     static M: OnceLock<Model> = OnceLock::new();
     M.get_or_init(|| {
-        let opts = LoadOptions { device: tch::Device::Cpu, kind: tch::Kind::Float };
+        let opts = LoadOptions::new(tch::Device::Cpu, tch::Kind::Float);
         Model::load("smollm2-135m", opts).unwrap_or_else(|e| panic!("{e}\n(run `scripts/setup.sh --test` first)"))
     })
 }
