@@ -676,6 +676,24 @@ impl GgufFile {
         }
     }
 
+    /// Drops the pages of a tensor's data from this process's memory after they have been copied out. The map
+    /// stays valid (a later read faults them in again from the file); loading then peaks near the size of the
+    /// loaded weights instead of file plus weights. Best effort: an error only leaves the pages where they are.
+    pub fn release(&self, name: &str) {
+        let (Some(info), len) = (self.tensor_info(name), self.mmap.len() as u64) else {
+            return;
+        };
+        // SAFETY: sysconf has no preconditions.
+        let page = u64::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096).max(1);
+        let end = info.n_bytes().and_then(|n| info.offset.checked_add(n)).unwrap_or(len).min(len);
+        let (start, end) = (info.offset.div_ceil(page) * page, end / page * page);
+        if end > start {
+            // SAFETY: the map is private and read-only, so MADV_DONTNEED discards only clean file-backed pages,
+            // which the kernel reads again from the file on the next access: no byte seen through the map changes.
+            let _ = unsafe { self.mmap.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start as usize, (end - start) as usize) };
+        }
+    }
+
     /// Decodes a tensor to `f32`, in ggml element order (flattened; see [`GgufTensorInfo::shape`]).
     pub fn dequantize(&self, name: &str) -> Result<Vec<f32>> {
         let info = self.require_tensor(name)?;

@@ -1,26 +1,29 @@
-//! Quantized GGUF weights kept packed in memory: group-wise int4 multiplied by LibTorch's own CPU kernel
+//! Quantized GGUF weights kept packed in memory and multiplied by LibTorch's own CPU int4 kernel
 //! (`_weight_int4pack_mm_for_cpu`), instead of dequantizing every tensor at load.
 //!
-//! Q4_0, Q4_1 and Q4_K are all 4-bit codes with one scale and one offset per 32 consecutive inputs, which is
-//! exactly LibTorch's int4 form `w = (q - 8)·s + z`:
+//! Every ggml type with one scale (and offset) per 32 consecutive inputs is an integer code `c` per weight
+//! with `w = c·s + z` per group ([`QuantRows`]):
 //!
-//! | ggml | stored as | s | z |
+//! | ggml | code c | s | z |
 //! |---|---|---|---|
-//! | Q4_0 | `(q - 8)·d` | d | 0 |
-//! | Q4_1 | `q·d + m` | d | m + 8d |
-//! | Q4_K | `d·sc·q − dmin·m` per sub-block | d·sc | 8·d·sc − dmin·m |
+//! | Q4_0 | q (4 bits) | d | −8d |
+//! | Q4_1 | q (4 bits) | d | m |
+//! | Q4_K | q (4 bits), per 32-value sub-block | d·sc | −dmin·m |
+//! | Q5_0 | q (5 bits) | d | −16d |
+//! | Q8_0 | q + 128 (8 bits) | d | −128d |
 //!
-//! The codes are the file's own; only the scales change form (and LibTorch's kernel wants them in the
-//! activations' dtype, bf16 here). Other types (Q5_x, Q6_K, Q8_0 need more than 4 bits; f16/f32 are not
-//! quantized) stay dense. The kernel's fast path is bf16 activations on the CPU: with f32 activations it
-//! falls back to scalar code ten times slower, so products with packed weights run in bf16 whatever the
-//! model's dtype — that, not the weights, is what makes the packed path differ from the dequantized one
-//! (docs/performance.md measures it).
+//! LibTorch's kernel computes with `w = (q − 8)·s + z` for 4-bit q, so a 4-bit code is one packed matrix and a
+//! wider code `c = lo + 16·hi` is two, whose products add up (`lo` with s and z + 8s, `hi` with 16s and 128s):
+//! the codes stay the file's own, only the scales change form, rounded to bf16 because the kernel wants them in
+//! the activations' dtype. Q6_K (a scale per 16 values) and unquantized tensors stay dense. The kernel's fast
+//! path is bf16 activations: with f32 ones it runs scalar code ten times slower, so products with packed
+//! weights run in bf16 whatever the model's dtype. That, more than the weights, is how the packed path differs
+//! from the dequantized one (docs/performance.md measures it).
+use std::collections::BTreeMap;
+
 use half::bf16;
 use rayon::prelude::*;
 use tch::{Device, Kind, Tensor};
-
-use std::collections::BTreeMap;
 
 use crate::gguf::GgmlType;
 use crate::weights::WeightSource;
@@ -32,9 +35,9 @@ pub enum WeightFormat {
     /// Every tensor dequantized at load to the model's dtype (exact: what Hugging Face parity is tested on).
     #[default]
     Dequantized,
-    /// Q4_0 / Q4_1 / Q4_K projection matrices kept as int4 (about a quarter of bf16's memory), multiplied in
-    /// bf16 by LibTorch's packed kernel; other tensors dequantized. CPU only: on CUDA every tensor is
-    /// dequantized.
+    /// Projection matrices of 32-value-group types (Q4_0, Q4_1, Q4_K, Q5_0, Q8_0) kept packed as int4, at 4.5
+    /// (4-bit codes) or 9 bits (wider codes) a weight, multiplied in bf16 by LibTorch's CPU kernel; other
+    /// tensors dequantized. CPU only: on CUDA every tensor is dequantized.
     Packed,
 }
 
@@ -49,36 +52,42 @@ impl WeightFormat {
     }
 }
 
-/// Inputs per scale group (every int4-representable ggml type has 32).
+/// Inputs per scale group (every packable ggml type has 32).
 pub const GROUP: usize = 32;
 /// LibTorch's CPU int4 layout packs output rows in tiles of this many.
 const TILE_N: usize = 64;
 
-/// A quantized [n, k] matrix as 4-bit codes (one byte each while being assembled) with a scale and a zero
-/// per row and group of [`GROUP`] inputs: `w[r, c] = (codes[r, c] - 8)·scales[r, c/32] + zeros[r, c/32]`.
+/// A quantized [n, k] matrix as integer codes with a scale and a zero per row and group of [`GROUP`] inputs:
+/// `w[r, c] = codes[r, c]·scales[r, c/32] + zeros[r, c/32]`, codes of `bits` bits (4 or 8).
 #[derive(Clone, Debug, PartialEq)]
-pub struct Int4Rows {
+pub struct QuantRows {
     /// Output rows.
     pub n: usize,
     /// Inputs per row.
     pub k: usize,
+    /// Code width: 4 (one packed int4 matrix) or 8 (two).
+    pub bits: u8,
     codes: Vec<u8>,
     scales: Vec<f32>,
     zeros: Vec<f32>,
 }
 
-impl Int4Rows {
-    /// Whether ggml type `dtype` converts to this form without changing any weight.
-    pub fn represents(dtype: GgmlType) -> bool {
-        matches!(dtype, GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q4_K)
+impl QuantRows {
+    /// The code width of ggml type `dtype` in this form, or `None` when it has no 32-value groups.
+    pub fn bits(dtype: GgmlType) -> Option<u8> {
+        match dtype {
+            GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q4_K => Some(4),
+            GgmlType::Q5_0 | GgmlType::Q8_0 => Some(8),
+            _ => None,
+        }
     }
 
     /// Reads `n` rows of `k` values of type `dtype` (ggml's order: row after row, blocks along a row). `None`
-    /// when the type is not int4; an error when the bytes do not match the shape.
+    /// when the type has no such form; an error when the bytes do not match the shape.
     pub fn from_ggml(dtype: GgmlType, data: &[u8], n: usize, k: usize) -> std::result::Result<Option<Self>, String> {
-        if !Self::represents(dtype) {
+        let Some(bits) = Self::bits(dtype) else {
             return Ok(None);
-        }
+        };
         let (Some(bs), Some(ts)) = (dtype.block_size(), dtype.type_size()) else {
             return Ok(None);
         };
@@ -90,7 +99,7 @@ impl Int4Rows {
             return Err(format!("{n} x {k} values of type {dtype} need {} bytes, got {}", blocks.saturating_mul(ts), data.len()));
         }
         let groups = n * k / GROUP;
-        let mut out = Int4Rows { n, k, codes: vec![0; n * k], scales: vec![0.0; groups], zeros: vec![0.0; groups] };
+        let mut out = QuantRows { n, k, bits, codes: vec![0; n * k], scales: vec![0.0; groups], zeros: vec![0.0; groups] };
         let per_block = bs / GROUP;
         // One ggml block fills `bs` codes and `per_block` groups; blocks are independent.
         out.codes
@@ -98,10 +107,12 @@ impl Int4Rows {
             .zip(out.scales.par_chunks_mut(per_block))
             .zip(out.zeros.par_chunks_mut(per_block))
             .zip(data.par_chunks(ts))
-            .for_each(|(((q, s), z), b)| match dtype {
-                GgmlType::Q4_0 => q4_0(b, q, s, z),
-                GgmlType::Q4_1 => q4_1(b, q, s, z),
-                _ => q4_k(b, q, s, z),
+            .for_each(|(((c, s), z), b)| match dtype {
+                GgmlType::Q4_0 => q4_0(b, c, s, z),
+                GgmlType::Q4_1 => q4_1(b, c, s, z),
+                GgmlType::Q4_K => q4_k(b, c, s, z),
+                GgmlType::Q5_0 => q5_0(b, c, s, z),
+                _ => q8_0(b, c, s, z),
             });
         Ok(Some(out))
     }
@@ -109,7 +120,8 @@ impl Int4Rows {
     /// The rows in a new order: row `i` of the result is row `order[i]` of `self`.
     pub fn select_rows(&self, order: &[usize]) -> Self {
         let (k, g) = (self.k, self.k / GROUP);
-        let mut out = Int4Rows { n: order.len(), k, codes: Vec::with_capacity(order.len() * k), scales: Vec::new(), zeros: Vec::new() };
+        let mut out =
+            QuantRows { n: order.len(), k, bits: self.bits, codes: Vec::with_capacity(order.len() * k), scales: Vec::new(), zeros: Vec::new() };
         for &r in order {
             out.codes.extend_from_slice(&self.codes[r * k..(r + 1) * k]);
             out.scales.extend_from_slice(&self.scales[r * g..(r + 1) * g]);
@@ -118,13 +130,13 @@ impl Int4Rows {
         out
     }
 
-    /// Stacks matrices of the same width along their rows (q, k and v into one product).
-    pub fn stack(parts: Vec<Int4Rows>) -> Option<Self> {
-        let k = parts.first()?.k;
-        if parts.iter().any(|p| p.k != k) {
+    /// Stacks matrices of the same width and code width along their rows (q, k and v into one product).
+    pub fn stack(parts: Vec<QuantRows>) -> Option<Self> {
+        let (k, bits) = parts.first().map(|p| (p.k, p.bits))?;
+        if parts.iter().any(|p| p.k != k || p.bits != bits) {
             return None;
         }
-        let mut out = Int4Rows { n: 0, k, codes: Vec::new(), scales: Vec::new(), zeros: Vec::new() };
+        let mut out = QuantRows { n: 0, k, bits, codes: Vec::new(), scales: Vec::new(), zeros: Vec::new() };
         for p in parts {
             out.n += p.n;
             out.codes.extend(p.codes);
@@ -134,16 +146,30 @@ impl Int4Rows {
         Some(out)
     }
 
-    /// The weights in f32, [n * k] row-major (`(q - 8)·s + z`).
+    /// The weights in f32, [n * k] row-major (`c·s + z`).
     pub fn dequantize(&self) -> Vec<f32> {
         let mut w = vec![0f32; self.n * self.k];
         w.par_chunks_mut(GROUP).enumerate().for_each(|(g, w)| {
             let (s, z) = (self.scales[g], self.zeros[g]);
-            for (w, &q) in w.iter_mut().zip(&self.codes[g * GROUP..(g + 1) * GROUP]) {
-                *w = (q as f32 - 8.0) * s + z;
+            for (w, &c) in w.iter_mut().zip(&self.codes[g * GROUP..(g + 1) * GROUP]) {
+                *w = c as f32 * s + z;
             }
         });
         w
+    }
+
+    /// The int4 matrices whose products add up to this one's: (4-bit codes, scales, zeros) in the kernel's
+    /// `(q − 8)·s + z` form, one for 4-bit codes, low and high nibbles for 8-bit ones.
+    fn planes(&self) -> Vec<(Vec<u8>, Vec<f32>, Vec<f32>)> {
+        let lo_zeros = self.zeros.iter().zip(&self.scales).map(|(z, s)| z + 8.0 * s).collect();
+        if self.bits == 4 {
+            return vec![(self.codes.clone(), self.scales.clone(), lo_zeros)];
+        }
+        let lo = self.codes.iter().map(|c| c & 0x0F).collect();
+        let hi = self.codes.iter().map(|c| c >> 4).collect();
+        let hi_scales = self.scales.iter().map(|s| 16.0 * s).collect();
+        let hi_zeros = self.scales.iter().map(|s| 128.0 * s).collect();
+        vec![(lo, self.scales.clone(), lo_zeros), (hi, hi_scales, hi_zeros)]
     }
 }
 
@@ -152,79 +178,151 @@ fn half_at(b: &[u8], i: usize) -> f32 {
 }
 
 /// Q4_0: f16 d, 16 bytes of nibbles (elements 0..16 low, 16..32 high); w = (q − 8)·d.
-fn q4_0(b: &[u8], q: &mut [u8], s: &mut [f32], z: &mut [f32]) {
-    nibbles(&b[2..18], q);
-    s[0] = half_at(b, 0);
-    z[0] = 0.0;
+fn q4_0(b: &[u8], c: &mut [u8], s: &mut [f32], z: &mut [f32]) {
+    nibbles(&b[2..18], c);
+    let d = half_at(b, 0);
+    (s[0], z[0]) = (d, -8.0 * d);
 }
 
-/// Q4_1: f16 d, f16 m, 16 bytes of nibbles; w = q·d + m = (q − 8)·d + (m + 8d).
-fn q4_1(b: &[u8], q: &mut [u8], s: &mut [f32], z: &mut [f32]) {
-    nibbles(&b[4..20], q);
-    let (d, m) = (half_at(b, 0), half_at(b, 2));
-    s[0] = d;
-    z[0] = m + 8.0 * d;
+/// Q4_1: f16 d, f16 m, 16 bytes of nibbles; w = q·d + m.
+fn q4_1(b: &[u8], c: &mut [u8], s: &mut [f32], z: &mut [f32]) {
+    nibbles(&b[4..20], c);
+    (s[0], z[0]) = (half_at(b, 0), half_at(b, 2));
 }
 
 /// Q4_K: f16 d, f16 dmin, 12 bytes of 6-bit scales and mins, 128 bytes of nibbles (each 64-value group: low
 /// nibbles then high nibbles of 32 bytes); sub-block j: w = d·sc_j·q − dmin·m_j.
-fn q4_k(b: &[u8], q: &mut [u8], s: &mut [f32], z: &mut [f32]) {
+fn q4_k(b: &[u8], c: &mut [u8], s: &mut [f32], z: &mut [f32]) {
     let (d, dmin) = (half_at(b, 0), half_at(b, 2));
     let scales = &b[4..16];
     for g in 0..4 {
-        let bytes = &b[16 + 32 * g..16 + 32 * g + 32];
-        for (i, &byte) in bytes.iter().enumerate() {
-            q[64 * g + i] = byte & 0x0F;
-            q[64 * g + 32 + i] = byte >> 4;
+        for (i, &byte) in b[16 + 32 * g..16 + 32 * g + 32].iter().enumerate() {
+            c[64 * g + i] = byte & 0x0F;
+            c[64 * g + 32 + i] = byte >> 4;
         }
         for j in [2 * g, 2 * g + 1] {
             let (sc, m) = crate::quant::scale_min_k4(j, scales);
-            let dj = d * sc as f32;
-            s[j] = dj;
-            z[j] = 8.0 * dj - dmin * m as f32;
+            (s[j], z[j]) = (d * sc as f32, -(dmin * m as f32));
         }
     }
 }
 
+/// Q5_0: f16 d, u32 of fifth bits (bit j belongs to element j), 16 bytes of nibbles; w = (q − 16)·d.
+fn q5_0(b: &[u8], c: &mut [u8], s: &mut [f32], z: &mut [f32]) {
+    nibbles(&b[6..22], c);
+    let qh = u32::from_le_bytes([b[2], b[3], b[4], b[5]]);
+    for (j, c) in c.iter_mut().enumerate() {
+        *c |= (((qh >> j) & 1) as u8) << 4;
+    }
+    let d = half_at(b, 0);
+    (s[0], z[0]) = (d, -16.0 * d);
+}
+
+/// Q8_0: f16 d, 32 × i8; w = q·d = (q + 128)·d − 128d.
+fn q8_0(b: &[u8], c: &mut [u8], s: &mut [f32], z: &mut [f32]) {
+    for (c, &q) in c.iter_mut().zip(&b[2..34]) {
+        *c = (q as i8 as i16 + 128) as u8;
+    }
+    let d = half_at(b, 0);
+    (s[0], z[0]) = (d, -128.0 * d);
+}
+
 /// 16 bytes of ggml nibbles into 32 codes: low nibbles are elements 0..16, high nibbles 16..32.
-fn nibbles(bytes: &[u8], q: &mut [u8]) {
+fn nibbles(bytes: &[u8], c: &mut [u8]) {
     for (i, &byte) in bytes.iter().enumerate() {
-        q[i] = byte & 0x0F;
-        q[16 + i] = byte >> 4;
+        c[i] = byte & 0x0F;
+        c[16 + i] = byte >> 4;
     }
 }
 
 /// A projection's weight as the decoder holds it: dense, int4 in LibTorch's packed CPU layout, or fused
-/// parts of both (q, k and v when v has more than 4 bits), whose outputs are concatenated.
+/// parts of both (q, k and v when v is not packable), whose outputs are concatenated.
 pub(crate) enum Projection {
     Dense(Tensor),
     Int4(Int4Weight),
     Cat(Vec<Projection>),
 }
 
-/// Int4 weights in the layout `_weight_int4pack_mm_for_cpu` reads: bytes [n/64, k, 32], byte (t, c, j)
-/// holding row 64t+j in its low nibble and row 64t+32+j in its high nibble, and scales and zeros
-/// [k/32, n, 2] in bf16.
+/// A packed matrix: one int4 plane, or two whose products add up (8-bit codes).
 pub(crate) struct Int4Weight {
-    packed: Tensor,
-    scales_zeros: Tensor,
+    planes: Vec<Int4Plane>,
     n: usize,
     k: usize,
 }
 
+/// One int4 matrix in the layout `_weight_int4pack_mm_for_cpu` reads: bytes [n/64, k, 32], byte (t, c, j)
+/// holding row 64t+j in its low nibble and row 64t+32+j in its high nibble; scales and zeros [k/32, n, 2] in
+/// bf16.
+struct Int4Plane {
+    packed: Tensor,
+    scales_zeros: Tensor,
+}
+
 impl Int4Weight {
     /// Packs `rows`, or says why LibTorch's layout cannot hold them (rows not a multiple of 64).
-    pub(crate) fn pack(rows: &Int4Rows) -> std::result::Result<Self, String> {
+    pub(crate) fn pack(rows: &QuantRows) -> std::result::Result<Self, String> {
         let (n, k) = (rows.n, rows.k);
         if n % TILE_N != 0 || k % GROUP != 0 || k == 0 {
             return Err(format!("[{n}, {k}] is not a multiple of [{TILE_N}, {GROUP}]"));
         }
+        let planes = rows
+            .planes()
+            .into_iter()
+            .map(|(codes, scales, zeros)| Int4Plane::pack(n, k, &codes, &scales, &zeros))
+            .collect::<std::result::Result<_, _>>()?;
+        Ok(Int4Weight { planes, n, k })
+    }
+
+    /// `x @ w^T` for x [rows, k] in any float dtype; the products run in bf16 and come back in x's dtype.
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let xb = x.to_kind(Kind::BFloat16);
+        let mut y: Option<Tensor> = None;
+        for p in &self.planes {
+            let yp = xb.f_internal_weight_int4pack_mm_for_cpu(&p.packed, GROUP as i64, &p.scales_zeros)?;
+            // Summed in f32: the high plane's large zeros cancel most of the low plane's.
+            let yp = yp.to_kind(Kind::Float);
+            y = Some(match y {
+                None => yp,
+                Some(acc) => acc + yp,
+            });
+        }
+        let y = y.ok_or_else(|| ModelError::InvalidArgument("a packed matrix without planes".into()))?;
+        Ok(y.to_kind(x.kind()))
+    }
+
+    /// The weights as the kernel sees them, dense [n, k] in `kind`: bf16 scales and zeros, f32 arithmetic.
+    fn dense(&self, kind: Kind) -> Tensor {
+        let (n, k) = (self.n, self.k);
+        let mut w = vec![0f32; n * k];
+        for p in &self.planes {
+            let bytes = Vec::<u8>::try_from(&p.packed.reshape([-1])).unwrap_or_default();
+            let sz = Vec::<f32>::try_from(&p.scales_zeros.to_kind(Kind::Float).reshape([-1])).unwrap_or_default();
+            w.par_chunks_mut(k).enumerate().for_each(|(r, row)| {
+                let (t, j) = (r / TILE_N, r % TILE_N);
+                let (col, shift) = if j < TILE_N / 2 { (j, 0) } else { (j - TILE_N / 2, 4) };
+                for (c, w) in row.iter_mut().enumerate() {
+                    let q = (bytes[(t * k + c) * (TILE_N / 2) + col] >> shift) & 0x0F;
+                    let g = c / GROUP;
+                    *w += (q as f32 - 8.0) * sz[(g * n + r) * 2] + sz[(g * n + r) * 2 + 1];
+                }
+            });
+        }
+        Tensor::from_slice(&w).view([n as i64, k as i64]).to_kind(kind)
+    }
+
+    fn resident_bytes(&self) -> usize {
+        self.planes.iter().map(|p| p.packed.numel() + p.scales_zeros.numel() * 2).sum()
+    }
+}
+
+impl Int4Plane {
+    fn pack(n: usize, k: usize, codes: &[u8], scales: &[f32], zeros: &[f32]) -> std::result::Result<Self, String> {
         let mut bytes = vec![0u8; n * k / 2];
         bytes.par_chunks_mut(k * TILE_N / 2).enumerate().for_each(|(t, tile)| {
             for (c, out) in tile.chunks_exact_mut(TILE_N / 2).enumerate() {
                 for (j, o) in out.iter_mut().enumerate() {
-                    let lo = rows.codes[(t * TILE_N + j) * k + c];
-                    let hi = rows.codes[(t * TILE_N + TILE_N / 2 + j) * k + c];
+                    let lo = codes[(t * TILE_N + j) * k + c];
+                    let hi = codes[(t * TILE_N + TILE_N / 2 + j) * k + c];
                     *o = lo | (hi << 4);
                 }
             }
@@ -234,39 +332,14 @@ impl Int4Weight {
         for r in 0..n {
             for g in 0..groups {
                 let at = (g * n + r) * 4;
-                sz[at..at + 2].copy_from_slice(&bf16::from_f32(rows.scales[r * groups + g]).to_le_bytes());
-                sz[at + 2..at + 4].copy_from_slice(&bf16::from_f32(rows.zeros[r * groups + g]).to_le_bytes());
+                sz[at..at + 2].copy_from_slice(&bf16::from_f32(scales[r * groups + g]).to_le_bytes());
+                sz[at + 2..at + 4].copy_from_slice(&bf16::from_f32(zeros[r * groups + g]).to_le_bytes());
             }
         }
         let packed = Tensor::from_slice(&bytes).view([n as i64, (k / 2) as i64]);
         let scales_zeros =
             Tensor::f_from_data_size(&sz, &[groups as i64, n as i64, 2], Kind::BFloat16).map_err(|e| format!("LibTorch refused the scales: {e}"))?;
-        Ok(Int4Weight { packed, scales_zeros, n, k })
-    }
-
-    /// `x @ w^T` for x [rows, k] in any float dtype; the product runs in bf16 and comes back in x's dtype.
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let kind = x.kind();
-        let y = x.to_kind(Kind::BFloat16).f_internal_weight_int4pack_mm_for_cpu(&self.packed, GROUP as i64, &self.scales_zeros)?;
-        Ok(y.to_kind(kind))
-    }
-
-    /// The weights as the kernel sees them, dense [n, k] in `kind`: bf16 scales and zeros, f32 arithmetic.
-    fn dense(&self, kind: Kind) -> Tensor {
-        let (n, k) = (self.n, self.k);
-        let bytes = Vec::<u8>::try_from(&self.packed.reshape([-1])).unwrap_or_default();
-        let sz = Vec::<f32>::try_from(&self.scales_zeros.to_kind(Kind::Float).reshape([-1])).unwrap_or_default();
-        let mut w = vec![0f32; n * k];
-        w.par_chunks_mut(k).enumerate().for_each(|(r, row)| {
-            let (t, j) = (r / TILE_N, r % TILE_N);
-            let (col, shift) = if j < TILE_N / 2 { (j, 0) } else { (j - TILE_N / 2, 4) };
-            for (c, w) in row.iter_mut().enumerate() {
-                let q = (bytes[(t * k + c) * (TILE_N / 2) + col] >> shift) & 0x0F;
-                let g = c / GROUP;
-                *w = (q as f32 - 8.0) * sz[(g * n + r) * 2] + sz[(g * n + r) * 2 + 1];
-            }
-        });
-        Tensor::from_slice(&w).view([n as i64, k as i64]).to_kind(kind)
+        Ok(Int4Plane { packed, scales_zeros })
     }
 }
 
@@ -297,12 +370,12 @@ impl Projection {
     pub(crate) fn resident_bytes(&self) -> usize {
         match self {
             Projection::Dense(w) => w.numel() * w.kind().elt_size_in_bytes(),
-            Projection::Int4(w) => w.n * w.k / 2 + w.scales_zeros.numel() * 2,
+            Projection::Int4(w) => w.resident_bytes(),
             Projection::Cat(parts) => parts.iter().map(Projection::resident_bytes).sum(),
         }
     }
 
-    /// (packed, all) weight matrices of the file behind this projection.
+    /// (packed, all) products behind this projection (a fused dense part counts once).
     pub(crate) fn packed_parts(&self) -> (usize, usize) {
         match self {
             Projection::Dense(_) => (0, 1),
@@ -317,7 +390,7 @@ impl Projection {
 pub(crate) struct Packer<'a> {
     src: &'a dyn WeightSource,
     pack: bool,
-    // The model's dtype, for int4 parts that end up dense.
+    // The model's dtype, for packable parts that end up dense.
     kind: Kind,
     packed: usize,
     dense: BTreeMap<String, usize>,
@@ -337,10 +410,11 @@ impl<'a> Packer<'a> {
     /// `get`, which checks their shapes and moves them to the model's device and dtype.
     pub(crate) fn projection(&mut self, parts: &[(String, [i64; 2])], get: &dyn Fn(&str, &[i64]) -> Result<Tensor>) -> Result<Projection> {
         let mut out: Vec<Projection> = Vec::new();
-        // Consecutive packable parts are stacked into one int4 product, consecutive dense ones into one matmul.
-        let (mut int4, mut dense): (Vec<Int4Rows>, Vec<Tensor>) = (Vec::new(), Vec::new());
+        // Consecutive packable parts of one code width are stacked into one packed product, consecutive dense
+        // ones into one matmul.
+        let (mut quant, mut dense): (Vec<QuantRows>, Vec<Tensor>) = (Vec::new(), Vec::new());
         for (name, shape) in parts {
-            let rows = if self.pack { Some(self.src.int4(name)?) } else { None };
+            let rows = if self.pack { Some(self.src.quantized(name)?) } else { None };
             match rows {
                 Some(Ok(rows)) => {
                     if [rows.n as i64, rows.k as i64] != *shape {
@@ -352,26 +426,29 @@ impl<'a> Packer<'a> {
                         });
                     }
                     flush_dense(&mut dense, &mut out);
-                    int4.push(rows);
+                    if quant.last().is_some_and(|q| q.bits != rows.bits) {
+                        self.flush_quant(&mut quant, &mut out);
+                    }
+                    quant.push(rows);
                 }
                 other => {
                     if let Some(Err(why)) = other {
                         *self.dense.entry(why).or_default() += 1;
                     }
-                    self.flush_int4(&mut int4, &mut out);
+                    self.flush_quant(&mut quant, &mut out);
                     dense.push(get(name, shape)?);
                 }
             }
         }
-        self.flush_int4(&mut int4, &mut out);
+        self.flush_quant(&mut quant, &mut out);
         flush_dense(&mut dense, &mut out);
         Ok(if out.len() == 1 { out.remove(0) } else { Projection::Cat(out) })
     }
 
-    /// Packs the pending int4 parts as one product (dense if LibTorch's layout cannot hold them).
-    fn flush_int4(&mut self, int4: &mut Vec<Int4Rows>, out: &mut Vec<Projection>) {
-        let n = int4.len();
-        let Some(rows) = Int4Rows::stack(std::mem::take(int4)) else {
+    /// Packs the pending parts as one product (dense if LibTorch's layout cannot hold them).
+    fn flush_quant(&mut self, quant: &mut Vec<QuantRows>, out: &mut Vec<Projection>) {
+        let n = quant.len();
+        let Some(rows) = QuantRows::stack(std::mem::take(quant)) else {
             return;
         };
         match Int4Weight::pack(&rows) {

@@ -8,7 +8,7 @@ use tch::{Kind, Tensor};
 
 use crate::config::{Architecture, TransformerConfig};
 use crate::gguf::GgufFile;
-use crate::packed::Int4Rows;
+use crate::packed::QuantRows;
 use crate::{ModelError, Result};
 
 /// A source of named weights, by Hugging Face name (`model.layers.0.self_attn.q_proj.weight`).
@@ -19,10 +19,10 @@ pub trait WeightSource {
     fn tensor(&self, name: &str) -> Result<Tensor>;
     /// The file or folder, for error messages.
     fn path(&self) -> &Path;
-    /// The tensor as int4 codes with group scales and zeros, without changing any weight
-    /// ([`crate::packed`]), or why it cannot be (not quantized, or more than 4 bits). Only GGUF files hold
+    /// The tensor as integer codes with group scales and zeros, without changing any weight
+    /// ([`crate::packed`]), or why it cannot be (not quantized, or not in groups of 32). Only GGUF files hold
     /// such tensors.
-    fn int4(&self, name: &str) -> Result<std::result::Result<Int4Rows, String>> {
+    fn quantized(&self, name: &str) -> Result<std::result::Result<QuantRows, String>> {
         let _ = name;
         Ok(Err("not a quantized file".into()))
     }
@@ -106,6 +106,7 @@ impl WeightSource for GgufWeights<'_> {
         let (gname, info) = self.info(name)?;
         let shape = info.shape();
         let data = self.gguf.dequantize(&gname)?;
+        self.gguf.release(&gname);
         let t = Tensor::f_from_slice(&data)?.f_reshape(&shape)?;
         // llama.cpp permutes Q and K rows for its interleaved RoPE; Hugging Face (and we) use the half-split
         // layout, so invert the permutation per head: [heads, 2, d/2] -> [heads, d/2, 2].
@@ -115,10 +116,10 @@ impl WeightSource for GgufWeights<'_> {
         })
     }
 
-    fn int4(&self, name: &str) -> Result<std::result::Result<Int4Rows, String>> {
+    fn quantized(&self, name: &str) -> Result<std::result::Result<QuantRows, String>> {
         let (gname, info) = self.info(name)?;
-        if !Int4Rows::represents(info.dtype) {
-            return Ok(Err(format!("{} is not 4-bit", info.dtype)));
+        if QuantRows::bits(info.dtype).is_none() {
+            return Ok(Err(format!("{} has no 32-value groups", info.dtype)));
         }
         let shape = info.shape();
         let &[n, k] = shape.as_slice() else {
@@ -126,9 +127,11 @@ impl WeightSource for GgufWeights<'_> {
         };
         let (n, k) = (n as usize, k as usize);
         let data = self.gguf.tensor_data(&gname)?;
-        let rows = match Int4Rows::from_ggml(info.dtype, data, n, k) {
+        let rows = QuantRows::from_ggml(info.dtype, data, n, k);
+        self.gguf.release(&gname);
+        let rows = match rows {
             Ok(Some(rows)) => rows,
-            Ok(None) => return Ok(Err(format!("{} is not 4-bit", info.dtype))),
+            Ok(None) => return Ok(Err(format!("{} has no 32-value groups", info.dtype))),
             Err(e) => return Err(ModelError::format(self.gguf.path(), format!("tensor `{gname}`: {e}"))),
         };
         Ok(Ok(match self.permuted_heads(name) {
