@@ -39,8 +39,8 @@ pub(crate) struct ModelArgs {
     /// CPU threads for LibTorch (default: LibTorch's choice).
     #[arg(long)]
     pub(crate) threads: Option<i32>,
-    /// How a GGUF file's quantized weights are held: dequantized (exact, the default) or packed (Q4 matrices
-    /// stay int4, multiplied in bf16 on the CPU: a quarter of the memory; docs/performance.md).
+    /// How a GGUF file's quantized weights are held: dequantized (exact, the default) or packed (Q4_0, Q4_1,
+    /// Q4_K, Q5_0 and Q8_0 matrices stay packed as int4, multiplied in bf16 on the CPU; docs/performance.md).
     #[arg(long, default_value = "dequantized")]
     pub(crate) weights: String,
 }

@@ -135,3 +135,30 @@ fn weight_format_names_parse_and_bad_ones_are_refused() {
     let e = WeightFormat::parse("int3").unwrap_err().to_string();
     assert!(e.contains("int3"), "{e}");
 }
+
+#[test]
+fn prefix_branching_on_packed_weights_equals_full_forwards() {
+    let m = load("smollm2-135m", Kind::Float, WeightFormat::Packed);
+    let t = &m.transformer;
+    let prompts = rows(&m);
+    let layer = 12;
+    let d = t.config().d_model as i64;
+    tch::manual_seed(7);
+    let ivs = [
+        Intervention::none(),
+        Intervention::none().with(HookPoint::MlpPost(layer), Edit::Zero(vec![3, 17, 400])),
+        Intervention::none().with(HookPoint::ResidPost(layer), Edit::AddRms(Tensor::randn([d], (Kind::Float, Device::Cpu)), 4.0)),
+    ];
+    let which: Vec<usize> = (0..ivs.len()).map(|i| i % prompts.len()).collect();
+    let mut prefix = t.prefill_prefix(&prompts, m.pad_token_id()).unwrap();
+    let mut edits = Interventions::new(ivs.to_vec(), Positions::LastPrompt);
+    let branched = t.forward_branches(&mut prefix, &which, &mut HookSet::new().with(&mut edits), LogitsFor::Last).unwrap();
+    let full_rows: Vec<Vec<u32>> = which.iter().map(|&p| prompts[p].clone()).collect();
+    let mut edits = Interventions::new(ivs.to_vec(), Positions::LastPrompt);
+    let full = t.forward_rows(&full_rows, m.pad_token_id(), &mut HookSet::new().with(&mut edits), LogitsFor::Last).unwrap();
+    let d = max_diff(&branched.squeeze(), &full.squeeze());
+    let scale = full.abs().max().double_value(&[]);
+    eprintln!("packed: branched vs full max |logit diff| {d:.2e} (logits up to {scale:.1})");
+    // Both run the same packed products; only batch composition and bf16 accumulation order differ.
+    assert!(d <= scale * 1e-2, "branched {d} vs full, logits up to {scale}");
+}
