@@ -72,7 +72,7 @@ impl Transformer {
         let nkv = cfg.n_kv_heads as i64;
         let dm = cfg.d_mlp as i64;
         let get = |name: &str, shape: &[i64]| -> Result<Tensor> {
-            let t = src.tensor(name)?;
+            let t = src.tensor_as(name, kind)?;
             if t.size() != shape {
                 return Err(ModelError::ShapeMismatch {
                     path: src.path().to_path_buf(),

@@ -17,6 +17,11 @@ pub trait WeightSource {
     fn contains(&self, name: &str) -> bool;
     /// The tensor on the CPU, in its stored float type (dequantized to f32 for GGUF).
     fn tensor(&self, name: &str) -> Result<Tensor>;
+    /// The tensor on the CPU in `kind`. GGUF files dequantize it in slices straight into a tensor of that
+    /// kind, so loading never holds a whole f32 copy of a large tensor (a 128k-token embedding is 1.6 GB in f32).
+    fn tensor_as(&self, name: &str, kind: Kind) -> Result<Tensor> {
+        Ok(self.tensor(name)?.to_kind(kind))
+    }
     /// The file or folder, for error messages.
     fn path(&self) -> &Path;
     /// The tensor as integer codes with group scales and zeros, without changing any weight
@@ -110,6 +115,36 @@ impl WeightSource for GgufWeights<'_> {
         let t = Tensor::f_from_slice(&data)?.f_reshape(&shape)?;
         // llama.cpp permutes Q and K rows for its interleaved RoPE; Hugging Face (and we) use the half-split
         // layout, so invert the permutation per head: [heads, 2, d/2] -> [heads, d/2, 2].
+        Ok(match self.permuted_heads(name) {
+            Some(h) => unpermute_rows(&t, h),
+            None => t,
+        })
+    }
+
+    fn tensor_as(&self, name: &str, kind: Kind) -> Result<Tensor> {
+        let (gname, info) = self.info(name)?;
+        let shape = info.shape();
+        let k = shape.last().copied().unwrap_or(1).max(0) as usize;
+        let n = usize::try_from(info.n_elements()).unwrap_or(usize::MAX);
+        let whole_rows = matches!((info.dtype.block_size(), info.dtype.type_size()), (Some(bs), Some(_)) if k > 0 && k % bs == 0 && n % k == 0);
+        if !whole_rows || !crate::quant::is_supported(info.dtype) {
+            // Whatever is wrong, the whole-tensor path names it.
+            return Ok(self.tensor(name)?.to_kind(kind));
+        }
+        let data = self.gguf.tensor_data(&gname)?;
+        let rows = n / k;
+        let row_bytes = data.len() / rows.max(1);
+        let out = Tensor::f_empty([n as i64], (kind, tch::Device::Cpu))?;
+        // About a million values a slice: one f32 slice at a time besides the tensor being filled.
+        let rows_per_slice = ((1 << 20) / k).max(1);
+        for (i, bytes) in data.chunks(rows_per_slice * row_bytes).enumerate() {
+            let len = bytes.len() / row_bytes * k;
+            let vals = crate::quant::dequantize(info.dtype, bytes, len)
+                .map_err(|e| ModelError::format(self.gguf.path(), format!("tensor `{gname}`: {e}")))?;
+            out.narrow(0, (i * rows_per_slice * k) as i64, len as i64).copy_(&Tensor::f_from_slice(&vals)?);
+        }
+        self.gguf.release(&gname);
+        let t = out.f_reshape(&shape)?;
         Ok(match self.permuted_heads(name) {
             Some(h) => unpermute_rows(&t, h),
             None => t,
