@@ -211,7 +211,55 @@ impl TransformerConfig {
             qkv_bias: gguf.tensor_info("blk.0.attn_q.bias").is_some(),
         };
         cfg.validate(path)?;
+        cfg.check_gguf_shapes(gguf)?;
         Ok(cfg)
+    }
+
+    /// The shape, in PyTorch order, that the decoder needs for a GGUF tensor name; `None` for names it
+    /// does not read.
+    fn gguf_shape(&self, name: &str) -> Option<Vec<i64>> {
+        // validate() bounds every dimension by 2^24, so these products cannot overflow.
+        let [v, d, nh, nkv, hd, dm] = [self.vocab_size, self.d_model, self.n_heads, self.n_kv_heads, self.d_head, self.d_mlp].map(|x| x as i64);
+        let field = match name {
+            "token_embd.weight" | "output.weight" => return Some(vec![v, d]),
+            "output_norm.weight" => return Some(vec![d]),
+            "rope_freqs.weight" => return Some(vec![hd / 2]),
+            _ => {
+                let (layer, field) = name.strip_prefix("blk.")?.split_once('.')?;
+                if layer.parse::<usize>().ok()? >= self.n_layers {
+                    return None;
+                }
+                field
+            }
+        };
+        Some(match field {
+            "attn_norm.weight" | "ffn_norm.weight" => vec![d],
+            "attn_q.weight" => vec![nh * hd, d],
+            "attn_k.weight" | "attn_v.weight" => vec![nkv * hd, d],
+            "attn_q.bias" => vec![nh * hd],
+            "attn_k.bias" | "attn_v.bias" => vec![nkv * hd],
+            "attn_output.weight" => vec![d, nh * hd],
+            "ffn_gate.weight" | "ffn_up.weight" => vec![dm, d],
+            "ffn_down.weight" => vec![d, dm],
+            _ => return None,
+        })
+    }
+
+    /// Checks every tensor the decoder reads against the metadata's dimensions, so that a file whose
+    /// metadata and tensors disagree fails here naming the tensor: the loader reshapes Q and K rows per
+    /// head (undoing llama.cpp's permutation) before its own shape check, and LibTorch panics on a
+    /// reshape that does not fit.
+    fn check_gguf_shapes(&self, gguf: &GgufFile) -> Result<()> {
+        for info in gguf.tensors() {
+            let Some(expected) = self.gguf_shape(&info.name) else { continue };
+            let got = info.shape();
+            // RoPE divisors are a vector however ggml stores them.
+            let fits = if info.name == "rope_freqs.weight" { info.n_elements() == expected[0] as u64 } else { got == expected };
+            if !fits {
+                return Err(ModelError::ShapeMismatch { path: gguf.path().to_path_buf(), name: info.name.clone(), got, expected });
+            }
+        }
+        Ok(())
     }
 
     fn validate(&self, path: &Path) -> Result<()> {
@@ -234,6 +282,13 @@ impl TransformerConfig {
         }
         if !self.d_head.is_multiple_of(2) {
             return Err(bad("d_head", format!("RoPE needs an even head width, got {}", self.d_head)));
+        }
+        // A NaN or infinite base or epsilon would load and then give NaN logits.
+        if !(self.rope_theta.is_finite() && self.rope_theta > 0.0) {
+            return Err(bad("rope_theta", format!("must be a positive finite number, got {}", self.rope_theta)));
+        }
+        if !(self.rms_norm_eps.is_finite() && self.rms_norm_eps >= 0.0) {
+            return Err(bad("rms_norm_eps", format!("must be a non-negative finite number, got {}", self.rms_norm_eps)));
         }
         Ok(())
     }

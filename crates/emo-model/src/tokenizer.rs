@@ -312,6 +312,11 @@ impl Tokenizer {
             inner.with_post_processor(Some(processor));
         }
         let chat_template = meta.str("tokenizer.chat_template")?.map(str::to_string);
+        // Compiled here once so that a damaged template is reported with the file and key; the model
+        // compiles it again with its special tokens, where the error could name neither.
+        if let Some(src) = &chat_template {
+            crate::chat::ChatTemplate::new(src, None, None).map_err(|e| meta.err(format!("metadata key `tokenizer.chat_template`: {e}")))?;
+        }
 
         Ok(Self { inner, source: path.to_path_buf(), vocab_size: n_tokens, bos, eos, pad_id, chat_template })
     }
