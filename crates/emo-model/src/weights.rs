@@ -116,7 +116,7 @@ impl WeightSource for GgufWeights<'_> {
         // llama.cpp permutes Q and K rows for its interleaved RoPE; Hugging Face (and we) use the half-split
         // layout, so invert the permutation per head: [heads, 2, d/2] -> [heads, d/2, 2].
         Ok(match self.permuted_heads(name) {
-            Some(h) => unpermute_rows(&t, h),
+            Some(h) => unpermute_rows(&t, h)?,
             None => t,
         })
     }
@@ -146,7 +146,7 @@ impl WeightSource for GgufWeights<'_> {
         self.gguf.release(&gname);
         let t = out.f_reshape(&shape)?;
         Ok(match self.permuted_heads(name) {
-            Some(h) => unpermute_rows(&t, h),
+            Some(h) => unpermute_rows(&t, h)?,
             None => t,
         })
     }
@@ -172,7 +172,7 @@ impl WeightSource for GgufWeights<'_> {
         Ok(Ok(match self.permuted_heads(name) {
             Some(h) => {
                 // The same permutation as `tensor`, computed on row indices.
-                let order = unpermute_rows(&Tensor::arange(n as i64, (tch::Kind::Int64, tch::Device::Cpu)), h);
+                let order = unpermute_rows(&Tensor::arange(n as i64, (tch::Kind::Int64, tch::Device::Cpu)), h)?;
                 let order: Vec<i64> = Vec::try_from(&order)?;
                 rows.select_rows(&order.iter().map(|&i| i as usize).collect::<Vec<_>>())
             }
@@ -185,14 +185,15 @@ impl WeightSource for GgufWeights<'_> {
     }
 }
 
-/// Inverts llama.cpp's `permute(w, n_head)` on the rows of `w` (weight [rows, cols] or bias [rows]).
-fn unpermute_rows(w: &Tensor, n_head: i64) -> Tensor {
+/// Inverts llama.cpp's `permute(w, n_head)` on the rows of `w` (weight [rows, cols] or bias [rows]); an error,
+/// not a LibTorch panic, when the rows do not split into `n_head` pairs of halves.
+fn unpermute_rows(w: &Tensor, n_head: i64) -> Result<Tensor> {
     let size = w.size();
-    let rows = size[0];
-    let half = rows / n_head / 2;
+    let rows = size.first().copied().unwrap_or(0);
+    let half = if n_head > 0 { rows / n_head / 2 } else { 0 };
     let mut view: Vec<i64> = vec![n_head, half, 2];
     view.extend_from_slice(&size[1..]);
-    w.reshape(&view).transpose(1, 2).reshape(&size)
+    Ok(w.f_reshape(&view)?.f_transpose(1, 2)?.f_reshape(&size)?)
 }
 
 /// Hugging Face safetensors weights, single file or sharded with `model.safetensors.index.json`,

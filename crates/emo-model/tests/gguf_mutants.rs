@@ -22,7 +22,7 @@ use std::sync::Once;
 use std::time::Instant;
 
 use emo_model::gguf::{GgmlType, GgufFile};
-use emo_model::{LoadOptions, Model, ModelError, Tokenizer, TransformerConfig};
+use emo_model::{LoadOptions, Model, ModelError, Tokenizer, TransformerConfig, WeightFormat};
 use half::f16;
 
 // ---------------------------------------------------------------------------------------------------
@@ -713,10 +713,14 @@ fn load(path: &Path, m: &Mutant, depth: Depth, problems: &mut Vec<String>) -> bo
     }
     drop(f);
     if ok && depth.full {
-        let opts = LoadOptions { device: tch::Device::Cpu, kind: tch::Kind::Float };
-        if let Err(e) = Model::load_gguf(path, opts) {
-            check_error(&e, path, "Model::load_gguf", m, None, problems);
-            ok = false;
+        // Both loading paths: dequantized, and packed int4 (which reads the quantized blocks itself).
+        for weights in [WeightFormat::Dequantized, WeightFormat::Packed] {
+            let opts = LoadOptions::new(tch::Device::Cpu, tch::Kind::Float).weights(weights);
+            if let Err(e) = Model::load_gguf(path, opts) {
+                check_error(&e, path, "Model::load_gguf", m, None, problems);
+                ok = false;
+                break;
+            }
         }
     }
     ok
@@ -950,7 +954,7 @@ fn a_chat_template_that_does_not_compile_is_an_error_naming_the_file_and_key() {
         let at = bytes[s.start..s.start + s.len].windows(2).position(|w| w == b"{%").expect("a `{%` in the template");
         bytes[s.start + at + 1] = b'#';
     });
-    let opts = LoadOptions { device: tch::Device::Cpu, kind: tch::Kind::Float };
+    let opts = LoadOptions::new(tch::Device::Cpu, tch::Kind::Float);
     let err = Model::load_gguf(&path, opts).err().expect("a template with an unterminated comment compiled").to_string();
     assert!(err.contains("badtemplate.gguf") && err.contains("`tokenizer.chat_template`") && err.contains("syntax error"), "{err}");
 }
@@ -960,7 +964,7 @@ fn a_chat_template_that_does_not_compile_is_an_error_naming_the_file_and_key() {
 #[test]
 fn a_head_count_that_does_not_tile_the_query_rows_is_an_error_naming_the_tensor() {
     let path = smollm2_with("llama.attention.head_count", 15, "heads15");
-    let opts = LoadOptions { device: tch::Device::Cpu, kind: tch::Kind::Float };
+    let opts = LoadOptions::new(tch::Device::Cpu, tch::Kind::Float);
     let err = Model::load_gguf(&path, opts).err().expect("15 heads of 38 loaded from 576-row query weights");
     let msg = err.to_string();
     // The first of Q (570 rows expected) and K (3 heads of 38 = 114) in file order.
