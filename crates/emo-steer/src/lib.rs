@@ -18,14 +18,20 @@
 //! file through this crate pulls in none of them.
 #![warn(missing_docs)]
 
+pub mod control_vector;
 pub mod directions;
+pub mod edits;
 pub mod error;
+pub mod import;
+pub mod json_file;
+pub mod npy;
 pub mod paper;
 pub mod steer;
 pub mod tensor_file;
 
 pub use directions::{EmotionDirections, Site};
-pub use steer::{steering_control, steering_edit, SteeredChat, Steerer};
+pub use edits::RowEdits;
+pub use steer::{steering_edit, SteeredChat, Steerer, Steering};
 // What a steering program names besides this crate's types, so that it needs no other import.
 pub use emo_data::Emotion;
 pub use emo_model::{ChatMessage, GenerationConfig, LoadOptions, Model, Positions};
