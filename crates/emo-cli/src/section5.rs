@@ -203,7 +203,7 @@ pub struct SteerArgs {
     #[arg(long)]
     pub directions: Option<PathBuf>,
     /// `h += alpha * RMS(h) * v`.
-    #[arg(long, default_value_t = 8.0)]
+    #[arg(long, default_value_t = emo_steer::paper::STEERING_ALPHA)]
     pub alpha: f64,
     /// Inclusive layer range FIRST-LAST (default: the paper's 11-20 of 28 scaled to the model).
     #[arg(long)]
@@ -366,7 +366,7 @@ pub fn section5(s5: &Section5Args) -> Result<()> {
         data: data("test"),
         judge: a.judge.clone(),
         directions: None,
-        alpha: 8.0,
+        alpha: emo_steer::paper::STEERING_ALPHA,
         layers: None,
         positions: "last-prompt-and-generated".into(),
         generate: GenerateArgs { batch: a.batch, ..Default::default() },

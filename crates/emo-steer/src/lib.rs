@@ -1,9 +1,11 @@
 //! `emo-steer`: what a program that steers with emotion directions needs, and nothing heavier — the two
 //! residual sites the paper reads ([`Site`]), unit emotion directions per site, emotion and layer
 //! ([`EmotionDirections`], loaded from and saved to safetensors), the atomic safetensors writer and checked
-//! reader behind them ([`tensor_file`]), the error type every experiment crate shares ([`Error`]), the
-//! paper's constants ([`paper`]) and residual steering itself ([`steer`]: the edit, and [`Steerer`], a
-//! builder that steers a model's chat replies).
+//! reader behind them ([`tensor_file`]), directions from other tools ([`import`]: NumPy files, [`npy`], and
+//! llama.cpp control vectors, [`control_vector`]), the error type every experiment crate shares ([`Error`]),
+//! the paper's constants ([`paper`]), per-row edits ([`RowEdits`]) and residual steering itself ([`steer`]:
+//! the edit, [`Steering`], its one checked construction, and [`Steerer`], a builder that steers a model's
+//! chat replies).
 //!
 //! ```no_run
 //! use emo_steer::{ChatMessage, Emotion, Model, LoadOptions, Steerer};

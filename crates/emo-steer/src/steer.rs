@@ -112,7 +112,8 @@ impl RowEdits for Steering {
     }
 }
 
-/// One conversation of [`Steerer::chat_batch`] and the emotion it is steered towards (`None`: unsteered).
+/// One conversation of [`Steerer::chat_batch`] (or `Modulator::chat_batch`) and the emotion it is pushed
+/// towards (`None`: left alone).
 pub type SteeredChat = (Vec<ChatMessage>, Option<Emotion>);
 
 /// Steers a model's chat replies with emotion directions; every setting defaults to the paper's (alpha 8,
