@@ -5,10 +5,9 @@
 //! `cargo run --release --example modulation_cost -- CIRCUITS_DIR [ROWS] [NEW_TOKENS] [REPS] [DEVICE]`
 use std::time::Instant;
 
-use emo_circuits::circuit::CircuitSet;
-use emo_circuits::Modulation;
 use emo_data::{Dataset, Emotion, Split, Valence};
 use emo_model::{GenerationConfig, HookSet, LoadOptions, Model};
+use emo_modulate::{CircuitSet, Modulation};
 
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);

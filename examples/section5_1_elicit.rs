@@ -3,17 +3,20 @@
 //!
 //! `cargo run --release --example section5_1_elicit -- RUN [SCENARIOS] [DEVICE]` (CPU by default; `cuda` where
 //! present). Rerunning resumes an interrupted run.
+mod common;
+
 use emo_data::{Dataset, Split};
 use emo_directions::elicit::{elicitation_stage, open_run};
-use emo_directions::run::{run_stage, DatasetInfo, RunDir, ELICIT};
+use emo_directions::run::{DatasetInfo, ELICIT};
 use emo_directions::{Accuracy, ElicitOptions};
 use emo_model::{LoadOptions, Model};
+use emo_run::generation::run_stage;
 
 fn main() -> anyhow::Result<()> {
-    let mut args = std::env::args().skip(1);
-    let run = RunDir::new(args.next().unwrap_or_else(|| "runs/example".into()));
-    let n: usize = args.next().map_or(Ok(4), |s| s.parse())?;
-    let device = emo_model::device::parse_device(&args.next().unwrap_or_else(|| "cpu".into()))?;
+    let mut args = common::Args::new("section5_1_elicit RUN [SCENARIOS] [DEVICE]");
+    let run = args.run();
+    let n: usize = args.or("n", 4)?;
+    let device = args.device()?;
 
     let model = Model::load("smollm2-135m", LoadOptions { device, ..Default::default() })?;
     let scenarios = emo_data::sev::spread(Dataset::builtin().split(Split::Sev), n);

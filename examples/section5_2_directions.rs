@@ -2,11 +2,12 @@
 //! export, and the analyses (linear probes, PCA maps, cosine structure).
 //!
 //! `cargo run --release --example section5_2_directions -- RUN` after `section5_1_elicit`.
+mod common;
+
 use emo_directions::directions::GroupFilter;
-use emo_directions::run::RunDir;
 
 fn main() -> anyhow::Result<()> {
-    let run = RunDir::new(std::env::args().nth(1).unwrap_or_else(|| "runs/example".into()));
+    let run = common::Args::new("section5_2_directions RUN").run();
     // SmolLM2 rarely follows the emotion instruction, so few groups are complete: use them all.
     let acts = emo_directions::run::load_activations(&run)?;
     let summary = emo_directions::extract::extract(&run, &acts, GroupFilter::All, false)?;

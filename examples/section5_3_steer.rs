@@ -2,17 +2,21 @@
 //! (`h += 8 * RMS(h) * v_e[L]` on the paper's layers, scaled to the model's depth) and judge them.
 //!
 //! `cargo run --release --example section5_3_steer -- RUN [SCENARIOS] [DEVICE]` after `section5_2_directions`.
+mod common;
+
 use emo_data::{Dataset, Split};
-use emo_directions::run::{run_stage, DatasetInfo, RunDir};
+use emo_directions::run::DatasetInfo;
 use emo_directions::steer::steering_stage;
 use emo_directions::{Accuracy, EmotionDirections, SteerOptions};
 use emo_model::{LoadOptions, Model};
+use emo_run::generation::run_stage;
+use emo_steer::Steering;
 
 fn main() -> anyhow::Result<()> {
-    let mut args = std::env::args().skip(1);
-    let run = RunDir::new(args.next().unwrap_or_else(|| "runs/example".into()));
-    let n: usize = args.next().map_or(Ok(2), |s| s.parse())?;
-    let device = emo_model::device::parse_device(&args.next().unwrap_or_else(|| "cpu".into()))?;
+    let mut args = common::Args::new("section5_3_steer RUN [SCENARIOS] [DEVICE]");
+    let run = args.run();
+    let n: usize = args.or("n", 2)?;
+    let device = args.device()?;
 
     let manifest = run.require_manifest()?;
     let model = Model::load(&manifest.model.path, LoadOptions { device, ..Default::default() })?;
@@ -20,8 +24,8 @@ fn main() -> anyhow::Result<()> {
     let scenarios = emo_data::sev::spread(Dataset::builtin().split(Split::Test), n);
     let mut judge = emo_data::EmbeddingJudge::load_default()?;
     let info = DatasetInfo::of("builtin", Split::Test, &scenarios);
-    let cfg = model.transformer.config();
-    let stage = steering_stage("steering-test".into(), &scenarios, info, "embedding", &directions, cfg, &SteerOptions::default())?;
+    let steering = Steering::new(directions, model.transformer.config())?;
+    let stage = steering_stage("steering-test".into(), &scenarios, info, "embedding", &steering, &SteerOptions::default())?;
     run_stage(&run, &model, &mut judge, &stage)?;
     let replies = run.read_replies("steering-test")?;
     for r in replies.iter().step_by(replies.len().div_ceil(6).max(1)) {

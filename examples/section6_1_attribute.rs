@@ -4,17 +4,18 @@
 //!
 //! `cargo run --release --example section6_1_attribute -- RUN [accepted|all] [DEVICE]` after
 //! `section5_2_directions`.
-use emo_attribution::{attribute, AttributeOptions};
+mod common;
+
+use emo_attribution::{attribute, AttributeOptions, SampleFilter};
 use emo_data::Emotion;
-use emo_directions::run::RunDir;
 use emo_model::{LoadOptions, Model};
 
 fn main() -> anyhow::Result<()> {
-    let mut args = std::env::args().skip(1);
-    let run = RunDir::new(args.next().unwrap_or_else(|| "runs/example".into()));
+    let mut args = common::Args::new("section6_1_attribute RUN [accepted|all] [DEVICE]");
+    let run = args.run();
     // SmolLM2's replies rarely pass the judge: rank from all samples unless told otherwise.
-    let samples = args.next().unwrap_or_else(|| "all".into()).parse()?;
-    let device = emo_model::device::parse_device(&args.next().unwrap_or_else(|| "cpu".into()))?;
+    let samples = args.or("samples", SampleFilter::All)?;
+    let device = args.device()?;
     let manifest = run.require_manifest()?;
     let model = Model::load(&manifest.model.path, LoadOptions { device, ..Default::default() })?;
     let got = attribute(&run, &model, &AttributeOptions { samples, ..Default::default() })?;

@@ -3,16 +3,17 @@
 //!
 //! `cargo run --release --example section6_2_sweeps -- RUN [SCENARIOS] [DEVICE]` after
 //! `section6_1_attribute` (with all samples).
+mod common;
+
 use emo_attribution::sweeps::{run_sweep, SweepKind, SweepOptions, Units, MEAN_OVER_SEEDS};
 use emo_attribution::SampleFilter;
-use emo_directions::run::RunDir;
 use emo_model::{LoadOptions, Model};
 
 fn main() -> anyhow::Result<()> {
-    let mut args = std::env::args().skip(1);
-    let run = RunDir::new(args.next().unwrap_or_else(|| "runs/example".into()));
-    let n: usize = args.next().map_or(Ok(4), |s| s.parse())?;
-    let device = emo_model::device::parse_device(&args.next().unwrap_or_else(|| "cpu".into()))?;
+    let mut args = common::Args::new("section6_2_sweeps RUN [SCENARIOS] [DEVICE]");
+    let run = args.run();
+    let n: usize = args.or("n", 4)?;
+    let device = args.device()?;
     let manifest = run.require_manifest()?;
     let model = Model::load(&manifest.model.path, LoadOptions { device, ..Default::default() })?;
     for kind in [SweepKind::Ablate, SweepKind::Enhance] {

@@ -4,19 +4,20 @@
 //!
 //! `cargo run --release --example section7_1_circuits -- RUN [accepted|all] [DEVICE]` after
 //! `section6_1_attribute` with the same samples.
+mod common;
+
 use emo_attribution::{Attribution, SampleFilter};
-use emo_circuits::circuit::{overlap, CircuitSet};
-use emo_circuits::modulate::shape_of;
+use emo_circuits::circuit::overlap;
 use emo_circuits::report::circuits_dir;
-use emo_circuits::{sublayer_importance, Budget, ImportanceOptions};
-use emo_directions::run::RunDir;
+use emo_circuits::{assemble, sublayer_importance, Budget, ImportanceOptions};
 use emo_model::{LoadOptions, Model};
+use emo_modulate::Shape;
 
 fn main() -> anyhow::Result<()> {
-    let mut args = std::env::args().skip(1);
-    let run = RunDir::new(args.next().unwrap_or_else(|| "runs/example".into()));
-    let samples: SampleFilter = args.next().unwrap_or_else(|| "all".into()).parse()?;
-    let device = emo_model::device::parse_device(&args.next().unwrap_or_else(|| "cpu".into()))?;
+    let mut args = common::Args::new("section7_1_circuits RUN [accepted|all] [DEVICE]");
+    let run = args.run();
+    let samples = args.or("samples", SampleFilter::All)?;
+    let device = args.device()?;
     let manifest = run.require_manifest()?;
     let model = Model::load(&manifest.model.path, LoadOptions { device, ..Default::default() })?;
     let imp = sublayer_importance(&run, &model, &ImportanceOptions { samples, ..Default::default() })?;
@@ -24,7 +25,7 @@ fn main() -> anyhow::Result<()> {
     println!("importance figure: {}", fig.png.display());
     let cfg = model.transformer.config();
     let attribution = Attribution::load(&run, samples)?;
-    let set = CircuitSet::assemble(&imp.profiles()?, &attribution, shape_of(cfg), &Budget::paper(cfg.n_layers))?;
+    let set = assemble(&imp.profiles()?, &attribution, Shape::of(cfg), &Budget::paper(cfg.n_layers))?;
     let dir = circuits_dir(&run, samples);
     set.save(&dir)?;
     let ((nm, ns), (hm, hs)) = overlap(&set.circuits);

@@ -3,19 +3,23 @@
 //!
 //! `cargo run --release --example section7_2_modulate -- RUN [SCENARIOS] [accepted|all] [DEVICE]` after
 //! `section7_1_circuits`.
-use emo_circuits::circuit::CircuitSet;
+mod common;
+
+use emo_attribution::SampleFilter;
 use emo_circuits::report::circuits_dir;
 use emo_circuits::{modulation_stage, ModulateOptions};
 use emo_data::Split;
-use emo_directions::run::{run_stage, DatasetInfo, RunDir, ELICIT};
+use emo_directions::run::{DatasetInfo, ELICIT};
 use emo_model::{LoadOptions, Model};
+use emo_modulate::CircuitSet;
+use emo_run::generation::run_stage;
 
 fn main() -> anyhow::Result<()> {
-    let mut args = std::env::args().skip(1);
-    let run = RunDir::new(args.next().unwrap_or_else(|| "runs/example".into()));
-    let n: usize = args.next().map_or(Ok(4), |s| s.parse())?;
-    let samples = args.next().unwrap_or_else(|| "all".into()).parse()?;
-    let device = emo_model::device::parse_device(&args.next().unwrap_or_else(|| "cpu".into()))?;
+    let mut args = common::Args::new("section7_2_modulate RUN [SCENARIOS] [accepted|all] [DEVICE]");
+    let run = args.run();
+    let n: usize = args.or("n", 4)?;
+    let samples = args.or("samples", SampleFilter::All)?;
+    let device = args.device()?;
     let manifest = run.require_manifest()?;
     let model = Model::load(&manifest.model.path, LoadOptions { device, ..Default::default() })?;
     let cfg = model.transformer.config();

@@ -5,6 +5,8 @@
 //! depend on their values.
 //!
 //! `cargo run --release --example sweep_cost -- [PROMPTS] [DEVICE]`
+mod common;
+
 use std::time::Instant;
 
 use emo_data::{Dataset, Split, Valence};
@@ -13,9 +15,9 @@ use emo_run::{paper, Metric, Sweep};
 use tch::{Kind, Tensor};
 
 fn main() -> anyhow::Result<()> {
-    let mut args = std::env::args().skip(1);
-    let n: usize = args.next().map_or(Ok(4), |s| s.parse())?;
-    let device = emo_model::device::parse_device(&args.next().unwrap_or_else(|| "cpu".into()))?;
+    let mut args = common::Args::new("sweep_cost [PROMPTS] [DEVICE]");
+    let n: usize = args.or("n", 4)?;
+    let device = args.device()?;
     let model = Model::load("smollm2-135m", LoadOptions { device, ..Default::default() })?;
     let cfg = model.transformer.config();
     let scenarios = emo_data::sev::spread(Dataset::builtin().split(Split::Test), n.div_ceil(3));

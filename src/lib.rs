@@ -6,8 +6,8 @@
 //!
 //! | feature | adds |
 //! |---|---|
-//! | (default) | [`model`] (Llama/Qwen2 with typed hooks), [`data`] (SEV data, prompts, judges), [`steer`] (emotion directions and steering) |
-//! | `pipelines` | `run` (resumable runs, figures, archives), `directions` (section 5), `attribution` (section 6), `circuits` (section 7) |
+//! | (default) | [`model`] (Llama/Qwen2 with typed hooks), [`data`] (SEV data, prompts, judges), [`steer`] (emotion directions and steering), [`modulate`] (circuit files and modulation) |
+//! | `pipelines` | `run` (resumable runs, the generating stage, figures, archives), `directions` (section 5), `attribution` (section 6), `circuits` (finding circuits, section 7) |
 //! | `server` | `serve` (the OpenAI-compatible server) |
 //!
 //! Steering a reply towards anger with directions an `emo directions` run wrote:
@@ -45,6 +45,7 @@
 
 pub use emo_data as data;
 pub use emo_model as model;
+pub use emo_modulate as modulate;
 pub use emo_steer as steer;
 /// The tensor library underneath (devices, dtypes, tensors), so that a program needs no `tch` line of its own.
 pub use tch;
@@ -62,14 +63,13 @@ pub use emo_serve as serve;
 
 /// What a program that loads a model, hooks it and steers it names.
 pub mod prelude {
-    /// Circuit modulation (section 7), the other way to steer.
-    #[cfg(feature = "pipelines")]
-    pub use emo_circuits::Modulator;
     pub use emo_data::{Emotion, Valence};
     pub use emo_model::{
         Capture, ChatMessage, Edit, GenerationConfig, Hook, HookPoint, HookSet, Intervention, Interventions, LoadOptions, Model, Positions, Reply,
         Sampling,
     };
-    pub use emo_steer::{steering_edit, EmotionDirections, Site, Steerer};
+    /// Circuit modulation (section 7), the other way to steer.
+    pub use emo_modulate::Modulator;
+    pub use emo_steer::{steering_edit, EmotionDirections, Site, Steerer, Steering};
     pub use tch::{Device, Kind};
 }

@@ -57,7 +57,8 @@ for m in "${models[@]}"; do
     done
     "$PY" - "$m" "$b" "${rows[@]}" <<'PY'
 import json, sys
-m, b, ref, *ours = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), [json.loads(x) for x in sys.argv[4:]]
+m, b, ref = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+ours = [json.loads(x) for x in sys.argv[4:]]
 base = ref["generate_tokens_per_s"]
 print(f"| {m} | {b} | llama.cpp | Q4 (file) | {base:.1f} | 1.00x | {ref['prefill_tokens_per_s']:.0f} | {ref['peak_rss_mb']:.0f} |")
 for o in ours:

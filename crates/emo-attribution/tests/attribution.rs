@@ -10,14 +10,12 @@ use emo_attribution::{attribute, heads, AttributeOptions, SampleFilter};
 use emo_data::{Emotion, Judge, Split, Verdict};
 use emo_directions::directions::GroupFilter;
 use emo_directions::elicit::{elicitation_stage, open_run};
-use emo_directions::run::{load_activations, run_stage, DatasetInfo, RunDir, ELICIT};
+use emo_directions::run::{load_activations, DatasetInfo, RunDir, ELICIT};
 use emo_directions::{ElicitOptions, EmotionDirections};
 use emo_model::{Capture, Edit, GenerationConfig, HookPoint, HookSet, Intervention, Interventions, LogitsFor, Positions};
+use emo_run::generation::run_stage;
+use emo_test_support::max_diff;
 use tch::{Kind, Tensor};
-
-fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
-    f64::try_from((a.to_kind(Kind::Double) - b.to_kind(Kind::Double)).abs().max()).unwrap()
-}
 
 /// Last-token activations at `points` for `prompts` in one batch: one [n, ...] tensor per point.
 fn capture(prompts: &[Vec<u32>], points: &[HookPoint], hooks: Option<&mut Interventions>) -> Vec<Tensor> {

@@ -7,6 +7,7 @@
 //! (ties by layer index), skipping layers at the cap; then min is added back and layers with fewer units
 //! than their k give the excess to the others (backfill). Everything is computed in f64 in a fixed order:
 //! a 1e-4 relative change in one importance can move a unit.
+use emo_modulate::Shape;
 use emo_run::{Result, RunError};
 use serde::{Deserialize, Serialize};
 
@@ -36,17 +37,6 @@ impl Budget {
         let mlp = (self.mlp_share * self.k_total as f64).round() as usize;
         (mlp.min(self.k_total), self.k_total - mlp.min(self.k_total))
     }
-}
-
-/// What the rule needs of the model.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Shape {
-    /// Layers.
-    pub n_layers: usize,
-    /// Attention heads per layer.
-    pub n_heads: usize,
-    /// MLP neurons per layer.
-    pub d_mlp: usize,
 }
 
 /// Units per layer of one emotion's circuit.

@@ -39,7 +39,7 @@ pub fn write_importance_figure(run: &RunDir, imp: &SublayerImportance) -> Result
 pub fn write_modulation_pca(
     run: &RunDir,
     model: &emo_model::Model,
-    circuits: &crate::CircuitSet,
+    circuits: &emo_modulate::CircuitSet,
     scenarios: &[emo_data::Scenario],
 ) -> Result<Written> {
     use emo_model::{Capture, HookPoint, HookSet, LogitsFor, Positions};
@@ -57,7 +57,7 @@ pub fn write_modulation_pca(
     for c in &circuits.circuits {
         rows.extend((0..prompts.len()).map(|p| (p, Some((c.emotion, 1.0)))));
     }
-    let modulation = crate::Modulation::new(circuits);
+    let modulation = emo_modulate::Modulation::new(circuits);
     let mut states: Vec<Vec<Tensor>> = layers.iter().map(|_| Vec::new()).collect();
     for chunk in rows.chunks(32) {
         let batch: Vec<Vec<u32>> = chunk.iter().map(|(p, _)| prompts[*p].clone()).collect();

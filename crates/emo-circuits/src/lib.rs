@@ -6,10 +6,9 @@
 //!   prefix branching (every injection acts at the last prompt token).
 //! - [`allocate`]: the budget rule as a pure function (K_total = 10 per sublayer, 0.7 / 0.3, minimums, cap,
 //!   largest remainder, backfill).
-//! - [`circuit`]: circuits in the authors' JSON layout with their delta_mu, export and import (also of the
-//!   authors' `.npy` / `.npz` arrays), overlap between emotions.
-//! - [`modulate`]: per-row modulation hooks, the resumable modulation stage, and [`Modulator`], the
-//!   high-level entry point (load circuits, pick an emotion and scale, chat).
+//! - [`circuit`]: circuits picked from a section-6 attribution, overlap between emotions (the circuit files,
+//!   their import from the authors' arrays and modulation itself are the light crate `emo-modulate`'s).
+//! - [`modulate`]: the resumable modulation stage.
 //! - [`report`]: the section-7 part of a run's report (importance profiles, circuits, Table 2, fluency).
 #![warn(missing_docs)]
 
@@ -20,7 +19,7 @@ pub mod importance;
 pub mod modulate;
 pub mod report;
 
-pub use allocate::{allocate, Allocation, Budget, Shape};
-pub use circuit::{Circuit, CircuitSet};
+pub use allocate::{allocate, Allocation, Budget};
+pub use circuit::assemble;
 pub use importance::{sublayer_importance, ImportanceOptions, Profile, SublayerImportance};
-pub use modulate::{modulation_stage, ModulateOptions, ModulatedChat, Modulation, Modulator};
+pub use modulate::{modulation_stage, ModulateOptions};

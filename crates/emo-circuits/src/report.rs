@@ -5,12 +5,14 @@ use std::collections::HashSet;
 
 use emo_attribution::SampleFilter;
 use emo_data::{Emotion, Valence};
-use emo_directions::run::{StageSettings, GENERATION};
+use emo_modulate::circuit::{read_circuits, CircuitLayer, CircuitSet};
+use emo_run::folder::GENERATION;
+use emo_run::generation::StageSettings;
 use emo_run::paper::{PUBLISHED_CIRCUIT_OVERLAP, PUBLISHED_MODULATION};
 use emo_run::report::Report;
 use emo_run::{ReplyRecord, Result, RunDir};
 
-use crate::circuit::{overlap, CircuitSet};
+use crate::circuit::overlap;
 use crate::importance::{SublayerImportance, SUBLAYERS};
 
 /// `RUN/circuits/{samples}/`: where `emo circuits build` writes a run's circuits.
@@ -86,7 +88,7 @@ pub fn section7(run: &RunDir, report: &mut Report) -> Result<()> {
     for filter in [SampleFilter::Accepted, SampleFilter::All] {
         let dir = circuits_dir(run, filter);
         // Not checked against a model shape: the report reads the run's own circuits.
-        let Ok(set) = crate::circuit::read_circuits(&dir, None) else { continue };
+        let Ok(set) = read_circuits(&dir, None) else { continue };
         start(report);
         report.heading(3, &format!("Circuits ({filter} samples)"));
         let c0 = &set[0];
@@ -104,7 +106,7 @@ pub fn section7(run: &RunDir, report: &mut Report) -> Result<()> {
         let rows: Vec<Vec<String>> = set
             .iter()
             .map(|c| {
-                let top = |f: &dyn Fn(&crate::circuit::CircuitLayer) -> usize| {
+                let top = |f: &dyn Fn(&CircuitLayer) -> usize| {
                     let mut l: Vec<(usize, usize)> = c.layers.iter().map(|x| (f(x), x.layer)).collect();
                     l.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
                     l.iter().take(3).map(|(k, l)| format!("L{l}: {k}")).collect::<Vec<_>>().join(", ")

@@ -7,33 +7,20 @@
 mod common;
 
 use emo_attribution::{attribute, AttributeOptions, SampleFilter};
-use emo_circuits::circuit::{circuit_file, Circuit, CircuitLayer, CircuitSet, LayerHeads, LayerNeurons, PerKind};
 use emo_circuits::importance::{read_csv, reference_direction, sigma, Sublayer};
-use emo_circuits::modulate::shape_of;
 use emo_circuits::report::circuits_dir;
-use emo_circuits::{modulation_stage, sublayer_importance, Budget, ImportanceOptions, ModulateOptions, Modulator, Shape, SublayerImportance};
-use emo_data::{Emotion, Judge, Split, Verdict};
+use emo_circuits::{assemble, modulation_stage, sublayer_importance, Budget, ImportanceOptions, ModulateOptions, SublayerImportance};
+use emo_data::{Emotion, Split};
 use emo_directions::directions::GroupFilter;
 use emo_directions::elicit::{elicitation_stage, open_run};
-use emo_directions::run::{load_activations, run_stage, DatasetInfo, RunDir, ELICIT};
+use emo_directions::run::{load_activations, DatasetInfo, RunDir, ELICIT};
 use emo_directions::{ElicitOptions, EmotionDirections, Site};
 use emo_model::{Capture, ChatMessage, Edit, GenerationConfig, HookPoint, HookSet, Intervention, Interventions, LogitsFor, Positions};
+use emo_modulate::circuit::{circuit_file, Circuit, CircuitSet, PerKind, Shape};
+use emo_modulate::Modulator;
+use emo_run::generation::run_stage;
+use emo_test_support::{max_diff, Yes};
 use tch::{Kind, Tensor};
-
-fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
-    f64::try_from((a.to_kind(Kind::Double) - b.to_kind(Kind::Double)).abs().max()).unwrap()
-}
-
-/// Accepts every reply.
-struct Yes;
-impl Judge for Yes {
-    fn name(&self) -> String {
-        "yes".into()
-    }
-    fn judge(&mut self, items: &[(Emotion, &str)]) -> Result<Vec<Verdict>, emo_data::DataError> {
-        Ok(items.iter().map(|_| Verdict::decided(true, 1.0)).collect())
-    }
-}
 
 #[test]
 fn section7_on_a_small_run() {
@@ -121,9 +108,9 @@ fn section7_on_a_small_run() {
     assert!(err.contains("other settings"), "{err}");
 
     // Circuits by the rule: budget sums, minimums, units from the rankings; files round-trip.
-    let shape = shape_of(&cfg);
+    let shape = Shape::of(&cfg);
     let budget = Budget::paper(cfg.n_layers);
-    let set = CircuitSet::assemble(&mine, &attribution, shape, &budget).unwrap();
+    let set = assemble(&mine, &attribution, shape, &budget).unwrap();
     let (k_mlp, k_attn) = budget.split();
     for c in &set.circuits {
         assert_eq!(c.neuron_set().len(), k_mlp);
@@ -151,11 +138,10 @@ fn modulation_on(run: &RunDir) {
     let pos: Vec<ChatMessage> = messages(emo_data::Valence::Positive);
     let cfg = m.transformer.config();
     let circuits = CircuitSet::load_for(&circuits_dir(run, SampleFilter::All), cfg).unwrap();
-    let mut modulator = Modulator::new(m, circuits);
-    modulator.generation.max_new_tokens = 12;
+    let modulator = Modulator::new(m, circuits).unwrap().generation(GenerationConfig { max_new_tokens: 12, ..GenerationConfig::modulation() });
     let plain = modulator.chat_batch(&[(neg.clone(), None)]).unwrap();
-    assert_eq!(modulator.chat(&neg, Emotion::Anger, 0.0).unwrap(), plain[0], "s = 0 must be plain generation");
-    let rows = vec![(neg.clone(), Some((Emotion::Anger, 1.0))), (pos.clone(), None), (pos.clone(), Some((Emotion::Fear, 1.0)))];
+    assert_eq!(modulator.clone().emotion(Emotion::Anger).scale(0.0).chat(&neg).unwrap(), plain[0], "s = 0 must be plain generation");
+    let rows = vec![(neg.clone(), Some(Emotion::Anger)), (pos.clone(), None), (pos.clone(), Some(Emotion::Fear))];
     let batch = modulator.chat_batch(&rows).unwrap();
     assert_ne!(batch[0], plain[0], "modulation at s = 1 left the reply unchanged");
     for (i, row) in rows.iter().enumerate() {
@@ -197,24 +183,8 @@ fn modulation_on(run: &RunDir) {
 }
 
 fn tiny_circuit(emotion: Emotion, neurons: Vec<usize>, heads: Vec<usize>) -> Circuit {
-    Circuit {
-        emotion,
-        k_total: 6,
-        ratio_mode: "fixed".into(),
-        ratio_fixed: 0.7,
-        k_alloc: PerKind { mlp: 4, attn: 2 },
-        min_per_layer: PerKind { mlp: 1, attn: 1 },
-        cap_ratio: 0.4,
-        summary: serde_json::json!({}),
-        layers: vec![
-            CircuitLayer {
-                layer: 0,
-                mlp: LayerNeurons { k: neurons.len(), neurons: neurons.clone() },
-                attention: LayerHeads { k: heads.len(), heads: heads.clone() },
-            },
-            CircuitLayer { layer: 1, mlp: LayerNeurons { k: 1, neurons: vec![0] }, attention: LayerHeads { k: 1, heads: vec![1] } },
-        ],
-    }
+    let (k_alloc, min_per_layer) = (PerKind { mlp: 4, attn: 2 }, PerKind { mlp: 1, attn: 1 });
+    emo_test_support::circuit(emotion, 6, k_alloc, min_per_layer, vec![(neurons, heads), (vec![0], vec![1])])
 }
 
 #[test]
@@ -232,11 +202,11 @@ fn authors_layout_imports_and_bad_files_are_named() {
         for l in 0..2 {
             let attn = Tensor::from_slice(&[base + l as f32, 1.0, 2.0, 3.0, 4.0, 5.0]).reshape([2, 3]);
             std::fs::create_dir_all(dir.join("emo_diff").join(e.name())).unwrap();
-            emo_run::npy::write_npy(dir.join("emo_diff").join(e.name()).join(format!("L{l}.npy")), &attn).unwrap();
+            emo_steer::npy::write_npy(dir.join("emo_diff").join(e.name()).join(format!("L{l}.npy")), &attn).unwrap();
             mlp.push((format!("{}/diff/L{l}", e.name()), Tensor::from_slice(&[base, 1.0, 2.0, 3.0, 10.0 + l as f32])));
         }
     }
-    emo_run::npy::write_npz(dir.join("mlp_delta_mu.npz"), &mlp).unwrap();
+    emo_steer::npy::write_npz(dir.join("mlp_delta_mu.npz"), &mlp).unwrap();
     let set = CircuitSet::import(&dir, shape, 6).unwrap();
     assert_eq!(set.circuits, vec![anger.clone(), fear.clone()]);
     assert_eq!(f64::try_from(set.delta_mu_attn.get(3).get(1).get(0)).unwrap(), 101.0);
@@ -265,7 +235,8 @@ fn authors_layout_imports_and_bad_files_are_named() {
     assert!(err.contains("no attention delta_mu") && err.contains("L0.npy"), "{err}");
     std::fs::create_dir_all(bad.join("emo_diff/anger")).unwrap();
     for l in 0..2 {
-        emo_run::npy::write_npy(bad.join("emo_diff/anger").join(format!("L{l}.npy")), &Tensor::zeros([5], (Kind::Float, tch::Device::Cpu))).unwrap();
+        emo_steer::npy::write_npy(bad.join("emo_diff/anger").join(format!("L{l}.npy")), &Tensor::zeros([5], (Kind::Float, tch::Device::Cpu)))
+            .unwrap();
     }
     let err = CircuitSet::load(&bad, shape, 6).unwrap_err().to_string();
     assert!(err.contains("L0.npy") && err.contains("holds 5 values, expected 6"), "{err}");

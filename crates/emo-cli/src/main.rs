@@ -3,14 +3,14 @@
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use clap::{Args, Parser, Subcommand};
+use args::ModelArgs;
+use clap::{Parser, Subcommand};
 use emo_model::bench::{hooks_for, peak_rss_mb, HookLoad};
-use emo_model::device::{device_name, parse_device, parse_kind};
-use emo_model::{
-    Capture, ChatMessage, DecodeState, GenerationConfig, HookPoint, HookSet, Interventions, LoadOptions, LogitsFor, Model, Positions, WeightFormat,
-};
+use emo_model::device::device_name;
+use emo_model::{Capture, ChatMessage, DecodeState, GenerationConfig, HookPoint, HookSet, Interventions, LogitsFor, Positions};
 use tch::Tensor;
 
+mod args;
 mod section5;
 mod section6;
 mod section7;
@@ -21,77 +21,6 @@ mod serve;
 struct Cli {
     #[command(subcommand)]
     command: Command,
-}
-
-/// Options every model-running command shares.
-#[derive(Args, Clone, Debug)]
-pub(crate) struct ModelArgs {
-    /// Built-in alias (smollm2-135m, qwen2.5-coder-0.5b, opt-in qwen2.5-coder-1.5b), a .gguf file, a Hugging Face folder or repo id.
-    #[arg(long, short, default_value = emo_model::model::DEFAULT_MODEL)]
-    pub(crate) model: String,
-    /// auto (CUDA when present), cpu, cuda, cuda:N.
-    #[arg(long, default_value = "auto")]
-    pub(crate) device: String,
-    /// f32, bf16 or f16 (default f32; on a CPU with AMX, bf16 ran the 1.5B model 3x faster than f32:
-    /// docs/performance.md).
-    #[arg(long, default_value = "f32")]
-    pub(crate) dtype: String,
-    /// CPU threads for LibTorch (default: LibTorch's choice).
-    #[arg(long)]
-    pub(crate) threads: Option<i32>,
-    /// How a GGUF file's quantized weights are held: dequantized (exact, the default) or packed (Q4_0, Q4_1,
-    /// Q4_K, Q5_0 and Q8_0 matrices stay packed as int4, multiplied in bf16 on the CPU; docs/performance.md).
-    #[arg(long, default_value = "dequantized")]
-    pub(crate) weights: String,
-}
-
-/// Device options of the commands that run a run folder's own model (`steer`, `attribute`, `sweep`).
-#[derive(Args, Clone, Debug)]
-struct RunModelArgs {
-    /// auto (CUDA when present), cpu, cuda, cuda:N (the model itself is the run's).
-    #[arg(long, default_value = "auto")]
-    pub(crate) device: String,
-    /// f32, bf16 or f16.
-    #[arg(long, default_value = "f32")]
-    pub(crate) dtype: String,
-    /// CPU threads for LibTorch.
-    #[arg(long)]
-    pub(crate) threads: Option<i32>,
-    /// dequantized or packed (as for `--model`).
-    #[arg(long, default_value = "dequantized")]
-    pub(crate) weights: String,
-}
-
-impl RunModelArgs {
-    /// Loads the model `run` was made with and checks it is the same model files.
-    fn load(&self, run: &emo_directions::RunDir) -> Result<Model> {
-        let manifest = run.require_manifest()?;
-        let model = ModelArgs {
-            model: manifest.model.path.clone(),
-            device: self.device.clone(),
-            dtype: self.dtype.clone(),
-            threads: self.threads,
-            weights: self.weights.clone(),
-        }
-        .load()?;
-        emo_directions::elicit::open_run(run, &model, &manifest.model.reference)?;
-        Ok(model)
-    }
-}
-
-impl ModelArgs {
-    /// Device, dtype and weight format as parsed from the flags.
-    pub(crate) fn options(&self) -> Result<LoadOptions> {
-        Ok(LoadOptions::new(parse_device(&self.device)?, parse_kind(&self.dtype)?).weights(WeightFormat::parse(&self.weights)?))
-    }
-
-    fn load(&self) -> Result<Model> {
-        if let Some(n) = self.threads {
-            tch::set_num_threads(n);
-        }
-        let opts = self.options()?;
-        Model::load(&self.model, opts).with_context(|| format!("loading model `{}`", self.model))
-    }
 }
 
 #[derive(Subcommand)]
@@ -414,8 +343,8 @@ fn run(cli: Cli) -> Result<()> {
             let mut line = serde_json::json!({
                 "model": model.model,
                 "device": device_name(t.device()),
-                "dtype": model.dtype,
-                "weights": model.weights,
+                "dtype": model.load.dtype,
+                "weights": model.load.weights,
                 "weight_mb": t.weight_bytes().0 as f64 / 1e6,
                 "threads": tch::get_num_threads(),
                 "batch": batch,
@@ -506,7 +435,7 @@ fn bench_branching(model: &ModelArgs, ns: &[usize], tokens: usize, batch: usize,
         let line = serde_json::json!({
             "model": model.model,
             "device": device_name(t.device()),
-            "dtype": model.dtype,
+            "dtype": model.load.dtype,
             "threads": tch::get_num_threads(),
             "tokens": tokens,
             "interventions": n,

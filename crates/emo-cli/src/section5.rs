@@ -8,12 +8,15 @@ use clap::Args;
 use emo_data::{Judge, Split};
 use emo_directions::directions::GroupFilter;
 use emo_directions::elicit::{elicitation_stage, open_run, stage_name};
-use emo_directions::run::{run_stage, DatasetInfo, RunDir};
+use emo_directions::run::{DatasetInfo, RunDir};
 use emo_directions::steer::steering_stage;
 use emo_directions::{ElicitOptions, EmotionDirections, SteerOptions};
 use emo_model::GenerationConfig;
+use emo_run::generation::run_stage;
+use emo_steer::Steering;
 
-use crate::{emit, ModelArgs, RunModelArgs};
+use crate::args::{GenerateArgs, LoadArgs, ModelArgs, ProgressArgs, StageNameArgs};
+use crate::emit;
 
 /// Where the prompts come from.
 #[derive(Args, Clone, Debug)]
@@ -89,12 +92,8 @@ pub struct ElicitArgs {
     pub data: DataArgs,
     #[command(flatten)]
     pub judge: JudgeArgs,
-    /// Prompts per batch (32: the best throughput per prompt on a 2-core CPU within 2 GB).
-    #[arg(long, default_value_t = 32)]
-    pub batch: usize,
-    /// Maximum new tokens per reply (the paper: 100).
-    #[arg(long, default_value_t = 100)]
-    pub max_new_tokens: usize,
+    #[command(flatten)]
+    pub generate: GenerateArgs,
     /// The run's prompt set: paper (the default for a new run), strong, or a JSON file with
     /// `elicitation_system` (containing `{emotion}`) and `neutral_system`. Every later stage of the run uses
     /// it; asking an existing run for another set is an error.
@@ -103,9 +102,8 @@ pub struct ElicitArgs {
     /// Generate and judge without capturing activations (to measure what capturing costs).
     #[arg(long)]
     pub no_capture: bool,
-    /// No progress bar.
-    #[arg(long)]
-    pub quiet: bool,
+    #[command(flatten)]
+    pub progress: ProgressArgs,
 }
 
 pub fn elicit(a: &ElicitArgs) -> Result<()> {
@@ -117,8 +115,12 @@ pub fn elicit(a: &ElicitArgs) -> Result<()> {
         run.use_prompts(&mut manifest, &emo_data::PromptSet::parse(p)?)?;
     }
     let mut judge = a.judge.load()?;
-    let opts =
-        ElicitOptions { batch_size: a.batch, generation: GenerationConfig::greedy(a.max_new_tokens), capture: !a.no_capture, progress: !a.quiet };
+    let opts = ElicitOptions {
+        batch_size: a.generate.batch,
+        generation: GenerationConfig::greedy(a.generate.max_new_tokens),
+        capture: !a.no_capture,
+        progress: a.progress.shown(),
+    };
     let name = stage_name(&manifest, split);
     let stage = elicitation_stage(name.clone(), &scenarios, info, &judge.name(), &opts)?;
     let stats = run_stage(&run, &model, judge.as_mut(), &stage)?;
@@ -201,7 +203,7 @@ pub struct SteerArgs {
     #[arg(long)]
     pub directions: Option<PathBuf>,
     /// `h += alpha * RMS(h) * v`.
-    #[arg(long, default_value_t = 8.0)]
+    #[arg(long, default_value_t = emo_steer::paper::STEERING_ALPHA)]
     pub alpha: f64,
     /// Inclusive layer range FIRST-LAST (default: the paper's 11-20 of 28 scaled to the model).
     #[arg(long)]
@@ -209,21 +211,14 @@ pub struct SteerArgs {
     /// last-prompt-and-generated (the authors'), last-prompt, generated, prompt, all.
     #[arg(long, default_value = "last-prompt-and-generated")]
     pub positions: String,
-    /// Prompts per batch (32: the best throughput per prompt on a 2-core CPU within 2 GB).
-    #[arg(long, default_value_t = 32)]
-    pub batch: usize,
-    /// Maximum new tokens per reply (the paper: 100; min 10, repetition penalty 1.05, no repeated trigram).
-    #[arg(long, default_value_t = 100)]
-    pub max_new_tokens: usize,
     #[command(flatten)]
-    pub model: RunModelArgs,
-    /// Name of this steering stage in the run (default `steering-{split}`): other names keep several settings,
-    /// e.g. an alpha sweep, side by side in one run and its report.
-    #[arg(long)]
-    pub stage: Option<String>,
-    /// No progress bar.
-    #[arg(long)]
-    pub quiet: bool,
+    pub generate: GenerateArgs,
+    #[command(flatten)]
+    pub model: LoadArgs,
+    #[command(flatten)]
+    pub stage: StageNameArgs,
+    #[command(flatten)]
+    pub progress: ProgressArgs,
 }
 
 pub(crate) fn parse_layers(s: &str) -> Result<(usize, usize)> {
@@ -235,24 +230,26 @@ pub fn steer(a: &SteerArgs) -> Result<()> {
     let run = RunDir::new(&a.run);
     let manifest = run.require_manifest()?;
     let directions = match &a.directions {
-        Some(p) => emo_directions::extract::import_directions(p, manifest.model.n_layers, manifest.model.d_model)?,
+        Some(p) => emo_steer::import::import_directions(p, manifest.model.n_layers, manifest.model.d_model)?,
         None => EmotionDirections::load(&run.directions())
             .with_context(|| format!("reading the directions of {} (run `emo directions` first)", run.path.display()))?,
     };
     let (split, scenarios, info) = a.data.load(Split::Test)?;
-    let model = a.model.load(&run)?;
+    let model = a.model.load_run(&run)?;
     let mut judge = a.judge.load()?;
+    let mut steering = Steering::new(directions, model.transformer.config())?;
+    steering.alpha = a.alpha;
+    if let Some(layers) = a.layers.as_deref().map(parse_layers).transpose()? {
+        steering.layers = layers;
+    }
+    steering.positions = a.positions.parse()?;
     let opts = SteerOptions {
-        alpha: a.alpha,
-        layers: a.layers.as_deref().map(parse_layers).transpose()?,
-        positions: a.positions.parse()?,
-        batch_size: a.batch,
-        generation: GenerationConfig { max_new_tokens: a.max_new_tokens, ..GenerationConfig::steering() },
-        progress: !a.quiet,
-        ..Default::default()
+        batch_size: a.generate.batch,
+        generation: GenerationConfig { max_new_tokens: a.generate.max_new_tokens, ..GenerationConfig::steering() },
+        progress: a.progress.shown(),
     };
-    let name = check_stage_name(a.stage.as_deref(), &format!("steering-{split}"))?;
-    let stage = steering_stage(name.clone(), &scenarios, info, &judge.name(), &directions, model.transformer.config(), &opts)?;
+    let name = a.stage.name(&format!("steering-{split}"))?;
+    let stage = steering_stage(name.clone(), &scenarios, info, &judge.name(), &steering, &opts)?;
     let stats = run_stage(&run, &model, judge.as_mut(), &stage)?;
     let acc = emo_directions::Accuracy::of(&run.read_replies(&name)?)?;
     let s = stage.settings.steering.as_ref().expect("a steering stage");
@@ -269,17 +266,6 @@ pub fn steer(a: &SteerArgs) -> Result<()> {
         acc.markdown(),
         run.replies(&name).display()
     ))
-}
-
-/// A generating stage's name from `--stage` (default `default`): letters, digits, '-', '_' or '.', and not the
-/// elicitation's.
-pub(crate) fn check_stage_name(given: Option<&str>, default: &str) -> Result<String> {
-    let name = given.unwrap_or(default).to_string();
-    anyhow::ensure!(
-        !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) && name != "elicit",
-        "--stage `{name}`: use letters, digits, '-', '_' or '.', and not `elicit`"
-    );
-    Ok(name)
 }
 
 /// `emo report`.
@@ -322,9 +308,8 @@ pub struct PipelineArgs {
     /// it; asking an existing run for another set is an error.
     #[arg(long)]
     pub prompt: Option<String>,
-    /// No progress bars.
-    #[arg(long)]
-    pub quiet: bool,
+    #[command(flatten)]
+    pub progress: ProgressArgs,
 }
 
 impl PipelineArgs {
@@ -339,13 +324,8 @@ impl PipelineArgs {
     }
 
     /// The device options for commands that run the run's own model.
-    pub fn run_model(&self) -> RunModelArgs {
-        RunModelArgs {
-            device: self.model.device.clone(),
-            dtype: self.model.dtype.clone(),
-            threads: self.model.threads,
-            weights: self.model.weights.clone(),
-        }
+    pub fn run_model(&self) -> LoadArgs {
+        self.model.load.clone()
     }
 }
 
@@ -373,11 +353,10 @@ pub fn section5(s5: &Section5Args) -> Result<()> {
             model: a.model.clone(),
             data: data(split),
             judge: a.judge.clone(),
-            batch: a.batch,
-            max_new_tokens: 100,
+            generate: GenerateArgs { batch: a.batch, ..Default::default() },
             prompt: a.prompt.clone(),
             no_capture: false,
-            quiet: a.quiet,
+            progress: a.progress.clone(),
         })?;
     }
     let run = RunDir::new(&s5.out);
@@ -387,14 +366,13 @@ pub fn section5(s5: &Section5Args) -> Result<()> {
         data: data("test"),
         judge: a.judge.clone(),
         directions: None,
-        alpha: 8.0,
+        alpha: emo_steer::paper::STEERING_ALPHA,
         layers: None,
         positions: "last-prompt-and-generated".into(),
-        batch: a.batch,
-        max_new_tokens: 100,
+        generate: GenerateArgs { batch: a.batch, ..Default::default() },
         model: a.run_model(),
-        stage: None,
-        quiet: a.quiet,
+        stage: StageNameArgs::default(),
+        progress: a.progress.clone(),
     })?;
     report(&ReportArgs { run: s5.out.clone() })?;
     emit(format!("section 5 done in {:.0} s; report: {}\n", t.elapsed().as_secs_f64(), run.report().display()))

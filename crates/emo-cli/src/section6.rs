@@ -7,7 +7,8 @@ use clap::Args;
 use emo_attribution::{attribute, AttributeOptions};
 use emo_directions::RunDir;
 
-use crate::{emit, RunModelArgs};
+use crate::args::{LoadArgs, ProgressArgs};
+use crate::emit;
 
 /// `emo attribute`.
 #[derive(Args, Clone, Debug)]
@@ -22,16 +23,15 @@ pub struct AttributeArgs {
     #[arg(long, default_value_t = 32)]
     pub batch: usize,
     #[command(flatten)]
-    pub model: RunModelArgs,
-    /// No progress bar.
-    #[arg(long)]
-    pub quiet: bool,
+    pub model: LoadArgs,
+    #[command(flatten)]
+    pub progress: ProgressArgs,
 }
 
 pub fn attribute_cmd(a: &AttributeArgs) -> Result<()> {
     let run = RunDir::new(&a.run);
-    let model = a.model.load(&run)?;
-    let opts = AttributeOptions { samples: a.samples.parse()?, batch_size: a.batch, progress: !a.quiet };
+    let model = a.model.load_run(&run)?;
+    let opts = AttributeOptions { samples: a.samples.parse()?, batch_size: a.batch, progress: a.progress.shown() };
     let t = Instant::now();
     let got = attribute(&run, &model, &opts)?;
     let secs = t.elapsed().as_secs_f64();
@@ -84,16 +84,15 @@ pub struct SweepArgs {
     #[arg(long)]
     pub full_forwards: bool,
     #[command(flatten)]
-    pub model: RunModelArgs,
-    /// No progress bar.
-    #[arg(long)]
-    pub quiet: bool,
+    pub model: LoadArgs,
+    #[command(flatten)]
+    pub progress: ProgressArgs,
 }
 
 pub fn sweep_cmd(a: &SweepArgs) -> Result<()> {
     use emo_attribution::sweeps::{run_sweep, SweepOptions, MEAN_OVER_SEEDS};
     let run = RunDir::new(&a.run);
-    let model = a.model.load(&run)?;
+    let model = a.model.load_run(&run)?;
     let mut opts = SweepOptions::paper(a.kind.parse()?, a.units.parse()?, model.transformer.config());
     opts.positions = a.positions.parse()?;
     if !a.k.is_empty() {
@@ -104,7 +103,7 @@ pub fn sweep_cmd(a: &SweepArgs) -> Result<()> {
     opts.limit = a.limit;
     opts.samples = a.samples.parse()?;
     opts.max_rows = a.rows;
-    opts.progress = !a.quiet;
+    opts.progress = a.progress.shown();
     opts.full_forwards = a.full_forwards;
     let t = Instant::now();
     let rows = run_sweep(&run, &model, &opts)?;

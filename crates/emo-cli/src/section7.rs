@@ -6,18 +6,18 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 use emo_attribution::{Attribution, SampleFilter};
-use emo_circuits::circuit::CircuitSet;
 use emo_circuits::importance::{read_csv, SublayerImportance};
-use emo_circuits::modulate::shape_of;
 use emo_circuits::report::circuits_dir;
-use emo_circuits::{allocate, modulation_stage, sublayer_importance, Budget, ImportanceOptions, ModulateOptions, Shape};
+use emo_circuits::{allocate, assemble, modulation_stage, sublayer_importance, Budget, ImportanceOptions, ModulateOptions};
 use emo_data::{Emotion, Split};
-use emo_directions::run::run_stage;
 use emo_directions::RunDir;
 use emo_model::GenerationConfig;
+use emo_modulate::{CircuitSet, Shape};
+use emo_run::generation::run_stage;
 
+use crate::args::{GenerateArgs, LoadArgs, ModelArgs, ProgressArgs, StageNameArgs};
+use crate::emit;
 use crate::section5::{DataArgs, JudgeArgs, PipelineArgs};
-use crate::{emit, ModelArgs, RunModelArgs};
 
 /// `emo importance`.
 #[derive(Args, Clone, Debug)]
@@ -40,21 +40,20 @@ pub struct ImportanceArgs {
     #[arg(long)]
     pub full_forwards: bool,
     #[command(flatten)]
-    pub model: RunModelArgs,
-    /// No progress bar.
-    #[arg(long)]
-    pub quiet: bool,
+    pub model: LoadArgs,
+    #[command(flatten)]
+    pub progress: ProgressArgs,
 }
 
 pub fn importance_cmd(a: &ImportanceArgs) -> Result<()> {
     let run = RunDir::new(&a.run);
-    let model = a.model.load(&run)?;
+    let model = a.model.load_run(&run)?;
     let opts = ImportanceOptions {
         samples: a.samples.parse()?,
         alphas: a.alphas.clone(),
         max_rows: a.rows,
         batch_prompts: a.batch,
-        progress: !a.quiet,
+        progress: a.progress.shown(),
         full_forwards: a.full_forwards,
     };
     let t = Instant::now();
@@ -143,7 +142,7 @@ pub fn circuits_cmd(c: &CircuitsCommand) -> Result<()> {
             if let Some(k) = k_total {
                 budget.k_total = *k;
             }
-            let set = CircuitSet::assemble(&imp.profiles()?, &attribution, Shape { n_layers: l, n_heads, d_mlp }, &budget)?;
+            let set = assemble(&imp.profiles()?, &attribution, Shape { n_layers: l, n_heads, d_mlp }, &budget)?;
             let dir = circuits_dir(&run, samples);
             set.save(&dir)?;
             let ((nm, ns), (hm, hs)) = emo_circuits::circuit::overlap(&set.circuits);
@@ -187,25 +186,19 @@ pub struct ModulateArgs {
     /// Whose circuits are the default: accepted or all.
     #[arg(long, default_value = "accepted")]
     pub samples: String,
-    /// Prompts per batch.
-    #[arg(long, default_value_t = 32)]
-    pub batch: usize,
-    /// Maximum new tokens per reply (the paper: 100; min 10, repetition penalty 1.1, no repeated trigram).
-    #[arg(long, default_value_t = 100)]
-    pub max_new_tokens: usize,
     #[command(flatten)]
-    pub model: RunModelArgs,
-    /// Name of the stage (default `modulation-{split}`).
-    #[arg(long)]
-    pub stage: Option<String>,
-    /// No progress bar.
-    #[arg(long)]
-    pub quiet: bool,
+    pub generate: GenerateArgs,
+    #[command(flatten)]
+    pub model: LoadArgs,
+    #[command(flatten)]
+    pub stage: StageNameArgs,
+    #[command(flatten)]
+    pub progress: ProgressArgs,
 }
 
 pub fn modulate_cmd(a: &ModulateArgs) -> Result<()> {
     let run = RunDir::new(&a.run);
-    let model = a.model.load(&run)?;
+    let model = a.model.load_run(&run)?;
     let cfg = model.transformer.config().clone();
     let samples: SampleFilter = a.samples.parse()?;
     let dir = a.circuits.clone().unwrap_or_else(|| circuits_dir(&run, samples));
@@ -224,11 +217,11 @@ pub fn modulate_cmd(a: &ModulateArgs) -> Result<()> {
     let opts = ModulateOptions {
         emotions,
         scales,
-        batch_size: a.batch,
-        generation: GenerationConfig { max_new_tokens: a.max_new_tokens, ..GenerationConfig::modulation() },
-        progress: !a.quiet,
+        batch_size: a.generate.batch,
+        generation: GenerationConfig { max_new_tokens: a.generate.max_new_tokens, ..GenerationConfig::modulation() },
+        progress: a.progress.shown(),
     };
-    let name = crate::section5::check_stage_name(a.stage.as_deref(), &format!("modulation-{split}"))?;
+    let name = a.stage.name(&format!("modulation-{split}"))?;
     let stage = modulation_stage(name.clone(), &scenarios, info, &judge.name(), &set, &cfg, &opts)?;
     let stats = run_stage(&run, &model, judge.as_mut(), &stage)?;
     let fig1 = emo_circuits::figures::write_modulation_pca(&run, &model, &set, &emo_data::sev::spread(&scenarios, 8))?;
@@ -275,11 +268,11 @@ pub fn paper(p: &PaperArgs) -> Result<()> {
     crate::section5::section5(&crate::section5::Section5Args { out: p.out.clone(), pipeline: a.clone(), groups: "auto".into() })?;
     times.push(("section 5", t.elapsed().as_secs_f64()));
     let run = RunDir::new(&p.out);
-    let model = a.run_model().load(&run)?;
+    let model = a.run_model().load_run(&run)?;
     let samples: SampleFilter = p.samples.parse()?;
     let step = Instant::now();
     let attribution =
-        emo_attribution::attribute(&run, &model, &emo_attribution::AttributeOptions { samples, batch_size: a.batch, progress: !a.quiet })?;
+        emo_attribution::attribute(&run, &model, &emo_attribution::AttributeOptions { samples, batch_size: a.batch, progress: a.progress.shown() })?;
     emo_attribution::figures::write_figures(&run, &attribution)?;
     times.push(("attribution", step.elapsed().as_secs_f64()));
     let step = Instant::now();
@@ -291,7 +284,7 @@ pub fn paper(p: &PaperArgs) -> Result<()> {
             opts.seeds = p.seeds;
             opts.samples = samples;
             opts.limit = a.limit();
-            opts.progress = !a.quiet;
+            opts.progress = a.progress.shown();
             let rows = run_sweep(&run, &model, &opts)?;
             emo_attribution::figures::write_sweep_figure(&run, &opts, &rows)?;
         }
@@ -299,17 +292,17 @@ pub fn paper(p: &PaperArgs) -> Result<()> {
     emo_attribution::figures::write_fig3(&run)?;
     times.push(("section 6 sweeps", step.elapsed().as_secs_f64()));
     let step = Instant::now();
-    let imp = sublayer_importance(&run, &model, &ImportanceOptions { samples, progress: !a.quiet, ..Default::default() })?;
+    let imp = sublayer_importance(&run, &model, &ImportanceOptions { samples, progress: a.progress.shown(), ..Default::default() })?;
     emo_circuits::figures::write_importance_figure(&run, &imp)?;
     times.push(("sublayer importance", step.elapsed().as_secs_f64()));
-    let shape = shape_of(&cfg);
-    let set = CircuitSet::assemble(&imp.profiles()?, &attribution, shape, &Budget::paper(cfg.n_layers))?;
+    let shape = Shape::of(&cfg);
+    let set = assemble(&imp.profiles()?, &attribution, shape, &Budget::paper(cfg.n_layers))?;
     let dir = circuits_dir(&run, samples);
     set.save(&dir)?;
     let step = Instant::now();
     let (split, scenarios, info) = a.data("test").load(Split::Test)?;
     let mut judge = a.judge.load()?;
-    let opts = ModulateOptions { batch_size: a.batch, progress: !a.quiet, ..Default::default() };
+    let opts = ModulateOptions { batch_size: a.batch, progress: a.progress.shown(), ..Default::default() };
     let name = format!("modulation-{split}");
     let stage = modulation_stage(name, &scenarios, info, &judge.name(), &set, &cfg, &opts)?;
     run_stage(&run, &model, judge.as_mut(), &stage)?;

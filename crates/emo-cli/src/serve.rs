@@ -13,7 +13,7 @@ use emo_serve::{serve, ServeOptions};
 #[derive(Args, Clone, Debug)]
 pub struct ServeArgs {
     #[command(flatten)]
-    pub model: crate::ModelArgs,
+    pub model: crate::args::ModelArgs,
     /// A direction set requests may steer with, NAME=PATH (.safetensors, .npz, .npy, a folder of control
     /// vectors, or a run folder); repeatable.
     #[arg(long = "directions", value_name = "NAME=PATH")]
@@ -54,13 +54,10 @@ fn named(flag: &str, v: &[String]) -> Result<Vec<(String, PathBuf)>> {
 }
 
 pub fn serve_cmd(a: &ServeArgs) -> Result<()> {
-    if let Some(n) = a.model.threads {
-        tch::set_num_threads(n);
-    }
     anyhow::ensure!(a.max_batch > 0 && a.max_queue > 0 && a.max_tokens > 0, "--max-batch, --max-queue and --max-tokens must be positive");
     let opts = ServeOptions {
         model: a.model.model.clone(),
-        load: a.model.options()?,
+        load: a.model.load.options()?,
         directions: named("--directions", &a.directions)?,
         circuits: named("--circuits", &a.circuits)?,
         host: a.host.clone(),

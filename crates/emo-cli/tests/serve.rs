@@ -7,9 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use emo_circuits::circuit::{CircuitLayer, LayerHeads, LayerNeurons, PerKind};
-use emo_circuits::{Circuit, CircuitSet};
 use emo_data::Emotion;
+use emo_modulate::circuit::{CircuitSet, PerKind};
 use serde_json::{json, Value};
 use tch::{Kind, Tensor};
 
@@ -32,7 +31,7 @@ fn synthetic_controls(dir: &Path) -> (PathBuf, PathBuf) {
     let (l, d, h, dh, m) = (30i64, 576i64, 9usize, 64i64, 1536usize);
     tch::manual_seed(0);
     let unit = |t: Tensor| &t / t.norm_scalaropt_dim(2, [-1], true);
-    let dirs = emo_directions::EmotionDirections {
+    let dirs = emo_steer::EmotionDirections {
         resid_mid: unit(Tensor::randn([6, l, d], (Kind::Float, tch::Device::Cpu))),
         resid_post: unit(Tensor::randn([6, l, d], (Kind::Float, tch::Device::Cpu))),
     };
@@ -41,22 +40,11 @@ fn synthetic_controls(dir: &Path) -> (PathBuf, PathBuf) {
     let circuits = Emotion::ALL
         .iter()
         .enumerate()
-        .map(|(e, &emotion)| Circuit {
-            emotion,
-            k_total: 0,
-            ratio_mode: "fixed".into(),
-            ratio_fixed: 0.7,
-            k_alloc: PerKind { mlp: 0, attn: 0 },
-            min_per_layer: PerKind { mlp: 4, attn: 2 },
-            cap_ratio: 0.4,
-            summary: json!({}),
-            layers: (0..l as usize)
-                .map(|layer| {
-                    let neurons: Vec<usize> = (0..16).map(|i| (i * 97 + e * 13 + layer * 7) % m).collect();
-                    let heads = vec![(e + layer) % h, (e + layer + 4) % h];
-                    CircuitLayer { layer, mlp: LayerNeurons { k: neurons.len(), neurons }, attention: LayerHeads { k: heads.len(), heads } }
-                })
-                .collect(),
+        .map(|(e, &emotion)| {
+            let layers = (0..l as usize)
+                .map(|layer| ((0..16).map(|i| (i * 97 + e * 13 + layer * 7) % m).collect(), vec![(e + layer) % h, (e + layer + 4) % h]))
+                .collect();
+            emo_test_support::circuit(emotion, 0, PerKind { mlp: 0, attn: 0 }, PerKind { mlp: 4, attn: 2 }, layers)
         })
         .collect();
     let set = CircuitSet {

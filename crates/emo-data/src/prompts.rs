@@ -161,4 +161,13 @@ impl PromptItem {
         }
         v
     }
+
+    /// The prompts of the steering and modulation stages: for each of `emotions` in turn, every scenario x
+    /// valence (scenario, then valence), so that each prompt carries the emotion its row is pushed towards.
+    pub fn emotion_major(scenarios: &[Scenario], emotions: &[Emotion]) -> Vec<PromptItem> {
+        emotions
+            .iter()
+            .flat_map(|&emotion| (0..scenarios.len()).flat_map(move |scenario| Valence::ALL.map(|valence| PromptItem { scenario, valence, emotion })))
+            .collect()
+    }
 }

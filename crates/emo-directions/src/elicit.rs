@@ -4,8 +4,10 @@
 use emo_data::{PromptItem, Scenario, Split};
 use emo_model::{GenerationConfig, Model};
 
-use crate::error::{DirectionsError, Result};
-use crate::run::{DatasetInfo, Manifest, ModelInfo, PromptKind, RunDir, Stage, StageSettings, ELICIT};
+use emo_run::generation::{batches, PromptKind, Stage, StageSettings};
+
+use crate::error::Result;
+use crate::run::{DatasetInfo, Manifest, ModelInfo, RunDir, ELICIT};
 
 /// How to run an elicitation.
 #[derive(Clone, Debug)]
@@ -44,9 +46,6 @@ pub fn stage_name(manifest: &Manifest, split: Split) -> String {
 
 /// The elicitation stage over `scenarios` (prompt order: scenario, valence, emotion; fixed-size batches).
 pub fn elicitation_stage<'a>(name: String, scenarios: &'a [Scenario], dataset: DatasetInfo, judge: &str, opts: &ElicitOptions) -> Result<Stage<'a>> {
-    if opts.batch_size == 0 {
-        return Err(DirectionsError::Invalid("batch size must be at least 1".into()));
-    }
     let items = PromptItem::all(scenarios);
     Ok(Stage {
         settings: StageSettings {
@@ -56,7 +55,7 @@ pub fn elicitation_stage<'a>(name: String, scenarios: &'a [Scenario], dataset: D
         },
         name,
         scenarios,
-        batches: items.chunks(opts.batch_size).map(<[_]>::to_vec).collect(),
+        batches: batches(&items, opts.batch_size)?,
         edits: None,
         progress: opts.progress,
     })

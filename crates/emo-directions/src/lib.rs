@@ -1,7 +1,7 @@
 //! `emo-directions`: paper section 5 — elicit emotional replies while reading the last prompt token's
 //! residual stream, extract context-agnostic emotion directions, analyse them (linear probes, PCA, cosine
-//! structure), export them (safetensors, `.npy`/`.npz`, llama.cpp control vectors) and validate them by
-//! steering generation. Run folders, stages, files and figures come from `emo-run`; the directions type and its
+//! structure), export them (safetensors, `.npy`/`.npz`, llama.cpp control vectors, whose formats are
+//! `emo-steer`'s) and validate them by steering generation. Run folders, stages, files and figures come from `emo-run`; the directions type and its
 //! sites from the light crate `emo-steer`.
 #![warn(missing_docs)]
 
@@ -9,7 +9,6 @@ pub mod analysis;
 pub mod directions;
 pub mod elicit;
 pub mod error;
-pub mod export;
 pub mod extract;
 pub mod pca;
 pub mod probe;

@@ -9,8 +9,9 @@ use crate::analysis::Analysis;
 use crate::directions::DirectionsSummary;
 use crate::error::Result;
 use crate::figures::{BarGroup, Figures};
-use crate::run::{RunDir, StageSettings, ELICIT, GENERATION};
+use crate::run::{RunDir, ELICIT, GENERATION};
 use crate::store::read_json;
+use emo_run::generation::StageSettings;
 use emo_run::report::Report;
 
 /// The paper's Table 1 / Appendix C, kept with the other published numbers in [`emo_run::paper`].

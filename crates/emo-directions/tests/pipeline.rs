@@ -7,26 +7,17 @@ mod common;
 use std::fs;
 use std::path::Path;
 
-use emo_data::{Emotion, Judge, Split, Verdict};
+use emo_data::{Emotion, Judge, Split};
 use emo_directions::directions::GroupFilter;
 use emo_directions::elicit::{elicitation_stage, open_run};
-use emo_directions::run::{load_activations, run_stage, DatasetInfo, RunDir, ELICIT};
+use emo_directions::run::{load_activations, DatasetInfo, RunDir, ELICIT};
 use emo_directions::steer::steering_stage;
 use emo_directions::{ElicitOptions, EmotionDirections, Site, SteerOptions};
 use emo_model::{Capture, GenerationConfig, HookPoint, HookSet, LogitsFor, Positions};
+use emo_run::generation::run_stage;
+use emo_steer::Steering;
+use emo_test_support::Yes;
 use tch::Kind;
-
-/// Says "match" for every reply: the run mechanics do not depend on what a judge decides, and it makes every
-/// group complete so the paper's filter has something to keep.
-struct Yes;
-impl Judge for Yes {
-    fn name(&self) -> String {
-        "yes".into()
-    }
-    fn judge(&mut self, items: &[(Emotion, &str)]) -> Result<Vec<Verdict>, emo_data::DataError> {
-        Ok(items.iter().map(|_| Verdict::decided(true, 1.0)).collect())
-    }
-}
 
 fn scenarios(split: Split, n: usize) -> Vec<emo_data::Scenario> {
     emo_data::sev::spread(emo_data::Dataset::builtin().split(split), n)
@@ -128,15 +119,15 @@ fn directions_exports_analysis_steering_and_report_from_one_run() {
     let dirs = EmotionDirections::load(&run.directions()).unwrap();
     assert_eq!(dirs.resid_post.size(), [6, 30, 576]);
     // The same directions come back from the .npz and, for resid_post blocks 1.., from the control vectors.
-    let npz = emo_directions::extract::import_directions(&run.path.join("directions.npz"), 30, 576).unwrap();
+    let npz = emo_steer::import::import_directions(&run.path.join("directions.npz"), 30, 576).unwrap();
     assert!(npz.resid_mid.allclose(&dirs.resid_mid, 0.0, 0.0, false));
     let npy = run.path.join("resid_post.npy");
-    emo_directions::export::write_npy(&npy, &dirs.resid_post).unwrap();
-    let from_npy = emo_directions::extract::import_directions(&npy, 30, 576).unwrap();
+    emo_steer::npy::write_npy(&npy, &dirs.resid_post).unwrap();
+    let from_npy = emo_steer::import::import_directions(&npy, 30, 576).unwrap();
     assert!(from_npy.resid_post.allclose(&dirs.resid_post, 0.0, 0.0, false));
-    let err = emo_directions::extract::import_directions(&npy, 24, 896).err().unwrap().to_string();
+    let err = emo_steer::import::import_directions(&npy, 24, 896).err().unwrap().to_string();
     assert!(err.contains("resid_post.npy") && err.contains("[6, 24, 896]"), "{err}");
-    let cv = emo_directions::extract::import_directions(&run.control_vectors(), 30, 576).unwrap();
+    let cv = emo_steer::import::import_directions(&run.control_vectors(), 30, 576).unwrap();
     assert!(cv.resid_post.narrow(1, 1, 29).allclose(&dirs.resid_post.narrow(1, 1, 29), 1e-6, 1e-7, false));
     assert_eq!(cv.resid_post.narrow(1, 0, 1).abs().sum(Kind::Float).double_value(&[]), 0.0);
 
@@ -154,8 +145,13 @@ fn directions_exports_analysis_steering_and_report_from_one_run() {
     let info = DatasetInfo::of("builtin", Split::Test, &test);
     let cfg = model.transformer.config();
     let gen = GenerationConfig { max_new_tokens: 12, ..GenerationConfig::steering() };
-    let opts = |alpha| SteerOptions { alpha, batch_size: 3, generation: gen.clone(), progress: false, ..Default::default() };
-    let zero = steering_stage("steering-zero".into(), &test, info.clone(), "yes", &dirs, cfg, &opts(0.0)).unwrap();
+    let opts = SteerOptions { batch_size: 3, generation: gen.clone(), progress: false };
+    let steering = |alpha| {
+        let mut s = Steering::new(dirs.clone(), cfg).unwrap();
+        s.alpha = alpha;
+        s
+    };
+    let zero = steering_stage("steering-zero".into(), &test, info.clone(), "yes", &steering(0.0), &opts).unwrap();
     assert_eq!(zero.settings.steering.as_ref().unwrap().layers, (12, 21));
     run_stage(&run, model, &mut Yes, &zero).unwrap();
     let plain: Vec<String> = emo_data::Valence::ALL
@@ -170,7 +166,7 @@ fn directions_exports_analysis_steering_and_report_from_one_run() {
     for r in &zero_replies {
         assert_eq!(r.gen_text, plain[r.valence().unwrap().index()], "{}", r.key);
     }
-    let steer = steering_stage("steering-test".into(), &test, info, &judge.name(), &dirs, cfg, &opts(8.0)).unwrap();
+    let steer = steering_stage("steering-test".into(), &test, info, &judge.name(), &steering(8.0), &opts).unwrap();
     run_stage(&run, model, &mut judge, &steer).unwrap();
     let steered = run.read_replies("steering-test").unwrap();
     let changed = steered.iter().filter(|r| r.gen_text != plain[r.valence().unwrap().index()]).count();

@@ -91,7 +91,7 @@ impl QuantRows {
         let (Some(bs), Some(ts)) = (dtype.block_size(), dtype.type_size()) else {
             return Ok(None);
         };
-        if k % bs != 0 {
+        if !k.is_multiple_of(bs) {
             return Err(format!("rows of {k} values are not a whole number of {bs}-value {dtype} blocks"));
         }
         let blocks = n.checked_mul(k / bs).ok_or_else(|| format!("{n} x {k} values overflow"))?;
@@ -262,7 +262,7 @@ impl Int4Weight {
     /// Packs `rows`, or says why LibTorch's layout cannot hold them (rows not a multiple of 64).
     pub(crate) fn pack(rows: &QuantRows) -> std::result::Result<Self, String> {
         let (n, k) = (rows.n, rows.k);
-        if n % TILE_N != 0 || k % GROUP != 0 || k == 0 {
+        if !n.is_multiple_of(TILE_N) || !k.is_multiple_of(GROUP) || k == 0 {
             return Err(format!("[{n}, {k}] is not a multiple of [{TILE_N}, {GROUP}]"));
         }
         let planes = rows

@@ -126,7 +126,8 @@ impl WeightSource for GgufWeights<'_> {
         let shape = info.shape();
         let k = shape.last().copied().unwrap_or(1).max(0) as usize;
         let n = usize::try_from(info.n_elements()).unwrap_or(usize::MAX);
-        let whole_rows = matches!((info.dtype.block_size(), info.dtype.type_size()), (Some(bs), Some(_)) if k > 0 && k % bs == 0 && n % k == 0);
+        let whole_rows =
+            matches!((info.dtype.block_size(), info.dtype.type_size()), (Some(bs), Some(_)) if k > 0 && k.is_multiple_of(bs) && n.is_multiple_of(k));
         if !whole_rows || !crate::quant::is_supported(info.dtype) {
             // Whatever is wrong, the whole-tensor path names it.
             return Ok(self.tensor(name)?.to_kind(kind));

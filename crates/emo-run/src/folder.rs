@@ -80,7 +80,7 @@ impl RunDir {
 
     /// `directions.safetensors`.
     pub fn directions(&self) -> PathBuf {
-        self.path.join("directions.safetensors")
+        self.path.join(emo_steer::directions::DIRECTIONS_FILE)
     }
 
     /// `directions.json`, the summary beside the directions.

@@ -2,7 +2,7 @@
 //!
 //! - a run folder and its manifest ([`RunDir`], [`Manifest`]: model files by sha256, data, versions, stages);
 //! - one resumable batch loop for every stage kind ([`stage::run_stage`] over a [`stage::StageWork`]):
-//!   generation with judging (in the section crates), forward-only sweeps ([`forward::SweepStage`]) and
+//!   generation with judging ([`generation`]: the stage sections 5 and 7 run), forward-only sweeps ([`forward::SweepStage`]) and
 //!   statistics reduced batch by batch ([`forward::ReduceStage`]), each with typed settings checked on
 //!   resume;
 //! - the paper's constants in one place ([`paper`]);
@@ -17,8 +17,8 @@ pub mod error;
 pub mod figures;
 pub mod folder;
 pub mod forward;
-pub mod npy;
-pub use emo_steer::paper;
+pub mod generation;
+pub use emo_steer::{npy, paper};
 pub mod records;
 pub mod report;
 pub mod stage;

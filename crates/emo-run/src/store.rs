@@ -4,26 +4,15 @@ use std::fs;
 use std::io::Read;
 use std::path::Path;
 
+pub use emo_steer::json_file::{read_json, write_json};
+
 use sha2::{Digest, Sha256};
 
 pub use emo_steer::tensor_file::{
     f32_tensor, read_tensors, read_tensors_exact, tensor_to_f32, write_atomic, write_atomic_with, write_tensors, write_tensors_exact, TensorFile,
 };
 
-use crate::error::{io, Result, RunError};
-
-/// Serialises `value` as pretty JSON, atomically.
-pub fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> Result<()> {
-    let mut text = serde_json::to_string_pretty(value).map_err(|e| RunError::Format { path: path.into(), msg: format!("cannot serialise: {e}") })?;
-    text.push('\n');
-    write_atomic(path, text.as_bytes())
-}
-
-/// Reads a JSON file into `T`, naming the file on error.
-pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
-    let text = fs::read_to_string(path).map_err(io(path))?;
-    serde_json::from_str(&text).map_err(|e| RunError::Format { path: path.into(), msg: format!("invalid JSON: {e}") })
-}
+use crate::error::{io, Result};
 
 /// Hex sha256 of a file's bytes, streamed.
 pub fn sha256_file(path: &Path) -> Result<String> {

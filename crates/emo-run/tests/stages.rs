@@ -9,6 +9,7 @@ use std::ops::Range;
 use emo_model::{Capture, Edit, HookPoint, HookSet, Intervention, LogitsFor, Positions};
 use emo_run::folder::model_identity;
 use emo_run::{run_stage, GroupedSums, Metric, ModelInfo, ReduceStage, Reduction, RunDir, RunError, Sweep, SweepStage};
+use emo_test_support::max_diff;
 use serde_json::json;
 use tch::{Kind, Tensor};
 
@@ -21,10 +22,6 @@ fn new_run(name: &str) -> RunDir {
     let run = RunDir::new(common::scratch(name));
     run.open(ModelInfo::of(common::smollm2(), "smollm2-135m").unwrap(), &[]).unwrap();
     run
-}
-
-fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
-    f64::try_from((a.to_kind(Kind::Double) - b.to_kind(Kind::Double)).abs().max()).unwrap()
 }
 
 #[test]

@@ -6,15 +6,12 @@ mod common;
 
 use emo_model::{Capture, Edit, HookPoint, HookSet, Intervention, LogitsFor, Positions, Sublayer};
 use emo_run::{GroupedSums, Metric, Sweep};
+use emo_test_support::max_diff;
 use tch::{Kind, Tensor};
 
 fn prompts() -> Vec<Vec<u32>> {
     let m = common::smollm2();
     common::conversations().iter().take(4).map(|c| m.encode_chat(c).unwrap()).collect()
-}
-
-fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
-    f64::try_from((a - b).abs().max()).unwrap()
 }
 
 fn interventions() -> Vec<Intervention> {

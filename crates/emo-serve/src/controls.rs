@@ -2,12 +2,12 @@
 //! `circuit` fields become one row's edits. Checking a request needs only names and shapes
 //! ([`Catalog`], shared with the HTTP handlers); the tensors stay with the engine ([`Controls`]).
 
-use emo_circuits::modulate::Modulation;
-use emo_circuits::CircuitSet;
 use emo_data::Emotion;
-use emo_directions::steer::{default_layers, steering_control};
-use emo_directions::{EmotionDirections, Site};
 use emo_model::{Positions, RowControl, TransformerConfig};
+use emo_modulate::{CircuitSet, Modulation};
+use emo_steer::directions::DIRECTIONS_FILE;
+use emo_steer::steer::default_layers;
+use emo_steer::{Site, Steering};
 
 use crate::api::{ApiError, CircuitRequest, SteeringRequest};
 use crate::{Result, ServeError};
@@ -64,7 +64,7 @@ pub struct Catalog {
 
 /// The loaded tensors, owned by the engine.
 pub struct Controls {
-    directions: Vec<EmotionDirections>,
+    directions: Vec<Steering>,
     circuits: Vec<CircuitSet>,
 }
 
@@ -79,9 +79,10 @@ pub fn load(
     for (name, path) in directions {
         check_name(name, &names)?;
         // A run folder stands for its directions.safetensors.
-        let in_run = emo_run::folder::RunDir::new(path.clone()).directions();
+        let in_run = path.join(DIRECTIONS_FILE);
         let file = if path.is_dir() && in_run.is_file() { in_run } else { path.clone() };
-        let d = emo_directions::extract::import_directions(&file, cfg.n_layers, cfg.d_model)
+        let d = emo_steer::import::import_directions(&file, cfg.n_layers, cfg.d_model)
+            .and_then(|d| Steering::new(d, cfg))
             .map_err(|e| ServeError::Load(format!("--directions {name}={}: {e}", path.display())))?;
         names.push(name.clone());
         sets.push(d);
@@ -182,7 +183,7 @@ impl Catalog {
             spec.steering = Some(SteeringSpec {
                 set,
                 emotion: emotion("steering.emotion", &s.emotion)?,
-                alpha: finite("steering.alpha", s.alpha.unwrap_or(emo_run::paper::STEERING_ALPHA))?,
+                alpha: finite("steering.alpha", s.alpha.unwrap_or(emo_steer::paper::STEERING_ALPHA))?,
                 layers,
                 positions,
                 site,
@@ -203,11 +204,12 @@ impl Catalog {
 
 impl Controls {
     /// The row edits of a checked request.
-    pub fn build(&self, spec: &ControlSpec) -> emo_run::Result<RowControl> {
+    pub fn build(&self, spec: &ControlSpec) -> emo_steer::Result<RowControl> {
         let mut control = RowControl::none();
         if let Some(s) = &spec.steering {
-            let d = &self.directions[s.set];
-            control.edits.extend(steering_control(d, s.site, s.emotion, s.alpha, s.layers, s.positions.clone()).edits);
+            let mut steering = self.directions[s.set].clone();
+            (steering.alpha, steering.site, steering.layers, steering.positions) = (s.alpha, s.site, s.layers, s.positions.clone());
+            control.edits.extend(steering.control(s.emotion)?.edits);
         }
         if let Some(c) = &spec.circuit {
             control.edits.extend(Modulation::new(&self.circuits[c.set]).control(c.emotion, c.scale)?.edits);

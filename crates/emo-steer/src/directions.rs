@@ -61,6 +61,9 @@ impl FromStr for Site {
     }
 }
 
+/// The file name of a run folder's directions (what `emo directions` writes into the run).
+pub const DIRECTIONS_FILE: &str = "directions.safetensors";
+
 /// Unit emotion directions per site, emotion and layer.
 pub struct EmotionDirections {
     /// `[6, n_layers, d_model]` at `hook_resid_mid`, emotions in [`Emotion::ALL`] order.

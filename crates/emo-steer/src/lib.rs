@@ -1,9 +1,11 @@
 //! `emo-steer`: what a program that steers with emotion directions needs, and nothing heavier — the two
 //! residual sites the paper reads ([`Site`]), unit emotion directions per site, emotion and layer
 //! ([`EmotionDirections`], loaded from and saved to safetensors), the atomic safetensors writer and checked
-//! reader behind them ([`tensor_file`]), the error type every experiment crate shares ([`Error`]), the
-//! paper's constants ([`paper`]) and residual steering itself ([`steer`]: the edit, and [`Steerer`], a
-//! builder that steers a model's chat replies).
+//! reader behind them ([`tensor_file`]), directions from other tools ([`import`]: NumPy files, [`npy`], and
+//! llama.cpp control vectors, [`control_vector`]), the error type every experiment crate shares ([`Error`]),
+//! the paper's constants ([`paper`]), per-row edits ([`RowEdits`]) and residual steering itself ([`steer`]:
+//! the edit, [`Steering`], its one checked construction, and [`Steerer`], a builder that steers a model's
+//! chat replies).
 //!
 //! ```no_run
 //! use emo_steer::{ChatMessage, Emotion, Model, LoadOptions, Steerer};
@@ -18,14 +20,20 @@
 //! file through this crate pulls in none of them.
 #![warn(missing_docs)]
 
+pub mod control_vector;
 pub mod directions;
+pub mod edits;
 pub mod error;
+pub mod import;
+pub mod json_file;
+pub mod npy;
 pub mod paper;
 pub mod steer;
 pub mod tensor_file;
 
 pub use directions::{EmotionDirections, Site};
-pub use steer::{steering_control, steering_edit, SteeredChat, Steerer};
+pub use edits::RowEdits;
+pub use steer::{steering_edit, SteeredChat, Steerer, Steering};
 // What a steering program names besides this crate's types, so that it needs no other import.
 pub use emo_data::Emotion;
 pub use emo_model::{ChatMessage, GenerationConfig, LoadOptions, Model, Positions};

@@ -1,9 +1,9 @@
 //! Residual steering (paper section 5, spec section 6): `h += alpha * RMS(h) * v_e[L]` at `hook_resid_post`
 //! of a layer range, at the last prompt token and every generated token by default.
 //!
-//! [`steering_edit`] is the edit itself, as an [`Intervention`] to combine with other hooks;
-//! [`steering_control`] is the same for one row of a continuous batch; [`Steerer`] wraps both behind a
-//! builder that replies to chats, one emotion for all or one per conversation.
+//! [`steering_edit`] is the edit itself, as an [`Intervention`] to combine with other hooks; [`Steering`] is
+//! the one checked construction of its settings (per row of a batch, or one row of a continuous batch);
+//! [`Steerer`] wraps it behind a builder that replies to chats, one emotion for all or one per conversation.
 use std::path::Path;
 
 use emo_data::Emotion;
@@ -13,6 +13,7 @@ use emo_model::{
 use tch::Tensor;
 
 use crate::directions::{EmotionDirections, Site};
+use crate::edits::RowEdits;
 use crate::error::{Error, Result};
 use crate::paper::{scaled_range, STEERING_ALPHA, STEERING_LAYERS};
 
@@ -28,20 +29,91 @@ pub fn steering_edit(directions: &Tensor, emotion: Emotion, alpha: f64, layers: 
     (layers.0..=layers.1).fold(Intervention::none(), |row, l| row.with(HookPoint::ResidPost(l), Edit::AddRms(v.get(l as i64), alpha)))
 }
 
-/// One row's steering towards `emotion` at the tokens `positions` selects, ready for a continuous batch or
-/// [`emo_model::batcher::row_hooks`].
-pub fn steering_control(
-    directions: &EmotionDirections,
-    site: Site,
-    emotion: Emotion,
-    alpha: f64,
-    layers: (usize, usize),
-    positions: Positions,
-) -> RowControl {
-    RowControl::none().with(positions, steering_edit(directions.site(site), emotion, alpha, layers))
+/// Residual steering with checked settings, the one construction behind `emo steer`'s stage, [`Steerer`] and
+/// the server's per-request steering: [`Steering::new`] checks the directions against the model and starts
+/// from the paper's settings (alpha 8, the `resid_post` directions, layers 11-20 of 28 scaled to the model's
+/// depth, the last prompt token and every generated token); every edit built from it checks the settings
+/// changed since ([`Steering::check`]).
+#[derive(Clone)]
+pub struct Steering {
+    directions: EmotionDirections,
+    /// The strength alpha, in units of the residual's RMS.
+    pub alpha: f64,
+    /// Whose directions are added (both are added at `hook_resid_post`).
+    pub site: Site,
+    /// The inclusive layer range edited.
+    pub layers: (usize, usize),
+    /// Which tokens are edited.
+    pub positions: Positions,
 }
 
-/// One conversation of [`Steerer::chat_batch`] and the emotion it is steered towards (`None`: unsteered).
+impl Steering {
+    /// Steering of a model of configuration `cfg` with `directions`, which must match its depth and width,
+    /// at the paper's settings.
+    pub fn new(directions: EmotionDirections, cfg: &TransformerConfig) -> Result<Self> {
+        let (l, d) = directions.dims();
+        if (l, d) != (cfg.n_layers, cfg.d_model) {
+            return Err(Error::Invalid(format!(
+                "directions are [{l} layers, {d}] but the model has {} layers of width {}",
+                cfg.n_layers, cfg.d_model
+            )));
+        }
+        Ok(Steering {
+            directions,
+            alpha: STEERING_ALPHA,
+            site: Site::ResidPost,
+            layers: default_layers(cfg),
+            positions: Positions::LastPromptAndGenerated,
+        })
+    }
+
+    /// The directions in use.
+    pub fn directions(&self) -> &EmotionDirections {
+        &self.directions
+    }
+
+    /// Checks the settings: the layer range lies within the model and alpha is a finite number.
+    pub fn check(&self) -> Result<()> {
+        let (n_layers, _) = self.directions.dims();
+        if self.layers.0 > self.layers.1 || self.layers.1 >= n_layers {
+            return Err(Error::Invalid(format!("layer range {}..={} is not within 0..{n_layers}", self.layers.0, self.layers.1)));
+        }
+        if !self.alpha.is_finite() {
+            return Err(Error::Invalid(format!("steering strength alpha {} is not a finite number", self.alpha)));
+        }
+        Ok(())
+    }
+
+    /// The edit of one row steered towards `emotion`, to combine with other hooks.
+    pub fn edit(&self, emotion: Emotion) -> Result<Intervention> {
+        self.check()?;
+        Ok(steering_edit(self.directions.site(self.site), emotion, self.alpha, self.layers))
+    }
+
+    /// The hook of a batch whose row i is steered towards `emotions[i]` (none: left alone).
+    pub fn hook(&self, emotions: &[Option<Emotion>]) -> Result<Interventions> {
+        self.check()?;
+        let rows = emotions
+            .iter()
+            .map(|e| e.map_or_else(Intervention::none, |e| steering_edit(self.directions.site(self.site), e, self.alpha, self.layers)));
+        Ok(Interventions::new(rows.collect(), self.positions.clone()))
+    }
+
+    /// One row's steering towards `emotion` at [`Steering::positions`], ready for a continuous batch or
+    /// [`emo_model::batcher::row_hooks`].
+    pub fn control(&self, emotion: Emotion) -> Result<RowControl> {
+        Ok(RowControl::none().with(self.positions.clone(), self.edit(emotion)?))
+    }
+}
+
+impl RowEdits for Steering {
+    fn hooks(&self, rows: &[Option<Emotion>]) -> Result<Vec<Interventions>> {
+        Ok(vec![self.hook(rows)?])
+    }
+}
+
+/// One conversation of [`Steerer::chat_batch`] (or `Modulator::chat_batch`) and the emotion it is pushed
+/// towards (`None`: left alone).
 pub type SteeredChat = (Vec<ChatMessage>, Option<Emotion>);
 
 /// Steers a model's chat replies with emotion directions; every setting defaults to the paper's (alpha 8,
@@ -53,38 +125,18 @@ pub type SteeredChat = (Vec<ChatMessage>, Option<Emotion>);
 #[derive(Clone)]
 pub struct Steerer<'m> {
     model: &'m Model,
-    directions: EmotionDirections,
+    steering: Steering,
     emotion: Option<Emotion>,
-    alpha: f64,
-    site: Site,
-    layers: (usize, usize),
-    positions: Positions,
     generation: GenerationConfig,
 }
 
 impl<'m> Steerer<'m> {
     /// A steerer of `model` with `directions`, which must match the model's depth and width.
     pub fn new(model: &'m Model, directions: EmotionDirections) -> Result<Self> {
-        let cfg = model.transformer.config();
-        if directions.dims() != (cfg.n_layers, cfg.d_model) {
-            let (l, d) = directions.dims();
-            return Err(Error::Invalid(format!(
-                "directions are [{l} layers, {d}] but the model has {} layers of width {}",
-                cfg.n_layers, cfg.d_model
-            )));
-        }
         let device = model.transformer.device();
         let directions = EmotionDirections { resid_mid: directions.resid_mid.to_device(device), resid_post: directions.resid_post.to_device(device) };
-        Ok(Steerer {
-            model,
-            directions,
-            emotion: None,
-            alpha: STEERING_ALPHA,
-            site: Site::ResidPost,
-            layers: default_layers(cfg),
-            positions: Positions::LastPromptAndGenerated,
-            generation: GenerationConfig::steering(),
-        })
+        let steering = Steering::new(directions, model.transformer.config())?;
+        Ok(Steerer { model, steering, emotion: None, generation: GenerationConfig::steering() })
     }
 
     /// A steerer with the directions of a `directions.safetensors` file (what `emo directions` writes).
@@ -100,25 +152,25 @@ impl<'m> Steerer<'m> {
 
     /// The strength alpha, in units of the residual's RMS.
     pub fn alpha(mut self, alpha: f64) -> Self {
-        self.alpha = alpha;
+        self.steering.alpha = alpha;
         self
     }
 
     /// Whose directions are added (both are added at `hook_resid_post`).
     pub fn site(mut self, site: Site) -> Self {
-        self.site = site;
+        self.steering.site = site;
         self
     }
 
     /// The inclusive layer range edited.
     pub fn layers(mut self, first: usize, last: usize) -> Self {
-        self.layers = (first, last);
+        self.steering.layers = (first, last);
         self
     }
 
     /// Which tokens are edited.
     pub fn positions(mut self, positions: Positions) -> Self {
-        self.positions = positions;
+        self.steering.positions = positions;
         self
     }
 
@@ -130,23 +182,23 @@ impl<'m> Steerer<'m> {
 
     /// The directions in use.
     pub fn directions(&self) -> &EmotionDirections {
-        &self.directions
+        self.steering.directions()
+    }
+
+    /// The steering settings in use.
+    pub fn steering(&self) -> &Steering {
+        &self.steering
     }
 
     /// The edit for one row steered towards `emotion` with these settings, to combine with other hooks.
     pub fn edit(&self, emotion: Emotion) -> Result<Intervention> {
-        self.check()?;
-        Ok(steering_edit(self.directions.site(self.site), emotion, self.alpha, self.layers))
+        self.steering.edit(emotion)
     }
 
     /// The hook of a batch whose row i is steered towards `emotions[i]` (none: left alone), for
     /// [`HookSet::push`] beside other hooks.
     pub fn hook(&self, emotions: &[Option<Emotion>]) -> Result<Interventions> {
-        self.check()?;
-        let rows = emotions
-            .iter()
-            .map(|e| e.map_or_else(Intervention::none, |e| steering_edit(self.directions.site(self.site), e, self.alpha, self.layers)));
-        Ok(Interventions::new(rows.collect(), self.positions.clone()))
+        self.steering.hook(emotions)
     }
 
     /// The reply to one conversation, steered towards the emotion set with [`Steerer::emotion`].
@@ -156,23 +208,21 @@ impl<'m> Steerer<'m> {
     }
 
     /// Replies to several conversations in one batch, each steered towards its own emotion (`None`:
-    /// unsteered) — rows in the same order as `emo_circuits::Modulator::chat_batch`'s.
+    /// unsteered) — rows as `emo_modulate::Modulator::chat_batch` takes them.
     pub fn chat_batch(&self, rows: &[SteeredChat]) -> Result<Vec<String>> {
-        let emotions: Vec<Option<Emotion>> = rows.iter().map(|(_, e)| *e).collect();
-        let conversations: Vec<Vec<ChatMessage>> = rows.iter().map(|(c, _)| c.clone()).collect();
-        let mut hook = self.hook(&emotions)?;
-        let replies = self.model.generate_chat(&conversations, &self.generation, &mut HookSet::new().with(&mut hook))?;
-        Ok(replies.into_iter().map(|r| r.text).collect())
+        chat_rows(self.model, &self.steering, &self.generation, rows)
     }
+}
 
-    fn check(&self) -> Result<()> {
-        let (n_layers, _) = self.directions.dims();
-        if self.layers.0 > self.layers.1 || self.layers.1 >= n_layers {
-            return Err(Error::Invalid(format!("layer range {}..={} is not within 0..{n_layers}", self.layers.0, self.layers.1)));
-        }
-        if !self.alpha.is_finite() {
-            return Err(Error::Invalid(format!("steering strength alpha {} is not a finite number", self.alpha)));
-        }
-        Ok(())
+/// Replies to `rows`, each pushed towards its own emotion by `edits` (what [`Steerer::chat_batch`] and
+/// `Modulator::chat_batch` do).
+pub fn chat_rows(model: &Model, edits: &dyn RowEdits, generation: &GenerationConfig, rows: &[SteeredChat]) -> Result<Vec<String>> {
+    let emotions: Vec<Option<Emotion>> = rows.iter().map(|(_, e)| *e).collect();
+    let conversations: Vec<Vec<ChatMessage>> = rows.iter().map(|(c, _)| c.clone()).collect();
+    let mut hooks = HookSet::new();
+    for hook in edits.hooks(&emotions)? {
+        hooks.push_owned(hook);
     }
+    let replies = model.generate_chat(&conversations, generation, &mut hooks)?;
+    Ok(replies.into_iter().map(|r| r.text).collect())
 }

@@ -1,5 +1,5 @@
-//! Exporting emotion directions for other tools: NumPy `.npy` / `.npz` files (`emo_run::npy`, re-exported
-//! here) and llama.cpp control vectors (GGUF, one file per emotion).
+//! llama.cpp control vectors (GGUF, one file per emotion): how emotion directions go to and come back from
+//! other tools (NumPy files are [`crate::npy`]'s).
 //!
 //! Every writer is atomic: it writes a temporary file in the destination's folder and renames it into
 //! place, so a killed process leaves either the old file or the new one, never half of one. Every
@@ -16,10 +16,8 @@ use std::path::Path;
 use emo_model::gguf::{GgmlType, GgufFile, GgufValue, GgufWriter};
 use tch::Tensor;
 
-pub use emo_run::npy::{read_npy, read_npz, write_npy, write_npz};
-
-use crate::error::{DirectionsError, Result};
-use crate::store::{f32_tensor, tensor_to_f32};
+use crate::error::{Error, Result};
+use crate::tensor_file::{f32_tensor, tensor_to_f32};
 
 // ---------------------------------------------------------------------------------------------------
 // llama.cpp control vectors
@@ -59,19 +57,19 @@ impl ControlVector {
     /// `Invalid` if a direction's block is `n_layers` or more.
     pub fn to_tensor(&self, n_layers: usize) -> Result<Tensor> {
         if let Some(&max) = self.layers.keys().next_back().filter(|&&n| n >= n_layers) {
-            return Err(DirectionsError::Invalid(format!("control vector has a direction for block {max}, which does not fit in {n_layers} layers")));
+            return Err(Error::Invalid(format!("control vector has a direction for block {max}, which does not fit in {n_layers} layers")));
         }
         let d = self.d_model;
-        let total = n_layers.checked_mul(d).ok_or_else(|| DirectionsError::Invalid(format!("{n_layers} x {d} is too large")))?;
+        let total = n_layers.checked_mul(d).ok_or_else(|| Error::Invalid(format!("{n_layers} x {d} is too large")))?;
         let mut dense = vec![0f32; total];
         for (&layer, t) in &self.layers {
-            let (_, data) = tensor_to_f32(t).map_err(|msg| DirectionsError::Invalid(format!("control vector direction {layer}: {msg}")))?;
+            let (_, data) = tensor_to_f32(t).map_err(|msg| Error::Invalid(format!("control vector direction {layer}: {msg}")))?;
             if data.len() != d {
-                return Err(DirectionsError::Invalid(format!("control vector direction {layer} has {} values, expected d_model = {d}", data.len())));
+                return Err(Error::Invalid(format!("control vector direction {layer} has {} values, expected d_model = {d}", data.len())));
             }
             dense[layer * d..(layer + 1) * d].copy_from_slice(&data);
         }
-        f32_tensor(&dense, &[n_layers as i64, d as i64]).map_err(DirectionsError::Invalid)
+        f32_tensor(&dense, &[n_layers as i64, d as i64]).map_err(Error::Invalid)
     }
 }
 
@@ -85,7 +83,7 @@ impl ControlVector {
 /// `cvector-generator` writes it). Refuses fewer than 2 layers and non-finite values. Atomic.
 pub fn write_control_vector(path: impl AsRef<Path>, directions_resid_post: &Tensor, model_hint: &str, scale: f32) -> Result<()> {
     let path = path.as_ref();
-    let invalid = |msg: String| DirectionsError::Invalid(format!("{}: cannot write control vector: {msg}", path.display()));
+    let invalid = |msg: String| Error::Invalid(format!("{}: cannot write control vector: {msg}", path.display()));
     if !scale.is_finite() {
         return Err(invalid(format!("scale {scale} is not finite")));
     }
@@ -120,7 +118,7 @@ pub fn write_control_vector(path: impl AsRef<Path>, directions_resid_post: &Tens
 /// writes i32, repeng u32); `controlvector.model_hint` may be absent (read as "").
 pub fn read_control_vector(path: impl AsRef<Path>) -> Result<ControlVector> {
     let path = path.as_ref();
-    let format = |msg: String| DirectionsError::Format { path: path.to_path_buf(), msg };
+    let format = |msg: String| Error::Format { path: path.to_path_buf(), msg };
     let gguf = GgufFile::open(path)?;
 
     match gguf.get("general.architecture") {

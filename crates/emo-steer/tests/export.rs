@@ -4,8 +4,9 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use emo_directions::export::{read_control_vector, read_npy, read_npz, write_control_vector, write_npy, write_npz};
 use emo_model::gguf::{GgufFile, GgufValue, GgufWriter};
+use emo_steer::control_vector::{read_control_vector, write_control_vector};
+use emo_steer::npy::{read_npy, read_npz, write_npy, write_npz};
 use tch::{Device, Kind, Tensor};
 
 // ---------------------------------------------------------------------------------------------------
@@ -55,7 +56,7 @@ fn assert_same(a: &Tensor, b: &Tensor) {
 }
 
 /// The error of `r` as text, checking that it names `path`.
-fn err_naming<T: std::fmt::Debug>(r: emo_directions::Result<T>, path: &Path) -> String {
+fn err_naming<T: std::fmt::Debug>(r: emo_steer::Result<T>, path: &Path) -> String {
     let msg = r.expect_err("expected an error").to_string();
     let name = path.file_name().unwrap().to_string_lossy();
     assert!(msg.contains(&*name), "error does not name {name}: {msg}");

@@ -7,8 +7,8 @@ use std::path::Path;
 
 use tch::Tensor;
 
-use crate::error::{io, Result, RunError};
-use crate::store::{f32_tensor, tensor_to_f32, write_atomic_with};
+use crate::error::{io, Error, Result};
+use crate::tensor_file::{f32_tensor, tensor_to_f32, write_atomic_with};
 
 // ---------------------------------------------------------------------------------------------------
 // .npy
@@ -62,7 +62,7 @@ fn tensor_npy_bytes(tensor: &Tensor) -> std::result::Result<Vec<u8>, String> {
 /// other float kinds are converted to `f32`). Atomic.
 pub fn write_npy(path: impl AsRef<Path>, tensor: &Tensor) -> Result<()> {
     let path = path.as_ref();
-    let bytes = tensor_npy_bytes(tensor).map_err(|msg| RunError::Invalid(format!("{}: cannot write the tensor: {msg}", path.display())))?;
+    let bytes = tensor_npy_bytes(tensor).map_err(|msg| Error::Invalid(format!("{}: cannot write the tensor: {msg}", path.display())))?;
     write_atomic_with(path, |out| out.write_all(&bytes).map_err(io(path)))
 }
 
@@ -73,7 +73,7 @@ pub fn write_npy(path: impl AsRef<Path>, tensor: &Tensor) -> Result<()> {
 pub fn read_npy(path: impl AsRef<Path>) -> Result<Tensor> {
     let path = path.as_ref();
     let bytes = std::fs::read(path).map_err(io(path))?;
-    parse_npy(&bytes).map_err(|msg| RunError::Format { path: path.to_path_buf(), msg })
+    parse_npy(&bytes).map_err(|msg| Error::Format { path: path.to_path_buf(), msg })
 }
 
 /// The element types [`read_npy`] accepts.
@@ -335,7 +335,7 @@ impl LitParser<'_> {
 /// zip entry `NAME.npy` per tensor, in the given order. Names must be non-empty and distinct. Atomic.
 pub fn write_npz(path: impl AsRef<Path>, tensors: &[(String, Tensor)]) -> Result<()> {
     let path = path.as_ref();
-    let invalid = |msg: String| RunError::Invalid(format!("{}: {msg}", path.display()));
+    let invalid = |msg: String| Error::Invalid(format!("{}: {msg}", path.display()));
     // Encode everything first, so a bad tensor fails before any file is created.
     let mut entries = Vec::with_capacity(tensors.len());
     for (i, (name, tensor)) in tensors.iter().enumerate() {
@@ -372,7 +372,7 @@ pub fn write_npz(path: impl AsRef<Path>, tensors: &[(String, Tensor)]) -> Result
 /// suffix stripped from each name. Directory entries are skipped.
 pub fn read_npz(path: impl AsRef<Path>) -> Result<Vec<(String, Tensor)>> {
     let path = path.as_ref();
-    let format = |msg: String| RunError::Format { path: path.to_path_buf(), msg };
+    let format = |msg: String| Error::Format { path: path.to_path_buf(), msg };
     let file = File::open(path).map_err(io(path))?;
     let mut archive = zip::ZipArchive::new(std::io::BufReader::new(file)).map_err(|e| format(format!("not a readable .npz (zip) archive: {e}")))?;
     let mut out = Vec::with_capacity(archive.len());
