@@ -8,6 +8,7 @@ import sys
 
 import gguf
 import numpy as np
+from gguf_tokenizer import copy_tokenizer
 
 src = gguf.GGUFReader(sys.argv[1])
 w = gguf.GGUFWriter(sys.argv[2], "llama")
@@ -24,30 +25,7 @@ w.add_rope_freq_base(500000.0)
 w.add_rope_dimension_count(hd)
 w.add_file_type(gguf.LlamaFileType.MOSTLY_Q4_0)
 
-for name, field in src.fields.items():
-    if not name.startswith("tokenizer."):
-        continue
-    t = field.types[0]
-    if t == gguf.GGUFValueType.ARRAY:
-        sub = field.types[1]
-        vals = [field.parts[i] for i in field.data]
-        if sub == gguf.GGUFValueType.STRING:
-            vals = [bytes(v).decode("utf-8") for v in vals]
-        else:
-            vals = [v.tolist()[0] for v in vals]
-        if name == "tokenizer.ggml.tokens":
-            vals += [f"<|unused_{i}|>" for i in range(V - len(vals))]
-        elif name == "tokenizer.ggml.token_type":
-            vals += [4] * (V - len(vals))  # user-defined: never produced by merges
-        elif name == "tokenizer.ggml.scores":
-            vals += [0.0] * (V - len(vals))
-        w.add_array(name, vals)
-    elif t == gguf.GGUFValueType.STRING:
-        w.add_string(name, bytes(field.parts[field.data[0]]).decode("utf-8"))
-    elif t == gguf.GGUFValueType.BOOL:
-        w.add_bool(name, bool(field.parts[field.data[0]][0]))
-    else:
-        w.add_uint32(name, int(field.parts[field.data[0]][0]))
+copy_tokenizer(src, w, vocab_size=V)
 
 rng = np.random.default_rng(0)
 

@@ -7,6 +7,7 @@ import sys
 
 import gguf
 import numpy as np
+from gguf_tokenizer import copy_tokenizer
 
 src = gguf.GGUFReader(sys.argv[1])
 w = gguf.GGUFWriter(sys.argv[2], 'llama')
@@ -14,23 +15,7 @@ d, L, ff, nh, nkv = 64, 2, 128, 4, 2
 w.add_block_count(L); w.add_embedding_length(d); w.add_feed_forward_length(ff)
 w.add_head_count(nh); w.add_head_count_kv(nkv); w.add_context_length(512)
 w.add_layer_norm_rms_eps(1e-5); w.add_rope_freq_base(10000.0)
-for name, field in src.fields.items():
-    if name.startswith('tokenizer.'):
-        t = field.types[0]
-        if t == gguf.GGUFValueType.ARRAY:
-            sub = field.types[1]
-            vals = [field.parts[i] for i in field.data]
-            if sub == gguf.GGUFValueType.STRING:
-                vals = [bytes(v).decode('utf-8') for v in vals]
-            else:
-                vals = [v.tolist()[0] for v in vals]
-            w.add_array(name, vals)
-        elif t == gguf.GGUFValueType.STRING:
-            w.add_string(name, bytes(field.parts[field.data[0]]).decode('utf-8'))
-        elif t == gguf.GGUFValueType.BOOL:
-            w.add_bool(name, bool(field.parts[field.data[0]][0]))
-        else:
-            w.add_uint32(name, int(field.parts[field.data[0]][0]))
+copy_tokenizer(src, w)
 rng = np.random.default_rng(0)
 V = 49152
 def t(name, *shape, scale=0.05):
