@@ -55,6 +55,27 @@ fn bad_input_is_a_clear_error() {
 }
 
 #[test]
+fn packed_weights_generate_and_bench_from_the_command_line() {
+    let out = emo(&["generate", "--device", "cpu", "--dtype", "bf16", "--weights", "packed", "--json", "--max-new-tokens", "6", "Hi"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    // SmolLM2's file is Q4_1 throughout: every projection packs, and the load line says so.
+    assert!(err.contains("packed 210 of 210 projection matrices as int4"), "{err}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(!v["reply"].as_str().unwrap().is_empty(), "{v}");
+    let out = emo(&["bench", "--device", "cpu", "--weights", "packed", "--batch", "1", "--tokens", "8", "--new-tokens", "2", "--reps", "1"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let packed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(packed["weights"], "packed");
+    let out = emo(&["bench", "--device", "cpu", "--batch", "1", "--tokens", "8", "--new-tokens", "2", "--reps", "1"]);
+    let dense: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(packed["weight_mb"].as_f64().unwrap() < dense["weight_mb"].as_f64().unwrap() / 2.0, "{packed} vs {dense}");
+    let out = emo(&["generate", "--weights", "int3", "Hi"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("int3"));
+}
+
+#[test]
 fn resolve_prints_the_model_file() {
     let out = emo(&["resolve", "qwen2.5-coder-0.5b"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
