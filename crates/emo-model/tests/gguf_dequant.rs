@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Instant;
 
-use common::models_dir;
+use common::{models_dir, Rng};
 use emo_model::gguf::{GgmlType, GgufFile, GgufValue, GgufWriter};
 use emo_model::{quant, ModelError};
 use half::{bf16, f16};
@@ -105,27 +105,6 @@ fn compare(what: &str, ours: &[f32], theirs: &[f32]) -> f32 {
     }
     assert_eq!(mismatches, 0, "{what}: {mismatches} values differ, max |diff| {max}, first (index, ours, gguf-py) {first:?}");
     max
-}
-
-/// Small deterministic PRNG (xorshift64*), so the tests need no extra dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    fn bytes(&mut self, n: usize) -> Vec<u8> {
-        (0..n).map(|_| self.next() as u8).collect()
-    }
-
-    /// A uniform value in [lo, hi).
-    fn uniform(&mut self, lo: f32, hi: f32) -> f32 {
-        lo + (hi - lo) * ((self.next() >> 40) as f32 / (1u64 << 24) as f32)
-    }
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> usize {

@@ -21,6 +21,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Once;
 use std::time::Instant;
 
+use common::Rng;
 use emo_model::gguf::{GgmlType, GgufFile};
 use emo_model::{LoadOptions, Model, ModelError, Tokenizer, TransformerConfig, WeightFormat};
 use half::f16;
@@ -167,22 +168,6 @@ fn layout(b: &[u8]) -> Layout {
 // ---------------------------------------------------------------------------------------------------
 // Mutants
 // ---------------------------------------------------------------------------------------------------
-
-/// Small deterministic PRNG (xorshift64*), so the mutants are the same on every run.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Kind {
