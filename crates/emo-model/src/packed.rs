@@ -276,17 +276,13 @@ impl Int4Weight {
     /// `x @ w^T` for x [rows, k] in any float dtype; the products run in bf16 and come back in x's dtype.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let xb = x.to_kind(Kind::BFloat16);
-        let mut y: Option<Tensor> = None;
-        for p in &self.planes {
-            let yp = xb.f_internal_weight_int4pack_mm_for_cpu(&p.packed, GROUP as i64, &p.scales_zeros)?;
+        let product = |p: &Int4Plane| xb.f_internal_weight_int4pack_mm_for_cpu(&p.packed, GROUP as i64, &p.scales_zeros);
+        let y = match self.planes.as_slice() {
+            [one] => product(one)?,
             // Summed in f32: the high plane's large zeros cancel most of the low plane's.
-            let yp = yp.to_kind(Kind::Float);
-            y = Some(match y {
-                None => yp,
-                Some(acc) => acc + yp,
-            });
-        }
-        let y = y.ok_or_else(|| ModelError::InvalidArgument("a packed matrix without planes".into()))?;
+            [lo, hi] => product(lo)?.to_kind(Kind::Float) + product(hi)?.to_kind(Kind::Float),
+            _ => return Err(ModelError::InvalidArgument(format!("a packed matrix of {} planes", self.planes.len()))),
+        };
         Ok(y.to_kind(x.kind()))
     }
 

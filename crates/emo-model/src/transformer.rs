@@ -81,7 +81,7 @@ impl Transformer {
                     expected: shape.to_vec(),
                 });
             }
-            Ok(t.to_kind(kind).to_device(device))
+            Ok(t.to_device(device))
         };
         let embed = get("model.embed_tokens.weight", &[cfg.vocab_size as i64, d])?;
         let mut packer = crate::packed::Packer::new(src, weights, device, kind);

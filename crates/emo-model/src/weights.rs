@@ -108,17 +108,7 @@ impl WeightSource for GgufWeights<'_> {
     }
 
     fn tensor(&self, name: &str) -> Result<Tensor> {
-        let (gname, info) = self.info(name)?;
-        let shape = info.shape();
-        let data = self.gguf.dequantize(&gname)?;
-        self.gguf.release(&gname);
-        let t = Tensor::f_from_slice(&data)?.f_reshape(&shape)?;
-        // llama.cpp permutes Q and K rows for its interleaved RoPE; Hugging Face (and we) use the half-split
-        // layout, so invert the permutation per head: [heads, 2, d/2] -> [heads, d/2, 2].
-        Ok(match self.permuted_heads(name) {
-            Some(h) => unpermute_rows(&t, h)?,
-            None => t,
-        })
+        self.tensor_as(name, Kind::Float)
     }
 
     fn tensor_as(&self, name: &str, kind: Kind) -> Result<Tensor> {
@@ -128,24 +118,27 @@ impl WeightSource for GgufWeights<'_> {
         let n = usize::try_from(info.n_elements()).unwrap_or(usize::MAX);
         let whole_rows =
             matches!((info.dtype.block_size(), info.dtype.type_size()), (Some(bs), Some(_)) if k > 0 && k.is_multiple_of(bs) && n.is_multiple_of(k));
-        if !whole_rows || !crate::quant::is_supported(info.dtype) {
-            // Whatever is wrong, the whole-tensor path names it.
-            return Ok(self.tensor(name)?.to_kind(kind));
-        }
-        let data = self.gguf.tensor_data(&gname)?;
-        let rows = n / k;
-        let row_bytes = data.len() / rows.max(1);
-        let out = Tensor::f_empty([n as i64], (kind, tch::Device::Cpu))?;
-        // About a million values a slice: one f32 slice at a time besides the tensor being filled.
-        let rows_per_slice = ((1 << 20) / k).max(1);
-        for (i, bytes) in data.chunks(rows_per_slice * row_bytes).enumerate() {
-            let len = bytes.len() / row_bytes * k;
-            let vals = crate::quant::dequantize(info.dtype, bytes, len)
-                .map_err(|e| ModelError::format(self.gguf.path(), format!("tensor `{gname}`: {e}")))?;
-            out.narrow(0, (i * rows_per_slice * k) as i64, len as i64).copy_(&Tensor::f_from_slice(&vals)?);
-        }
+        let t = if !whole_rows || !crate::quant::is_supported(info.dtype) {
+            // Whatever is wrong, dequantizing the whole tensor names it.
+            Tensor::f_from_slice(&self.gguf.dequantize(&gname)?)?.to_kind(kind)
+        } else {
+            let data = self.gguf.tensor_data(&gname)?;
+            let row_bytes = data.len() / (n / k).max(1);
+            let out = Tensor::f_empty([n as i64], (kind, tch::Device::Cpu))?;
+            // About a million values a slice: one f32 slice at a time besides the tensor being filled.
+            let rows_per_slice = ((1 << 20) / k).max(1);
+            for (i, bytes) in data.chunks(rows_per_slice * row_bytes).enumerate() {
+                let len = bytes.len() / row_bytes * k;
+                let vals = crate::quant::dequantize(info.dtype, bytes, len)
+                    .map_err(|e| ModelError::format(self.gguf.path(), format!("tensor `{gname}`: {e}")))?;
+                out.narrow(0, (i * rows_per_slice * k) as i64, len as i64).copy_(&Tensor::f_from_slice(&vals)?);
+            }
+            out
+        };
         self.gguf.release(&gname);
-        let t = out.f_reshape(&shape)?;
+        let t = t.f_reshape(&shape)?;
+        // llama.cpp permutes Q and K rows for its interleaved RoPE; Hugging Face (and we) use the half-split
+        // layout, so invert the permutation per head: [heads, 2, d/2] -> [heads, d/2, 2].
         Ok(match self.permuted_heads(name) {
             Some(h) => unpermute_rows(&t, h)?,
             None => t,
