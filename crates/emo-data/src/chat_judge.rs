@@ -44,8 +44,7 @@ impl<'m> ChatJudge<'m> {
     /// Token ids of the judge prompt for one item, ending with the forced prefix.
     pub fn prompt_ids(&self, emotion: Emotion, text: &str) -> Result<Vec<u32>, DataError> {
         let messages = [ChatMessage::system(SYSTEM), ChatMessage::user(user_prompt(emotion, text))];
-        let rendered = self.model.render_chat(&messages)? + FORCED_PREFIX;
-        Ok(self.model.tokenizer.encode(&rendered, true)?)
+        Ok(self.model.encode_chat_continuing(&messages, FORCED_PREFIX)?)
     }
 }
 

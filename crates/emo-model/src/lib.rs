@@ -33,6 +33,7 @@ pub mod bert;
 pub mod branch;
 pub mod capture;
 pub mod chat;
+pub mod chat_encode;
 pub mod components;
 pub mod config;
 pub mod device;

@@ -154,16 +154,31 @@ impl Model {
         self.tokenizer.pad_token_id().or(self.tokenizer.eos_token_id()).unwrap_or(0)
     }
 
-    /// Renders a conversation with the model's chat template, ending with the assistant header.
+    /// Renders a conversation with the model's chat template, ending with the assistant header. The text is
+    /// for reading: tokenizing it would turn control tokens spelled in messages into real ones, which
+    /// [`Model::encode_chat`] does not.
     pub fn render_chat(&self, messages: &[ChatMessage]) -> Result<String> {
-        let tpl = self.chat_template.as_ref().ok_or_else(|| ModelError::Template(format!("{} has no chat template", self.path.display())))?;
-        tpl.render(messages, true)
+        self.template()?.render(messages, true)
     }
 
-    /// Token ids of a rendered conversation, as Hugging Face's `tok(apply_chat_template(..., tokenize=False))`:
-    /// the tokenizer's post-processor adds its special tokens too (a double BOS on Llama 3, as upstream).
+    /// Token ids of a rendered conversation, as Hugging Face's `tok(apply_chat_template(..., tokenize=False))`
+    /// gives them (the post-processor adds its tokens too: a double BOS on Llama 3, as upstream), except
+    /// that message content is always text: a control token spelled in a message (`<|im_start|>`) is split
+    /// like any other characters instead of opening a turn (see [`crate::chat_encode`]). The template's own
+    /// markup keeps its special tokens. To mean a control token, build the ids and call
+    /// [`Model::generate_ids`].
     pub fn encode_chat(&self, messages: &[ChatMessage]) -> Result<Vec<u32>> {
-        self.tokenizer.encode(&self.render_chat(messages)?, true)
+        self.encode_chat_continuing(messages, "")
+    }
+
+    /// [`Model::encode_chat`] with `assistant_prefix`, trusted text such as a forced answer start, written
+    /// after the generation prompt (its special tokens are matched like the template's).
+    pub fn encode_chat_continuing(&self, messages: &[ChatMessage], assistant_prefix: &str) -> Result<Vec<u32>> {
+        crate::chat_encode::encode_conversation(&self.tokenizer, self.template()?, messages, assistant_prefix)
+    }
+
+    fn template(&self) -> Result<&ChatTemplate> {
+        self.chat_template.as_ref().ok_or_else(|| ModelError::Template(format!("{} has no chat template", self.path.display())))
     }
 
     /// Replies to each conversation, greedily, in one batch; `cfg.eos_token_ids` defaults to the model's.

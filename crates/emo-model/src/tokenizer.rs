@@ -376,6 +376,77 @@ impl Tokenizer {
         Ok(enc.get_ids().to_vec())
     }
 
+    /// Token ids of `text` read as plain text: special and added tokens spelled in it (`<|im_start|>`) are
+    /// not matched but split like any other characters, and nothing is added around it. This is how
+    /// untrusted text (a chat message's content) must be encoded; [`crate::Model::encode_chat`] does it for
+    /// every message. A caller who means a control token passes its id, not its spelling.
+    pub fn encode_text(&self, text: &str) -> Result<Vec<u32>> {
+        Ok(self.plain(text)?.get_ids().to_vec())
+    }
+
+    /// The normalizer, pre-tokenizer and model on `text`, skipping the added vocabulary that
+    /// `tokenizers::Tokenizer::encode` matches first.
+    fn plain(&self, text: &str) -> Result<tokenizers::Encoding> {
+        use tokenizers::{Model as _, Normalizer as _, PreTokenizer as _};
+        let run = || -> tokenizers::Result<tokenizers::Encoding> {
+            let mut normalized = tokenizers::NormalizedString::from(text);
+            if let Some(n) = self.inner.get_normalizer() {
+                n.normalize(&mut normalized)?;
+            }
+            let mut pre = tokenizers::PreTokenizedString::from(normalized);
+            if let Some(p) = self.inner.get_pre_tokenizer() {
+                p.pre_tokenize(&mut pre)?;
+            }
+            let model = self.inner.get_model();
+            pre.tokenize(|n| model.tokenize(n.get()))?;
+            pre.into_encoding(None, 0, tokenizers::OffsetType::Byte)
+        };
+        run().map_err(|e| self.err(format!("encode: {e}")))
+    }
+
+    /// [`Tokenizer::encode`] with `add_special_tokens`, and the byte ranges of `text` where it matched an
+    /// added or special token.
+    pub(crate) fn encode_marking_added(&self, text: &str) -> Result<(Vec<u32>, Vec<std::ops::Range<usize>>)> {
+        let enc = self.inner.encode(text, true).map_err(|e| self.err(format!("encode: {e}")))?;
+        let added = self.inner.get_added_vocabulary().get_added_tokens_decoder();
+        let ranges = enc
+            .get_ids()
+            .iter()
+            .zip(enc.get_offsets())
+            // Tokens the post-processor adds (BOS) come from no text: their ranges are empty.
+            .filter(|&(id, &(start, end))| start < end && added.contains_key(id))
+            .map(|(_, &(start, end))| start..end)
+            .collect();
+        Ok((enc.get_ids().to_vec(), ranges))
+    }
+
+    /// Token ids of a text cut into pieces: markup pieces (`plain == false`) are encoded as
+    /// [`Tokenizer::encode`] does, matching special tokens, plain ones as [`Tokenizer::encode_text`]; the
+    /// post-processor then adds its tokens (BOS) once, around the whole.
+    pub(crate) fn encode_pieces(&self, pieces: &[(&str, bool)]) -> Result<Vec<u32>> {
+        let encodings = pieces
+            .iter()
+            .filter(|(text, _)| !text.is_empty())
+            .map(|&(text, plain)| if plain { self.plain(text) } else { self.inner.encode(text, false).map_err(|e| self.err(format!("encode: {e}"))) })
+            .collect::<Result<Vec<_>>>()?;
+        let merged = tokenizers::Encoding::merge(encodings, false);
+        let enc = self.inner.post_process(merged, None, true).map_err(|e| self.err(format!("encode: {e}")))?;
+        Ok(enc.get_ids().to_vec())
+    }
+
+    /// Every added token, special (`<|im_start|>`) or not (`<tool_call>`): its id and spelling, by id.
+    pub fn added_tokens(&self) -> Vec<(u32, String)> {
+        let mut tokens: Vec<(u32, String)> =
+            self.inner.get_added_vocabulary().get_added_tokens_decoder().iter().map(|(&id, t)| (id, t.content.clone())).collect();
+        tokens.sort_unstable();
+        tokens
+    }
+
+    /// The first added or special token (by id) whose spelling occurs in `text`, if any.
+    pub fn added_token_in(&self, text: &str) -> Option<String> {
+        self.added_tokens().into_iter().map(|(_, t)| t).find(|t| !t.is_empty() && text.contains(t.as_str()))
+    }
+
     /// [`Tokenizer::encode`] on many texts, in parallel.
     pub fn encode_batch(&self, texts: &[String], add_special_tokens: bool) -> Result<Vec<Vec<u32>>> {
         let inputs: Vec<&str> = texts.iter().map(String::as_str).collect();
