@@ -27,9 +27,12 @@ pub struct ServeArgs {
     /// Port (0: any free one; the address is printed).
     #[arg(long, default_value_t = 8080)]
     pub port: u16,
-    /// Require `Authorization: Bearer KEY` on /v1 routes (default: $EMO_API_KEY if set).
+    /// Require `Authorization: Bearer KEY` on /v1 routes and /metrics (default: $EMO_API_KEY if set).
     #[arg(long)]
     pub api_key: Option<String>,
+    /// Serve /metrics without the key.
+    #[arg(long)]
+    pub open_metrics: bool,
     /// Most sequences decoding at once.
     #[arg(long, default_value_t = 16)]
     pub max_batch: usize,
@@ -39,9 +42,18 @@ pub struct ServeArgs {
     /// Most new tokens a request may ask for.
     #[arg(long, default_value_t = 512)]
     pub max_tokens: usize,
-    /// Seconds in-flight requests get after SIGTERM.
+    /// Seconds in-flight requests get after SIGTERM; then each ends with a `shutting_down` error.
     #[arg(long, default_value_t = 30)]
     pub grace: u64,
+    /// Most connections open at once; more are answered 503 and closed.
+    #[arg(long, default_value_t = 256)]
+    pub max_connections: usize,
+    /// Seconds a client may take to send a request's head, idle kept-alive connections included.
+    #[arg(long, default_value_t = 10.0)]
+    pub header_timeout: f64,
+    /// Seconds a client may take to send a request's body (408 after).
+    #[arg(long, default_value_t = 30.0)]
+    pub body_timeout: f64,
 }
 
 fn named(flag: &str, v: &[String]) -> Result<Vec<(String, PathBuf)>> {
@@ -54,7 +66,14 @@ fn named(flag: &str, v: &[String]) -> Result<Vec<(String, PathBuf)>> {
 }
 
 pub fn serve_cmd(a: &ServeArgs) -> Result<()> {
-    anyhow::ensure!(a.max_batch > 0 && a.max_queue > 0 && a.max_tokens > 0, "--max-batch, --max-queue and --max-tokens must be positive");
+    anyhow::ensure!(
+        a.max_batch > 0 && a.max_queue > 0 && a.max_tokens > 0 && a.max_connections > 0,
+        "--max-batch, --max-queue, --max-tokens and --max-connections must be positive"
+    );
+    let seconds = |flag: &str, s: f64| -> Result<Duration> {
+        anyhow::ensure!(s.is_finite() && s > 0.0 && s <= 86_400.0, "{flag} must be between 0 and 86400 seconds, got {s}");
+        Ok(Duration::from_secs_f64(s))
+    };
     let opts = ServeOptions {
         model: a.model.model.clone(),
         load: a.model.load.options()?,
@@ -63,9 +82,18 @@ pub fn serve_cmd(a: &ServeArgs) -> Result<()> {
         host: a.host.clone(),
         port: a.port,
         api_key: a.api_key.clone().or_else(|| std::env::var("EMO_API_KEY").ok().filter(|k| !k.is_empty())),
+        open_metrics: a.open_metrics,
         max_batch: a.max_batch,
-        max_queue: a.max_queue,
-        max_tokens: a.max_tokens,
+        requests: emo_serve::RequestLimits {
+            max_queue: a.max_queue,
+            max_tokens: a.max_tokens,
+            body_timeout: seconds("--body-timeout", a.body_timeout)?,
+            ..emo_serve::RequestLimits::new()
+        },
+        connections: emo_serve::ConnectionLimits {
+            max_connections: a.max_connections,
+            header_timeout: seconds("--header-timeout", a.header_timeout)?,
+        },
         grace: Duration::from_secs(a.grace),
     };
     serve(opts)?;

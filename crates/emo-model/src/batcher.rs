@@ -284,6 +284,10 @@ fn emit(id: u64, choice: Option<Choice>, events: &mut Vec<Event>) -> Option<u32>
             events.push(Event::Finished { id, stop: StopReason::Eos });
             None
         }
+        Some(Choice::NonFinite) => {
+            events.push(Event::Finished { id, stop: StopReason::NonFinite });
+            None
+        }
         None => {
             events.push(Event::Finished { id, stop: StopReason::Length });
             None

@@ -83,6 +83,8 @@ pub enum StopReason {
     Eos,
     /// It reached `max_new_tokens`.
     Length,
+    /// Its logits stopped being finite (an edit blew its hidden state up); nothing was chosen.
+    NonFinite,
 }
 
 /// One row's result.
@@ -121,6 +123,8 @@ pub enum Choice {
     Last(u32),
     /// The row produced an end-of-sequence token (not part of its reply).
     Eos,
+    /// The row's logits were not finite: it ends without a token.
+    NonFinite,
 }
 
 /// One row's decoding: its sequence so far, its settings and its sampler. The batched [`generate`] and the
@@ -186,6 +190,18 @@ impl RowDecoder {
 /// `rows[i]` is `None` for a row that is already finished (its logits are ignored).
 pub fn choose_tokens(last: &Tensor, rows: &mut [Option<&mut RowDecoder>]) -> Result<Vec<Option<Choice>>> {
     let last = last.to_kind(Kind::Float);
+    // Raw logits are finite unless an edit blew the state up; such a row must end, not emit argmax(NaN).
+    let finite = Vec::<bool>::try_from(last.isfinite().all_dim(-1, false).to_device(tch::Device::Cpu))?;
+    let mut choices = choose_finite(&last, rows)?;
+    for ((choice, ok), row) in choices.iter_mut().zip(finite).zip(rows.iter()) {
+        if !ok && row.is_some() {
+            *choice = Some(Choice::NonFinite);
+        }
+    }
+    Ok(choices)
+}
+
+fn choose_finite(last: &Tensor, rows: &mut [Option<&mut RowDecoder>]) -> Result<Vec<Option<Choice>>> {
     let host = rows.iter().flatten().any(|r| r.cfg.needs_host_logits());
     if host {
         let vocab = last.size()[1] as usize;
@@ -230,6 +246,10 @@ pub fn generate(model: &Transformer, prompts: &[Vec<u32>], cfg: &GenerationConfi
                 Some(Choice::Eos) => {
                     done[r] = true;
                     out[r].stop = StopReason::Eos;
+                }
+                Some(Choice::NonFinite) => {
+                    done[r] = true;
+                    out[r].stop = StopReason::NonFinite;
                 }
                 Some(Choice::Token(t)) => out[r].tokens.push(t),
                 Some(Choice::Last(t)) => {

@@ -297,6 +297,7 @@ impl StageWork for Generation<'_, '_> {
                     stop: match generated[i].stop {
                         StopReason::Eos => "eos".into(),
                         StopReason::Length => "length".into(),
+                        StopReason::NonFinite => "non_finite".into(),
                     },
                 }
             })

@@ -147,6 +147,9 @@ pub enum FinishReason {
     Stop,
     /// `max_tokens` reached.
     Length,
+    /// The reply was cut by an error (its chunk carries an `error` object): a hidden state that stopped
+    /// being finite, or a shutdown whose grace period ran out.
+    Error,
 }
 
 /// An OpenAI-style error: `{"error": {"message", "type", "param", "code"}}` with an HTTP status.
@@ -197,7 +200,12 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, axum::Json(self.json())).into_response()
+        let mut response = (self.status, axum::Json(self.json())).into_response();
+        // A full queue or a draining server: tell well-behaved clients when to come back.
+        if matches!(self.status, StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE) {
+            response.headers_mut().insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from_static("1"));
+        }
+        response
     }
 }
 
@@ -205,6 +213,10 @@ impl IntoResponse for ApiError {
 pub fn parse_request(body: &[u8]) -> Result<ChatRequest, ApiError> {
     if body.is_empty() {
         return Err(ApiError::body("the request body is empty; expected a JSON object"));
+    }
+    // serde reads a struct from a JSON array too (fields by position); the API's body is an object.
+    if body.trim_ascii_start().first() != Some(&b'{') {
+        return Err(ApiError::body("the request body must be a JSON object (`{...}`)"));
     }
     let de = &mut serde_json::Deserializer::from_slice(body);
     serde_path_to_error::deserialize(de).map_err(|e| {
@@ -236,6 +248,8 @@ mod tests {
         assert!(e.message.contains("messages"), "{e:?}");
         let e = parse_request(br#"{"messages": [], "circuit": {"emotion": "fear", "scael": 2}}"#).unwrap_err();
         assert!(e.message.contains("scael"), "{e:?}");
+        let e = parse_request(br#"[null, [{"role": "user", "content": "hi"}]]"#).unwrap_err();
+        assert!(e.message.contains("JSON object") && e.param.is_none(), "{e:?}");
     }
 
     #[test]

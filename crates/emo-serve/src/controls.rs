@@ -116,11 +116,18 @@ fn emotion(field: &str, name: &str) -> std::result::Result<Emotion, ApiError> {
     })
 }
 
-fn finite(field: &str, x: f64) -> std::result::Result<f64, ApiError> {
-    if x.is_finite() {
+/// The `steering.alpha` a request may ask for. The paper steers with 8 (in units of the state's RMS); far
+/// beyond a hundred the hidden states overflow and the reply is empty, so such requests are refused.
+pub const ALPHA_RANGE: std::ops::RangeInclusive<f64> = -100.0..=100.0;
+
+/// The `circuit.scale` a request may ask for (the paper's is 1; the same overflow bounds it).
+pub const SCALE_RANGE: std::ops::RangeInclusive<f64> = -100.0..=100.0;
+
+fn bounded(field: &str, x: f64, range: &std::ops::RangeInclusive<f64>) -> std::result::Result<f64, ApiError> {
+    if range.contains(&x) {
         Ok(x)
     } else {
-        Err(ApiError::invalid(field, format!("`{field}` must be a finite number")))
+        Err(ApiError::invalid(field, format!("`{field}` must be between {} and {}, got {x}", range.start(), range.end())))
     }
 }
 
@@ -183,7 +190,7 @@ impl Catalog {
             spec.steering = Some(SteeringSpec {
                 set,
                 emotion: emotion("steering.emotion", &s.emotion)?,
-                alpha: finite("steering.alpha", s.alpha.unwrap_or(emo_steer::paper::STEERING_ALPHA))?,
+                alpha: bounded("steering.alpha", s.alpha.unwrap_or(emo_steer::paper::STEERING_ALPHA), &ALPHA_RANGE)?,
                 layers,
                 positions,
                 site,
@@ -196,7 +203,7 @@ impl Catalog {
             if !self.circuits[set].1.contains(&e) {
                 return Err(ApiError::invalid("circuit.emotion", format!("circuit set `{}` has no circuit for {e}", names[set])));
             }
-            spec.circuit = Some(CircuitSpec { set, emotion: e, scale: finite("circuit.scale", c.scale.unwrap_or(1.0))? });
+            spec.circuit = Some(CircuitSpec { set, emotion: e, scale: bounded("circuit.scale", c.scale.unwrap_or(1.0), &SCALE_RANGE)? });
         }
         Ok(spec)
     }

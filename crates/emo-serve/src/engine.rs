@@ -2,7 +2,7 @@
 //! steps it admits waiting requests (one prefill for all of them) and drops the rows whose client went away;
 //! each row's tokens go back to its HTTP handler as text through a channel.
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -43,8 +43,20 @@ pub enum Output {
         /// Tokens generated.
         completion_tokens: usize,
     },
-    /// The engine could not run the job.
-    Failed(String),
+    /// The reply could not be made or was cut: OpenAI's error `code` (`engine_error`, `non_finite_state`,
+    /// `shutting_down`) and what happened.
+    Failed {
+        /// OpenAI-style error code.
+        code: &'static str,
+        /// What happened.
+        message: String,
+    },
+}
+
+impl Output {
+    fn failed(code: &'static str, message: impl Into<String>) -> Self {
+        Output::Failed { code, message: message.into() }
+    }
 }
 
 struct Live {
@@ -57,14 +69,29 @@ struct Live {
 pub struct EngineConfig {
     /// Most sequences decoding at once.
     pub max_batch: usize,
+    /// Set when the shutdown grace has run out: every running and waiting reply ends with a
+    /// `shutting_down` error and the engine returns, so that it never outlives the process's LibTorch.
+    pub abort: Arc<AtomicBool>,
 }
 
-/// Runs until every sender of `jobs` is gone and the last row has finished.
+/// Runs until every sender of `jobs` is gone and the last row has finished, or until `cfg.abort`.
 pub fn run(model: Arc<Model>, controls: Controls, jobs: Receiver<Job>, cfg: EngineConfig, metrics: Arc<Metrics>) {
     let mut batch = ContinuousBatch::new(&model.transformer, model.pad_token_id());
     let mut live: HashMap<u64, Live> = HashMap::new();
     let mut open = true;
     while open || !batch.is_empty() {
+        if cfg.abort.load(Ordering::Relaxed) {
+            let message = "the server stopped before the reply ended (its shutdown grace period ran out)";
+            for (_, row) in live.drain() {
+                let _ = row.out.send(Output::failed("shutting_down", message));
+            }
+            while let Ok(j) = jobs.try_recv() {
+                metrics.queue_depth.fetch_sub(1, Ordering::Relaxed);
+                let _ = j.out.send(Output::failed("shutting_down", message));
+            }
+            metrics.set_batch_size(0);
+            return;
+        }
         // Intake: wait when idle, otherwise take whatever is waiting, up to the batch limit.
         let mut new = Vec::new();
         if batch.is_empty() {
@@ -102,7 +129,7 @@ pub fn run(model: Arc<Model>, controls: Controls, jobs: Receiver<Job>, cfg: Engi
                 Err(e) => {
                     // A failed step leaves the batch unusable: every row fails, the server goes on.
                     for (_, row) in live.drain() {
-                        let _ = row.out.send(Output::Failed(format!("decoding failed: {e}")));
+                        let _ = row.out.send(Output::failed("engine_error", format!("decoding failed: {e}")));
                     }
                     batch = ContinuousBatch::new(&model.transformer, model.pad_token_id());
                 }
@@ -126,7 +153,7 @@ fn admit(model: &Model, controls: &Controls, metrics: &Metrics, batch: &mut Cont
                 outs.push((j.id, j.stop, j.out));
             }
             Err(e) => {
-                let _ = j.out.send(Output::Failed(format!("could not build the request's edits: {e}")));
+                let _ = j.out.send(Output::failed("engine_error", format!("could not build the request's edits: {e}")));
             }
         }
     }
@@ -146,7 +173,7 @@ fn admit(model: &Model, controls: &Controls, metrics: &Metrics, batch: &mut Cont
         }
         Err(e) => {
             for (_, _, out) in outs {
-                let _ = out.send(Output::Failed(format!("prefill failed: {e}")));
+                let _ = out.send(Output::failed("engine_error", format!("prefill failed: {e}")));
             }
         }
     }
@@ -180,6 +207,14 @@ fn deliver(model: &Model, batch: &mut ContinuousBatch, live: &mut HashMap<u64, L
                 let finish = match stop {
                     StopReason::Eos => FinishReason::Stop,
                     StopReason::Length => FinishReason::Length,
+                    StopReason::NonFinite => {
+                        let message = format!(
+                            "the reply's hidden state stopped being finite after {} tokens (its steering or modulation is too strong)",
+                            row.tokens.len()
+                        );
+                        let _ = row.out.send(Output::failed("non_finite_state", message));
+                        continue;
+                    }
                 };
                 let _ = row.out.send(Output::Done { finish, completion_tokens: row.tokens.len() });
             }

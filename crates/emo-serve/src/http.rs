@@ -1,22 +1,25 @@
-//! The HTTP side: routes, API key, request checks, and the answer as one JSON object or as server-sent
-//! events. Nothing a client sends reaches the engine before it is checked here.
+//! The HTTP side: routes, API key, the protocol's edges (content type, body and header sizes, the body's
+//! deadline), and the answer as one JSON object or as server-sent events. Every error, the router's own 404
+//! and 405 included, is OpenAI's JSON error object. Fields are checked in [`crate::check`].
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use axum::body::Bytes;
-use axum::extract::State;
+use axum::body::Body;
+use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware::Next;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use emo_model::{ChatMessage, GenerationConfig, Model, Sampling};
+use emo_model::Model;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
-use crate::api::{parse_request, ApiError, ChatRequest, Content, FinishReason, Stop, Usage};
+use crate::api::{parse_request, ApiError, FinishReason, Usage};
+use crate::check::check;
 use crate::controls::Catalog;
 use crate::engine::{Job, Output};
 use crate::metrics::Metrics;
@@ -33,29 +36,57 @@ pub struct Shared {
     pub jobs: Mutex<Option<Sender<Job>>>,
     /// Shared with the engine.
     pub metrics: Arc<Metrics>,
+    /// The request limits.
+    pub limits: RequestLimits,
+    /// Required bearer token, if any.
+    pub api_key: Option<String>,
+    /// Serve `/metrics` without the key even when one is set.
+    pub open_metrics: bool,
+    pub(crate) next_id: AtomicU64,
+}
+
+/// What one request may ask for and how long it may take to arrive.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RequestLimits {
     /// Most requests waiting for the engine before 429.
     pub max_queue: usize,
     /// Most `max_tokens` a request may ask for.
     pub max_tokens: usize,
-    /// Required bearer token, if any.
-    pub api_key: Option<String>,
-    next_id: AtomicU64,
+    /// Largest request body, in bytes (413 beyond).
+    pub max_body_bytes: usize,
+    /// Largest total size of a request's header names and values, in bytes (431 beyond).
+    pub max_header_bytes: usize,
+    /// Longest a client may take to send the body once its head arrived (408 after).
+    pub body_timeout: Duration,
+}
+
+impl RequestLimits {
+    /// A queue of 64, 512 tokens, 2 MiB bodies, 16 KiB of headers, 30 s for a body.
+    pub fn new() -> Self {
+        RequestLimits { max_queue: 64, max_tokens: 512, max_body_bytes: 2 << 20, max_header_bytes: 16 << 10, body_timeout: Duration::from_secs(30) }
+    }
+}
+
+impl Default for RequestLimits {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl Shared {
     /// Handler state over an engine intake.
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        model: Arc<Model>,
-        model_id: String,
-        catalog: Catalog,
-        jobs: Sender<Job>,
-        metrics: Arc<Metrics>,
-        max_queue: usize,
-        max_tokens: usize,
-        api_key: Option<String>,
-    ) -> Self {
-        Shared { model, model_id, catalog, jobs: Mutex::new(Some(jobs)), metrics, max_queue, max_tokens, api_key, next_id: AtomicU64::new(1) }
+    pub fn new(model: Arc<Model>, model_id: String, catalog: Catalog, jobs: Sender<Job>, metrics: Arc<Metrics>, limits: RequestLimits) -> Self {
+        Shared {
+            model,
+            model_id,
+            catalog,
+            jobs: Mutex::new(Some(jobs)),
+            metrics,
+            limits,
+            api_key: None,
+            open_metrics: false,
+            next_id: AtomicU64::new(1),
+        }
     }
 }
 
@@ -67,10 +98,28 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/health", get(|| async { Json(serde_json::json!({"status": "ok"})) }))
         .route("/metrics", get(metrics))
         .fallback(|| async { ApiError::status(StatusCode::NOT_FOUND, "not_found", "no such route; see docs/serving.md") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::status(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this route does not take that method; see docs/serving.md")
+        })
+        .layer(axum::middleware::from_fn_with_state(shared.clone(), header_limit))
         .with_state(shared)
 }
 
-fn now() -> u64 {
+/// 431 for heads over the limit, in the JSON error format (hyper's own limit, far above, answers bare).
+async fn header_limit(State(shared): State<Arc<Shared>>, request: Request, next: Next) -> Response {
+    let size: usize = request.headers().iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum();
+    if size > shared.limits.max_header_bytes {
+        return ApiError::status(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "headers_too_large",
+            format!("the request's headers take {size} bytes; this server's limit is {}", shared.limits.max_header_bytes),
+        )
+        .into_response();
+    }
+    next.run(request).await
+}
+
+pub(crate) fn now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
@@ -103,125 +152,21 @@ async fn models(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Respon
     .into_response()
 }
 
-async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
+async fn metrics(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
+    if !shared.open_metrics {
+        if let Err(e) = authorize(&shared, &headers) {
+            return e.into_response();
+        }
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], shared.metrics.render()).into_response()
 }
 
-/// A checked request, ready for the engine.
-struct Checked {
-    job_config: GenerationConfig,
-    control: crate::controls::ControlSpec,
-    messages: Vec<ChatMessage>,
-    stop: Vec<String>,
-    stream: bool,
-    include_usage: bool,
-}
-
-fn check(shared: &Shared, r: ChatRequest) -> Result<Checked, ApiError> {
-    if let Some(m) = &r.model {
-        if *m != shared.model_id {
-            return Err(ApiError {
-                param: Some("model".into()),
-                ..ApiError::status(
-                    StatusCode::NOT_FOUND,
-                    "model_not_found",
-                    format!("the model `{m}` does not exist; this server serves `{}`", shared.model_id),
-                )
-            });
-        }
-    }
-    if r.messages.is_empty() {
-        return Err(ApiError::invalid("messages", "`messages` must hold at least one message"));
-    }
-    let mut messages = Vec::with_capacity(r.messages.len());
-    for (i, m) in r.messages.iter().enumerate() {
-        if !matches!(m.role.as_str(), "system" | "user" | "assistant") {
-            return Err(ApiError::invalid(format!("messages[{i}].role"), format!("unknown role `{}`; expected system, user or assistant", m.role)));
-        }
-        let text = match &m.content {
-            Content::Text(t) => t.clone(),
-            Content::Parts(parts) => {
-                let mut t = String::new();
-                for (j, p) in parts.iter().enumerate() {
-                    match (p.kind.as_str(), &p.text) {
-                        ("text", Some(x)) => t.push_str(x),
-                        _ => return Err(ApiError::invalid(format!("messages[{i}].content[{j}]"), "only text content parts are supported")),
-                    }
-                }
-                t
-            }
-        };
-        messages.push(ChatMessage::new(m.role.clone(), text));
-    }
-    if let Some(n) = r.n {
-        if n != 1 {
-            return Err(ApiError::invalid("n", "only n = 1 is supported"));
-        }
-    }
-    let max_tokens = r.max_completion_tokens.or(r.max_tokens).unwrap_or(shared.max_tokens.min(256) as u64);
-    let field = if r.max_completion_tokens.is_some() { "max_completion_tokens" } else { "max_tokens" };
-    if max_tokens == 0 || max_tokens > shared.max_tokens as u64 {
-        return Err(ApiError::invalid(
-            field,
-            format!("`{field}` must be between 1 and {} (this server's limit), got {max_tokens}", shared.max_tokens),
-        ));
-    }
-    let temperature = r.temperature.unwrap_or(1.0);
-    if !(0.0..=2.0).contains(&temperature) {
-        return Err(ApiError::invalid("temperature", format!("`temperature` must be between 0 and 2, got {temperature}")));
-    }
-    let top_p = r.top_p.unwrap_or(1.0);
-    if !(top_p > 0.0 && top_p <= 1.0) {
-        return Err(ApiError::invalid("top_p", format!("`top_p` must be in (0, 1], got {top_p}")));
-    }
-    let top_k = match r.top_k {
-        None | Some(-1) | Some(0) => 0,
-        Some(k) if k > 0 => k as usize,
-        Some(k) => return Err(ApiError::invalid("top_k", format!("`top_k` must be positive, 0 or -1 (off), got {k}"))),
+async fn chat_completions(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Body) -> Response {
+    let started = match read_body(&shared, &headers, body).await {
+        Ok(body) => start(&shared, &body),
+        Err(e) => Err(e),
     };
-    let repetition_penalty = r.repetition_penalty.unwrap_or(1.0);
-    if !(repetition_penalty.is_finite() && repetition_penalty > 0.0) {
-        return Err(ApiError::invalid("repetition_penalty", format!("`repetition_penalty` must be positive, got {repetition_penalty}")));
-    }
-    let min_tokens = r.min_tokens.unwrap_or(0);
-    if min_tokens > max_tokens {
-        return Err(ApiError::invalid("min_tokens", format!("`min_tokens` ({min_tokens}) is above the token limit ({max_tokens})")));
-    }
-    let stop = match r.stop {
-        None => Vec::new(),
-        Some(Stop::One(s)) => vec![s],
-        Some(Stop::Many(v)) => v,
-    };
-    if stop.len() > 4 {
-        return Err(ApiError::invalid("stop", format!("at most 4 stop strings, got {}", stop.len())));
-    }
-    // Without a seed each request draws its own, as OpenAI's API does.
-    let seed = match r.seed {
-        Some(s) => s as u64,
-        None => shared.next_id.load(Ordering::Relaxed).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ now(),
-    };
-    let control = shared.catalog.check(r.steering.as_ref(), r.circuit.as_ref())?;
-    let job_config = GenerationConfig {
-        max_new_tokens: max_tokens as usize,
-        min_new_tokens: min_tokens as usize,
-        repetition_penalty: repetition_penalty as f32,
-        no_repeat_ngram_size: r.no_repeat_ngram_size.unwrap_or(0) as usize,
-        eos_token_ids: shared.model.eos_token_ids.clone(),
-        sampling: Sampling { temperature: temperature as f32, top_k, top_p: top_p as f32, seed },
-        ..Default::default()
-    };
-    Ok(Checked {
-        job_config,
-        control,
-        messages,
-        stop,
-        stream: r.stream.unwrap_or(false),
-        include_usage: r.stream_options.is_some_and(|o| o.include_usage),
-    })
-}
-
-async fn chat_completions(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
-    match start(&shared, &headers, &body) {
+    match started {
         Ok(started) => {
             if started.stream {
                 shared.metrics.request(200);
@@ -239,6 +184,41 @@ async fn chat_completions(State(shared): State<Arc<Shared>>, headers: HeaderMap,
     }
 }
 
+/// The body of a chat request: the key first (nothing is read for a client without it), then
+/// `Content-Type: application/json` (a `text/plain` POST is what a browser sends cross-site without asking),
+/// then at most the body limit, within the body deadline.
+async fn read_body(shared: &Shared, headers: &HeaderMap, body: Body) -> Result<axum::body::Bytes, ApiError> {
+    authorize(shared, headers)?;
+    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let essence = content_type.split(';').next().unwrap_or("").trim();
+    if !essence.eq_ignore_ascii_case("application/json") {
+        let shown = if content_type.is_empty() { "none".to_string() } else { format!("`{content_type}`") };
+        return Err(ApiError::status(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            format!("the body must be sent as `Content-Type: application/json`, got {shown}"),
+        ));
+    }
+    let limit = shared.limits.max_body_bytes;
+    let too_large = || {
+        ApiError::status(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", format!("the request body is over this server's limit of {limit} bytes"))
+    };
+    let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    match tokio::time::timeout(shared.limits.body_timeout, axum::body::to_bytes(body, limit)).await {
+        Err(_) => Err(ApiError::status(
+            StatusCode::REQUEST_TIMEOUT,
+            "body_timeout",
+            format!("the request body did not arrive within {:?}", shared.limits.body_timeout),
+        )),
+        Ok(Err(e)) if std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>()) => Err(too_large()),
+        Ok(Err(e)) => Err(ApiError::body(format!("the request body could not be read: {e}"))),
+        Ok(Ok(bytes)) => Ok(bytes),
+    }
+}
+
 /// A request the engine has taken.
 struct Started {
     id: u64,
@@ -248,8 +228,7 @@ struct Started {
     out: UnboundedReceiver<Output>,
 }
 
-fn start(shared: &Shared, headers: &HeaderMap, body: &[u8]) -> Result<Started, ApiError> {
-    authorize(shared, headers)?;
+fn start(shared: &Shared, body: &[u8]) -> Result<Started, ApiError> {
     let checked = check(shared, parse_request(body)?)?;
     let prompt =
         shared.model.encode_chat(&checked.messages).map_err(|e| ApiError::invalid("messages", format!("cannot render the conversation: {e}")))?;
@@ -266,12 +245,12 @@ fn start(shared: &Shared, headers: &HeaderMap, body: &[u8]) -> Result<Started, A
         ));
     }
     let queued = shared.metrics.queue_depth.fetch_add(1, Ordering::Relaxed);
-    if queued >= shared.max_queue {
+    if queued >= shared.limits.max_queue {
         shared.metrics.queue_depth.fetch_sub(1, Ordering::Relaxed);
         return Err(ApiError::status(
             StatusCode::TOO_MANY_REQUESTS,
             "queue_full",
-            format!("the queue is full ({} waiting); retry later", shared.max_queue),
+            format!("the queue is full ({} waiting); retry later", shared.limits.max_queue),
         ));
     }
     let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
@@ -308,21 +287,32 @@ async fn complete(shared: &Shared, mut started: Started) -> Response {
                 }))
                 .into_response();
             }
-            Output::Failed(msg) => return ApiError::status(StatusCode::INTERNAL_SERVER_ERROR, "engine_error", msg).into_response(),
+            Output::Failed { code, message } => return failure(code, message).into_response(),
         }
     }
     ApiError::status(StatusCode::INTERNAL_SERVER_ERROR, "engine_error", "the engine stopped before the reply ended").into_response()
 }
 
-/// One `chat.completion.chunk` event with `choices` (and `usage`, for the last chunk when asked).
-fn chunk_event(shared: &Shared, id: u64, choices: serde_json::Value, usage: Option<Usage>) -> SseEvent {
-    let mut v = serde_json::json!({
+/// The error answer to an engine failure: 503 for a shutdown, 500 otherwise.
+fn failure(code: &'static str, message: String) -> ApiError {
+    let status = if code == "shutting_down" { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::INTERNAL_SERVER_ERROR };
+    ApiError::status(status, code, message)
+}
+
+/// One `chat.completion.chunk` object with `choices`.
+fn chunk_json(shared: &Shared, id: u64, choices: serde_json::Value) -> serde_json::Value {
+    serde_json::json!({
         "id": completion_id(id),
         "object": "chat.completion.chunk",
         "created": now(),
         "model": shared.model_id,
         "choices": choices,
-    });
+    })
+}
+
+/// One `chat.completion.chunk` event with `choices` (and `usage`, for the last chunk when asked).
+fn chunk_event(shared: &Shared, id: u64, choices: serde_json::Value, usage: Option<Usage>) -> SseEvent {
+    let mut v = chunk_json(shared, id, choices);
     if let Some(u) = usage {
         v["usage"] = serde_json::json!(u);
     }
@@ -356,13 +346,22 @@ fn stream(shared: Arc<Shared>, started: Started) -> Sse<impl futures_util::Strea
                 batch.push(SseEvent::default().data("[DONE]"));
                 return Some((batch, (None, out, shared, true)));
             }
-            Some(Output::Failed(msg)) => {
-                let e = ApiError::status(StatusCode::INTERNAL_SERVER_ERROR, "engine_error", msg);
-                batch.push(SseEvent::default().data(e.json().to_string()));
+            Some(Output::Failed { code, message }) => {
+                // The last chunk ends the choice with finish_reason "error" and says why, then [DONE].
+                let mut last =
+                    chunk_json(&shared, id, serde_json::json!([{"index": 0, "delta": {}, "finish_reason": FinishReason::Error, "logprobs": null}]));
+                last["error"] = failure(code, message).json()["error"].clone();
+                batch.push(SseEvent::default().data(last.to_string()));
                 batch.push(SseEvent::default().data("[DONE]"));
                 return Some((batch, (None, out, shared, true)));
             }
-            None => return None,
+            // The engine dropped the row without a word (it never does on purpose): still end the stream.
+            None => {
+                let mut last =
+                    chunk_json(&shared, id, serde_json::json!([{"index": 0, "delta": {}, "finish_reason": FinishReason::Error, "logprobs": null}]));
+                last["error"] = failure("engine_error", "the engine stopped before the reply ended".into()).json()["error"].clone();
+                return Some((vec![SseEvent::default().data(last.to_string()), SseEvent::default().data("[DONE]")], (None, out, shared, true)));
+            }
         }
         Some((batch, (None, out, shared, false)))
     });

@@ -18,19 +18,24 @@
 #![warn(missing_docs)]
 
 pub mod api;
+pub mod check;
 pub mod controls;
 pub mod engine;
 pub mod http;
+pub mod listen;
 pub mod metrics;
 pub mod text;
 
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use emo_model::{LoadOptions, Model};
+pub use http::RequestLimits;
+pub use listen::ConnectionLimits;
 
 /// What can go wrong starting or running the server.
 #[derive(Debug, thiserror::Error)]
@@ -69,20 +74,23 @@ pub struct ServeOptions {
     pub host: String,
     /// Port (0: any free port; the one taken is printed).
     pub port: u16,
-    /// Bearer token required on `/v1/*` routes.
+    /// Bearer token required on `/v1/*` routes and `/metrics`.
     pub api_key: Option<String>,
+    /// Serve `/metrics` without the key.
+    pub open_metrics: bool,
     /// Most sequences decoding at once.
     pub max_batch: usize,
-    /// Most requests waiting for the engine before 429.
-    pub max_queue: usize,
-    /// Most `max_tokens` a request may ask for.
-    pub max_tokens: usize,
-    /// After SIGTERM, how long in-flight requests may take before the server exits anyway.
+    /// What a request may ask for and how long its body may take.
+    pub requests: RequestLimits,
+    /// How many connections, and how long a client may take to send a request's head.
+    pub connections: ConnectionLimits,
+    /// After SIGTERM, how long in-flight requests may take; then each ends with a `shutting_down` error.
     pub grace: Duration,
 }
 
 impl ServeOptions {
-    /// The defaults for `model`: loopback, port 8080, batches of 16, a queue of 64, 512 tokens, 30 s grace.
+    /// The defaults for `model`: loopback, port 8080, batches of 16, [`RequestLimits::new`],
+    /// [`ConnectionLimits::default`], 30 s grace.
     pub fn new(model: impl Into<String>) -> Self {
         ServeOptions {
             model: model.into(),
@@ -92,69 +100,80 @@ impl ServeOptions {
             host: "127.0.0.1".into(),
             port: 8080,
             api_key: None,
+            open_metrics: false,
             max_batch: 16,
-            max_queue: 64,
-            max_tokens: 512,
+            requests: RequestLimits::new(),
+            connections: ConnectionLimits::default(),
             grace: Duration::from_secs(30),
         }
     }
 }
 
 /// Loads everything, serves until SIGTERM or Ctrl-C, lets in-flight requests finish within the grace
-/// period, and returns. Prints `emo serve: MODEL on http://ADDR (directions: ...; circuits: ...)` once it
-/// accepts connections.
+/// period, ends those still running with a `shutting_down` error after it, and returns once the engine has
+/// stopped. Prints `emo serve: MODEL on http://ADDR (directions: ...; circuits: ...)` once it accepts
+/// connections.
 pub fn serve(opts: ServeOptions) -> Result<()> {
     let model = Arc::new(Model::load(&opts.model, opts.load)?);
     let (catalog, controls) = controls::load(model.transformer.config(), &opts.directions, &opts.circuits)?;
     let metrics = Arc::new(metrics::Metrics::default());
     let (tx, rx) = std::sync::mpsc::channel();
+    let abort = Arc::new(AtomicBool::new(false));
     let engine = {
         let (model, metrics) = (model.clone(), metrics.clone());
-        let cfg = engine::EngineConfig { max_batch: opts.max_batch };
+        let cfg = engine::EngineConfig { max_batch: opts.max_batch, abort: abort.clone() };
         std::thread::Builder::new()
             .name("emo-engine".into())
             .spawn(move || engine::run(model, controls, rx, cfg, metrics))
             .map_err(|e| ServeError::Io { context: "starting the engine thread".into(), source: e })?
     };
-    let shared = Arc::new(http::Shared::new(model, opts.model.clone(), catalog, tx, metrics, opts.max_queue, opts.max_tokens, opts.api_key.clone()));
+    let mut shared = http::Shared::new(model, opts.model.clone(), catalog, tx, metrics.clone(), opts.requests);
+    shared.api_key = opts.api_key.clone();
+    shared.open_metrics = opts.open_metrics;
+    let shared = Arc::new(shared);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .map_err(|e| ServeError::Io { context: "starting the async runtime".into(), source: e })?;
     let addr = format!("{}:{}", opts.host, opts.port);
-    let drained = runtime.block_on(async {
+    let served = runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind(&addr).await.map_err(|e| ServeError::Io { context: format!("binding {addr}"), source: e })?;
         let local: SocketAddr = listener.local_addr().map_err(|e| ServeError::Io { context: "reading the bound address".into(), source: e })?;
         println!("emo serve: {} on http://{local} (directions: {}; circuits: {})", opts.model, names(&opts.directions), names(&opts.circuits));
         let _ = std::io::stdout().flush();
-        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let app = http::router(shared.clone());
-        let server = axum::serve(listener, app).with_graceful_shutdown({
-            let mut rx = stop_rx.clone();
-            async move {
-                let _ = rx.wait_for(|s| *s).await;
-            }
-        });
-        let signals = async move {
-            shutdown_signal().await;
-            eprintln!("emo serve: stopping; in-flight requests have {:?} to finish", opts.grace);
-            // Stop taking requests: new ones get 503 while the connections drain.
-            shared.jobs.lock().unwrap_or_else(|e| e.into_inner()).take();
-            let _ = stop_tx.send(true);
-            tokio::time::sleep(opts.grace).await;
-        };
+        let connections = listen::Connections::new(opts.connections);
         tokio::select! {
-            r = server => r.map(|_| true).map_err(|e| ServeError::Io { context: "serving".into(), source: e }),
-            _ = signals => { eprintln!("emo serve: grace period over"); Ok(false) }
+            _ = connections.accept(listener, http::router(shared.clone()), metrics) => {}
+            _ = shutdown_signal() => {}
         }
-    })?;
+        eprintln!("emo serve: stopping; in-flight requests have {:?} to finish", opts.grace);
+        // Stop taking requests (new ones get 503) and let the engine end once its rows are done.
+        shared.jobs.lock().unwrap_or_else(|e| e.into_inner()).take();
+        connections.start_drain();
+        let drained = tokio::time::timeout(opts.grace, wait_closed(&connections)).await.is_ok();
+        if !drained {
+            eprintln!("emo serve: grace period over; ending the remaining replies with an error");
+            abort.store(true, Ordering::Relaxed);
+            // The handlers now write each reply's error (and a stream's [DONE]); give them a moment.
+            let _ = tokio::time::timeout(Duration::from_secs(5), wait_closed(&connections)).await;
+        }
+        Ok::<(), ServeError>(())
+    });
+    // The engine must stop before the process exits: LibTorch tears down its state at exit, and a step
+    // running then aborts the process.
+    abort.store(true, Ordering::Relaxed);
+    let _ = engine.join();
     drop(runtime);
-    // Drained: the engine ends at its next idle poll. After the grace period it is not waited for.
-    if drained {
-        let _ = engine.join();
+    served
+}
+
+/// Waits until every connection has closed.
+async fn wait_closed(connections: &listen::Connections) {
+    let started = Instant::now();
+    while connections.open() > 0 {
+        tokio::time::sleep(Duration::from_millis(if started.elapsed() < Duration::from_secs(1) { 10 } else { 50 })).await;
     }
-    Ok(())
 }
 
 fn names(v: &[(String, PathBuf)]) -> String {

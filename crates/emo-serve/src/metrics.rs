@@ -18,6 +18,7 @@ pub struct Metrics {
     tpot_micros: AtomicU64,
     tpot_count: AtomicU64,
     steps: AtomicU64,
+    refused_connections: AtomicU64,
 }
 
 impl Metrics {
@@ -44,6 +45,11 @@ impl Metrics {
         self.tpot_count.fetch_add(tokens as u64, Ordering::Relaxed);
     }
 
+    /// Counts a connection refused because the connection limit was reached.
+    pub fn refused_connection(&self) {
+        self.refused_connections.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Sets the number of sequences decoding.
     pub fn set_batch_size(&self, n: usize) {
         self.batch_size.store(n, Ordering::Relaxed);
@@ -63,6 +69,11 @@ impl Metrics {
         counter("emo_prompt_tokens_total", "Prompt tokens of completed requests.", self.prompt_tokens.load(Ordering::Relaxed));
         counter("emo_completion_tokens_total", "Generated tokens.", self.completion_tokens.load(Ordering::Relaxed));
         counter("emo_decode_steps_total", "Decoding steps of the running batch.", self.steps.load(Ordering::Relaxed));
+        counter(
+            "emo_refused_connections_total",
+            "Connections answered 503 and closed because the connection limit was reached.",
+            self.refused_connections.load(Ordering::Relaxed),
+        );
         let mut gauge = |name: &str, help: &str, v: usize| {
             let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
         };
