@@ -33,9 +33,12 @@ pub struct ServeArgs {
     /// Serve /metrics without the key.
     #[arg(long)]
     pub open_metrics: bool,
-    /// Most sequences decoding at once.
+    /// Most sequences decoding or prefilling at once.
     #[arg(long, default_value_t = 16)]
     pub max_batch: usize,
+    /// Prompt tokens prefilled per step between decoding steps (longer prompts run in chunks).
+    #[arg(long, default_value_t = emo_model::batcher::PREFILL_TOKENS)]
+    pub prefill_tokens: usize,
     /// Most requests waiting before 429.
     #[arg(long, default_value_t = 64)]
     pub max_queue: usize,
@@ -67,8 +70,8 @@ fn named(flag: &str, v: &[String]) -> Result<Vec<(String, PathBuf)>> {
 
 pub fn serve_cmd(a: &ServeArgs) -> Result<()> {
     anyhow::ensure!(
-        a.max_batch > 0 && a.max_queue > 0 && a.max_tokens > 0 && a.max_connections > 0,
-        "--max-batch, --max-queue, --max-tokens and --max-connections must be positive"
+        a.max_batch > 0 && a.max_queue > 0 && a.max_tokens > 0 && a.max_connections > 0 && a.prefill_tokens > 0,
+        "--max-batch, --max-queue, --max-tokens, --max-connections and --prefill-tokens must be positive"
     );
     let seconds = |flag: &str, s: f64| -> Result<Duration> {
         anyhow::ensure!(s.is_finite() && s > 0.0 && s <= 86_400.0, "{flag} must be between 0 and 86400 seconds, got {s}");
@@ -84,6 +87,7 @@ pub fn serve_cmd(a: &ServeArgs) -> Result<()> {
         api_key: a.api_key.clone().or_else(|| std::env::var("EMO_API_KEY").ok().filter(|k| !k.is_empty())),
         open_metrics: a.open_metrics,
         max_batch: a.max_batch,
+        prefill_tokens: a.prefill_tokens,
         requests: emo_serve::RequestLimits {
             max_queue: a.max_queue,
             max_tokens: a.max_tokens,

@@ -288,3 +288,27 @@ fn when_the_grace_runs_out_every_stream_ends_with_an_error_and_the_process_exits
     assert!(status.success(), "{status:?}: {err}");
     assert!(!err.contains("panicked") && !err.contains("Invalid (backend"), "{err}");
 }
+
+#[test]
+fn a_long_prompt_prefills_in_chunks_while_a_short_request_is_answered() {
+    let server = Server::start(&["--prefill-tokens", "64", "--api-key", KEY]);
+    let long = request(&"The quick brown fox jumps over the lazy dog. ".repeat(200), 1, json!({}));
+    let short = request("Hi", 2, json!({}));
+    let order = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let (status, v) = server.post(Some(KEY), &long);
+            assert_eq!(status, 200, "{v}");
+            assert!(v["usage"]["prompt_tokens"].as_u64().unwrap() > 1500, "{v}");
+            order.lock().unwrap().push("long");
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        let (status, v) = server.post(Some(KEY), &short);
+        assert_eq!(status, 200, "{v}");
+        order.lock().unwrap().push("short");
+    });
+    assert_eq!(*order.lock().unwrap(), ["short", "long"], "the short request waited for the long prompt's prefill");
+    // A body far over the context is refused after tokenizing about a context's worth of it.
+    let (status, v) = server.post(Some(KEY), &request(&"word ".repeat(300_000), 4, json!({})));
+    assert_eq!((status, v["error"]["param"].as_str()), (400, Some("messages")), "{v}");
+}

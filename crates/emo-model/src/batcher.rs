@@ -20,6 +20,8 @@
 //! let tokens: Vec<u32> = events.iter().filter_map(|e| match e { Event::Token { token, .. } => Some(*token), _ => None }).collect();
 //! # Ok::<(), emo_model::ModelError>(())
 //! ```
+use std::collections::VecDeque;
+
 use tch::{Kind, Tensor};
 
 use crate::generate::{choose_tokens, left_pad, Choice, GenerationConfig, RowDecoder, StopReason};
@@ -126,6 +128,16 @@ struct Row {
     next: Option<u32>,
 }
 
+/// A request queued with [`ContinuousBatch::enqueue`] whose prompt has not fully run yet.
+struct Prefill {
+    request: BatchRequest,
+    /// Its own decode state once its first chunk ran (prompts longer than a chunk only).
+    state: Option<DecodeState>,
+    /// Prompt tokens run so far.
+    done: usize,
+    hooks: Vec<Interventions>,
+}
+
 /// A running batch of sequences over one model.
 pub struct ContinuousBatch<'m> {
     model: &'m Transformer,
@@ -133,12 +145,25 @@ pub struct ContinuousBatch<'m> {
     state: Option<DecodeState>,
     rows: Vec<Row>,
     hooks: Vec<Interventions>,
+    pending: VecDeque<Prefill>,
+    prefill_tokens: usize,
 }
+
+/// Prompt tokens [`ContinuousBatch::step`] prefills at most, by default: enough to keep a short prompt's
+/// prefill to one step, small enough that a step stays short and a chunk's attention scores
+/// ([chunk, context] per head) stay far below the key-value cache's size.
+pub const PREFILL_TOKENS: usize = 512;
 
 impl<'m> ContinuousBatch<'m> {
     /// An empty batch; `pad_id` pads prompts and finished rows.
     pub fn new(model: &'m Transformer, pad_id: u32) -> Self {
-        ContinuousBatch { model, pad_id, state: None, rows: Vec::new(), hooks: Vec::new() }
+        ContinuousBatch { model, pad_id, state: None, rows: Vec::new(), hooks: Vec::new(), pending: VecDeque::new(), prefill_tokens: PREFILL_TOKENS }
+    }
+
+    /// Sets the prompt tokens each [`ContinuousBatch::step`] may prefill (at least 1).
+    pub fn with_prefill_tokens(mut self, tokens: usize) -> Self {
+        self.prefill_tokens = tokens.max(1);
+        self
     }
 
     /// Sequences still decoding.
@@ -146,9 +171,14 @@ impl<'m> ContinuousBatch<'m> {
         self.rows.iter().filter(|r| r.next.is_some()).count()
     }
 
-    /// Whether no sequence is decoding.
+    /// Sequences queued by [`ContinuousBatch::enqueue`] whose prompt has not fully run.
+    pub fn pending(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Whether no sequence is decoding or waiting for its prefill.
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.len() == 0 && self.pending.is_empty()
     }
 
     /// Ids of the sequences still decoding, in batch order.
@@ -156,7 +186,15 @@ impl<'m> ContinuousBatch<'m> {
         self.rows.iter().filter(|r| r.next.is_some()).map(|r| r.id).collect()
     }
 
-    /// Runs the prompts of `requests` as one batch, chooses each one's first token and adds them to the
+    /// Queues requests whose prompts [`ContinuousBatch::step`] then runs between decoding steps, at most
+    /// [`PREFILL_TOKENS`] (see [`ContinuousBatch::with_prefill_tokens`]) per step: short prompts together,
+    /// a long one in chunks, so that a long prompt neither stalls the running rows nor materialises
+    /// [prompt, prompt] attention scores. Tokens come out as with [`ContinuousBatch::admit`].
+    pub fn enqueue(&mut self, requests: Vec<BatchRequest>) {
+        self.pending.extend(requests.into_iter().map(|request| Prefill { request, state: None, done: 0, hooks: Vec::new() }));
+    }
+
+    /// Runs the prompts of `requests` as one batch now, chooses each one's first token and adds them to the
     /// running batch. Returns their first tokens (and the end of those that finish at once).
     pub fn admit(&mut self, requests: Vec<BatchRequest>) -> Result<Vec<Event>> {
         if requests.is_empty() {
@@ -172,6 +210,12 @@ impl<'m> ContinuousBatch<'m> {
             set.push_all(&mut prefill_hooks);
             self.model.forward_chunk(&ids, &valid, &mut fresh, &mut set, LogitsFor::Last)?
         };
+        self.start_rows(requests, &logits, fresh)
+    }
+
+    /// Chooses the first token of rows whose prompts just ran into `fresh` (`logits` of their last prompt
+    /// token) and adds them to the running batch.
+    fn start_rows(&mut self, requests: Vec<BatchRequest>, logits: &Tensor, fresh: DecodeState) -> Result<Vec<Event>> {
         let mut new_rows: Vec<Row> =
             requests.into_iter().map(|r| Row { id: r.id, decoder: RowDecoder::new(&r.prompt, &r.config), control: r.control, next: None }).collect();
         let mut events = Vec::new();
@@ -188,9 +232,66 @@ impl<'m> ContinuousBatch<'m> {
         Ok(events)
     }
 
-    /// One decoding step for every sequence in the batch. Returns each one's next token and the end of those
-    /// that finish.
+    /// One decoding step for every sequence in the batch, then up to the prefill budget of queued prompts
+    /// ([`ContinuousBatch::enqueue`]). Returns each sequence's next token, the end of those that finish, and
+    /// the first tokens of those whose prompt finished running.
     pub fn step(&mut self) -> Result<Vec<Event>> {
+        let mut events = self.decode()?;
+        events.extend(self.prefill()?);
+        Ok(events)
+    }
+
+    /// Runs queued prompts for at most the prefill budget: short prompts not yet started, oldest first, in
+    /// one forward; then, with what is left, the next chunk of the oldest long prompt on its own state.
+    fn prefill(&mut self) -> Result<Vec<Event>> {
+        let mut budget = self.prefill_tokens;
+        let mut short = Vec::new();
+        let mut i = 0;
+        while i < self.pending.len() {
+            let n = self.pending[i].request.prompt.len();
+            if self.pending[i].state.is_none() && n <= budget {
+                budget -= n;
+                short.extend(self.pending.remove(i).map(|p| p.request));
+            } else {
+                i += 1;
+            }
+        }
+        let mut events = self.admit(short)?;
+        if budget == 0 {
+            return Ok(events);
+        }
+        let (model, n_layers) = (self.model, self.model.config().n_layers);
+        let Some(front) = self.pending.iter_mut().find(|p| p.request.prompt.len() > p.done) else {
+            return Ok(events);
+        };
+        let prompt_len = front.request.prompt.len();
+        if front.state.is_none() {
+            let mut state = DecodeState::new(&[prompt_len as i64], n_layers, model.device(), true);
+            state.reserve((prompt_len + front.request.config.max_new_tokens) as i64);
+            front.state = Some(state);
+            front.hooks = row_hooks(&[&front.request.control]);
+        }
+        let n = budget.min(prompt_len - front.done);
+        let chunk: Vec<i64> = front.request.prompt[front.done..front.done + n].iter().map(|&t| t as i64).collect();
+        let valid = Tensor::ones([1, n as i64], (Kind::Bool, tch::Device::Cpu));
+        let state = front.state.as_mut().expect("set above");
+        let logits = {
+            let mut set = HookSet::new();
+            set.push_all(&mut front.hooks);
+            model.forward_chunk(&Tensor::from_slice(&chunk).view([1, n as i64]), &valid, state, &mut set, LogitsFor::Last)?
+        };
+        front.done += n;
+        if front.done == prompt_len {
+            let id = front.request.id;
+            let pos = self.pending.iter().position(|p| p.request.id == id).expect("found above");
+            let done = self.pending.remove(pos).expect("found above");
+            let state = done.state.expect("ran above");
+            events.extend(self.start_rows(vec![done.request], &logits, state)?);
+        }
+        Ok(events)
+    }
+
+    fn decode(&mut self) -> Result<Vec<Event>> {
         let Some(state) = self.state.as_mut() else {
             return Ok(Vec::new());
         };
@@ -220,8 +321,13 @@ impl<'m> ContinuousBatch<'m> {
         Ok(events)
     }
 
-    /// Drops sequence `id` from the batch (a client went away). Returns whether it was decoding.
+    /// Drops sequence `id` from the batch or the prefill queue (a client went away). Returns whether it was
+    /// there.
     pub fn cancel(&mut self, id: u64) -> Result<bool> {
+        if let Some(pos) = self.pending.iter().position(|p| p.request.id == id) {
+            self.pending.remove(pos);
+            return Ok(true);
+        }
         let Some(row) = self.rows.iter_mut().find(|r| r.id == id && r.next.is_some()) else {
             return Ok(false);
         };
@@ -255,7 +361,17 @@ impl<'m> ContinuousBatch<'m> {
                 parts.push((s, &keep_new));
             }
         }
-        let state = if parts.is_empty() { None } else { Some(DecodeState::regroup(&parts)?) };
+        // Room for every kept row's remaining tokens, so decoding never reallocates the cache (the slots are
+        // only touched as tokens come).
+        let headroom = self
+            .rows
+            .iter()
+            .chain(&new_rows)
+            .filter(|r| r.next.is_some())
+            .map(|r| r.decoder.config().max_new_tokens.saturating_sub(r.decoder.new_tokens()) + 1)
+            .max()
+            .unwrap_or(1);
+        let state = if parts.is_empty() { None } else { Some(DecodeState::regroup(&parts, headroom as i64)?) };
         let old = std::mem::take(&mut self.rows);
         self.rows = old.into_iter().chain(new_rows).filter(|r| r.next.is_some()).collect();
         self.state = state;

@@ -20,6 +20,8 @@ pub struct DecodeState {
     prompt_lens: Tensor,
     chunk_valid: Option<Tensor>,
     step: usize,
+    // Slots to allocate at the first append when they cover it (see `reserve`).
+    reserved: i64,
 }
 
 impl DecodeState {
@@ -38,7 +40,14 @@ impl DecodeState {
             prompt_lens: Tensor::from_slice(prompt_lens).view([b, 1]).to_device(device),
             chunk_valid: None,
             step: 0,
+            reserved: 0,
         }
+    }
+
+    /// Allocates room for `slots` keys per row when the cache is first filled (a prompt fed in chunks
+    /// and the tokens it will generate), instead of growing by powers of two.
+    pub fn reserve(&mut self, slots: i64) {
+        self.reserved = slots;
     }
 
     /// Whether keys and values are kept between calls.
@@ -108,7 +117,8 @@ impl DecodeState {
                 Some((ok, ov)) => (ok.narrow(2, 0, self.len), ov.narrow(2, 0, self.len)),
                 None => (k.narrow(2, 0, 0), v.narrow(2, 0, 0)),
             };
-            *slot = Some(buffers(&ok, &ov, need));
+            let slots = if self.reserved >= need { self.reserved } else { (need.max(64) as u64).next_power_of_two() as i64 };
+            *slot = Some(buffers(&ok, &ov, slots));
         }
         let (kb, vb) = slot.as_ref().expect("allocated above");
         kb.narrow(2, self.len, t).copy_(k);
@@ -141,7 +151,8 @@ impl DecodeState {
     /// kept. Every kept row's real key slots are packed to the right, so padding is on the left as in a fresh
     /// prompt and a long-lived batch does not accumulate the padding of rows that left it. Every state must
     /// keep a cache, be on the same device and be past its prompt (one token per row per call from here on).
-    pub fn regroup(parts: &[(&DecodeState, &[i64])]) -> Result<DecodeState> {
+    /// The new buffers have room for `headroom` more tokens per row (at least one) before they grow.
+    pub fn regroup(parts: &[(&DecodeState, &[i64])], headroom: i64) -> Result<DecodeState> {
         let invalid = |msg: String| ModelError::InvalidArgument(format!("cannot regroup decode states: {msg}"));
         let first = parts.first().ok_or_else(|| invalid("no states given".into()))?.0;
         let (device, n_layers) = (first.device, first.kv.len());
@@ -202,8 +213,7 @@ impl DecodeState {
             .into_iter()
             .map(|pieces| {
                 let (ks, vs): (Vec<Tensor>, Vec<Tensor>) = pieces.into_iter().unzip();
-                // Room for the next token at least.
-                Some(buffers(&Tensor::cat(&ks, 0), &Tensor::cat(&vs, 0), width + 1))
+                Some(buffers(&Tensor::cat(&ks, 0), &Tensor::cat(&vs, 0), width + headroom.max(1)))
             })
             .collect();
         Ok(DecodeState {
@@ -217,16 +227,18 @@ impl DecodeState {
             prompt_lens: Tensor::cat(&prompt_lens, 0),
             chunk_valid: None,
             step: parts.iter().map(|(s, _)| s.step).max().unwrap_or(1),
+            reserved: 0,
         })
     }
 }
 
-/// Preallocated key and value buffers with room for `need` slots (a power of two, at least 64, so that
-/// appending one token rarely reallocates), holding `k` and `v` in their first slots.
-fn buffers(k: &Tensor, v: &Tensor, need: i64) -> (Tensor, Tensor) {
+/// Key and value buffers of `slots` slots, holding `k` and `v` in their first ones. The other slots are left
+/// uninitialised (every slot is written before a query reads it), so memory is touched only as the cache
+/// fills: a reservation for the reply's tokens costs nothing until they come.
+fn buffers(k: &Tensor, v: &Tensor, slots: i64) -> (Tensor, Tensor) {
     let mut size = k.size();
-    size[2] = (need.max(64) as u64).next_power_of_two() as i64;
-    let (kb, vb) = (Tensor::zeros(&size, (k.kind(), k.device())), Tensor::zeros(&size, (v.kind(), v.device())));
+    size[2] = slots;
+    let (kb, vb) = (Tensor::empty(&size, (k.kind(), k.device())), Tensor::empty(&size, (v.kind(), v.device())));
     let n = k.size()[2];
     kb.narrow(2, 0, n).copy_(k);
     vb.narrow(2, 0, n).copy_(v);

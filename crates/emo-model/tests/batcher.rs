@@ -150,3 +150,47 @@ fn sampling_is_reproducible_and_batch_invariant() {
     }
     assert_eq!(collect(&events, 1).0, a);
 }
+
+#[test]
+fn enqueued_prompts_prefill_in_chunks_beside_running_rows_and_get_the_tokens_they_get_alone() {
+    let m = common::smollm2();
+    let p = prompts();
+    let cfg = GenerationConfig { eos_token_ids: m.eos_token_ids.clone(), ignore_eos: true, ..GenerationConfig::greedy(10) };
+    let controls = [RowControl::none(), steer(3), RowControl::none(), steer(4)];
+    let shortest = p.iter().map(Vec::len).min().unwrap();
+    // A budget below every prompt: each is run in chunks on its own state (steered rows too, whose edit
+    // falls on the last prompt token, in the last chunk); a budget above two prompts batches short ones.
+    for budget in [shortest / 3, 2 * p.iter().map(Vec::len).max().unwrap()] {
+        let mut batch = ContinuousBatch::new(&m.transformer, m.pad_token_id()).with_prefill_tokens(budget);
+        let mut events = batch.admit(vec![BatchRequest { id: 9, prompt: p[4].clone(), config: cfg.clone(), control: RowControl::none() }]).unwrap();
+        let reqs: Vec<BatchRequest> = (0..4)
+            .map(|i| BatchRequest { id: i, prompt: p[i as usize].clone(), config: cfg.clone(), control: controls[i as usize].clone() })
+            .collect();
+        batch.enqueue(reqs);
+        assert_eq!(batch.pending(), 4);
+        let mut steps = 0;
+        while !batch.is_empty() {
+            let out = batch.step().unwrap();
+            // The running row gets its token at every step while the others prefill.
+            if collect(&events, 9).0.len() < 10 {
+                assert!(out.iter().any(|e| matches!(e, Event::Token { id: 9, .. })), "budget {budget}, step {steps}: row 9 waited");
+            }
+            events.extend(out);
+            steps += 1;
+        }
+        if budget < shortest {
+            assert!(steps > 10, "budget {budget}: prompts of {shortest}+ tokens took {steps} steps, so they ran in chunks");
+        }
+        for (id, control) in controls.iter().enumerate() {
+            let (tokens, stop) = collect(&events, id as u64);
+            assert_eq!(tokens, alone(&p[id], &cfg, control).0, "budget {budget}, sequence {id}");
+            assert_eq!(stop, Some(StopReason::Length));
+        }
+    }
+    // A queued request can be cancelled before its prompt ran.
+    let mut batch = ContinuousBatch::new(&m.transformer, m.pad_token_id()).with_prefill_tokens(4);
+    batch.enqueue(vec![BatchRequest { id: 1, prompt: p[1].clone(), config: cfg.clone(), control: RowControl::none() }]);
+    batch.step().unwrap();
+    assert!(batch.cancel(1).unwrap());
+    assert!(batch.is_empty());
+}

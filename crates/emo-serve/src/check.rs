@@ -120,3 +120,32 @@ pub(crate) fn check(shared: &Shared, r: ChatRequest) -> Result<Checked, ApiError
         include_usage: r.stream_options.is_some_and(|o| o.include_usage),
     })
 }
+
+/// Bytes of content tokenized at a time by [`content_over`].
+const SLICE_BYTES: usize = 4096;
+
+/// Whether the messages' content surely holds more than `budget` tokens, found by tokenizing it a slice at
+/// a time and stopping once the count is past the budget: a 2 MB body is refused after about a budget's
+/// worth of text instead of being tokenized whole. Returns the count reached when it is over. Each cut
+/// between slices may add a token or two that the whole text would not have, so the count must beat the
+/// budget by four tokens per cut before the answer is yes.
+pub(crate) fn content_over(tokenizer: &emo_model::Tokenizer, messages: &[ChatMessage], budget: usize) -> Result<Option<usize>, ApiError> {
+    let (mut count, mut cuts) = (0usize, 0usize);
+    for m in messages {
+        let mut rest = m.content.as_str();
+        while !rest.is_empty() {
+            let mut end = rest.len().min(SLICE_BYTES);
+            while !rest.is_char_boundary(end) {
+                end += 1;
+            }
+            let ids = tokenizer.encode_text(&rest[..end]).map_err(|e| ApiError::invalid("messages", format!("cannot tokenize the messages: {e}")))?;
+            count += ids.len();
+            rest = &rest[end..];
+            if count > budget + 4 * cuts {
+                return Ok(Some(count));
+            }
+            cuts += 1;
+        }
+    }
+    Ok(None)
+}

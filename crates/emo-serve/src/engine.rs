@@ -1,6 +1,8 @@
-//! The engine loop: one thread owns the model's running batch ([`ContinuousBatch`]). Between two decoding
-//! steps it admits waiting requests (one prefill for all of them) and drops the rows whose client went away;
-//! each row's tokens go back to its HTTP handler as text through a channel.
+//! The engine loop: one thread owns the model's running batch ([`ContinuousBatch`]). Waiting requests are
+//! queued into it between steps; each step decodes one token for every running row and then prefills up
+//! to a token budget of queued prompts (short ones together, a long one in chunks), so a long prompt never
+//! stalls the others. Rows whose client went away are dropped; each row's tokens go back to its HTTP
+//! handler as text through a channel.
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
@@ -67,8 +69,10 @@ struct Live {
 
 /// The engine's settings.
 pub struct EngineConfig {
-    /// Most sequences decoding at once.
+    /// Most sequences decoding or prefilling at once.
     pub max_batch: usize,
+    /// Prompt tokens prefilled per step, between decoding steps ([`ContinuousBatch::with_prefill_tokens`]).
+    pub prefill_tokens: usize,
     /// Set when the shutdown grace has run out: every running and waiting reply ends with a
     /// `shutting_down` error and the engine returns, so that it never outlives the process's LibTorch.
     pub abort: Arc<AtomicBool>,
@@ -76,7 +80,7 @@ pub struct EngineConfig {
 
 /// Runs until every sender of `jobs` is gone and the last row has finished, or until `cfg.abort`.
 pub fn run(model: Arc<Model>, controls: Controls, jobs: Receiver<Job>, cfg: EngineConfig, metrics: Arc<Metrics>) {
-    let mut batch = ContinuousBatch::new(&model.transformer, model.pad_token_id());
+    let mut batch = ContinuousBatch::new(&model.transformer, model.pad_token_id()).with_prefill_tokens(cfg.prefill_tokens);
     let mut live: HashMap<u64, Live> = HashMap::new();
     let mut open = true;
     while open || !batch.is_empty() {
@@ -104,7 +108,7 @@ pub fn run(model: Arc<Model>, controls: Controls, jobs: Receiver<Job>, cfg: Engi
                 }
             }
         }
-        while batch.len() + new.len() < cfg.max_batch.max(1) {
+        while batch.len() + batch.pending() + new.len() < cfg.max_batch.max(1) {
             match jobs.try_recv() {
                 Ok(j) => new.push(j),
                 Err(std::sync::mpsc::TryRecvError::Empty) => break,
@@ -116,7 +120,7 @@ pub fn run(model: Arc<Model>, controls: Controls, jobs: Receiver<Job>, cfg: Engi
         }
         metrics.queue_depth.fetch_sub(new.len(), Ordering::Relaxed);
         if !new.is_empty() {
-            admit(&model, &controls, &metrics, &mut batch, &mut live, new);
+            admit(&controls, &mut batch, &mut live, new);
         }
         if !batch.is_empty() {
             let t = Instant::now();
@@ -124,6 +128,9 @@ pub fn run(model: Arc<Model>, controls: Controls, jobs: Receiver<Job>, cfg: Engi
                 Ok(events) => {
                     let produced = events.iter().filter(|e| matches!(e, Event::Token { .. })).count();
                     metrics.step(t.elapsed(), produced);
+                    // The gauge counts new rows before their first token reaches a client, so a client that
+                    // has a token can never read a batch without its row.
+                    metrics.set_batch_size(batch.len());
                     deliver(&model, &mut batch, &mut live, events);
                 }
                 Err(e) => {
@@ -131,7 +138,7 @@ pub fn run(model: Arc<Model>, controls: Controls, jobs: Receiver<Job>, cfg: Engi
                     for (_, row) in live.drain() {
                         let _ = row.out.send(Output::failed("engine_error", format!("decoding failed: {e}")));
                     }
-                    batch = ContinuousBatch::new(&model.transformer, model.pad_token_id());
+                    batch = ContinuousBatch::new(&model.transformer, model.pad_token_id()).with_prefill_tokens(cfg.prefill_tokens);
                 }
             }
         }
@@ -140,9 +147,9 @@ pub fn run(model: Arc<Model>, controls: Controls, jobs: Receiver<Job>, cfg: Engi
     }
 }
 
-fn admit(model: &Model, controls: &Controls, metrics: &Metrics, batch: &mut ContinuousBatch, live: &mut HashMap<u64, Live>, jobs: Vec<Job>) {
+/// Queues the jobs whose edits build; their prompts run in the next steps.
+fn admit(controls: &Controls, batch: &mut ContinuousBatch, live: &mut HashMap<u64, Live>, jobs: Vec<Job>) {
     let mut requests = Vec::new();
-    let mut outs = Vec::new();
     for j in jobs {
         if j.out.is_closed() {
             continue;
@@ -150,33 +157,14 @@ fn admit(model: &Model, controls: &Controls, metrics: &Metrics, batch: &mut Cont
         match controls.build(&j.control) {
             Ok(control) => {
                 requests.push(BatchRequest { id: j.id, prompt: j.prompt, config: j.config, control });
-                outs.push((j.id, j.stop, j.out));
+                live.insert(j.id, Live { tokens: Vec::new(), text: ReplyText::new(j.stop), out: j.out });
             }
             Err(e) => {
                 let _ = j.out.send(Output::failed("engine_error", format!("could not build the request's edits: {e}")));
             }
         }
     }
-    if requests.is_empty() {
-        return;
-    }
-    match batch.admit(requests) {
-        Ok(events) => {
-            metrics.generated(events.iter().filter(|e| matches!(e, Event::Token { .. })).count());
-            for (id, stop, out) in outs {
-                live.insert(id, Live { tokens: Vec::new(), text: ReplyText::new(stop), out });
-            }
-            // The gauge counts the new rows before their first token reaches a client, so a client that
-            // has a token can never read a batch without its row.
-            metrics.set_batch_size(batch.len());
-            deliver(model, batch, live, events);
-        }
-        Err(e) => {
-            for (_, _, out) in outs {
-                let _ = out.send(Output::failed("engine_error", format!("prefill failed: {e}")));
-            }
-        }
-    }
+    batch.enqueue(requests);
 }
 
 /// Turns token events into text for each row's handler; a stop string or a gone client ends the row.

@@ -230,9 +230,19 @@ struct Started {
 
 fn start(shared: &Shared, body: &[u8]) -> Result<Started, ApiError> {
     let checked = check(shared, parse_request(body)?)?;
+    let context = shared.model.transformer.config().max_position;
+    let budget = context.saturating_sub(checked.job_config.max_new_tokens);
+    if let Some(seen) = crate::check::content_over(&shared.model.tokenizer, &checked.messages, budget)? {
+        return Err(ApiError::invalid(
+            "messages",
+            format!(
+                "the messages hold more than {seen} tokens, over the model's context of {context} tokens less max_tokens ({})",
+                checked.job_config.max_new_tokens
+            ),
+        ));
+    }
     let prompt =
         shared.model.encode_chat(&checked.messages).map_err(|e| ApiError::invalid("messages", format!("cannot render the conversation: {e}")))?;
-    let context = shared.model.transformer.config().max_position;
     let need = prompt.len() + checked.job_config.max_new_tokens;
     if need > context {
         return Err(ApiError::invalid(

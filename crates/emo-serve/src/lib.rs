@@ -78,8 +78,10 @@ pub struct ServeOptions {
     pub api_key: Option<String>,
     /// Serve `/metrics` without the key.
     pub open_metrics: bool,
-    /// Most sequences decoding at once.
+    /// Most sequences decoding or prefilling at once.
     pub max_batch: usize,
+    /// Prompt tokens prefilled per step between decoding steps (a longer prompt runs in chunks).
+    pub prefill_tokens: usize,
     /// What a request may ask for and how long its body may take.
     pub requests: RequestLimits,
     /// How many connections, and how long a client may take to send a request's head.
@@ -102,6 +104,7 @@ impl ServeOptions {
             api_key: None,
             open_metrics: false,
             max_batch: 16,
+            prefill_tokens: emo_model::batcher::PREFILL_TOKENS,
             requests: RequestLimits::new(),
             connections: ConnectionLimits::default(),
             grace: Duration::from_secs(30),
@@ -121,7 +124,7 @@ pub fn serve(opts: ServeOptions) -> Result<()> {
     let abort = Arc::new(AtomicBool::new(false));
     let engine = {
         let (model, metrics) = (model.clone(), metrics.clone());
-        let cfg = engine::EngineConfig { max_batch: opts.max_batch, abort: abort.clone() };
+        let cfg = engine::EngineConfig { max_batch: opts.max_batch, prefill_tokens: opts.prefill_tokens, abort: abort.clone() };
         std::thread::Builder::new()
             .name("emo-engine".into())
             .spawn(move || engine::run(model, controls, rx, cfg, metrics))
