@@ -147,17 +147,36 @@ pub struct ContinuousBatch<'m> {
     hooks: Vec<Interventions>,
     pending: VecDeque<Prefill>,
     prefill_tokens: usize,
+    // Seconds of the last decoding step and per token of long-prompt chunks (moving averages), which size
+    // a long prompt's chunk while other rows decode.
+    decode_secs: Option<f64>,
+    chunk_secs_per_token: Option<f64>,
 }
 
-/// Prompt tokens [`ContinuousBatch::step`] prefills at most, by default: enough to keep a short prompt's
-/// prefill to one step, small enough that a step stays short and a chunk's attention scores
-/// ([chunk, context] per head) stay far below the key-value cache's size.
-pub const PREFILL_TOKENS: usize = 512;
+/// The fewest tokens a long prompt's chunk has while other rows decode.
+const MIN_CHUNK: usize = 16;
+
+/// Prompt tokens [`ContinuousBatch::step`] prefills at most, by default. A request arriving while a long
+/// prompt prefills waits for the chunk in flight, so smaller chunks answer it sooner and run the long prompt
+/// slower: with SmolLM2 on two CPU cores a short request took 10x its time alone beside a 5,431-token prompt
+/// in chunks of 512, 3.7x in chunks of 128 (the long prompt 18% slower), 3.0x in chunks of 64 (44% slower),
+/// and 160x with the prompt in one piece (docs/performance.md).
+pub const PREFILL_TOKENS: usize = 128;
 
 impl<'m> ContinuousBatch<'m> {
     /// An empty batch; `pad_id` pads prompts and finished rows.
     pub fn new(model: &'m Transformer, pad_id: u32) -> Self {
-        ContinuousBatch { model, pad_id, state: None, rows: Vec::new(), hooks: Vec::new(), pending: VecDeque::new(), prefill_tokens: PREFILL_TOKENS }
+        ContinuousBatch {
+            model,
+            pad_id,
+            state: None,
+            rows: Vec::new(),
+            hooks: Vec::new(),
+            pending: VecDeque::new(),
+            prefill_tokens: PREFILL_TOKENS,
+            decode_secs: None,
+            chunk_secs_per_token: None,
+        }
     }
 
     /// Sets the prompt tokens each [`ContinuousBatch::step`] may prefill (at least 1).
@@ -236,7 +255,11 @@ impl<'m> ContinuousBatch<'m> {
     /// ([`ContinuousBatch::enqueue`]). Returns each sequence's next token, the end of those that finish, and
     /// the first tokens of those whose prompt finished running.
     pub fn step(&mut self) -> Result<Vec<Event>> {
+        let started = std::time::Instant::now();
         let mut events = self.decode()?;
+        if !events.is_empty() {
+            self.decode_secs = Some(average(self.decode_secs, started.elapsed().as_secs_f64()));
+        }
         events.extend(self.prefill()?);
         Ok(events)
     }
@@ -271,7 +294,18 @@ impl<'m> ContinuousBatch<'m> {
             front.state = Some(state);
             front.hooks = row_hooks(&[&front.request.control]);
         }
+        // While other rows decode, a chunk takes about as long as their decoding step, so that each of their
+        // tokens waits about twice its time alone; alone, the prompt runs in chunks of the whole budget.
+        // A quarter of the budget at least, so that the prompt still advances under a full batch.
+        if self.rows.iter().any(|r| r.next.is_some()) {
+            let floor = (self.prefill_tokens / 4).max(MIN_CHUNK);
+            budget = match (self.decode_secs, self.chunk_secs_per_token) {
+                (Some(decode), Some(per_token)) => budget.min(((decode / per_token) as usize).max(floor)),
+                _ => budget.min(floor),
+            };
+        }
         let n = budget.min(prompt_len - front.done);
+        let started = std::time::Instant::now();
         let chunk: Vec<i64> = front.request.prompt[front.done..front.done + n].iter().map(|&t| t as i64).collect();
         let valid = Tensor::ones([1, n as i64], (Kind::Bool, tch::Device::Cpu));
         let state = front.state.as_mut().expect("set above");
@@ -281,6 +315,7 @@ impl<'m> ContinuousBatch<'m> {
             model.forward_chunk(&Tensor::from_slice(&chunk).view([1, n as i64]), &valid, state, &mut set, LogitsFor::Last)?
         };
         front.done += n;
+        self.chunk_secs_per_token = Some(average(self.chunk_secs_per_token, started.elapsed().as_secs_f64() / n as f64));
         if front.done == prompt_len {
             let id = front.request.id;
             let pos = self.pending.iter().position(|p| p.request.id == id).expect("found above");
@@ -371,7 +406,16 @@ impl<'m> ContinuousBatch<'m> {
             .map(|r| r.decoder.config().max_new_tokens.saturating_sub(r.decoder.new_tokens()) + 1)
             .max()
             .unwrap_or(1);
-        let state = if parts.is_empty() { None } else { Some(DecodeState::regroup(&parts, headroom as i64)?) };
+        let all_new = keep_old.is_empty() && fresh.as_ref().is_some_and(|s| s.batch() == keep_new.len() as i64);
+        let state = if all_new {
+            // Nothing to merge: the fresh state becomes the batch's as it is, without a copy of its cache.
+            drop(parts);
+            fresh
+        } else if parts.is_empty() {
+            None
+        } else {
+            Some(DecodeState::regroup(&parts, headroom as i64)?)
+        };
         let old = std::mem::take(&mut self.rows);
         self.rows = old.into_iter().chain(new_rows).filter(|r| r.next.is_some()).collect();
         self.state = state;
@@ -385,6 +429,11 @@ impl<'m> ContinuousBatch<'m> {
 }
 
 /// Turns a row's choice into events; returns the token to feed next, if the row goes on.
+/// A moving average that follows a change within a few samples.
+fn average(old: Option<f64>, new: f64) -> f64 {
+    old.map_or(new, |o| 0.7 * o + 0.3 * new)
+}
+
 fn emit(id: u64, choice: Option<Choice>, events: &mut Vec<Event>) -> Option<u32> {
     match choice {
         Some(Choice::Token(token)) => {

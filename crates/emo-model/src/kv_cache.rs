@@ -172,7 +172,21 @@ impl DecodeState {
             }
         }
         let width = valid_rows.iter().map(Vec::len).max().unwrap_or(0) as i64;
-        let mut kv_parts: Vec<Vec<(Tensor, Tensor)>> = (0..n_layers).map(|_| Vec::new()).collect();
+        let batch = valid_rows.len() as i64;
+        if batch == 0 {
+            return Err(invalid("no rows kept".into()));
+        }
+        // Each layer's buffers are allocated once at their final size and each part's rows gathered into
+        // them a layer at a time: the copy in flight is one layer of one part, not the whole cache twice.
+        let slots = width + headroom.max(1);
+        let mut kv: Vec<Option<(Tensor, Tensor)>> = Vec::with_capacity(n_layers);
+        for l in 0..n_layers {
+            let (k0, _) = first.kv[l].as_ref().ok_or_else(|| invalid(format!("layer {l} has no keys yet")))?;
+            let mut size = k0.size();
+            size[0] = batch;
+            size[2] = slots;
+            kv.push(Some((Tensor::empty(&size, (k0.kind(), device)), Tensor::empty(&size, (k0.kind(), device)))));
+        }
         let (mut seen, mut prompt_lens, mut key_valid) = (Vec::new(), Vec::new(), Vec::new());
         let mut offset = 0;
         for (s, rows) in parts {
@@ -188,34 +202,23 @@ impl DecodeState {
                 index.extend(std::iter::repeat_n(0, pad).chain(slots.iter().copied()));
                 kvalid.extend(std::iter::repeat_n(false, pad).chain(std::iter::repeat_n(true, slots.len())));
             }
-            offset += n;
             let rows_t = Tensor::from_slice(rows).to_device(device);
             let index = Tensor::from_slice(&index).view([n as i64, 1, width, 1]).to_device(device);
             for (l, slot) in s.kv.iter().enumerate() {
                 let (k, v) = slot.as_ref().ok_or_else(|| invalid(format!("layer {l} has no keys yet")))?;
-                let gather = |t: &Tensor| {
-                    let t = t.index_select(0, &rows_t);
+                let (kb, vb) = kv[l].as_ref().expect("allocated above");
+                for (src, dst) in [(k, kb), (v, vb)] {
+                    let t = src.index_select(0, &rows_t);
                     let mut size = t.size();
                     size[2] = width;
-                    t.gather(2, &index.expand(&size, false), false)
-                };
-                kv_parts[l].push((gather(k), gather(v)));
+                    dst.narrow(0, offset as i64, n as i64).narrow(2, 0, width).copy_(&t.gather(2, &index.expand(&size, false), false));
+                }
             }
+            offset += n;
             seen.push(s.seen.index_select(0, &rows_t));
             prompt_lens.push(s.prompt_lens.index_select(0, &rows_t));
             key_valid.push(Tensor::from_slice(&kvalid).view([n as i64, width]).to_device(device));
         }
-        let batch = offset as i64;
-        if batch == 0 {
-            return Err(invalid("no rows kept".into()));
-        }
-        let kv = kv_parts
-            .into_iter()
-            .map(|pieces| {
-                let (ks, vs): (Vec<Tensor>, Vec<Tensor>) = pieces.into_iter().unzip();
-                Some(buffers(&Tensor::cat(&ks, 0), &Tensor::cat(&vs, 0), width + headroom.max(1)))
-            })
-            .collect();
         Ok(DecodeState {
             batch,
             device,
