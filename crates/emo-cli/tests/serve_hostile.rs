@@ -154,24 +154,25 @@ fn protocol_edges_answer_openai_errors() {
 }
 
 #[test]
-fn a_full_queue_says_when_to_retry() {
-    let server = Server::start(&["--max-batch", "1", "--max-queue", "1", "--api-key", KEY]);
+fn a_burst_fills_the_free_rows_and_the_queue_and_the_rest_are_told_when_to_retry() {
+    let server = Server::start(&["--max-batch", "2", "--max-queue", "2", "--api-key", KEY]);
     let long = request("Write a long story.", 48, json!({"min_tokens": 48}));
+    let barrier = std::sync::Barrier::new(8);
     let heads: Vec<(u16, String, String)> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..4)
-            .map(|i| {
-                let (url, body) = (&server.url, &long);
+        let handles: Vec<_> = (0..8)
+            .map(|_| {
+                let (url, body, barrier) = (&server.url, &long, &barrier);
                 s.spawn(move || {
-                    std::thread::sleep(Duration::from_millis(40 * i));
+                    barrier.wait();
                     raw(url, &post("application/json", body, ""))
                 })
             })
             .collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
-    let full: Vec<&(u16, String, String)> = heads.iter().filter(|(s, _, _)| *s == 429).collect();
-    assert!(!full.is_empty(), "{heads:?}");
-    for (_, head, body) in full {
+    let statuses: Vec<u16> = heads.iter().map(|(s, _, _)| *s).collect();
+    assert_eq!(statuses.iter().filter(|&&s| s == 200).count(), 4, "2 free rows + a queue of 2: {statuses:?}");
+    for (_, head, body) in heads.iter().filter(|(s, _, _)| *s == 429) {
         assert!(head.to_ascii_lowercase().contains("retry-after: 1"), "{head}");
         assert_eq!(error_of(body)["type"], "rate_limit_error");
     }

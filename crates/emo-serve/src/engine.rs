@@ -118,6 +118,9 @@ pub fn run(model: Arc<Model>, controls: Controls, jobs: Receiver<Job>, cfg: Engi
                 }
             }
         }
+        // Counted as the engine's before they leave the queue, so a request checking capacity in between
+        // sees them twice (refused a little early) rather than nowhere.
+        metrics.engine_rows.store(batch.len() + batch.pending() + new.len(), Ordering::Relaxed);
         metrics.queue_depth.fetch_sub(new.len(), Ordering::Relaxed);
         if !new.is_empty() {
             admit(&controls, &mut batch, &mut live, new);
@@ -144,6 +147,7 @@ pub fn run(model: Arc<Model>, controls: Controls, jobs: Receiver<Job>, cfg: Engi
         }
         drop_gone(&mut batch, &mut live);
         metrics.set_batch_size(batch.len());
+        metrics.engine_rows.store(batch.len() + batch.pending(), Ordering::Relaxed);
     }
 }
 

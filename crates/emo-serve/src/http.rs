@@ -42,6 +42,8 @@ pub struct Shared {
     pub api_key: Option<String>,
     /// Serve `/metrics` without the key even when one is set.
     pub open_metrics: bool,
+    /// The engine's rows (decoding or prefilling at once).
+    pub max_batch: usize,
     pub(crate) next_id: AtomicU64,
 }
 
@@ -85,6 +87,7 @@ impl Shared {
             limits,
             api_key: None,
             open_metrics: false,
+            max_batch: 1,
             next_id: AtomicU64::new(1),
         }
     }
@@ -254,8 +257,10 @@ fn start(shared: &Shared, body: &[u8]) -> Result<Started, ApiError> {
             ),
         ));
     }
+    // A burst fills the engine's free rows as well as the queue: the engine takes them at its next step.
+    let free_rows = shared.max_batch.saturating_sub(shared.metrics.engine_rows.load(Ordering::Relaxed));
     let queued = shared.metrics.queue_depth.fetch_add(1, Ordering::Relaxed);
-    if queued >= shared.limits.max_queue {
+    if queued >= shared.limits.max_queue + free_rows {
         shared.metrics.queue_depth.fetch_sub(1, Ordering::Relaxed);
         return Err(ApiError::status(
             StatusCode::TOO_MANY_REQUESTS,

@@ -133,6 +133,7 @@ pub fn serve(opts: ServeOptions) -> Result<()> {
     let mut shared = http::Shared::new(model, opts.model.clone(), catalog, tx, metrics.clone(), opts.requests);
     shared.api_key = opts.api_key.clone();
     shared.open_metrics = opts.open_metrics;
+    shared.max_batch = opts.max_batch;
     let shared = Arc::new(shared);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

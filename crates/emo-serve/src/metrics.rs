@@ -13,6 +13,9 @@ pub struct Metrics {
     completion_tokens: AtomicU64,
     /// Requests waiting for the engine to take them.
     pub queue_depth: AtomicUsize,
+    /// Rows the engine holds, decoding or prefilling (what is left of `max_batch` takes a burst beside the
+    /// queue).
+    pub engine_rows: AtomicUsize,
     batch_size: AtomicUsize,
     // Time per output token: the step time counted once per token it produced.
     tpot_micros: AtomicU64,
