@@ -209,8 +209,21 @@ impl<'m> ContinuousBatch<'m> {
     /// [`PREFILL_TOKENS`] (see [`ContinuousBatch::with_prefill_tokens`]) per step: short prompts together,
     /// a long one in chunks, so that a long prompt neither stalls the running rows nor materialises
     /// [prompt, prompt] attention scores. Tokens come out as with [`ContinuousBatch::admit`].
-    pub fn enqueue(&mut self, requests: Vec<BatchRequest>) {
+    ///
+    /// A request with an empty prompt or a token outside the vocabulary is refused here, before anything is
+    /// queued, so that it cannot fail a later step shared with other rows.
+    pub fn enqueue(&mut self, requests: Vec<BatchRequest>) -> Result<()> {
+        let vocab = self.model.config().vocab_size;
+        for r in &requests {
+            if r.prompt.is_empty() {
+                return Err(ModelError::InvalidArgument(format!("request {}: the prompt has no tokens", r.id)));
+            }
+            if let Some(bad) = r.prompt.iter().find(|&&t| t as usize >= vocab) {
+                return Err(ModelError::InvalidArgument(format!("request {}: token id {bad} is outside the vocabulary of {vocab}", r.id)));
+            }
+        }
         self.pending.extend(requests.into_iter().map(|request| Prefill { request, state: None, done: 0, hooks: Vec::new() }));
+        Ok(())
     }
 
     /// Runs the prompts of `requests` as one batch now, chooses each one's first token and adds them to the

@@ -166,7 +166,7 @@ fn enqueued_prompts_prefill_in_chunks_beside_running_rows_and_get_the_tokens_the
         let reqs: Vec<BatchRequest> = (0..4)
             .map(|i| BatchRequest { id: i, prompt: p[i as usize].clone(), config: cfg.clone(), control: controls[i as usize].clone() })
             .collect();
-        batch.enqueue(reqs);
+        batch.enqueue(reqs).unwrap();
         assert_eq!(batch.pending(), 4);
         let mut steps = 0;
         while !batch.is_empty() {
@@ -189,8 +189,13 @@ fn enqueued_prompts_prefill_in_chunks_beside_running_rows_and_get_the_tokens_the
     }
     // A queued request can be cancelled before its prompt ran.
     let mut batch = ContinuousBatch::new(&m.transformer, m.pad_token_id()).with_prefill_tokens(4);
-    batch.enqueue(vec![BatchRequest { id: 1, prompt: p[1].clone(), config: cfg.clone(), control: RowControl::none() }]);
+    batch.enqueue(vec![BatchRequest { id: 1, prompt: p[1].clone(), config: cfg.clone(), control: RowControl::none() }]).unwrap();
     batch.step().unwrap();
     assert!(batch.cancel(1).unwrap());
     assert!(batch.is_empty());
+    // What would fail a shared step is refused before it is queued.
+    let bad = |prompt: Vec<u32>| BatchRequest { id: 2, prompt, config: cfg.clone(), control: RowControl::none() };
+    assert!(batch.enqueue(vec![bad(Vec::new())]).is_err());
+    assert!(batch.enqueue(vec![bad(vec![u32::MAX])]).is_err());
+    assert_eq!(batch.pending(), 0);
 }

@@ -151,24 +151,28 @@ pub fn run(model: Arc<Model>, controls: Controls, jobs: Receiver<Job>, cfg: Engi
     }
 }
 
-/// Queues the jobs whose edits build; their prompts run in the next steps.
+/// Queues the jobs whose edits build and whose prompts the batch takes; their prompts run in the next steps.
 fn admit(controls: &Controls, batch: &mut ContinuousBatch, live: &mut HashMap<u64, Live>, jobs: Vec<Job>) {
-    let mut requests = Vec::new();
     for j in jobs {
         if j.out.is_closed() {
             continue;
         }
-        match controls.build(&j.control) {
-            Ok(control) => {
-                requests.push(BatchRequest { id: j.id, prompt: j.prompt, config: j.config, control });
+        let control = match controls.build(&j.control) {
+            Ok(control) => control,
+            Err(e) => {
+                let _ = j.out.send(Output::failed("engine_error", format!("could not build the request's edits: {e}")));
+                continue;
+            }
+        };
+        match batch.enqueue(vec![BatchRequest { id: j.id, prompt: j.prompt, config: j.config, control }]) {
+            Ok(()) => {
                 live.insert(j.id, Live { tokens: Vec::new(), text: ReplyText::new(j.stop), out: j.out });
             }
             Err(e) => {
-                let _ = j.out.send(Output::failed("engine_error", format!("could not build the request's edits: {e}")));
+                let _ = j.out.send(Output::failed("engine_error", format!("could not queue the request: {e}")));
             }
         }
     }
-    batch.enqueue(requests);
 }
 
 /// Turns token events into text for each row's handler; a stop string or a gone client ends the row.
