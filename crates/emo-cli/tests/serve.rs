@@ -76,7 +76,7 @@ fn serves_plain_steered_modulated_and_streamed_replies_as_the_cli_gives_them() {
 
     // Streamed: the same text in chunks, then [DONE]; usage when asked.
     let body = request(prompts[0], 12, json!({"stream": true, "stream_options": {"include_usage": true}}));
-    let (text, chunks, done) = stream(&server, &body);
+    let (text, chunks, done) = stream(&server.url, &body);
     assert!(done && text == content(&plain), "{text:?} vs {:?}", content(&plain));
     assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
     assert!(chunks.iter().all(|c| c["object"] == "chat.completion.chunk"));

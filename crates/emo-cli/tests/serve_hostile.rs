@@ -4,11 +4,11 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use common::{request, scratch, synthetic_controls, Server, KEY};
+use common::{request, scratch, stream, synthetic_controls, Server, KEY};
 use emo_model::chat_encode::encode_conversation;
 use emo_model::{ChatMessage, ChatTemplate, Tokenizer};
 use serde_json::{json, Value};
@@ -49,26 +49,6 @@ fn overflowing_directions(dir: &std::path::Path) -> std::path::PathBuf {
     let file = dir.join("overflow.safetensors");
     dirs.save(&file, &BTreeMap::new()).unwrap();
     file
-}
-
-/// The data lines of a streamed reply, up to [DONE] (included).
-fn stream_lines(url: &str, body: &str) -> Vec<String> {
-    let resp = ureq::post(&format!("{url}/v1/chat/completions"))
-        .set("Authorization", &format!("Bearer {KEY}"))
-        .set("Content-Type", "application/json")
-        .send_string(body)
-        .unwrap();
-    let mut out = Vec::new();
-    for line in BufReader::new(resp.into_reader()).lines() {
-        let Ok(line) = line else { break };
-        if let Some(data) = line.strip_prefix("data: ") {
-            out.push(data.to_string());
-            if data == "[DONE]" {
-                break;
-            }
-        }
-    }
-    out
 }
 
 /// A server with the synthetic direction and circuit sets (`syn`) and an overflowing direction set.
@@ -114,9 +94,9 @@ fn overflowing_strengths_are_refused_and_an_overflow_ends_the_reply_with_an_erro
     let (status, v) = server.post(Some(KEY), &blown);
     assert_eq!((status, v["error"]["code"].as_str()), (500, Some("non_finite_state")), "{v}");
     let streamed = request("Hello", 8, json!({"stream": true, "steering": {"emotion": "anger", "alpha": 100, "directions": "overflow"}}));
-    let lines = stream_lines(&server.url, &streamed);
-    assert_eq!(lines.last().map(String::as_str), Some("[DONE]"), "{lines:?}");
-    let last: Value = serde_json::from_str(&lines[lines.len() - 2]).unwrap();
+    let (_, chunks, done) = stream(&server.url, &streamed);
+    assert!(done, "{chunks:?}");
+    let last = chunks.last().unwrap();
     assert_eq!((last["choices"][0]["finish_reason"].as_str(), last["error"]["code"].as_str()), (Some("error"), Some("non_finite_state")), "{last}");
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -262,19 +242,19 @@ fn when_the_grace_runs_out_every_stream_ends_with_an_error_and_the_process_exits
     let streams: Vec<_> = (0..2)
         .map(|_| {
             let (url, body) = (server.url.clone(), body.clone());
-            std::thread::spawn(move || stream_lines(&url, &body))
+            std::thread::spawn(move || stream(&url, &body))
         })
         .collect();
     std::thread::sleep(Duration::from_millis(1500));
     let pid = server.child.id().to_string();
     assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
     for s in streams {
-        let lines = s.join().unwrap();
-        assert_eq!(lines.last().map(String::as_str), Some("[DONE]"), "the stream ended without [DONE]: {:?}", lines.last());
-        let last: Value = serde_json::from_str(&lines[lines.len() - 2]).unwrap();
+        let (_, chunks, done) = s.join().unwrap();
+        assert!(done, "the stream ended without [DONE]: {:?}", chunks.last());
+        let last = chunks.last().unwrap();
         assert_eq!(last["choices"][0]["finish_reason"], "error", "{last}");
         assert_eq!(last["error"]["code"], "shutting_down", "{last}");
-        assert!(lines.len() > 4, "the streams were running when the grace ran out");
+        assert!(chunks.len() > 3, "the streams were running when the grace ran out");
     }
     let t = Instant::now();
     let status = loop {

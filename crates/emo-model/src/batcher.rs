@@ -297,7 +297,8 @@ impl<'m> ContinuousBatch<'m> {
             return Ok(events);
         }
         let (model, n_layers) = (self.model, self.model.config().n_layers);
-        let Some(front) = self.pending.iter_mut().find(|p| p.request.prompt.len() > p.done) else {
+        // Every queued prompt has tokens left (it leaves the queue when its last chunk ran).
+        let Some(front) = self.pending.front_mut() else {
             return Ok(events);
         };
         let prompt_len = front.request.prompt.len();
@@ -330,9 +331,7 @@ impl<'m> ContinuousBatch<'m> {
         front.done += n;
         self.chunk_secs_per_token = Some(average(self.chunk_secs_per_token, started.elapsed().as_secs_f64() / n as f64));
         if front.done == prompt_len {
-            let id = front.request.id;
-            let pos = self.pending.iter().position(|p| p.request.id == id).expect("found above");
-            let done = self.pending.remove(pos).expect("found above");
+            let done = self.pending.pop_front().expect("the front ran above");
             let state = done.state.expect("ran above");
             events.extend(self.start_rows(vec![done.request], &logits, state)?);
         }

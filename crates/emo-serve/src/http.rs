@@ -325,6 +325,14 @@ fn chunk_json(shared: &Shared, id: u64, choices: serde_json::Value) -> serde_jso
     })
 }
 
+/// The end of a stream cut by an error: a last chunk with `finish_reason` "error" and the error object, then
+/// `[DONE]`.
+fn error_end(shared: &Shared, id: u64, error: ApiError) -> Vec<SseEvent> {
+    let mut last = chunk_json(shared, id, serde_json::json!([{"index": 0, "delta": {}, "finish_reason": FinishReason::Error, "logprobs": null}]));
+    last["error"] = error.json()["error"].clone();
+    vec![SseEvent::default().data(last.to_string()), SseEvent::default().data("[DONE]")]
+}
+
 /// One `chat.completion.chunk` event with `choices` (and `usage`, for the last chunk when asked).
 fn chunk_event(shared: &Shared, id: u64, choices: serde_json::Value, usage: Option<Usage>) -> SseEvent {
     let mut v = chunk_json(shared, id, choices);
@@ -361,21 +369,11 @@ fn stream(shared: Arc<Shared>, started: Started) -> Sse<impl futures_util::Strea
                 batch.push(SseEvent::default().data("[DONE]"));
                 return Some((batch, (None, out, shared, true)));
             }
-            Some(Output::Failed { code, message }) => {
-                // The last chunk ends the choice with finish_reason "error" and says why, then [DONE].
-                let mut last =
-                    chunk_json(&shared, id, serde_json::json!([{"index": 0, "delta": {}, "finish_reason": FinishReason::Error, "logprobs": null}]));
-                last["error"] = failure(code, message).json()["error"].clone();
-                batch.push(SseEvent::default().data(last.to_string()));
-                batch.push(SseEvent::default().data("[DONE]"));
-                return Some((batch, (None, out, shared, true)));
-            }
+            Some(Output::Failed { code, message }) => return Some((error_end(&shared, id, failure(code, message)), (None, out, shared, true))),
             // The engine dropped the row without a word (it never does on purpose): still end the stream.
             None => {
-                let mut last =
-                    chunk_json(&shared, id, serde_json::json!([{"index": 0, "delta": {}, "finish_reason": FinishReason::Error, "logprobs": null}]));
-                last["error"] = failure("engine_error", "the engine stopped before the reply ended".into()).json()["error"].clone();
-                return Some((vec![SseEvent::default().data(last.to_string()), SseEvent::default().data("[DONE]")], (None, out, shared, true)));
+                let e = failure("engine_error", "the engine stopped before the reply ended".into());
+                return Some((error_end(&shared, id, e), (None, out, shared, true)));
             }
         }
         Some((batch, (None, out, shared, false)))

@@ -31,7 +31,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use emo_model::{LoadOptions, Model};
 pub use http::RequestLimits;
@@ -174,9 +174,8 @@ pub fn serve(opts: ServeOptions) -> Result<()> {
 
 /// Waits until every connection has closed.
 async fn wait_closed(connections: &listen::Connections) {
-    let started = Instant::now();
     while connections.open() > 0 {
-        tokio::time::sleep(Duration::from_millis(if started.elapsed() < Duration::from_secs(1) { 10 } else { 50 })).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

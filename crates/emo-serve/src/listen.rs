@@ -6,6 +6,7 @@ use std::io;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use axum::http::StatusCode;
 use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
@@ -13,6 +14,7 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
+use crate::api::ApiError;
 use crate::metrics::Metrics;
 
 /// Connection limits (see docs/serving.md, "Security").
@@ -100,11 +102,12 @@ fn is_per_connection(e: &io::Error) -> bool {
 /// and closes it. One non-blocking write: a fresh socket's buffer holds it, and a client that does not read
 /// loses nothing it asked for.
 fn refuse(stream: tokio::net::TcpStream, limit: usize) {
-    let body = serde_json::json!({"error": {
-        "message": format!("too many open connections (this server's limit is {limit}); retry later"),
-        "type": "server_error", "param": null, "code": "too_many_connections",
-    }})
-    .to_string();
+    let error = ApiError::status(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "too_many_connections",
+        format!("too many open connections (this server's limit is {limit}); retry later"),
+    );
+    let body = error.json().to_string();
     let response = format!(
         "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\nretry-after: 1\r\nconnection: close\r\n\r\n{body}",
         body.len()

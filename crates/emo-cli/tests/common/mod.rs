@@ -125,8 +125,8 @@ pub fn content(v: &Value) -> String {
 }
 
 /// Streams one request with raw HTTP; returns the text, the data lines, and whether it ended with [DONE].
-pub fn stream(server: &Server, body: &str) -> (String, Vec<Value>, bool) {
-    let resp = ureq::post(&format!("{}/v1/chat/completions", server.url))
+pub fn stream(url: &str, body: &str) -> (String, Vec<Value>, bool) {
+    let resp = ureq::post(&format!("{url}/v1/chat/completions"))
         .set("Authorization", &format!("Bearer {KEY}"))
         .set("Content-Type", "application/json")
         .send_string(body)
@@ -136,7 +136,8 @@ pub fn stream(server: &Server, body: &str) -> (String, Vec<Value>, bool) {
     let mut chunks = Vec::new();
     let mut done = false;
     for line in BufReader::new(resp.into_reader()).lines() {
-        let line = line.unwrap();
+        // A connection cut mid-stream ends the reading: the caller sees no [DONE].
+        let Ok(line) = line else { break };
         let Some(data) = line.strip_prefix("data: ") else { continue };
         if data == "[DONE]" {
             done = true;
