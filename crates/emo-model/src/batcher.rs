@@ -24,7 +24,7 @@ use std::collections::VecDeque;
 
 use tch::{Kind, Tensor};
 
-use crate::generate::{choose_tokens, left_pad, Choice, GenerationConfig, RowDecoder, StopReason};
+use crate::generate::{choose_tokens, left_pad, worth_compacting, Choice, GenerationConfig, RowDecoder, StopReason};
 use crate::hooks::{HookSet, Positions};
 use crate::interventions::{Intervention, Interventions};
 use crate::kv_cache::DecodeState;
@@ -383,11 +383,10 @@ impl<'m> ContinuousBatch<'m> {
         Ok(true)
     }
 
-    /// Finished rows ride along on padding (cheap) until they are a quarter of the batch, then the batch is
-    /// regrouped without them (a copy of the whole cache).
+    /// Regroups the batch without its finished rows once that is worth a copy of the cache.
     fn compact_if_worth_it(&mut self) -> Result<()> {
         let dead = self.rows.iter().filter(|r| r.next.is_none()).count();
-        if dead > 0 && (dead * 4 >= self.rows.len() || dead == self.rows.len()) {
+        if worth_compacting(dead, self.rows.len()) {
             self.join_parts(None, Vec::new())?;
         }
         Ok(())
@@ -440,12 +439,12 @@ impl<'m> ContinuousBatch<'m> {
     }
 }
 
-/// Turns a row's choice into events; returns the token to feed next, if the row goes on.
 /// A moving average that follows a change within a few samples.
 fn average(old: Option<f64>, new: f64) -> f64 {
     old.map_or(new, |o| 0.7 * o + 0.3 * new)
 }
 
+/// Turns a row's choice into events; returns the token to feed next, if the row goes on.
 fn emit(id: u64, choice: Option<Choice>, events: &mut Vec<Event>) -> Option<u32> {
     match choice {
         Some(Choice::Token(token)) => {

@@ -223,6 +223,11 @@ fn choose_finite(last: &Tensor, rows: &mut [Option<&mut RowDecoder>]) -> Result<
 }
 
 /// Decodes every prompt of `prompts` in one batch.
+///
+/// Rows that finish leave the batch (once they are worth a copy of the cache, [`worth_compacting`]), so a
+/// batch costs what its live rows cost rather than what its longest reply does. Hooks keep seeing each row
+/// as its place among `prompts` ([`crate::hooks::Selection::row_ids`]); a hook that indexes the activation by
+/// batch row sees only the live rows.
 pub fn generate(model: &Transformer, prompts: &[Vec<u32>], cfg: &GenerationConfig, pad_id: u32, hooks: &mut HookSet) -> Result<Vec<Generated>> {
     let (ids, valid, lens) = left_pad(prompts, pad_id)?;
     let b = prompts.len();
@@ -236,13 +241,16 @@ pub fn generate(model: &Transformer, prompts: &[Vec<u32>], cfg: &GenerationConfi
     let n_layers = model.config().n_layers;
     let mut state = DecodeState::new(&lens, n_layers, device, cfg.use_cache);
     let mut logits = model.forward_chunk(&ids, &valid, &mut state, hooks, LogitsFor::Last)?;
+    // The prompts' indices of the batch's rows, in order: finished rows leave it.
+    let mut batch: Vec<usize> = (0..b).collect();
     for step in 0..cfg.max_new_tokens {
         let last = logits.select(1, logits.size()[1] - 1);
-        let mut live: Vec<Option<&mut RowDecoder>> = rows.iter_mut().zip(&done).map(|(r, &d)| (!d).then_some(r)).collect();
+        let mut slots: Vec<Option<&mut RowDecoder>> = rows.iter_mut().map(Some).collect();
+        let mut live: Vec<Option<&mut RowDecoder>> = batch.iter().map(|&r| slots[r].take().filter(|_| !done[r])).collect();
         let choices = choose_tokens(&last, &mut live)?;
-        let mut feed = Vec::with_capacity(b);
-        for r in 0..b {
-            match choices[r] {
+        let mut feed = Vec::with_capacity(batch.len());
+        for (&r, choice) in batch.iter().zip(choices) {
+            match choice {
                 Some(Choice::Eos) => {
                     done[r] = true;
                     out[r].stop = StopReason::Eos;
@@ -258,8 +266,8 @@ pub fn generate(model: &Transformer, prompts: &[Vec<u32>], cfg: &GenerationConfi
                 }
                 None => {}
             }
-            // Finished rows keep running on padding, as in Hugging Face; nobody reads them.
-            feed.push(match choices[r] {
+            // Finished rows still in the batch run on padding, as in Hugging Face; nobody reads them.
+            feed.push(match choice {
                 Some(Choice::Token(t)) => t as i64,
                 _ => pad_id as i64,
             });
@@ -268,11 +276,21 @@ pub fn generate(model: &Transformer, prompts: &[Vec<u32>], cfg: &GenerationConfi
             break;
         }
         if cfg.use_cache {
-            let tokens = Tensor::from_slice(&feed).view([b as i64, 1]);
-            let ones = Tensor::ones([b as i64, 1], (Kind::Bool, tch::Device::Cpu));
-            logits = model.forward_chunk(&tokens, &ones, &mut state, hooks, LogitsFor::Last)?;
+            let dead = batch.iter().filter(|&&r| done[r]).count();
+            if worth_compacting(dead, batch.len()) {
+                let keep: Vec<i64> = (0..batch.len() as i64).filter(|&i| !done[batch[i as usize]]).collect();
+                let headroom = (cfg.max_new_tokens - step) as i64;
+                state = DecodeState::regroup(&[(&state, &keep)], headroom)?;
+                feed = keep.iter().map(|&i| feed[i as usize]).collect();
+                batch.retain(|&r| !done[r]);
+            }
+            let n = batch.len() as i64;
+            let tokens = Tensor::from_slice(&feed).view([n, 1]);
+            let ones = Tensor::ones([n, 1], (Kind::Bool, tch::Device::Cpu));
+            let ids: Vec<i64> = batch.iter().map(|&r| r as i64).collect();
+            logits = model.forward_chunk_as(&tokens, &ones, &ids, &mut state, hooks, LogitsFor::Last)?;
         } else {
-            // Re-run everything: only to check the cache.
+            // Re-run every row: only to check the cache.
             let seqs: Vec<Vec<u32>> = rows.iter().map(|r| r.seq.clone()).collect();
             let (ids, valid, _) = left_pad(&seqs, pad_id)?;
             let mut fresh = DecodeState::new(&lens, n_layers, device, false);
@@ -280,6 +298,12 @@ pub fn generate(model: &Transformer, prompts: &[Vec<u32>], cfg: &GenerationConfi
         }
     }
     Ok(out)
+}
+
+/// Whether a batch with `dead` finished rows among `rows` should be regrouped without them: finished rows
+/// ride along on padding (cheap) until they are a quarter of the batch, then the copy of the cache pays.
+pub(crate) fn worth_compacting(dead: usize, rows: usize) -> bool {
+    dead > 0 && (dead * 4 >= rows || dead == rows)
 }
 
 /// Applies the logits processors in Hugging Face's order to one row. `seq` is the row's prompt and new

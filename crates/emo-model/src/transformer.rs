@@ -189,6 +189,33 @@ impl Transformer {
     /// row per decoding step. `tokens` is [batch, chunk] i64 and `valid` [batch, chunk] bool (false for left
     /// padding). The chunk's keys and values are appended to `state`. Returns logits as `logits` asks.
     pub fn forward_chunk(&self, tokens: &Tensor, valid: &Tensor, state: &mut DecodeState, hooks: &mut HookSet, logits: LogitsFor) -> Result<Tensor> {
+        self.forward_chunk_inner(tokens, valid, None, state, hooks, logits)
+    }
+
+    /// [`Transformer::forward_chunk`] for a batch whose row b is the logical row `rows[b]`, which hooks see
+    /// as [`crate::hooks::Selection::row_ids`]: a batch that finished rows have left keeps addressing each
+    /// row's interventions and captures by its place among the prompts ([`crate::generate::generate`]).
+    pub fn forward_chunk_as(
+        &self,
+        tokens: &Tensor,
+        valid: &Tensor,
+        rows: &[i64],
+        state: &mut DecodeState,
+        hooks: &mut HookSet,
+        logits: LogitsFor,
+    ) -> Result<Tensor> {
+        self.forward_chunk_inner(tokens, valid, Some(rows), state, hooks, logits)
+    }
+
+    fn forward_chunk_inner(
+        &self,
+        tokens: &Tensor,
+        valid: &Tensor,
+        rows: Option<&[i64]>,
+        state: &mut DecodeState,
+        hooks: &mut HookSet,
+        logits: LogitsFor,
+    ) -> Result<Tensor> {
         let _guard = tch::no_grad_guard();
         let (b, t) = tokens.size2().map_err(ModelError::Torch)?;
         if valid.size() != [b, t] || state.batch() != b {
@@ -198,6 +225,9 @@ impl Transformer {
                 valid.size(),
                 state.batch()
             )));
+        }
+        if rows.is_some_and(|r| r.len() as i64 != b) {
+            return Err(ModelError::InvalidArgument(format!("{} logical rows given for a batch of {b}", rows.map_or(0, <[i64]>::len))));
         }
         if !state.caches() && !state.is_empty() {
             return Err(ModelError::InvalidArgument("a decode state without a KV cache serves one forward call; start a new one".into()));
@@ -215,7 +245,15 @@ impl Transformer {
 
         let (positions, mask) = state.begin_chunk(&valid);
         let prompt_lens = state.prompt_lens().shallow_clone();
-        let ctx = HookContext::new(&positions, &prompt_lens, state.step());
+        // Padding belongs to no row (-1), as in a branched forward.
+        let row_ids = rows.map(|r| {
+            let ids = Tensor::from_slice(r).to_device(self.device).view([b, 1]).expand([b, t], false);
+            ids.where_self(&valid, &Tensor::from(-1i64).to_device(self.device))
+        });
+        let ctx = match &row_ids {
+            Some(ids) => HookContext::with_row_ids(&positions, &prompt_lens, state.step(), ids),
+            None => HookContext::new(&positions, &prompt_lens, state.step()),
+        };
         let h = hooks.apply(HookPoint::Embed, Tensor::embedding(&self.embed, &tokens, -1, false, false), &ctx)?;
         let h = self.blocks_from(0, h, &mask, state, hooks, &ctx)?;
         state.end_chunk(t);

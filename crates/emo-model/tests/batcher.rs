@@ -4,8 +4,8 @@ mod common;
 
 use emo_model::batcher::row_hooks;
 use emo_model::{
-    BatchRequest, ChatMessage, ContinuousBatch, Edit, Event, GenerationConfig, HookPoint, HookSet, Intervention, Positions, RowControl, Sampling,
-    StopReason,
+    BatchRequest, Capture, ChatMessage, ContinuousBatch, Edit, Event, GenerationConfig, HookPoint, HookSet, Intervention, Positions, RowControl,
+    Sampling, StopReason,
 };
 use tch::{Kind, Tensor};
 
@@ -198,4 +198,38 @@ fn enqueued_prompts_prefill_in_chunks_beside_running_rows_and_get_the_tokens_the
     assert!(batch.enqueue(vec![bad(Vec::new())]).is_err());
     assert!(batch.enqueue(vec![bad(vec![u32::MAX])]).is_err());
     assert_eq!(batch.pending(), 0);
+}
+
+#[test]
+fn finished_rows_leave_a_generate_batch_and_the_others_keep_their_tokens_and_edits() {
+    let m = common::smollm2();
+    let p = prompts();
+    let cfg = GenerationConfig { eos_token_ids: m.eos_token_ids.clone(), ..GenerationConfig::greedy(40) };
+    let controls: Vec<RowControl> = (0..p.len()).map(|i| if i % 2 == 1 { steer(i as i64) } else { RowControl::none() }).collect();
+    let refs: Vec<&RowControl> = controls.iter().collect();
+    let mut hooks = row_hooks(&refs);
+    let point = HookPoint::ResidPost(3);
+    let mut cap = Capture::new([point], Positions::Generated);
+    let mut set = HookSet::new();
+    for h in hooks.iter_mut() {
+        set.push(h);
+    }
+    set.push(&mut cap);
+    let batched = emo_model::generate::generate(&m.transformer, &p, &cfg, m.pad_token_id(), &mut set).unwrap();
+    drop(set);
+    let lens: Vec<usize> = batched.iter().map(|g| g.tokens.len()).collect();
+    assert!(lens.iter().min() < lens.iter().max(), "the replies should end at different lengths: {lens:?}");
+    for (i, g) in batched.iter().enumerate() {
+        assert_eq!((g.tokens.clone(), g.stop), alone(&p[i], &cfg, &controls[i]), "row {i}");
+    }
+    // Every generated token a row was fed was seen under its own row id; a batch that kept its finished rows
+    // would have run every row at every decoding step.
+    let rows = Vec::<i64>::try_from(&cap.get(point).unwrap().rows).unwrap();
+    let seen: Vec<usize> = (0..p.len()).map(|i| rows.iter().filter(|&&r| r == i as i64).count()).collect();
+    let fed: Vec<usize> = batched.iter().map(|g| if g.stop == StopReason::Eos { g.tokens.len() } else { g.tokens.len() - 1 }).collect();
+    let steps = *fed.iter().max().unwrap();
+    for i in 0..p.len() {
+        assert!(seen[i] >= fed[i] && seen[i] <= steps, "row {i}: seen at {} steps, fed {} tokens, {steps} steps run", seen[i], fed[i]);
+    }
+    assert!(seen.iter().any(|&s| s < steps), "no row left the batch: seen {seen:?}, {steps} steps");
 }
