@@ -14,7 +14,7 @@ use std::str::FromStr;
 use emo_data::{Emotion, PromptItem, Split};
 use emo_model::{Edit, HookPoint, Intervention, Model, Positions, TransformerConfig};
 use emo_run::store::{sha256_file, write_atomic};
-use emo_run::{run_stage, DatasetInfo, Metric, Result, RunDir, RunError, Sweep, SweepStage, ELICIT};
+use emo_run::{run_stage, DatasetInfo, Metric, PrefixCache, Result, RunDir, RunError, Sweep, SweepStage, ELICIT};
 use emo_steer::{EmotionDirections, Site};
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
@@ -223,6 +223,13 @@ pub fn csv_file(run: &RunDir, kind: SweepKind, units: Units, positions: EditPosi
 
 /// Runs (or resumes) one sweep for every emotion and writes its CSV; returns the rows.
 pub fn run_sweep(run: &RunDir, model: &Model, opts: &SweepOptions) -> Result<Vec<SweepRow>> {
+    run_sweep_with(run, model, opts, &PrefixCache::new(PrefixCache::DEFAULT_BYTES))
+}
+
+/// [`run_sweep`] with prefixes shared with other sweeps of the same model (`emo paper` runs the four
+/// sweeps of Fig. 3 over one cache: the ablations of an emotion share its prompts, the enhancements of every
+/// emotion the neutral ones).
+pub fn run_sweep_with(run: &RunDir, model: &Model, opts: &SweepOptions, prefixes: &PrefixCache) -> Result<Vec<SweepRow>> {
     let cfg = model.transformer.config().clone();
     let (n_layers, n_units) = match opts.units {
         Units::Neurons => (cfg.n_layers, cfg.d_mlp),
@@ -293,6 +300,7 @@ pub fn run_sweep(run: &RunDir, model: &Model, opts: &SweepOptions) -> Result<Vec
         sweep.max_rows = opts.max_rows;
         sweep.bar = Some(bar.clone());
         sweep.full_forwards = opts.full_forwards;
+        sweep.prefixes = Some(prefixes);
         let settings = SweepSettings {
             kind: opts.kind,
             units: opts.units,

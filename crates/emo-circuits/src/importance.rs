@@ -21,7 +21,7 @@ use emo_directions::directions::Activations;
 use emo_model::{Edit, HookPoint, Intervention, Model, Positions};
 use emo_run::paper::{scaled_range, IMPORTANCE_ALPHAS, REFERENCE_DIRECTION_LAYERS};
 use emo_run::store::{sha256_file, write_atomic};
-use emo_run::{run_stage, DatasetInfo, Metric, Result, RunDir, RunError, Sweep, SweepStage, ELICIT};
+use emo_run::{run_stage, DatasetInfo, Metric, PrefixCache, Result, RunDir, RunError, Sweep, SweepStage, ELICIT};
 use emo_steer::tensor_file::{read_tensors_exact, write_tensors_exact};
 use emo_steer::{EmotionDirections, Site};
 use serde::{Deserialize, Serialize};
@@ -345,6 +345,8 @@ pub fn sublayer_importance(run: &RunDir, model: &Model, opts: &ImportanceOptions
     let prompt_set = manifest.prompt_set();
     let mut per_alpha = Vec::new();
     let mut prompts_per_emotion = [0usize; 6];
+    // Neutral prompts do not name the emotion: with every sample, all six sweeps run the same prompts.
+    let prefixes = PrefixCache::new(PrefixCache::DEFAULT_BYTES);
     for (emotion, picked) in per_emotion {
         bar.set_message(format!("sublayer importance: {}", emotion.name()));
         let prompts = picked
@@ -376,6 +378,7 @@ pub fn sublayer_importance(run: &RunDir, model: &Model, opts: &ImportanceOptions
         sweep.max_rows = opts.max_rows;
         sweep.bar = Some(bar.clone());
         sweep.full_forwards = opts.full_forwards;
+        sweep.prefixes = Some(&prefixes);
         let settings = ImportanceSettings {
             emotion,
             alphas: opts.alphas.clone(),

@@ -4,8 +4,8 @@
 //! An intervention that acts only at the last prompt token cannot change any earlier position, so every
 //! setting sees the same keys and values for the prefix. A branch chunk puts a prompt's N candidates side by
 //! side in the chunk dimension of one batch row: each sits at the last prompt position, attends to the
-//! prefix and to itself only, and the prefix's keys and values are read in place, never copied per
-//! candidate. The chunk starts at the first layer any hook touches: below it every candidate equals the
+//! prefix and to itself only, and the prefix's keys and values are shared by all of them (joined to the
+//! chunk's own once per layer, never copied per candidate nor stored, so a prefix can serve many sweeps). The chunk starts at the first layer any hook touches: below it every candidate equals the
 //! clean last token, whose residuals the [`Prefix`] keeps.
 //!
 //! This is exact (up to floating-point summation order) for hooks that act at [`Positions::LastPrompt`]
@@ -55,6 +55,11 @@ impl Prefix {
         self.last.is_empty()
     }
 
+    /// Bytes held: the prefix's keys and values and the clean residuals.
+    pub fn bytes(&self) -> usize {
+        self.state.bytes() + self.clean.values().map(crate::kv_cache::tensor_bytes).sum::<usize>()
+    }
+
     /// The clean (unedited) last-token activation of every prompt at `point`, [prompts, ...]: kept for
     /// `hook_resid_pre`, `hook_resid_mid` and `hook_resid_post` of every layer and `ln_final.hook_normalized`.
     pub fn clean(&self, point: HookPoint) -> Option<&Tensor> {
@@ -78,6 +83,8 @@ impl Transformer {
         let lens: Vec<i64> = prompts.iter().map(|p| p.len() as i64).collect();
         let n_layers = self.config().n_layers;
         let mut state = DecodeState::new(&lens, n_layers, self.device(), true);
+        // Exactly the prefix's slots: branch chunks never write after them.
+        state.reserve(ids.size()[1]);
         let _ = self.forward_chunk(&ids, &valid, &mut state, &mut HookSet::new(), LogitsFor::Skip)?;
         let last = prompts.iter().map(|p| *p.last().expect("checked above") as i64).collect();
         let mut prefix = Prefix { state, last, pad_id: pad_id as i64, clean: BTreeMap::new() };

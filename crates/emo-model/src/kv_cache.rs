@@ -22,6 +22,8 @@ pub struct DecodeState {
     step: usize,
     // Slots to allocate at the first append when they cover it (see `reserve`).
     reserved: i64,
+    // Between `begin_branch_chunk` and the next `begin_chunk`: keys and values are not stored.
+    branching: bool,
 }
 
 impl DecodeState {
@@ -41,6 +43,7 @@ impl DecodeState {
             chunk_valid: None,
             step: 0,
             reserved: 0,
+            branching: false,
         }
     }
 
@@ -70,6 +73,11 @@ impl DecodeState {
         self.len == 0
     }
 
+    /// Bytes held by the key and value buffers (their whole capacity).
+    pub fn bytes(&self) -> usize {
+        self.kv.iter().flatten().map(|(k, v)| tensor_bytes(k) + tensor_bytes(v)).sum()
+    }
+
     /// Prompt length of each row, [batch, 1].
     pub fn prompt_lens(&self) -> &Tensor {
         &self.prompt_lens
@@ -97,6 +105,7 @@ impl DecodeState {
         let mask = key_valid.unsqueeze(1).logical_and(&causal.unsqueeze(0)).logical_or(&itself.unsqueeze(0));
         self.key_valid = key_valid;
         self.chunk_valid = Some(valid.shallow_clone());
+        self.branching = false;
         (positions, mask.unsqueeze(1))
     }
 
@@ -105,6 +114,13 @@ impl DecodeState {
         let t = k.size()[2];
         if !self.cache {
             return (k.shallow_clone(), v.shallow_clone());
+        }
+        if self.branching {
+            // A branch chunk is never committed: joined to a copy of the prefix's keys (one layer's, small)
+            // rather than written after them, so a prefix kept for many sweeps never grows its buffers.
+            if let Some((kb, vb)) = self.kv[l].as_ref() {
+                return (Tensor::cat(&[&kb.narrow(2, 0, self.len), k], 2), Tensor::cat(&[&vb.narrow(2, 0, self.len), v], 2));
+            }
         }
         let need = self.len + t;
         let slot = &mut self.kv[l];
@@ -128,13 +144,15 @@ impl DecodeState {
 
     /// Starts a branch chunk ([`crate::branch`]): every token of row b is one more candidate for that row's next
     /// position, attending to the row's committed keys and to itself only. Returns positions and mask as
-    /// `begin_chunk` does; the chunk's keys are written after the committed ones but never committed.
+    /// `begin_chunk` does; until the next `begin_chunk` the chunks' keys are joined to the committed ones for
+    /// attention, never stored.
     pub(crate) fn begin_branch_chunk(&mut self, valid: &Tensor) -> (Tensor, Tensor) {
         let (b, n) = (self.batch, valid.size()[1]);
         let positions = self.seen.expand([b, n], false).where_self(valid, &Tensor::from(-1i64).to_device(self.device));
         let prefix = self.key_valid.unsqueeze(1).expand([b, n, self.len], false);
         let own = Tensor::eye(n, (Kind::Bool, self.device)).unsqueeze(0).expand([b, n, n], false);
         let mask = Tensor::cat(&[prefix, own], 2).unsqueeze(1);
+        self.branching = true;
         (positions, mask)
     }
 
@@ -231,6 +249,7 @@ impl DecodeState {
             chunk_valid: None,
             step: parts.iter().map(|(s, _)| s.step).max().unwrap_or(1),
             reserved: 0,
+            branching: false,
         })
     }
 }
@@ -246,4 +265,9 @@ fn buffers(k: &Tensor, v: &Tensor, slots: i64) -> (Tensor, Tensor) {
     kb.narrow(2, 0, n).copy_(k);
     vb.narrow(2, 0, n).copy_(v);
     (kb, vb)
+}
+
+/// Bytes of `t`'s elements.
+pub(crate) fn tensor_bytes(t: &Tensor) -> usize {
+    t.numel() * t.kind().elt_size_in_bytes()
 }

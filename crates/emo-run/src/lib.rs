@@ -33,4 +33,4 @@ pub use forward::{ReduceStage, Reduction, SweepStage};
 pub use records::{JudgeRecord, ReplyRecord};
 pub use stage::{run_stage, StageWork};
 pub use stats::GroupedSums;
-pub use sweep::{Metric, Sweep};
+pub use sweep::{Metric, PrefixCache, Sweep};

@@ -5,7 +5,7 @@
 mod common;
 
 use emo_model::{Capture, Edit, HookPoint, HookSet, Intervention, LogitsFor, Positions, Sublayer};
-use emo_run::{GroupedSums, Metric, Sweep};
+use emo_run::{GroupedSums, Metric, PrefixCache, Sweep};
 use emo_test_support::max_diff;
 use tch::{Kind, Tensor};
 
@@ -137,4 +137,39 @@ fn streaming_statistics_equal_statistics_of_the_concatenation() {
     assert!(e.contains("[1, 4, 3]"), "{e}");
     let e = GroupedSums::from_tensors("x", |_| None).unwrap_err().to_string();
     assert!(e.contains("x.sum"), "{e}");
+}
+
+#[test]
+fn sweeps_sharing_a_prefix_cache_reuse_prefixes_and_give_the_same_tables() {
+    let m = common::smollm2();
+    let prompts = prompts();
+    let ivs = interventions();
+    let metric = Metric::projection(resid_posts(), directions(prompts.len())).unwrap();
+    let mut alone = Sweep::new(&prompts, &ivs, Positions::LastPrompt, &metric);
+    alone.prompts_per_prefix = 3;
+    let alone = alone.run(m).unwrap();
+    let scale = f64::try_from(alone.abs().max()).unwrap().max(1.0);
+    let cache = PrefixCache::new(PrefixCache::DEFAULT_BYTES);
+    let mut tables = Vec::new();
+    for _ in 0..2 {
+        let mut sweep = Sweep::new(&prompts, &ivs, Positions::LastPrompt, &metric);
+        sweep.prompts_per_prefix = 3;
+        sweep.prefixes = Some(&cache);
+        tables.push(sweep.run(m).unwrap());
+    }
+    // Two prefixes (3 + 1 prompts) computed by the first sweep, reused by the second (branches do not extend
+    // a prefix, so a reused one gives the same rows).
+    assert_eq!(cache.counts(), (2, 2));
+    assert!(cache.bytes() > 0);
+    for t in &tables {
+        assert!(max_diff(t, &alone) < 1e-4 * scale, "{} on values up to {scale}", max_diff(t, &alone));
+    }
+    assert_eq!(max_diff(&tables[0], &tables[1]), 0.0, "a reused prefix is the same prefix");
+    // A cache without room keeps nothing and computes every prefix.
+    let none = PrefixCache::new(0);
+    let mut sweep = Sweep::new(&prompts, &ivs, Positions::LastPrompt, &metric);
+    sweep.prefixes = Some(&none);
+    let _ = sweep.run(m).unwrap();
+    let _ = sweep.run(m).unwrap();
+    assert_eq!((none.counts(), none.bytes()), ((0, 2), 0));
 }
