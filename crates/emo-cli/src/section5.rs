@@ -11,7 +11,7 @@ use emo_directions::elicit::{elicitation_stage, open_run, stage_name};
 use emo_directions::run::{DatasetInfo, RunDir};
 use emo_directions::steer::steering_stage;
 use emo_directions::{ElicitOptions, EmotionDirections, SteerOptions};
-use emo_model::GenerationConfig;
+use emo_model::{GenerationConfig, Model};
 use emo_run::generation::run_stage;
 use emo_steer::Steering;
 
@@ -107,14 +107,19 @@ pub struct ElicitArgs {
 }
 
 pub fn elicit(a: &ElicitArgs) -> Result<()> {
-    let (split, scenarios, info) = a.data.load(Split::Sev)?;
     let model = a.model.load()?;
+    let mut judge = a.judge.load()?;
+    elicit_with(a, &model, judge.as_mut())
+}
+
+/// `emo elicit` with a model and a judge already loaded (a pipeline loads each once).
+fn elicit_with(a: &ElicitArgs, model: &Model, judge: &mut dyn Judge) -> Result<()> {
+    let (split, scenarios, info) = a.data.load(Split::Sev)?;
     let run = RunDir::new(&a.out);
-    let mut manifest = open_run(&run, &model, &a.model.model)?;
+    let mut manifest = open_run(&run, model, &a.model.model)?;
     if let Some(p) = &a.prompt {
         run.use_prompts(&mut manifest, &emo_data::PromptSet::parse(p)?)?;
     }
-    let mut judge = a.judge.load()?;
     let opts = ElicitOptions {
         batch_size: a.generate.batch,
         generation: GenerationConfig::greedy(a.generate.max_new_tokens),
@@ -123,7 +128,7 @@ pub fn elicit(a: &ElicitArgs) -> Result<()> {
     };
     let name = stage_name(&manifest, split);
     let stage = elicitation_stage(name.clone(), &scenarios, info, &judge.name(), &opts)?;
-    let stats = run_stage(&run, &model, judge.as_mut(), &stage)?;
+    let stats = run_stage(&run, model, judge, &stage)?;
     let acc = emo_directions::Accuracy::of(&run.read_replies(&name)?)?;
     emit(format!(
         "{name}: {} prompts (prompt set {}), {} new tokens in {:.1} s of generation ({:.2} prompts/s, {:.1} tokens/s), judged in {:.1} s; peak RSS {:.0} MB\nprompting accuracy (judge {}):\n{}\nwrote {}\n",
@@ -227,6 +232,13 @@ pub(crate) fn parse_layers(s: &str) -> Result<(usize, usize)> {
 }
 
 pub fn steer(a: &SteerArgs) -> Result<()> {
+    let model = a.model.load_run(&RunDir::new(&a.run))?;
+    let mut judge = a.judge.load()?;
+    steer_with(a, &model, judge.as_mut())
+}
+
+/// `emo steer` with the run's model (checked against the run) and a judge already loaded.
+fn steer_with(a: &SteerArgs, model: &Model, judge: &mut dyn Judge) -> Result<()> {
     let run = RunDir::new(&a.run);
     let manifest = run.require_manifest()?;
     let directions = match &a.directions {
@@ -235,8 +247,6 @@ pub fn steer(a: &SteerArgs) -> Result<()> {
             .with_context(|| format!("reading the directions of {} (run `emo directions` first)", run.path.display()))?,
     };
     let (split, scenarios, info) = a.data.load(Split::Test)?;
-    let model = a.model.load_run(&run)?;
-    let mut judge = a.judge.load()?;
     let mut steering = Steering::new(directions, model.transformer.config())?;
     steering.alpha = a.alpha;
     if let Some(layers) = a.layers.as_deref().map(parse_layers).transpose()? {
@@ -250,7 +260,7 @@ pub fn steer(a: &SteerArgs) -> Result<()> {
     };
     let name = a.stage.name(&format!("steering-{split}"))?;
     let stage = steering_stage(name.clone(), &scenarios, info, &judge.name(), &steering, &opts)?;
-    let stats = run_stage(&run, &model, judge.as_mut(), &stage)?;
+    let stats = run_stage(&run, model, judge, &stage)?;
     let acc = emo_directions::Accuracy::of(&run.read_replies(&name)?)?;
     let s = stage.settings.steering.as_ref().expect("a steering stage");
     emit(format!(
@@ -344,36 +354,52 @@ pub struct Section5Args {
 }
 
 pub fn section5(s5: &Section5Args) -> Result<()> {
+    let model = s5.pipeline.model.load()?;
+    let mut judge = s5.pipeline.judge.load()?;
+    section5_with(s5, &model, judge.as_mut())
+}
+
+/// `emo section5` with the model and the judge loaded once for all its stages (`emo paper` goes on with
+/// them).
+pub(crate) fn section5_with(s5: &Section5Args, model: &Model, judge: &mut dyn Judge) -> Result<()> {
     let a = &s5.pipeline;
     let data = |split: &str| a.data(split);
     let t = Instant::now();
     for split in ["sev", "test"] {
-        elicit(&ElicitArgs {
-            out: s5.out.clone(),
-            model: a.model.clone(),
-            data: data(split),
-            judge: a.judge.clone(),
-            generate: GenerateArgs { batch: a.batch, ..Default::default() },
-            prompt: a.prompt.clone(),
-            no_capture: false,
-            progress: a.progress.clone(),
-        })?;
+        elicit_with(
+            &ElicitArgs {
+                out: s5.out.clone(),
+                model: a.model.clone(),
+                data: data(split),
+                judge: a.judge.clone(),
+                generate: GenerateArgs { batch: a.batch, ..Default::default() },
+                prompt: a.prompt.clone(),
+                no_capture: false,
+                progress: a.progress.clone(),
+            },
+            model,
+            judge,
+        )?;
     }
     let run = RunDir::new(&s5.out);
     directions(&DirectionsArgs { run: s5.out.clone(), all_groups: false, groups: s5.groups.clone(), npz: true, no_analysis: false })?;
-    steer(&SteerArgs {
-        run: s5.out.clone(),
-        data: data("test"),
-        judge: a.judge.clone(),
-        directions: None,
-        alpha: emo_steer::paper::STEERING_ALPHA,
-        layers: None,
-        positions: "last-prompt-and-generated".into(),
-        generate: GenerateArgs { batch: a.batch, ..Default::default() },
-        model: a.run_model(),
-        stage: StageNameArgs::default(),
-        progress: a.progress.clone(),
-    })?;
+    steer_with(
+        &SteerArgs {
+            run: s5.out.clone(),
+            data: data("test"),
+            judge: a.judge.clone(),
+            directions: None,
+            alpha: emo_steer::paper::STEERING_ALPHA,
+            layers: None,
+            positions: "last-prompt-and-generated".into(),
+            generate: GenerateArgs { batch: a.batch, ..Default::default() },
+            model: a.run_model(),
+            stage: StageNameArgs::default(),
+            progress: a.progress.clone(),
+        },
+        model,
+        judge,
+    )?;
     report(&ReportArgs { run: s5.out.clone() })?;
     emit(format!("section 5 done in {:.0} s; report: {}\n", t.elapsed().as_secs_f64(), run.report().display()))
 }

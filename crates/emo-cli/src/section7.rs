@@ -261,14 +261,17 @@ pub struct PaperArgs {
 }
 
 pub fn paper(p: &PaperArgs) -> Result<()> {
-    use emo_attribution::sweeps::{run_sweep, EditPositions, SweepKind, SweepOptions, Units};
+    use emo_attribution::sweeps::{run_sweep_with, EditPositions, SweepKind, SweepOptions, Units};
     let a = &p.pipeline;
     let t = Instant::now();
     let mut times = Vec::new();
-    crate::section5::section5(&crate::section5::Section5Args { out: p.out.clone(), pipeline: a.clone(), groups: "auto".into() })?;
+    // One model and one judge for every stage: a load of the 1.5B model is seconds of dequantizing.
+    let model = a.model.load()?;
+    let mut judge = a.judge.load()?;
+    let s5 = crate::section5::Section5Args { out: p.out.clone(), pipeline: a.clone(), groups: "auto".into() };
+    crate::section5::section5_with(&s5, &model, judge.as_mut())?;
     times.push(("section 5", t.elapsed().as_secs_f64()));
     let run = RunDir::new(&p.out);
-    let model = a.run_model().load_run(&run)?;
     let samples: SampleFilter = p.samples.parse()?;
     let step = Instant::now();
     let attribution =
@@ -277,6 +280,7 @@ pub fn paper(p: &PaperArgs) -> Result<()> {
     times.push(("attribution", step.elapsed().as_secs_f64()));
     let step = Instant::now();
     let cfg = model.transformer.config().clone();
+    let prefixes = emo_run::PrefixCache::new(emo_run::PrefixCache::DEFAULT_BYTES);
     for kind in [SweepKind::Ablate, SweepKind::Enhance] {
         for units in [Units::Neurons, Units::Heads] {
             let mut opts = SweepOptions::paper(kind, units, &cfg);
@@ -285,7 +289,7 @@ pub fn paper(p: &PaperArgs) -> Result<()> {
             opts.samples = samples;
             opts.limit = a.limit();
             opts.progress = a.progress.shown();
-            let rows = run_sweep(&run, &model, &opts)?;
+            let rows = run_sweep_with(&run, &model, &opts, &prefixes)?;
             emo_attribution::figures::write_sweep_figure(&run, &opts, &rows)?;
         }
     }
@@ -301,7 +305,6 @@ pub fn paper(p: &PaperArgs) -> Result<()> {
     set.save(&dir)?;
     let step = Instant::now();
     let (split, scenarios, info) = a.data("test").load(Split::Test)?;
-    let mut judge = a.judge.load()?;
     let opts = ModulateOptions { batch_size: a.batch, progress: a.progress.shown(), ..Default::default() };
     let name = format!("modulation-{split}");
     let stage = modulation_stage(name, &scenarios, info, &judge.name(), &set, &cfg, &opts)?;
