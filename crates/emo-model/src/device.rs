@@ -65,6 +65,16 @@ pub fn parse_kind(s: &str) -> Result<Kind> {
     }
 }
 
+/// The name [`parse_kind`] reads for `kind` (`f32`, `bf16`, `f16`; others as LibTorch names them).
+pub fn kind_name(kind: Kind) -> String {
+    match kind {
+        Kind::Float => "f32".into(),
+        Kind::BFloat16 => "bf16".into(),
+        Kind::Half => "f16".into(),
+        other => format!("{other:?}").to_lowercase(),
+    }
+}
+
 /// A short name for a device, for reports.
 pub fn device_name(d: Device) -> String {
     match d {

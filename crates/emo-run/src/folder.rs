@@ -191,6 +191,10 @@ pub struct ModelInfo {
     pub n_layers: usize,
     /// Width of the residual stream.
     pub d_model: usize,
+    /// The weights' dtype and format as loaded (`bf16, dequantized`, `f32, packed`): a resumed run must use
+    /// the same, or its stages would mix numerics. Absent from runs written before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub numerics: Option<String>,
 }
 
 impl ModelInfo {
@@ -207,6 +211,7 @@ impl ModelInfo {
             architecture: format!("{:?}", cfg.arch).to_lowercase(),
             n_layers: cfg.n_layers,
             d_model: cfg.d_model,
+            numerics: Some(numerics(model)),
         })
     }
 
@@ -214,7 +219,13 @@ impl ModelInfo {
     /// folder in the message.
     pub fn check_same(&self, other: &ModelInfo, run: &Path) -> Result<()> {
         if self.sha256 == other.sha256 {
-            return Ok(());
+            return match (&self.numerics, &other.numerics) {
+                (Some(was), Some(now)) if was != now => Err(RunError::Invalid(format!(
+                    "{} was made with the model's weights as {was}, not {now}: pass the same --dtype and --weights, or use a new run folder",
+                    run.display()
+                ))),
+                _ => Ok(()),
+            };
         }
         if self.files.is_empty() && other.files.get("config.json") == Some(&self.sha256) {
             return Err(RunError::Invalid(format!(
@@ -233,6 +244,13 @@ impl ModelInfo {
             other.sha256
         )))
     }
+}
+
+/// `{dtype}, {packed|dequantized}`: how `model`'s weights are held.
+fn numerics(model: &Model) -> String {
+    let (_, packed, _) = model.transformer.weight_bytes();
+    let format = if packed > 0 { "packed" } else { "dequantized" };
+    format!("{}, {format}", emo_model::device::kind_name(model.transformer.kind()))
 }
 
 /// The sha256 that identifies the model file or folder at `path`, and the per-file hashes it is made of: a

@@ -195,6 +195,7 @@ fn a_model_folder_is_identified_by_its_weights() {
         architecture: "llama".into(),
         n_layers: 2,
         d_model: 8,
+        numerics: Some("f32, dequantized".into()),
     };
     let old = info(&files_a["config.json"], Default::default());
     let now = info(&sha_a, files_a.clone());
@@ -203,6 +204,11 @@ fn a_model_folder_is_identified_by_its_weights() {
     let err = info(&sha_b, files_b).check_same(&now, &dir).unwrap_err().to_string();
     assert!(err.contains("use a new run folder"), "{err}");
     assert!(now.check_same(&now.clone(), &dir).is_ok());
+    // The same files loaded with other numerics are refused; a run that recorded none accepts any.
+    let bf16 = ModelInfo { numerics: Some("bf16, packed".into()), ..now.clone() };
+    let err = now.check_same(&bf16, &dir).unwrap_err().to_string();
+    assert!(err.contains("f32, dequantized") && err.contains("bf16, packed") && err.contains("--dtype"), "{err}");
+    assert!(ModelInfo { numerics: None, ..now.clone() }.check_same(&bf16, &dir).is_ok());
     // The GGUF file of the default model is its own identity.
     let g = ModelInfo::of(common::smollm2(), "smollm2-135m").unwrap();
     assert_eq!(g.files.len(), 1);
