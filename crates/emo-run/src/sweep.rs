@@ -74,6 +74,9 @@ impl Metric {
     }
 }
 
+/// A prefix lent to one sweep at a time.
+pub type SharedPrefix = Rc<RefCell<Prefix>>;
+
 /// Prefixes kept between sweeps of one model over the same prompts: section 6 runs four sweeps per emotion
 /// on two prompt sets, and every emotion's enhancement sweeps share the neutral prompts, so most prefixes
 /// would otherwise be computed again. Kept up to a byte budget; a prefix that does not fit is used once and
@@ -81,7 +84,7 @@ impl Metric {
 /// would keep nothing that is asked for again).
 pub struct PrefixCache {
     max_bytes: usize,
-    kept: RefCell<HashMap<Vec<Vec<u32>>, Rc<RefCell<Prefix>>>>,
+    kept: RefCell<HashMap<Vec<Vec<u32>>, SharedPrefix>>,
     hits: Cell<usize>,
     misses: Cell<usize>,
 }
@@ -97,7 +100,7 @@ impl PrefixCache {
     }
 
     /// The prefix of `prompts` on `t`: kept from an earlier call, or computed (and kept if it fits).
-    pub fn get(&self, t: &Transformer, prompts: &[Vec<u32>], pad_id: u32) -> Result<Rc<RefCell<Prefix>>> {
+    pub fn get(&self, t: &Transformer, prompts: &[Vec<u32>], pad_id: u32) -> Result<SharedPrefix> {
         if let Some(p) = self.kept.borrow().get(prompts) {
             self.hits.set(self.hits.get() + 1);
             return Ok(Rc::clone(p));
