@@ -5,8 +5,9 @@
 //! setting sees the same keys and values for the prefix. A branch chunk puts a prompt's N candidates side by
 //! side in the chunk dimension of one batch row: each sits at the last prompt position, attends to the
 //! prefix and to itself only, and the prefix's keys and values are shared by all of them (joined to the
-//! chunk's own once per layer, never copied per candidate nor stored, so a prefix can serve many sweeps). The chunk starts at the first layer any hook touches: below it every candidate equals the
-//! clean last token, whose residuals the [`Prefix`] keeps.
+//! chunk's own once per layer, never copied per candidate nor stored, so a prefix can serve many sweeps).
+//! The chunk starts at the first layer any hook touches: below it every candidate equals the clean last
+//! token, whose residuals the [`Prefix`] keeps.
 //!
 //! This is exact (up to floating-point summation order) for hooks that act at [`Positions::LastPrompt`]
 //! only: neuron ablation and enhancement, a head-output add at the last token, a sublayer-output injection.
