@@ -58,7 +58,7 @@ impl Prefix {
 
     /// Bytes held: the prefix's keys and values and the clean residuals.
     pub fn bytes(&self) -> usize {
-        self.state.bytes() + self.clean.values().map(crate::kv_cache::tensor_bytes).sum::<usize>()
+        self.state.bytes() + self.clean.values().map(crate::device::tensor_bytes).sum::<usize>()
     }
 
     /// The clean (unedited) last-token activation of every prompt at `point`, [prompts, ...]: kept for

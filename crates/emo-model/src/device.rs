@@ -1,7 +1,7 @@
 //! Parsing `--device` and `--dtype`, and making sure a CUDA request really gets CUDA.
 use std::sync::OnceLock;
 
-use tch::{Device, Kind};
+use tch::{Device, Kind, Tensor};
 
 use crate::{ModelError, Result};
 
@@ -73,6 +73,11 @@ pub fn kind_name(kind: Kind) -> String {
         Kind::Half => "f16".into(),
         other => format!("{other:?}").to_lowercase(),
     }
+}
+
+/// Bytes of `t`'s elements.
+pub(crate) fn tensor_bytes(t: &Tensor) -> usize {
+    t.numel() * t.kind().elt_size_in_bytes()
 }
 
 /// A short name for a device, for reports.

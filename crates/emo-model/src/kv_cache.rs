@@ -4,6 +4,7 @@
 //! several states can be regrouped into one ([`DecodeState::regroup`]: continuous batching).
 use tch::{Device, Kind, Tensor};
 
+use crate::device::tensor_bytes;
 use crate::{ModelError, Result};
 
 /// The state of a batch of sequences across forward calls.
@@ -265,9 +266,4 @@ fn buffers(k: &Tensor, v: &Tensor, slots: i64) -> (Tensor, Tensor) {
     kb.narrow(2, 0, n).copy_(k);
     vb.narrow(2, 0, n).copy_(v);
     (kb, vb)
-}
-
-/// Bytes of `t`'s elements.
-pub(crate) fn tensor_bytes(t: &Tensor) -> usize {
-    t.numel() * t.kind().elt_size_in_bytes()
 }

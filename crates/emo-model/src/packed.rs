@@ -365,7 +365,7 @@ impl Projection {
     /// Bytes the weight occupies.
     pub(crate) fn resident_bytes(&self) -> usize {
         match self {
-            Projection::Dense(w) => w.numel() * w.kind().elt_size_in_bytes(),
+            Projection::Dense(w) => crate::device::tensor_bytes(w),
             Projection::Int4(w) => w.resident_bytes(),
             Projection::Cat(parts) => parts.iter().map(Projection::resident_bytes).sum(),
         }

@@ -159,7 +159,7 @@ impl Transformer {
     /// Bytes held by the weights (packed matrices at their packed size), and how many of the projection
     /// matrices are packed, of how many.
     pub fn weight_bytes(&self) -> (usize, usize, usize) {
-        let dense = |t: &Tensor| t.numel() * t.kind().elt_size_in_bytes();
+        let dense = crate::device::tensor_bytes;
         let mut bytes = dense(&self.embed) + dense(&self.norm);
         if !self.tied {
             bytes += self.lm_head.resident_bytes();
