@@ -26,7 +26,7 @@ use tch::{Kind, Tensor};
 
 use crate::generate::{choose_tokens, left_pad, worth_compacting, Choice, GenerationConfig, RowDecoder, StopReason};
 use crate::hooks::{HookSet, Positions};
-use crate::interventions::{Intervention, Interventions};
+use crate::hooks::{Intervention, Interventions};
 use crate::kv_cache::DecodeState;
 use crate::transformer::{LogitsFor, Transformer};
 use crate::{ModelError, Result};

@@ -5,7 +5,7 @@ use std::str::FromStr;
 use tch::{Kind, Tensor};
 
 use crate::components::Sublayer;
-use crate::hooks::{AddVector, Capture, Edit, Hook, HookPoint, Intervention, Positions, Scale};
+use crate::hooks::{Capture, Edit, Hook, HookPoint, Intervention, Interventions, Positions};
 use crate::{ModelError, TransformerConfig};
 
 /// Which hooks a benchmarked pass carries.
@@ -46,9 +46,9 @@ pub fn hooks_for(load: HookLoad, cfg: &TransformerConfig) -> Option<Box<dyn Hook
             let first = cfg.scale_layer(11, 28);
             let v = Tensor::randn([cfg.d_model as i64], (Kind::Float, tch::Device::Cpu));
             let v = &v / v.norm();
-            let vectors: Vec<(HookPoint, Tensor)> =
-                (first..(first + 10).min(cfg.n_layers)).map(|l| (HookPoint::ResidPost(l), v.shallow_clone())).collect();
-            Some(Box::new(AddVector::new(vectors, Scale::Rms(8.0), Positions::LastPromptAndGenerated)))
+            let edit = (first..(first + 10).min(cfg.n_layers))
+                .fold(Intervention::none(), |i, l| i.with(HookPoint::ResidPost(l), Edit::AddRms(v.shallow_clone(), 8.0)));
+            Some(Box::new(Interventions::all_rows(edit, Positions::LastPromptAndGenerated)))
         }
     }
 }

@@ -31,7 +31,7 @@ use std::collections::BTreeMap;
 
 use tch::Tensor;
 
-use crate::capture::Capture;
+use crate::hooks::Capture;
 use crate::hooks::{HookPoint, HookSet, Positions};
 use crate::kv_cache::DecodeState;
 use crate::transformer::{LogitsFor, Transformer};

@@ -185,11 +185,25 @@ impl Transformer {
         self.forward_chunk(&ids, &valid, &mut state, hooks, logits)
     }
 
+    /// [`Transformer::forward_rows`] with autograd: every activation from `hook_embed` on is in the graph,
+    /// so the gradient of anything computed from the logits or from activations hooks kept can be taken with
+    /// respect to any hook point or to a tensor an intervention added (see
+    /// [`crate::ActivationCache::gradients`]). Needs dequantized weights; memory grows with the graph, so
+    /// keep batches small. Every other forward runs without autograd.
+    pub fn forward_rows_grad(&self, rows: &[Vec<u32>], pad_id: u32, hooks: &mut HookSet, logits: LogitsFor) -> Result<Tensor> {
+        if self.weight_bytes().1 > 0 {
+            return Err(ModelError::InvalidArgument("gradients need dequantized weights: load the model with WeightFormat::Dequantized".into()));
+        }
+        let (ids, valid, lens) = crate::generate::left_pad(rows, pad_id)?;
+        let mut state = DecodeState::new(&lens, self.cfg.n_layers, self.device, false);
+        self.forward_chunk_inner(&ids, &valid, None, &mut state, hooks, logits, true)
+    }
+
     /// Runs one chunk of tokens for every row of `state`: the left-padded prompts first, then one token per
     /// row per decoding step. `tokens` is [batch, chunk] i64 and `valid` [batch, chunk] bool (false for left
     /// padding). The chunk's keys and values are appended to `state`. Returns logits as `logits` asks.
     pub fn forward_chunk(&self, tokens: &Tensor, valid: &Tensor, state: &mut DecodeState, hooks: &mut HookSet, logits: LogitsFor) -> Result<Tensor> {
-        self.forward_chunk_inner(tokens, valid, None, state, hooks, logits)
+        self.forward_chunk_inner(tokens, valid, None, state, hooks, logits, false)
     }
 
     /// [`Transformer::forward_chunk`] for a batch whose row b is the logical row `rows[b]`, which hooks see
@@ -204,9 +218,10 @@ impl Transformer {
         hooks: &mut HookSet,
         logits: LogitsFor,
     ) -> Result<Tensor> {
-        self.forward_chunk_inner(tokens, valid, Some(rows), state, hooks, logits)
+        self.forward_chunk_inner(tokens, valid, Some(rows), state, hooks, logits, false)
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn forward_chunk_inner(
         &self,
         tokens: &Tensor,
@@ -215,8 +230,9 @@ impl Transformer {
         state: &mut DecodeState,
         hooks: &mut HookSet,
         logits: LogitsFor,
+        grad: bool,
     ) -> Result<Tensor> {
-        let _guard = tch::no_grad_guard();
+        let _guard = (!grad).then(tch::no_grad_guard);
         let (b, t) = tokens.size2().map_err(ModelError::Torch)?;
         if valid.size() != [b, t] || state.batch() != b {
             return Err(ModelError::InvalidArgument(format!(
@@ -254,7 +270,10 @@ impl Transformer {
             Some(ids) => HookContext::with_row_ids(&positions, &prompt_lens, state.step(), ids),
             None => HookContext::new(&positions, &prompt_lens, state.step()),
         };
-        let h = hooks.apply(HookPoint::Embed, Tensor::embedding(&self.embed, &tokens, -1, false, false), &ctx)?;
+        let embedded = Tensor::embedding(&self.embed, &tokens, -1, false, false);
+        // Under autograd the graph starts here: weights need no gradient, activations do.
+        let embedded = if grad { embedded.set_requires_grad(true) } else { embedded };
+        let h = hooks.apply(HookPoint::Embed, embedded, &ctx)?;
         let h = self.blocks_from(0, h, &mask, state, hooks, &ctx)?;
         state.end_chunk(t);
         self.head(h, logits, hooks, &ctx)
@@ -306,9 +325,11 @@ impl Transformer {
             let attn = self.attention(l, blk, &h, &cos, &sin, mask, state, hooks, ctx)?;
             let attn = hooks.apply(HookPoint::AttnOut(l), attn, ctx)?;
             h = hooks.apply(HookPoint::ResidMid(l), h + attn, ctx)?;
-            let x = rms_norm(&h, &blk.mlp_norm, self.cfg.rms_norm_eps);
+            let x = self.norm_hooked(&h, &blk.mlp_norm, [HookPoint::Ln2Scale(l), HookPoint::Ln2Normalized(l)], hooks, ctx)?;
             let gu = linear(&x, &blk.gate_up_w, None)?.chunk(2, -1);
-            let post = hooks.apply(HookPoint::MlpPost(l), gu[0].silu() * &gu[1], ctx)?;
+            let pre = hooks.apply(HookPoint::MlpPre(l), gu[0].shallow_clone(), ctx)?;
+            let pre_linear = hooks.apply(HookPoint::MlpPreLinear(l), gu[1].shallow_clone(), ctx)?;
+            let post = hooks.apply(HookPoint::MlpPost(l), pre.silu() * pre_linear, ctx)?;
             let mlp = hooks.apply(HookPoint::MlpOut(l), linear(&post, &blk.down_w, None)?, ctx)?;
             h = hooks.apply(HookPoint::ResidPost(l), h + mlp, ctx)?;
         }
@@ -317,7 +338,7 @@ impl Transformer {
 
     /// The final norm and the unembedding, for the positions `logits` asks.
     fn head(&self, h: Tensor, logits: LogitsFor, hooks: &mut HookSet, ctx: &HookContext) -> Result<Tensor> {
-        let h = hooks.apply(HookPoint::LnFinal, rms_norm(&h, &self.norm, self.cfg.rms_norm_eps), ctx)?;
+        let h = self.norm_hooked(&h, &self.norm, [HookPoint::LnFinalScale, HookPoint::LnFinal], hooks, ctx)?;
         let t = h.size()[1];
         let (h, lpos) = match logits {
             LogitsFor::Skip => return Ok(Tensor::empty([0], (self.kind, self.device))),
@@ -353,19 +374,22 @@ impl Transformer {
     ) -> Result<Tensor> {
         let (b, t, _) = h.size3().map_err(ModelError::Torch)?;
         let (nh, nkv, hd) = (self.cfg.n_heads as i64, self.cfg.n_kv_heads as i64, self.cfg.d_head as i64);
-        let x = rms_norm(h, &blk.attn_norm, self.cfg.rms_norm_eps);
+        let x = self.norm_hooked(h, &blk.attn_norm, [HookPoint::Ln1Scale(l), HookPoint::Ln1Normalized(l)], hooks, ctx)?;
         let qkv = linear(&x, &blk.qkv_w, blk.qkv_b.as_ref())?;
         let parts = qkv.split_with_sizes([nh * hd, nkv * hd, nkv * hd], -1);
-        let q = parts[0].view([b, t, nh, hd]).transpose(1, 2);
-        let k = parts[1].view([b, t, nkv, hd]).transpose(1, 2);
-        let v = parts[2].view([b, t, nkv, hd]).transpose(1, 2);
-        let q = apply_rope(&q, cos, sin);
-        let k = apply_rope(&k, cos, sin);
+        // Hooks see [batch, pos, head, d_head] (TransformerLens' layout); attention runs on [batch, head, pos, d_head].
+        let q = hooks.apply(HookPoint::AttnQ(l), parts[0].view([b, t, nh, hd]), ctx)?.transpose(1, 2);
+        let k = hooks.apply(HookPoint::AttnK(l), parts[1].view([b, t, nkv, hd]), ctx)?.transpose(1, 2);
+        let v = hooks.apply(HookPoint::AttnV(l), parts[2].view([b, t, nkv, hd]), ctx)?.transpose(1, 2);
+        let q = hooks.apply(HookPoint::AttnRotQ(l), apply_rope(&q, cos, sin).transpose(1, 2), ctx)?.transpose(1, 2);
+        let k = hooks.apply(HookPoint::AttnRotK(l), apply_rope(&k, cos, sin).transpose(1, 2), ctx)?.transpose(1, 2);
         let (k, v) = state.append_kv(l, &k, &v);
         // Grouped-query attention without copying keys and values per query head: fold each KV head's group
         // of query heads into the query length (head h uses KV head h / group, as HF's repeat_kv).
         let group = nh / nkv;
-        let z = if group == 1 {
+        let z = if hooks.is_active(HookPoint::AttnScores(l)) || hooks.is_active(HookPoint::AttnPattern(l)) {
+            self.attention_pattern(l, &q, &k, &v, mask, hooks, ctx)?
+        } else if group == 1 {
             Tensor::scaled_dot_product_attention(&q, &k, &v, Some(mask), 0.0, false, None, false)
         } else {
             let keys = k.size()[2];
@@ -375,7 +399,73 @@ impl Transformer {
         };
         // hook_z is [batch, pos, head, d_head], TransformerLens' layout.
         let z = hooks.apply(HookPoint::AttnZ(l), z.transpose(1, 2), ctx)?;
+        if hooks.is_active(HookPoint::AttnResult(l)) {
+            // Each head through its own columns of W_O: [batch, pos, head, d_model], summed to hook_attn_out.
+            let w = blk.o_w.dense(self.kind).view([self.cfg.d_model as i64, nh, hd]);
+            let result = Tensor::einsum("bthk,dhk->bthd", &[&z, &w], None::<i64>);
+            let result = hooks.apply(HookPoint::AttnResult(l), result, ctx)?;
+            return Ok(result.sum_dim_intlist(2, false, result.kind()));
+        }
         linear(&z.reshape([b, t, nh * hd]), &blk.o_w, None)
+    }
+
+    /// Attention computed step by step, for calls that hook its scores or pattern (the fused kernel exposes
+    /// neither). `q` is [batch, head, query, d_head], `k` and `v` [batch, kv_head, key, d_head]; returns z as
+    /// [batch, head, query, d_head].
+    #[allow(clippy::too_many_arguments)]
+    fn attention_pattern(
+        &self,
+        l: usize,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        mask: &Tensor,
+        hooks: &mut HookSet,
+        ctx: &HookContext,
+    ) -> Result<Tensor> {
+        let group = (self.cfg.n_heads / self.cfg.n_kv_heads) as i64;
+        let (k, v) = if group > 1 {
+            (k.repeat_interleave_self_int(group, Some(1), None), v.repeat_interleave_self_int(group, Some(1), None))
+        } else {
+            (k.shallow_clone(), v.shallow_clone())
+        };
+        let scale = 1.0 / (self.cfg.d_head as f64).sqrt();
+        let scores = (q.matmul(&k.transpose(-2, -1)) * scale).masked_fill(&mask.logical_not(), f64::NEG_INFINITY);
+        let scores = hooks.apply(HookPoint::AttnScores(l), scores, ctx)?;
+        // In f32 whatever the dtype, as Hugging Face's eager attention does.
+        let pattern = scores.softmax(-1, Kind::Float).to_kind(q.kind());
+        let pattern = hooks.apply(HookPoint::AttnPattern(l), pattern, ctx)?;
+        Ok(pattern.matmul(&v))
+    }
+
+    /// An RMSNorm and its two hook points (`hook_scale`, `hook_normalized`); the scale is computed apart
+    /// only when hooked, and reading it leaves the output as it was.
+    fn norm_hooked(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        [scale_point, out_point]: [HookPoint; 2],
+        hooks: &mut HookSet,
+        ctx: &HookContext,
+    ) -> Result<Tensor> {
+        let eps = self.cfg.rms_norm_eps;
+        let y = if hooks.is_active(scale_point) {
+            let xf = x.to_kind(Kind::Float);
+            let inv = (xf.square().mean_dim(-1, true, Kind::Float) + eps).rsqrt();
+            let scale = inv.reciprocal();
+            let hooked = hooks.apply(scale_point, scale.shallow_clone(), ctx)?;
+            // An unchanged scale keeps the exact `rsqrt` of the unhooked path.
+            let inv = if hooked.equal(&scale) { inv } else { hooked.reciprocal() };
+            (xf * inv).to_kind(x.kind()) * w
+        } else {
+            rms_norm(x, w, eps)
+        };
+        hooks.apply(out_point, y, ctx)
+    }
+
+    /// The final RMSNorm (weight applied) of `x` ([..., d_model]): what the unembedding reads.
+    pub fn final_norm(&self, x: &Tensor) -> Tensor {
+        rms_norm(&x.to_kind(self.kind), &self.norm, self.cfg.rms_norm_eps)
     }
 
     fn rope(&self, positions: &Tensor) -> (Tensor, Tensor) {

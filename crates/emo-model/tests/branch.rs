@@ -3,9 +3,7 @@
 //! per-row edits equals each edit run on its own.
 mod common;
 
-use emo_model::{
-    Ablate, AddVector, Capture, Edit, HookPoint, HookSet, Intervention, Interventions, LogitsFor, ModelError, Positions, Scale, Sublayer,
-};
+use emo_model::{Capture, Edit, HookContext, HookPoint, HookSet, Intervention, Interventions, LogitsFor, ModelError, Positions, Sublayer};
 use tch::{Kind, Tensor};
 
 fn prompts() -> Vec<Vec<u32>> {
@@ -164,17 +162,36 @@ fn mixed_per_row_edits_equal_each_edit_alone() {
     let got = t.forward_rows(&batch, m.pad_token_id(), &mut HookSet::new().with(&mut mixed), LogitsFor::Last).unwrap();
 
     let alone = |hooks: &mut HookSet| t.forward_rows(std::slice::from_ref(&prompt), m.pad_token_id(), hooks, LogitsFor::Last).unwrap();
-    let add =
-        |alpha: f64| AddVector::new(layers.clone().map(|l| (HookPoint::ResidPost(l), v.shallow_clone())), Scale::Rms(alpha), Positions::LastPrompt);
+    // The references are closures written here, independent of `Interventions`.
+    let add = |alpha: f64| {
+        let mut set = HookSet::new();
+        for l in layers.clone() {
+            let v = v.shallow_clone();
+            set = set.on(HookPoint::ResidPost(l), move |act: &Tensor, ctx: &HookContext| {
+                let at = ctx.mask(&Positions::LastPrompt).unsqueeze(-1).to_kind(act.kind());
+                let rms = (act.square().mean_dim(-1, true, act.kind()) + 1e-12).sqrt();
+                Ok(Some(act + at * rms * &v * alpha))
+            });
+        }
+        set
+    };
+    let zero = |point: HookPoint, units: &'static [i64]| {
+        move |act: &Tensor, ctx: &HookContext| {
+            let at = ctx.mask(&Positions::LastPrompt).to_kind(act.kind());
+            let mut keep = Tensor::ones([act.size()[2]], (act.kind(), act.device()));
+            let _ = keep.index_fill_(0, &Tensor::from_slice(units), 0.0);
+            let mut factor = at.unsqueeze(-1) * (keep - 1.0) + 1.0;
+            if point == HookPoint::AttnZ(5) {
+                factor = factor.unsqueeze(-1);
+            }
+            Ok(Some(act * factor))
+        }
+    };
     let mut a = add(8.0);
-    let mut abl = Ablate::new([(HookPoint::MlpPost(5), vec![1, 2, 3]), (HookPoint::AttnZ(5), vec![4])], Positions::LastPrompt);
+    let mut abl =
+        HookSet::new().on(HookPoint::MlpPost(5), zero(HookPoint::MlpPost(5), &[1, 2, 3])).on(HookPoint::AttnZ(5), zero(HookPoint::AttnZ(5), &[4]));
     let mut b = add(-2.0);
-    let expected = [
-        alone(&mut HookSet::new().with(&mut a)),
-        alone(&mut HookSet::new()),
-        alone(&mut HookSet::new().with(&mut abl)),
-        alone(&mut HookSet::new().with(&mut b)),
-    ];
+    let expected = [alone(&mut a), alone(&mut HookSet::new()), alone(&mut abl), alone(&mut b)];
     for (r, e) in expected.iter().enumerate() {
         let diff = max_diff(&got.get(r as i64), &e.get(0));
         assert!(diff < 1e-4, "row {r}: {diff}");

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use memmap2::MmapMut;
 use tch::{Kind, Tensor};
 
-use crate::hooks::{Hook, HookContext, HookPoint, Positions};
+use super::{Hook, HookContext, HookPoint, Positions};
 use crate::{ModelError, Result};
 
 /// One capture: the rows and absolute positions selected, and the activations there.
@@ -22,7 +22,8 @@ pub struct Captured {
     pub rows: Tensor,
     /// Absolute position of each captured vector, [n] i64.
     pub positions: Tensor,
-    /// The activations, [n, ...] (the point's trailing dimensions), on the CPU in f32.
+    /// The activations, [n, ...] (the point's dimensions after batch and position; [n, head, key_pos] for
+    /// the attention scores and pattern), on the CPU in f32.
     pub values: Tensor,
 }
 
@@ -142,6 +143,8 @@ impl Hook for Capture {
             return Ok(None);
         };
         let cpu = tch::Device::Cpu;
+        // Positions index queries: [batch, head, query, key] is read as [batch, query, head, key].
+        let act = if point.pos_dim() == 2 { act.transpose(1, 2) } else { act.shallow_clone() };
         let values = act.index(&[Some(&sel.rows), Some(&sel.cols)]).to_device(cpu).to_kind(Kind::Float).contiguous();
         let trailing = act.size()[2..].to_vec();
         let s = self.stored.entry(point).or_insert_with(|| Stored {

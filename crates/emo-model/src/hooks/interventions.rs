@@ -27,7 +27,7 @@ use std::collections::BTreeMap;
 
 use tch::{Device, Kind, Tensor};
 
-use crate::hooks::{Hook, HookContext, HookPoint, Positions};
+use super::{Hook, HookContext, HookPoint, Positions};
 use crate::{ModelError, Result};
 
 /// One edit at one hook point. Units index the first dimension after `[batch, pos]`: neurons of
@@ -69,6 +69,21 @@ impl Intervention {
         Intervention::default()
     }
 
+    /// Zeroes `units` at `point` (neurons of `mlp.hook_post`, heads of `attn.hook_z`, ...).
+    pub fn zero(point: HookPoint, units: impl IntoIterator<Item = i64>) -> Self {
+        Intervention::none().with(point, Edit::Zero(units.into_iter().collect()))
+    }
+
+    /// Adds `vector` at `point` (`h += v`), shaped like the point's trailing dimensions.
+    pub fn add(point: HookPoint, vector: Tensor) -> Self {
+        Intervention::none().with(point, Edit::Add(vector))
+    }
+
+    /// Adds `alpha * RMS(h) * vector` at `point`: the paper's steering edit.
+    pub fn add_rms(point: HookPoint, vector: Tensor, alpha: f64) -> Self {
+        Intervention::none().with(point, Edit::AddRms(vector, alpha))
+    }
+
     /// Adds an edit at `point`.
     pub fn with(mut self, point: HookPoint, edit: Edit) -> Self {
         self.edits.push((point, edit));
@@ -97,9 +112,12 @@ struct Dense {
     rms: Option<Tensor>,
 }
 
-/// A hook applying each logical row's own [`Intervention`] at the tokens `positions` selects.
+/// A hook applying each logical row's own [`Intervention`] (or one for every row) at the tokens `positions`
+/// selects.
 pub struct Interventions {
     rows: Vec<Intervention>,
+    // One intervention for every row, however many the batch has.
+    shared: bool,
     positions: Positions,
     points: Vec<HookPoint>,
     dense: BTreeMap<HookPoint, Dense>,
@@ -111,10 +129,23 @@ impl Interventions {
         let mut points: Vec<HookPoint> = rows.iter().flat_map(|r| r.edits.iter().map(|(p, _)| *p)).collect();
         points.sort();
         points.dedup();
-        Interventions { rows, positions, points, dense: BTreeMap::new() }
+        Interventions { rows, shared: false, positions, points, dense: BTreeMap::new() }
     }
 
-    /// Number of rows.
+    /// Every row of any batch gets `intervention`: ablating a neuron or steering every prompt alike.
+    ///
+    /// ```no_run
+    /// use emo_model::{Edit, HookPoint, HookSet, Intervention, Interventions, LoadOptions, Model, Positions};
+    /// let model = Model::load("smollm2-135m", LoadOptions::default())?;
+    /// let mut ablate = Interventions::all_rows(Intervention::zero(HookPoint::MlpPost(5), [123]), Positions::All);
+    /// let logits = model.run_with_hooks("The meeting moved to Friday.", &mut HookSet::new().with(&mut ablate))?;
+    /// # Ok::<(), emo_model::ModelError>(())
+    /// ```
+    pub fn all_rows(intervention: Intervention, positions: Positions) -> Self {
+        Interventions { shared: true, ..Interventions::new(vec![intervention], positions) }
+    }
+
+    /// Number of rows (1 for [`Interventions::all_rows`], which serves any number).
     pub fn len(&self) -> usize {
         self.rows.len()
     }
@@ -214,7 +245,13 @@ impl Hook for Interventions {
             return Ok(None);
         };
         let n_rows = self.rows.len() as i64;
-        let ids = &sel.row_ids;
+        let shared_ids;
+        let ids = if self.shared {
+            shared_ids = sel.row_ids.zeros_like();
+            &shared_ids
+        } else {
+            &sel.row_ids
+        };
         let (lo, hi) = (ids.min().int64_value(&[]), ids.max().int64_value(&[]));
         if lo < 0 || hi >= n_rows {
             return Err(ModelError::Hook {
@@ -222,6 +259,9 @@ impl Hook for Interventions {
                 msg: format!("the batch has logical rows {lo}..={hi}, but {n_rows} interventions were given"),
             });
         }
+        // Positions index queries: [batch, head, query, key] is edited as [batch, query, head, key].
+        let queries_first = point.pos_dim() == 2;
+        let act = if queries_first { act.transpose(1, 2) } else { act.shallow_clone() };
         let trailing = act.size()[2..].to_vec();
         let dense = self.dense(point, &trailing, act.device(), act.kind())?;
         let index = [Some(sel.rows.shallow_clone()), Some(sel.cols.shallow_clone())];
@@ -238,6 +278,7 @@ impl Hook for Interventions {
             let rms = (h.square().mean_dim(dims.as_slice(), true, h.kind()) + 1e-12).sqrt();
             new += rms * b.index_select(0, ids);
         }
-        Ok(Some(act.index_put(&index, &new, false)))
+        let edited = act.index_put(&index, &new, false);
+        Ok(Some(if queries_first { edited.transpose(1, 2) } else { edited }))
     }
 }
