@@ -65,11 +65,11 @@ pub use emo_serve as serve;
 pub mod prelude {
     pub use emo_data::{Emotion, Valence};
     pub use emo_model::{
-        Capture, ChatMessage, Edit, GenerationConfig, Hook, HookPoint, HookSet, Intervention, Interventions, LoadOptions, Model, Positions, Reply,
-        Sampling,
+        ActivationCache, Capture, ChatMessage, Edit, GenerationConfig, Hook, HookContext, HookPoint, HookSet, Input, Intervention, Interventions,
+        LoadOptions, Model, ModelError, Positions, Reply, Sampling,
     };
     /// Circuit modulation (section 7), the other way to steer.
     pub use emo_modulate::Modulator;
     pub use emo_steer::{steering_edit, EmotionDirections, Site, Steerer, Steering};
-    pub use tch::{Device, Kind};
+    pub use tch::{Device, Kind, Tensor};
 }
