@@ -82,56 +82,10 @@ pub struct AttributionSummary {
 
 /// Runs (or resumes) the attribution pass over `run`'s elicitation samples and writes [`Attribution::dir`].
 pub fn attribute(run: &RunDir, model: &Model, opts: &AttributeOptions) -> Result<Attribution> {
-    if opts.batch_size == 0 {
-        return Err(RunError::Invalid("batch size must be at least 1".into()));
-    }
-    let manifest = run.require_manifest()?;
-    let info = manifest.complete_elicitation(&run.path)?;
-    let dataset = info.dataset(ELICIT)?;
+    let Inputs { samples, prompts, dirs, settings } = inputs(run, model, opts.samples, opts.batch_size)?;
     let cfg = model.transformer.config();
-    if (cfg.n_layers, cfg.d_model) != (manifest.model.n_layers, manifest.model.d_model) {
-        return Err(RunError::Invalid(format!(
-            "{}: the run's model has {} layers of width {}, this one {} of {}",
-            run.path.display(),
-            manifest.model.n_layers,
-            manifest.model.d_model,
-            cfg.n_layers,
-            cfg.d_model
-        )));
-    }
-    let samples = select(&run.read_replies(ELICIT)?, opts.samples)?;
-    if samples.is_empty() {
-        return Err(RunError::Invalid(format!("{}: no elicitation reply was judged a match; use all samples (`--samples all`)", run.path.display())));
-    }
-    let scenarios = dataset.scenarios()?;
-    let dir_path = run.directions();
-    let dirs = EmotionDirections::load(&dir_path).map_err(|e| RunError::Invalid(format!("{e} (run `emo directions` first)")))?;
-    if dirs.dims() != (cfg.n_layers, cfg.d_model) {
-        return Err(RunError::Format {
-            path: dir_path,
-            msg: format!("directions are {:?}, the model is ({}, {})", dirs.dims(), cfg.n_layers, cfg.d_model),
-        });
-    }
-    let settings = AttributionSettings {
-        samples: opts.samples,
-        n_samples: samples.len(),
-        batch_size: opts.batch_size,
-        directions_sha256: sha256_file(&dir_path)?,
-        dataset,
-    };
     let beta = neurons::alignment(&model.transformer, &dirs.resid_post)?;
     let readout = heads::readout(&model.transformer, &dirs.resid_mid)?;
-    // The prompts the elicitation ran, so that the activations are the ones the directions came from.
-    let prompt_set = manifest.prompt_set();
-    let prompts = samples
-        .iter()
-        .map(|s| {
-            let scenario = scenarios
-                .get(s.scenario)
-                .ok_or_else(|| RunError::Invalid(format!("sample {} names scenario {}, beyond the split", s.index, s.scenario)))?;
-            Ok(model.encode_chat(&prompt_set.elicitation_prompt(s.emotion, scenario, s.valence))?)
-        })
-        .collect::<Result<Vec<_>>>()?;
     let (l, dm, nh, hd) = (cfg.n_layers as i64, cfg.d_mlp as i64, cfg.n_heads as i64, cfg.d_head as i64);
     let sums = |name: &str, shape: &[i64], squares: bool| (name.to_string(), GroupedSums::new(6, shape, squares));
     let state = Reduction::new([
@@ -158,6 +112,62 @@ pub fn attribute(run: &RunDir, model: &Model, opts: &AttributeOptions) -> Result
     let attribution = Attribution::from_reduction(opts.samples, &reduced, beta)?;
     attribution.save(run)?;
     Ok(attribution)
+}
+
+/// What a pass over a run's elicitation samples reads: the samples, their prompts as the elicitation ran
+/// them (so the activations are the ones the directions came from), the directions, and the settings that
+/// identify the pass.
+pub(crate) struct Inputs {
+    pub samples: Vec<Sample>,
+    pub prompts: Vec<Vec<u32>>,
+    pub dirs: EmotionDirections,
+    pub settings: AttributionSettings,
+}
+
+/// Checks `run` against `model` and gathers the [`Inputs`] of a pass over the `filter` samples.
+pub(crate) fn inputs(run: &RunDir, model: &Model, filter: SampleFilter, batch_size: usize) -> Result<Inputs> {
+    if batch_size == 0 {
+        return Err(RunError::Invalid("batch size must be at least 1".into()));
+    }
+    let manifest = run.require_manifest()?;
+    let info = manifest.complete_elicitation(&run.path)?;
+    let dataset = info.dataset(ELICIT)?;
+    let cfg = model.transformer.config();
+    if (cfg.n_layers, cfg.d_model) != (manifest.model.n_layers, manifest.model.d_model) {
+        return Err(RunError::Invalid(format!(
+            "{}: the run's model has {} layers of width {}, this one {} of {}",
+            run.path.display(),
+            manifest.model.n_layers,
+            manifest.model.d_model,
+            cfg.n_layers,
+            cfg.d_model
+        )));
+    }
+    let samples = select(&run.read_replies(ELICIT)?, filter)?;
+    if samples.is_empty() {
+        return Err(RunError::Invalid(format!("{}: no elicitation reply was judged a match; use all samples (`--samples all`)", run.path.display())));
+    }
+    let scenarios = dataset.scenarios()?;
+    let dir_path = run.directions();
+    let dirs = EmotionDirections::load(&dir_path).map_err(|e| RunError::Invalid(format!("{e} (run `emo directions` first)")))?;
+    if dirs.dims() != (cfg.n_layers, cfg.d_model) {
+        return Err(RunError::Format {
+            path: dir_path,
+            msg: format!("directions are {:?}, the model is ({}, {})", dirs.dims(), cfg.n_layers, cfg.d_model),
+        });
+    }
+    let settings = AttributionSettings { samples: filter, n_samples: samples.len(), batch_size, directions_sha256: sha256_file(&dir_path)?, dataset };
+    let prompt_set = manifest.prompt_set();
+    let prompts = samples
+        .iter()
+        .map(|s| {
+            let scenario = scenarios
+                .get(s.scenario)
+                .ok_or_else(|| RunError::Invalid(format!("sample {} names scenario {}, beyond the split", s.index, s.scenario)))?;
+            Ok(model.encode_chat(&prompt_set.elicitation_prompt(s.emotion, scenario, s.valence))?)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Inputs { samples, prompts, dirs, settings })
 }
 
 /// What every batch of the pass reads.

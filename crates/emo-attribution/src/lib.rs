@@ -9,6 +9,9 @@
 //! - Emotion difference vectors ([`delta_mu`]) at `o_proj`'s input and `down_proj`'s input, centred per
 //!   (scenario, valence) group.
 //!
+//! - Attribution patching ([`patching`]): the gradient-based estimate of each unit's ablation effect on the
+//!   sweeps' metric, through every later layer, to set beside the analytic scores.
+//!
 //! [`attribute::attribute`] computes all three in one resumable pass over a section-5 run's samples, reduced
 //! batch by batch (memory does not grow with the number of samples), and writes them into the run folder.
 #![warn(missing_docs)]
@@ -18,6 +21,7 @@ pub mod delta_mu;
 pub mod figures;
 pub mod heads;
 pub mod neurons;
+pub mod patching;
 pub mod report;
 pub mod samples;
 pub mod sweeps;

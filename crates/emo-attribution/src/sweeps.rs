@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
 use crate::attribute::Attribution;
+use crate::patching::Patching;
 use crate::samples::SampleFilter;
 
 /// Zero the units (emotion prompt) or add lambda * delta_mu to them (neutral prompt).
@@ -73,6 +74,24 @@ macro_rules! names {
 names!(SweepKind, "sweep kind", SweepKind::Ablate => "ablate", SweepKind::Enhance => "enhance");
 names!(Units, "units", Units::Neurons => "neurons", Units::Heads => "heads");
 names!(EditPositions, "positions", EditPositions::Last => "last", EditPositions::All => "all");
+names!(Ranking, "ranking", Ranking::Analytic => "analytic", Ranking::AttributionPatching => "attribution-patching");
+
+/// Which scores rank the target units.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Ranking {
+    /// Section 6's analytic scores (`emo attribute`): the paper's method.
+    #[default]
+    Analytic,
+    /// Attribution patching's estimates (`emo attribute --method attribution-patching`).
+    AttributionPatching,
+}
+
+impl Ranking {
+    fn is_analytic(&self) -> bool {
+        *self == Ranking::Analytic
+    }
+}
 
 /// How to run one sweep (one panel of Fig. 3).
 #[derive(Clone, Debug)]
@@ -101,6 +120,8 @@ pub struct SweepOptions {
     pub progress: bool,
     /// Full forwards instead of prefix branching (the same table, slower): to measure what branching saves.
     pub full_forwards: bool,
+    /// Which scores choose the target units (random controls are the same either way).
+    pub ranking: Ranking,
 }
 
 impl SweepOptions {
@@ -120,6 +141,7 @@ impl SweepOptions {
             batch_prompts: 32,
             progress: true,
             full_forwards: false,
+            ranking: Ranking::Analytic,
         }
     }
 }
@@ -157,6 +179,9 @@ pub struct SweepSettings {
     pub directions_sha256: String,
     /// Prompts per committed batch.
     pub batch_prompts: usize,
+    /// Which scores chose the target units (absent for the paper's analytic ranking, as before it existed).
+    #[serde(default, skip_serializing_if = "Ranking::is_analytic")]
+    pub ranking: Ranking,
 }
 
 /// One row of a sweep's CSV: `emotion,k,control,seed,n,delta_s_mean,delta_s_ci95`.
@@ -211,9 +236,13 @@ struct Column {
     units: Vec<Vec<usize>>,
 }
 
-/// `sweeps/{kind}-{units}-{positions}.csv` in the run folder.
+/// `sweeps/{kind}-{units}-{positions}.csv` in the run folder (`...-attribution-patching.csv` for that ranking).
 pub fn csv_path(run: &RunDir, opts: &SweepOptions) -> PathBuf {
-    csv_file(run, opts.kind, opts.units, opts.positions)
+    let file = csv_file(run, opts.kind, opts.units, opts.positions);
+    match opts.ranking {
+        Ranking::Analytic => file,
+        r => file.with_file_name(format!("{}-{r}.csv", file.file_stem().and_then(|s| s.to_str()).unwrap_or_default())),
+    }
 }
 
 /// `sweeps/{kind}-{units}-{positions}.csv` in the run folder, from the three names.
@@ -252,10 +281,21 @@ pub fn run_sweep_with(run: &RunDir, model: &Model, opts: &SweepOptions, prefixes
     let dataset = DatasetInfo::of(&source, Split::Test, &scenarios);
     let attribution =
         Attribution::load(run, opts.samples).map_err(|e| RunError::Invalid(format!("{e} (run `emo attribute --samples {}` first)", opts.samples)))?;
-    let attribution_file = Attribution::dir(run, opts.samples).join(match opts.units {
-        Units::Neurons => "neurons.safetensors",
-        Units::Heads => "heads.safetensors",
-    });
+    let (attribution_file, patching) = match opts.ranking {
+        Ranking::Analytic => (
+            Attribution::dir(run, opts.samples).join(match opts.units {
+                Units::Neurons => "neurons.safetensors",
+                Units::Heads => "heads.safetensors",
+            }),
+            None,
+        ),
+        Ranking::AttributionPatching => {
+            let p = Patching::load(run, opts.samples).map_err(|e| {
+                RunError::Invalid(format!("{e} (run `emo attribute --method attribution-patching --samples {}` first)", opts.samples))
+            })?;
+            (Patching::dir(run, opts.samples).join("scores.safetensors"), Some(p))
+        }
+    };
     let dirs = EmotionDirections::load(&run.directions())?;
     let site = match opts.units {
         Units::Neurons => Site::ResidPost,
@@ -265,12 +305,16 @@ pub fn run_sweep_with(run: &RunDir, model: &Model, opts: &SweepOptions, prefixes
         EditPositions::Last => Positions::LastPrompt,
         EditPositions::All => Positions::All,
     };
-    let name = |emotion: Emotion| format!("sweep-{}-{}-{}-{}", opts.kind, opts.units, opts.positions, emotion.name());
+    let ranked = match opts.ranking {
+        Ranking::Analytic => String::new(),
+        r => format!("-{r}"),
+    };
+    let name = |emotion: Emotion| format!("sweep-{}-{}-{}{ranked}-{}", opts.kind, opts.units, opts.positions, emotion.name());
     let per_emotion: Vec<(Emotion, Vec<PromptItem>, Vec<Column>)> = Emotion::ALL
         .into_iter()
         .map(|e| {
             let items = PromptItem::all(&scenarios).into_iter().filter(|it| it.emotion == e).collect();
-            (e, items, columns(&attribution, opts, e, n_layers, n_units))
+            (e, items, columns(&attribution, patching.as_ref(), opts, e, n_layers, n_units))
         })
         .collect();
     // One bar over every emotion's rows (the baseline and every column), started at the rows earlier sessions
@@ -313,6 +357,7 @@ pub fn run_sweep_with(run: &RunDir, model: &Model, opts: &SweepOptions, prefixes
             attribution: (opts.samples, sha256_file(&attribution_file)?),
             directions_sha256: sha256_file(&run.directions())?,
             batch_prompts: opts.batch_prompts,
+            ranking: opts.ranking,
         };
         let mut stage = SweepStage { settings, model, sweep, batch_prompts: opts.batch_prompts };
         run_stage(run, &name(emotion), &mut stage, false)?;
@@ -326,12 +371,14 @@ pub fn run_sweep_with(run: &RunDir, model: &Model, opts: &SweepOptions, prefixes
 }
 
 /// The target column and `seeds` random columns of every k > 0, in k order.
-fn columns(a: &Attribution, opts: &SweepOptions, emotion: Emotion, n_layers: usize, n_units: usize) -> Vec<Column> {
+fn columns(a: &Attribution, patching: Option<&Patching>, opts: &SweepOptions, emotion: Emotion, n_layers: usize, n_units: usize) -> Vec<Column> {
     let mut out = Vec::new();
     for &k in opts.ks.iter().filter(|&&k| k > 0) {
-        let ranked = |l: usize| match opts.units {
-            Units::Neurons => a.neurons.ranking(emotion, l),
-            Units::Heads => a.heads.ranking(emotion, l),
+        let ranked = |l: usize| match (opts.units, patching) {
+            (Units::Neurons, None) => a.neurons.ranking(emotion, l),
+            (Units::Heads, None) => a.heads.ranking(emotion, l),
+            (Units::Neurons, Some(p)) => p.neuron_ranking(emotion, l),
+            (Units::Heads, Some(p)) => p.head_ranking(emotion, l),
         };
         out.push(Column { k, seed: None, units: (0..n_layers).map(|l| ranked(l)[..k].to_vec()).collect() });
         for seed in 0..opts.seeds {

@@ -19,9 +19,15 @@ pub struct AttributeArgs {
     /// replies rarely pass the judge).
     #[arg(long, default_value = "accepted")]
     pub samples: String,
-    /// Prompts per forward pass (and per committed batch).
+    /// Prompts per forward pass (and per committed batch); attribution patching keeps each batch's graph for
+    /// its backward pass, so it runs at most 8 per pass.
     #[arg(long, default_value_t = 32)]
     pub batch: usize,
+    /// analytic (the paper: each unit's direct write into its layer's emotion projection) or
+    /// attribution-patching (the gradient estimate of each unit's ablation effect on the sweeps' metric,
+    /// through every later layer; compared with the analytic ranking when one exists).
+    #[arg(long, default_value = "analytic")]
+    pub method: String,
     #[command(flatten)]
     pub model: LoadArgs,
     #[command(flatten)]
@@ -30,6 +36,11 @@ pub struct AttributeArgs {
 
 pub fn attribute_cmd(a: &AttributeArgs) -> Result<()> {
     let run = RunDir::new(&a.run);
+    match a.method.as_str() {
+        "analytic" => {}
+        "attribution-patching" => return patching_cmd(a, &run),
+        other => anyhow::bail!("unknown --method `{other}` (expected analytic or attribution-patching)"),
+    }
     let model = a.model.load_run(&run)?;
     let opts = AttributeOptions { samples: a.samples.parse()?, batch_size: a.batch, progress: a.progress.shown() };
     let t = Instant::now();
@@ -44,6 +55,30 @@ pub fn attribute_cmd(a: &AttributeArgs) -> Result<()> {
         emo_attribution::attribute::Attribution::dir(&run, got.samples).display(),
         figures.len()
     ))
+}
+
+/// `emo attribute --method attribution-patching`: the scores, and their agreement with the analytic ones.
+fn patching_cmd(a: &AttributeArgs, run: &RunDir) -> Result<()> {
+    use emo_attribution::patching::{agreement, attribution_patching, Patching, PatchingOptions};
+    let model = a.model.load_run(run)?;
+    let opts = PatchingOptions { samples: a.samples.parse()?, batch_size: a.batch.min(8), progress: a.progress.shown() };
+    let t = Instant::now();
+    let got = attribution_patching(run, &model, &opts)?;
+    let secs = t.elapsed().as_secs_f64();
+    let dir = Patching::dir(run, got.samples);
+    let mut text = format!("attribution patching over {} samples ({:?} per emotion) in {secs:.1} s\n", got.samples, got.counts);
+    if let Ok(analytic) = emo_attribution::attribute::Attribution::load(run, got.samples) {
+        let emotions: Vec<_> = emo_data::Emotion::ALL.into_iter().filter(|e| got.counts[e.index()] > 0).collect();
+        let neurons = agreement(&analytic.neurons.c_mean, &got.neurons, 32, &emotions);
+        let heads = agreement(&analytic.heads.mean, &got.heads, 2, &emotions);
+        emo_run::store::write_json(&dir.join("agreement.json"), &serde_json::json!({ "neurons": neurons, "heads": heads, "seconds": secs }))?;
+        text.push_str(&format!(
+            "against the analytic ranking (mean over emotions and layers): neurons Spearman {:.3}, top-{} overlap {:.3}; heads Spearman {:.3}, top-{} overlap {:.3}\n",
+            neurons.spearman, neurons.k, neurons.top_k_overlap, heads.spearman, heads.k, heads.top_k_overlap
+        ));
+    }
+    text.push_str(&format!("wrote {}\n", dir.display()));
+    emit(text)
 }
 
 /// `emo sweep`.
@@ -83,6 +118,10 @@ pub struct SweepArgs {
     /// a finished sweep is not run again).
     #[arg(long)]
     pub full_forwards: bool,
+    /// Which scores choose the target units: analytic (`emo attribute`, the paper) or attribution-patching
+    /// (`emo attribute --method attribution-patching`); its CSV gets the suffix `-attribution-patching`.
+    #[arg(long, default_value = "analytic")]
+    pub ranking: String,
     #[command(flatten)]
     pub model: LoadArgs,
     #[command(flatten)]
@@ -105,6 +144,7 @@ pub fn sweep_cmd(a: &SweepArgs) -> Result<()> {
     opts.max_rows = a.rows;
     opts.progress = a.progress.shown();
     opts.full_forwards = a.full_forwards;
+    opts.ranking = a.ranking.parse()?;
     let t = Instant::now();
     let rows = run_sweep(&run, &model, &opts)?;
     let secs = t.elapsed().as_secs_f64();

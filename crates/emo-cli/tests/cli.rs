@@ -176,6 +176,16 @@ fn section5_commands_run_end_to_end_on_a_small_run() {
     for f in ["neurons/anger.csv", "heads/fear.csv", "neurons.safetensors", "delta_mu.safetensors", "figures/heads.png", "figures/top_neurons.svg"] {
         assert!(run.join("attribution/all").join(f).is_file(), "{f}");
     }
+    // Attribution patching beside it, compared with it, and a sweep whose targets it ranks.
+    let text = ok(emo(&["attribute", r, "--samples", "all", "--method", "attribution-patching", "--quiet", "--device", "cpu"]));
+    assert!(text.contains("attribution patching over all samples ([6, 6, 6, 6, 6, 6] per emotion)"), "{text}");
+    assert!(text.contains("against the analytic ranking") && text.contains("neurons Spearman"), "{text}");
+    for f in ["scores.safetensors", "summary.json", "agreement.json"] {
+        assert!(run.join("attribution/all/patching").join(f).is_file(), "{f}");
+    }
+    let sweep = ["sweep", r, "--kind", "ablate", "--units", "heads", "--k", "0", "--k", "1", "--seeds", "1", "--limit", "1", "--samples", "all"];
+    let text = ok(emo(&[&sweep[..], &["--ranking", "attribution-patching", "--quiet", "--device", "cpu"]].concat()));
+    assert!(run.join("sweeps/ablate-heads-last-attribution-patching.csv").is_file(), "{text}");
     let text = ok(emo(&["report", r]));
     let report = std::fs::read_to_string(run.join("report.md")).unwrap();
     assert!(text.contains("report.md") && report.contains("Prompting, test split") && report.contains("Steering, test split"));
@@ -231,6 +241,8 @@ fn section5_commands_run_end_to_end_on_a_small_run() {
     assert!(e.contains("unknown positions `middle`"), "{e}");
     let e = err(&["attribute", r, "--samples", "some", "--device", "cpu"]);
     assert!(e.contains("unknown sample filter `some`"), "{e}");
+    let e = err(&["attribute", r, "--method", "vibes", "--device", "cpu"]);
+    assert!(e.contains("unknown --method `vibes`"), "{e}");
     let e = err(&["modulate", r, "--samples", "all", "--scales", "anger:0.8", "--device", "cpu"]);
     assert!(e.contains("--scales `anger:0.8`: expected EMOTION=SCALE"), "{e}");
     let e = err(&["modulate", r, "--samples", "all", "--emotions", "joy", "--device", "cpu"]);

@@ -52,7 +52,18 @@ impl Model {
         self.cached_forward(input, filter, &mut HookSet::new(), false)
     }
 
-    /// [`Model::run_with_cache`] with `hooks` running beside the cache and autograd on: the logits and the
+    /// [`Model::run_with_cache`] with `hooks` running first: the cache keeps what they made of each
+    /// activation (an ablated or steered forward's activations).
+    pub fn run_with_cache_and_hooks(
+        &self,
+        input: impl Into<Input>,
+        filter: impl Fn(HookPoint) -> bool,
+        hooks: &mut HookSet,
+    ) -> Result<(Tensor, ActivationCache)> {
+        self.cached_forward(input, filter, hooks, false)
+    }
+
+    /// [`Model::run_with_cache_and_hooks`] with autograd on: the logits and the
     /// cached activations stay in the graph, so [`ActivationCache::gradients`] gives the gradient of any
     /// scalar computed from them (attribution patching, saliency), and a tensor with `requires_grad` added by
     /// an intervention gets its gradient through `Tensor::run_backward`. Needs dequantized weights.

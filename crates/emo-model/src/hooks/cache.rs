@@ -217,6 +217,16 @@ impl ActivationCache {
     /// points (zeros where the metric does not depend on one). The forward must have run with autograd
     /// ([`crate::Model::run_with_cache_grad`]); the graph is freed afterwards, so call this once per forward.
     pub fn gradients(&self, metric: &Tensor) -> Result<ActivationCache> {
+        self.backward(metric, false)
+    }
+
+    /// [`Self::gradients`] keeping the graph, so that the gradients of another metric of the same forward
+    /// can be taken after this one.
+    pub fn gradients_keeping_graph(&self, metric: &Tensor) -> Result<ActivationCache> {
+        self.backward(metric, true)
+    }
+
+    fn backward(&self, metric: &Tensor, keep_graph: bool) -> Result<ActivationCache> {
         if metric.numel() != 1 {
             return Err(ModelError::InvalidArgument(format!("the metric must be a scalar, got shape {:?}", metric.size())));
         }
@@ -226,7 +236,7 @@ impl ActivationCache {
             ));
         }
         let (points, inputs): (Vec<HookPoint>, Vec<&Tensor>) = self.acts.iter().filter(|(_, t)| t.requires_grad()).map(|(p, t)| (*p, t)).unzip();
-        let grads = Tensor::f_run_backward(&[metric], &inputs, false, false).map_err(ModelError::Torch)?;
+        let grads = Tensor::f_run_backward(&[metric], &inputs, keep_graph, false).map_err(ModelError::Torch)?;
         let mut acts = BTreeMap::new();
         for (p, g) in points.into_iter().zip(grads) {
             let g = if g.defined() { g } else { self.acts[&p].zeros_like() };
