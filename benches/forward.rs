@@ -1,7 +1,7 @@
 //! Hooked forward passes of the default model: no hooks vs the capture and edit workloads, at batch 1 and 8
 //! by 64 tokens. The goal (docs/performance.md) is hooks within 5% of no hooks.
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
-use emotion_circuits::model::bench::{hooks_for, HookLoad};
+use emo_run::bench::{hooks_for, HookLoad};
 use emotion_circuits::model::{DecodeState, HookSet, LoadOptions, LogitsFor, Model};
 use tch::{Device, Kind, Tensor};
 

@@ -5,9 +5,9 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use args::ModelArgs;
 use clap::{Parser, Subcommand};
-use emo_model::bench::{hooks_for, peak_rss_mb, HookLoad};
 use emo_model::device::device_name;
 use emo_model::{Capture, ChatMessage, DecodeState, GenerationConfig, HookPoint, HookSet, Interventions, LogitsFor, Positions};
+use emo_run::bench::{hooks_for, peak_rss_mb, HookLoad};
 use tch::Tensor;
 
 mod args;
@@ -398,7 +398,7 @@ fn bench_branching(model: &ModelArgs, ns: &[usize], tokens: usize, batch: usize,
         .collect();
     for &n in ns {
         anyhow::ensure!(n > 0, "--branch counts must be positive");
-        let rows = emo_model::bench::sublayer_injections(cfg, n);
+        let rows = emo_run::bench::sublayer_injections(cfg, n);
         let read = || Capture::new([HookPoint::LnFinal], Positions::LastPrompt);
         let branched = || -> Result<(f64, Tensor)> {
             let start = Instant::now();

@@ -6,7 +6,7 @@
 //! The decision rule was fixed before measuring; nothing is fitted or tuned on the paper's labels.
 use std::path::Path;
 
-use emo_model::bert::SentenceEncoder;
+use crate::sentence_encoder::SentenceEncoder;
 use tch::nn::{self, Module, OptimizerConfig};
 use tch::{Device, Kind, Tensor};
 

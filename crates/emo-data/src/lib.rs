@@ -14,6 +14,7 @@ pub mod judge;
 pub mod lexicon_judge;
 pub mod openai_judge;
 pub mod prompts;
+pub mod sentence_encoder;
 pub mod sev;
 
 pub use chat_judge::ChatJudge;
@@ -25,4 +26,5 @@ pub use judge::{Judge, Verdict};
 pub use lexicon_judge::LexiconJudge;
 pub use openai_judge::{OpenAiConfig, OpenAiJudge};
 pub use prompts::{elicitation_prompt, neutral_prompt, PromptItem, PromptSet};
+pub use sentence_encoder::SentenceEncoder;
 pub use sev::{Dataset, Events, Scenario, Split};

@@ -90,7 +90,7 @@ fn chat_judge_reads_the_forced_decision_batched_like_alone() {
 fn embedding_judge_learns_its_corpus_and_beats_the_lexicon_on_the_papers_labels() {
     use emo_data::embedding_judge::{builtin_corpus, CLASSES};
     use emo_data::EmbeddingJudge;
-    use emo_model::bert::SentenceEncoder;
+    use emo_data::SentenceEncoder;
 
     let corpus = builtin_corpus().unwrap();
     assert_eq!(corpus.len(), 1050);

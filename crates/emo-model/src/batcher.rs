@@ -24,9 +24,10 @@ use std::collections::VecDeque;
 
 use tch::{Kind, Tensor};
 
-use crate::generate::{choose_tokens, left_pad, worth_compacting, Choice, GenerationConfig, RowDecoder, StopReason};
+use crate::generate::{choose_tokens, worth_compacting, Choice, GenerationConfig, RowDecoder, StopReason};
 use crate::hooks::{HookSet, Positions};
 use crate::hooks::{Intervention, Interventions};
+use crate::kv_cache::left_pad;
 use crate::kv_cache::DecodeState;
 use crate::transformer::{LogitsFor, Transformer};
 use crate::{ModelError, Result};

@@ -80,7 +80,7 @@ impl Transformer {
             )));
         }
         let heads: Vec<Vec<u32>> = prompts.iter().map(|p| p[..p.len() - 1].to_vec()).collect();
-        let (ids, valid, _) = crate::generate::left_pad(&heads, pad_id)?;
+        let (ids, valid, _) = crate::kv_cache::left_pad(&heads, pad_id)?;
         let lens: Vec<i64> = prompts.iter().map(|p| p.len() as i64).collect();
         let n_layers = self.config().n_layers;
         let mut state = DecodeState::new(&lens, n_layers, self.device(), true);

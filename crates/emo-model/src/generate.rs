@@ -6,10 +6,10 @@ use std::collections::HashSet;
 use tch::{Kind, Tensor};
 
 use crate::hooks::HookSet;
-use crate::kv_cache::DecodeState;
+use crate::kv_cache::{left_pad, DecodeState};
 use crate::sampling::{Sampler, Sampling};
 use crate::transformer::{LogitsFor, Transformer};
-use crate::{ModelError, Result};
+use crate::Result;
 
 /// Decoding settings. Greedy by default: the paper's runs are greedy.
 #[derive(Clone, Debug, PartialEq)]
@@ -94,24 +94,6 @@ pub struct Generated {
     pub tokens: Vec<u32>,
     /// Why it stopped.
     pub stop: StopReason,
-}
-
-/// Left-pads token rows into `[batch, max_len]` ids and a validity mask (false = padding).
-pub fn left_pad(rows: &[Vec<u32>], pad_id: u32) -> Result<(Tensor, Tensor, Vec<i64>)> {
-    if rows.is_empty() || rows.iter().any(|r| r.is_empty()) {
-        return Err(ModelError::InvalidArgument("every prompt needs at least one token".into()));
-    }
-    let width = rows.iter().map(Vec::len).max().unwrap_or(0);
-    let mut ids = Vec::with_capacity(rows.len() * width);
-    let mut valid = Vec::with_capacity(rows.len() * width);
-    for r in rows {
-        let pad = width - r.len();
-        ids.extend(std::iter::repeat_n(pad_id as i64, pad).chain(r.iter().map(|&t| t as i64)));
-        valid.extend(std::iter::repeat_n(false, pad).chain(std::iter::repeat_n(true, r.len())));
-    }
-    let b = rows.len() as i64;
-    let lens = rows.iter().map(|r| r.len() as i64).collect();
-    Ok((Tensor::from_slice(&ids).view([b, width as i64]), Tensor::from_slice(&valid).view([b, width as i64]), lens))
 }
 
 /// What one decoding step did to a row.

@@ -106,7 +106,7 @@ impl Model {
             self.transformer.forward_rows(&rows, pad, &mut all, LogitsFor::All)?
         };
         drop(all);
-        let (tokens, mask, _) = crate::generate::left_pad(&rows, pad)?;
+        let (tokens, mask, _) = crate::kv_cache::left_pad(&rows, pad)?;
         let n_layers = self.transformer.config().n_layers;
         Ok((logits.to_kind(tch::Kind::Float), cache.into_cache(tokens, mask, n_layers)))
     }

@@ -267,3 +267,22 @@ fn buffers(k: &Tensor, v: &Tensor, slots: i64) -> (Tensor, Tensor) {
     vb.narrow(2, 0, n).copy_(v);
     (kb, vb)
 }
+
+/// Left-pads token rows into `[batch, max_len]` ids and a validity mask (false = padding), with each row's
+/// length: the shape every [`DecodeState`] starts from.
+pub fn left_pad(rows: &[Vec<u32>], pad_id: u32) -> Result<(Tensor, Tensor, Vec<i64>)> {
+    if rows.is_empty() || rows.iter().any(|r| r.is_empty()) {
+        return Err(ModelError::InvalidArgument("every prompt needs at least one token".into()));
+    }
+    let width = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let mut ids = Vec::with_capacity(rows.len() * width);
+    let mut valid = Vec::with_capacity(rows.len() * width);
+    for r in rows {
+        let pad = width - r.len();
+        ids.extend(std::iter::repeat_n(pad_id as i64, pad).chain(r.iter().map(|&t| t as i64)));
+        valid.extend(std::iter::repeat_n(false, pad).chain(std::iter::repeat_n(true, r.len())));
+    }
+    let b = rows.len() as i64;
+    let lens = rows.iter().map(|r| r.len() as i64).collect();
+    Ok((Tensor::from_slice(&ids).view([b, width as i64]), Tensor::from_slice(&valid).view([b, width as i64]), lens))
+}

@@ -28,8 +28,6 @@ pub const LIBTORCH_VERSION: &str = match option_env!("EMO_LIBTORCH_VERSION") {
 };
 
 pub mod batcher;
-pub mod bench;
-pub mod bert;
 pub mod branch;
 pub mod chat;
 pub mod chat_encode;
@@ -38,6 +36,7 @@ pub mod config;
 pub mod device;
 pub mod error;
 pub mod generate;
+pub mod ggml_type;
 pub mod gguf;
 pub mod home;
 pub mod hooks;
@@ -58,7 +57,6 @@ pub mod weights;
 pub struct HooksGuide;
 
 pub use batcher::{BatchRequest, ContinuousBatch, Event, RowControl};
-pub use bert::SentenceEncoder;
 pub use branch::Prefix;
 pub use chat::{ChatMessage, ChatTemplate};
 pub use components::{Sublayer, SublayerKind};

@@ -25,7 +25,7 @@ use half::bf16;
 use rayon::prelude::*;
 use tch::{Device, Kind, Tensor};
 
-use crate::gguf::GgmlType;
+use crate::ggml_type::GgmlType;
 use crate::weights::WeightSource;
 use crate::{ModelError, Result};
 

@@ -6,7 +6,7 @@
 use half::{bf16, f16};
 use rayon::prelude::*;
 
-use crate::gguf::GgmlType;
+use crate::ggml_type::GgmlType;
 
 /// Elements in a Q4_0 / Q4_1 / Q5_0 / Q8_0 block.
 const QK: usize = 32;

@@ -180,7 +180,7 @@ impl Transformer {
     /// One forward pass, without a cache, over whole token rows (left-padded with `pad_id`; every token counts
     /// as prompt for hook positions). Returns logits as `logits` asks.
     pub fn forward_rows(&self, rows: &[Vec<u32>], pad_id: u32, hooks: &mut HookSet, logits: LogitsFor) -> Result<Tensor> {
-        let (ids, valid, lens) = crate::generate::left_pad(rows, pad_id)?;
+        let (ids, valid, lens) = crate::kv_cache::left_pad(rows, pad_id)?;
         let mut state = DecodeState::new(&lens, self.cfg.n_layers, self.device, false);
         self.forward_chunk(&ids, &valid, &mut state, hooks, logits)
     }
@@ -194,7 +194,7 @@ impl Transformer {
         if self.weight_bytes().1 > 0 {
             return Err(ModelError::InvalidArgument("gradients need dequantized weights: load the model with WeightFormat::Dequantized".into()));
         }
-        let (ids, valid, lens) = crate::generate::left_pad(rows, pad_id)?;
+        let (ids, valid, lens) = crate::kv_cache::left_pad(rows, pad_id)?;
         let mut state = DecodeState::new(&lens, self.cfg.n_layers, self.device, false);
         self.forward_chunk_inner(&ids, &valid, None, &mut state, hooks, logits, true)
     }

@@ -13,6 +13,7 @@
 #![warn(missing_docs)]
 
 pub mod accuracy;
+pub mod bench;
 pub mod error;
 pub mod figures;
 pub mod folder;

@@ -1,5 +1,6 @@
 //! The sentence encoder against Hugging Face transformers, computed in this run: embeddings within 1e-4,
 //! batching that does not change the result (1e-5), unit rows, and errors that name the file at fault.
+#[path = "../../emo-model/tests/common/mod.rs"]
 mod common;
 
 use std::path::PathBuf;
@@ -7,7 +8,7 @@ use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Instant;
 
-use emo_model::SentenceEncoder;
+use emo_data::SentenceEncoder;
 use tch::{Device, Kind, Tensor};
 
 /// Varied inputs: short, empty, whitespace only, punctuation, accents and other scripts, emoji, numbers,
@@ -59,7 +60,7 @@ fn matches_hugging_face() {
     let scratch = common::scratch("bert-hf");
     let texts_path = scratch.join("texts.json");
     std::fs::write(&texts_path, serde_json::to_string(&texts).unwrap()).unwrap();
-    let script = common::workspace().join("crates/emo-model/tests/support/hf_sentence_embeddings.py");
+    let script = common::workspace().join("crates/emo-data/tests/support/hf_sentence_embeddings.py");
     let out = Command::new(common::python()).arg(&script).arg(&dir).arg(&texts_path).output().unwrap();
     assert!(
         out.status.success(),

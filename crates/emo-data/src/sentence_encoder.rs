@@ -5,7 +5,7 @@
 //! normalize_embeddings=True)` to float rounding.
 //!
 //! ```no_run
-//! use emo_model::SentenceEncoder;
+//! use emo_data::SentenceEncoder;
 //! let enc = SentenceEncoder::load(&SentenceEncoder::default_dir(), tch::Device::Cpu)?;
 //! let e = enc.encode(&["I am furious.", "What a lovely day!"])?; // [2, 384], unit rows
 //! let cosine = e.get(0).dot(&e.get(1)).double_value(&[]);
@@ -17,8 +17,8 @@ use serde_json::Value;
 use tch::{Device, Kind, Tensor};
 use tokenizers::{TruncationDirection, TruncationParams, TruncationStrategy};
 
-use crate::weights::{SafetensorsWeights, WeightSource};
-use crate::{ModelError, Result};
+use emo_model::weights::{SafetensorsWeights, WeightSource};
+use emo_model::{ModelError, Result};
 
 /// The folder name of the model under the models directory.
 const MODEL_NAME: &str = "all-MiniLM-L6-v2";
@@ -215,11 +215,11 @@ impl SentenceEncoder {
     }
 
     /// Where `scripts/setup.sh` puts the model: `$EMO_MODELS_DIR/all-MiniLM-L6-v2` when that variable is set,
-    /// else `models/all-MiniLM-L6-v2` under the first of [`crate::home::roots`] that has it.
+    /// else `models/all-MiniLM-L6-v2` under the first of [`emo_model::home::roots`] that has it.
     pub fn default_dir() -> PathBuf {
         match std::env::var_os("EMO_MODELS_DIR") {
             Some(models) => PathBuf::from(models).join(MODEL_NAME),
-            None => crate::home::locate(&format!("models/{MODEL_NAME}")),
+            None => emo_model::home::locate(&format!("models/{MODEL_NAME}")),
         }
     }
 

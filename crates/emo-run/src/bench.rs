@@ -4,9 +4,9 @@ use std::str::FromStr;
 
 use tch::{Kind, Tensor};
 
-use crate::components::Sublayer;
-use crate::hooks::{Capture, Edit, Hook, HookPoint, Intervention, Interventions, Positions};
-use crate::{ModelError, TransformerConfig};
+use emo_model::{Capture, Edit, Hook, HookPoint, Intervention, Interventions, Positions, Sublayer, TransformerConfig};
+
+use crate::RunError;
 
 /// Which hooks a benchmarked pass carries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -22,13 +22,13 @@ pub enum HookLoad {
 }
 
 impl FromStr for HookLoad {
-    type Err = ModelError;
-    fn from_str(s: &str) -> Result<Self, ModelError> {
+    type Err = RunError;
+    fn from_str(s: &str) -> Result<Self, RunError> {
         match s {
             "none" => Ok(HookLoad::None),
             "capture" => Ok(HookLoad::Capture),
             "edit" => Ok(HookLoad::Edit),
-            _ => Err(ModelError::InvalidArgument(format!("unknown hook load `{s}` (none, capture, edit)"))),
+            _ => Err(RunError::Invalid(format!("unknown hook load `{s}` (none, capture, edit)"))),
         }
     }
 }

@@ -1,9 +1,10 @@
 //! A process that captures pass after pass does not grow beyond what it keeps (its own test binary, so
 //! that no other test shares the process's memory).
+#[path = "../../emo-model/tests/common/mod.rs"]
 mod common;
 
-use emo_model::bench::{current_rss_mb, hooks_for, HookLoad};
 use emo_model::{HookSet, LogitsFor};
+use emo_run::bench::{current_rss_mb, hooks_for, HookLoad};
 use tch::Tensor;
 
 #[test]
