@@ -72,6 +72,15 @@ fn the_cache_is_indexed_as_transformer_lens_indexes_it() {
     let arr = cache.to_ndarray(HookPoint::ResidPost(29)).unwrap();
     assert_eq!(arr.shape(), &last.size().iter().map(|&d| d as usize).collect::<Vec<_>>()[..]);
     assert_eq!(arr[[0, 2, 5]], f32::try_from(last.get(0).get(2).get(5)).unwrap());
+    // A capture converts too: the last token's row of the same point.
+    let mut cap = emo_model::Capture::new([HookPoint::ResidPost(29)], Positions::LastPrompt);
+    m.run_with_hooks(TEXTS[0], &mut HookSet::new().with(&mut cap)).unwrap();
+    let row = cap.get(HookPoint::ResidPost(29)).unwrap().to_ndarray().unwrap();
+    let t = last.size()[1] as usize;
+    assert_eq!(row.shape(), &[1, 576]);
+    assert_eq!(row[[0, 5]], f32::try_from(cap.get(HookPoint::ResidPost(29)).unwrap().values.get(0).get(5)).unwrap());
+    // The cache's forward hooked the pattern of layers 28-29 (explicit attention there): equal to rounding.
+    assert!((row[[0, 5]] - arr[[0, t - 1, 5]]).abs() < 1e-3);
 }
 
 /// TransformerLens' identities: per-head results sum to the attention output, the residual decomposes into

@@ -93,6 +93,12 @@ impl EmotionDirections {
         self.site(site).get(emotion.index() as i64)
     }
 
+    /// The directions of one site as an `ndarray` array of f32, `[6, n_layers, d_model]` (emotions in
+    /// [`Emotion::ALL`] order), for work outside LibTorch.
+    pub fn to_ndarray(&self, site: Site) -> Result<emo_model::ndarray::ArrayD<f32>> {
+        Ok(emo_model::hooks::cache::to_ndarray(self.site(site))?)
+    }
+
     /// `(n_layers, d_model)`.
     pub fn dims(&self) -> (usize, usize) {
         let s = self.resid_post.size();

@@ -552,3 +552,13 @@ fn gguf_py_reads_our_control_vectors_and_we_read_its() {
     assert_eq!(values(&dense.get(2)), [1.0, 2.0, 3.0]);
     assert_eq!(values(&dense.get(0)), [0.0; 3]);
 }
+
+#[test]
+fn directions_convert_to_ndarray_with_the_same_values() {
+    let (post, mid) = (randn(&[6, 3, 5]), randn(&[6, 3, 5]));
+    let dirs = emo_steer::EmotionDirections { resid_mid: mid.shallow_clone(), resid_post: post.shallow_clone() };
+    let arr = dirs.to_ndarray(emo_steer::Site::ResidPost).unwrap();
+    assert_eq!(arr.shape(), &[6, 3, 5]);
+    assert_eq!(arr.iter().copied().collect::<Vec<f32>>(), values(&post));
+    assert_eq!(dirs.to_ndarray(emo_steer::Site::ResidMid).unwrap()[[2, 1, 4]], f32::try_from(mid.get(2).get(1).get(4)).unwrap());
+}

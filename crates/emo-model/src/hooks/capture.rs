@@ -27,6 +27,13 @@ pub struct Captured {
     pub values: Tensor,
 }
 
+impl Captured {
+    /// The activations as an `ndarray` array of f32, `[n, ...]`, for work outside LibTorch.
+    pub fn to_ndarray(&self) -> Result<ndarray::ArrayD<f32>> {
+        super::cache::to_ndarray(&self.values)
+    }
+}
+
 /// A growable array of plain numbers in an anonymous memory map (page-aligned, outside the malloc heap).
 struct MapBuf<T> {
     map: Option<MmapMut>,
