@@ -74,7 +74,7 @@ fn the_cache_is_indexed_as_transformer_lens_indexes_it() {
     assert_eq!(arr[[0, 2, 5]], f32::try_from(last.get(0).get(2).get(5)).unwrap());
     // A capture converts too: the last token's row of the same point.
     let mut cap = emo_model::Capture::new([HookPoint::ResidPost(29)], Positions::LastPrompt);
-    m.run_with_hooks(TEXTS[0], &mut HookSet::new().with(&mut cap)).unwrap();
+    let _ = m.run_with_hooks(TEXTS[0], &mut HookSet::new().with(&mut cap)).unwrap();
     let row = cap.get(HookPoint::ResidPost(29)).unwrap().to_ndarray().unwrap();
     let t = last.size()[1] as usize;
     assert_eq!(row.shape(), &[1, 576]);
