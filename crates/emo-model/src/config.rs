@@ -1,7 +1,8 @@
 //! The transformer's hyper-parameters, read from a Hugging Face `config.json` or from GGUF metadata.
 //!
-//! Llama (incl. Llama 3.x and SmolLM2) and Qwen2/Qwen2.5 share one decoder; what differs is captured here:
-//! q/k/v biases (Qwen2), Llama-3 RoPE frequency scaling, and tied embeddings.
+//! Llama (incl. Llama 3.x and SmolLM2), Qwen2/Qwen2.5 and Qwen3 share one decoder; what differs is captured
+//! here: q/k/v biases (Qwen2), per-head q/k RMSNorm (Qwen3), Llama-3 RoPE frequency scaling, and tied
+//! embeddings.
 use std::path::Path;
 
 use serde_json::Value;
@@ -16,6 +17,8 @@ pub enum Architecture {
     Llama,
     /// Qwen2 and Qwen2.5 (`Qwen2ForCausalLM`): Llama with biases on q, k and v.
     Qwen2,
+    /// Qwen3 (`Qwen3ForCausalLM`): Llama with an RMSNorm on each query and key head before RoPE.
+    Qwen3,
 }
 
 impl Architecture {
@@ -24,6 +27,7 @@ impl Architecture {
         match name {
             "llama" | "smollm" | "mistral" => Some(Architecture::Llama),
             "qwen2" => Some(Architecture::Qwen2),
+            "qwen3" => Some(Architecture::Qwen3),
             _ => None,
         }
     }
@@ -33,6 +37,7 @@ impl Architecture {
         match self {
             Architecture::Llama => "llama",
             Architecture::Qwen2 => "qwen2",
+            Architecture::Qwen3 => "qwen3",
         }
     }
 }
@@ -91,6 +96,8 @@ pub struct TransformerConfig {
     pub tie_embeddings: bool,
     /// Whether q, k and v projections carry biases.
     pub qkv_bias: bool,
+    /// Whether each query and key head is RMS-normalised (weight `[d_head]`) before RoPE (Qwen3).
+    pub qk_norm: bool,
 }
 
 impl TransformerConfig {
@@ -162,8 +169,9 @@ impl TransformerConfig {
             tie_embeddings: v.get("tie_word_embeddings").and_then(Value::as_bool).unwrap_or(false),
             qkv_bias: match arch {
                 Architecture::Qwen2 => true,
-                Architecture::Llama => v.get("attention_bias").and_then(Value::as_bool).unwrap_or(false),
+                Architecture::Llama | Architecture::Qwen3 => v.get("attention_bias").and_then(Value::as_bool).unwrap_or(false),
             },
+            qk_norm: arch == Architecture::Qwen3,
         };
         cfg.validate(path)?;
         Ok(cfg)
@@ -209,6 +217,7 @@ impl TransformerConfig {
             max_position: uint("context_length").unwrap_or(4096),
             tie_embeddings: gguf.tensor_info("output.weight").is_none(),
             qkv_bias: gguf.tensor_info("blk.0.attn_q.bias").is_some(),
+            qk_norm: arch == Architecture::Qwen3,
         };
         cfg.validate(path)?;
         cfg.check_gguf_shapes(gguf)?;
@@ -234,6 +243,7 @@ impl TransformerConfig {
         };
         Some(match field {
             "attn_norm.weight" | "ffn_norm.weight" => vec![d],
+            "attn_q_norm.weight" | "attn_k_norm.weight" => vec![hd],
             "attn_q.weight" => vec![nh * hd, d],
             "attn_k.weight" | "attn_v.weight" => vec![nkv * hd, d],
             "attn_q.bias" => vec![nh * hd],

@@ -1,5 +1,6 @@
-//! The decoder shared by the Llama and Qwen2 families: embeddings, pre-norm blocks with grouped-query
-//! attention (RoPE, optional q/k/v biases) and a SwiGLU MLP, final RMSNorm, unembedding. Every hook point of
+//! The decoder shared by the Llama, Qwen2 and Qwen3 families: embeddings, pre-norm blocks with grouped-query
+//! attention (RoPE, optional q/k/v biases, optional per-head q/k RMSNorm) and a SwiGLU MLP, final RMSNorm,
+//! unembedding. Every hook point of
 //! [`HookPoint`] is computed here and passed through the call's [`HookSet`].
 use tch::{Device, Kind, Tensor};
 
@@ -27,6 +28,8 @@ struct Block {
     // q, k and v fused into one matmul: fewer kernel launches per token.
     qkv_w: Projection,
     qkv_b: Option<Tensor>,
+    // Qwen3's per-head RMSNorm weights for queries and keys, [d_head] each.
+    qk_norm: Option<(Tensor, Tensor)>,
     o_w: Projection,
     mlp_norm: Tensor,
     // gate and up fused likewise.
@@ -105,10 +108,13 @@ impl Transformer {
             } else {
                 None
             };
+            let qk_norm =
+                if cfg.qk_norm { Some((get(&p("self_attn.q_norm.weight"), &[hd])?, get(&p("self_attn.k_norm.weight"), &[hd])?)) } else { None };
             blocks.push(Block {
                 attn_norm: get(&p("input_layernorm.weight"), &[d])?,
                 qkv_w,
                 qkv_b,
+                qk_norm,
                 o_w,
                 mlp_norm: get(&p("post_attention_layernorm.weight"), &[d])?,
                 gate_up_w,
@@ -167,6 +173,7 @@ impl Transformer {
         let (mut packed, mut total) = (0, 0);
         for b in &self.blocks {
             bytes += dense(&b.attn_norm) + dense(&b.mlp_norm) + b.qkv_b.as_ref().map_or(0, dense);
+            bytes += b.qk_norm.as_ref().map_or(0, |(q, k)| dense(q) + dense(k));
             for p in [&b.qkv_w, &b.o_w, &b.gate_up_w, &b.down_w] {
                 bytes += p.resident_bytes();
                 let (pk, n) = p.packed_parts();
@@ -377,9 +384,15 @@ impl Transformer {
         let x = self.norm_hooked(h, &blk.attn_norm, [HookPoint::Ln1Scale(l), HookPoint::Ln1Normalized(l)], hooks, ctx)?;
         let qkv = linear(&x, &blk.qkv_w, blk.qkv_b.as_ref())?;
         let parts = qkv.split_with_sizes([nh * hd, nkv * hd, nkv * hd], -1);
-        // Hooks see [batch, pos, head, d_head] (TransformerLens' layout); attention runs on [batch, head, pos, d_head].
-        let q = hooks.apply(HookPoint::AttnQ(l), parts[0].view([b, t, nh, hd]), ctx)?.transpose(1, 2);
-        let k = hooks.apply(HookPoint::AttnK(l), parts[1].view([b, t, nkv, hd]), ctx)?.transpose(1, 2);
+        let (q, k) = (parts[0].view([b, t, nh, hd]), parts[1].view([b, t, nkv, hd]));
+        let (q, k) = match &blk.qk_norm {
+            Some((qn, kn)) => (rms_norm(&q, qn, self.cfg.rms_norm_eps), rms_norm(&k, kn, self.cfg.rms_norm_eps)),
+            None => (q, k),
+        };
+        // Hooks see [batch, pos, head, d_head] (TransformerLens' layout; Qwen3's q and k after their norm);
+        // attention runs on [batch, head, pos, d_head].
+        let q = hooks.apply(HookPoint::AttnQ(l), q, ctx)?.transpose(1, 2);
+        let k = hooks.apply(HookPoint::AttnK(l), k, ctx)?.transpose(1, 2);
         let v = hooks.apply(HookPoint::AttnV(l), parts[2].view([b, t, nkv, hd]), ctx)?.transpose(1, 2);
         let q = hooks.apply(HookPoint::AttnRotQ(l), apply_rope(&q, cos, sin).transpose(1, 2), ctx)?.transpose(1, 2);
         let k = hooks.apply(HookPoint::AttnRotK(l), apply_rope(&k, cos, sin).transpose(1, 2), ctx)?.transpose(1, 2);

@@ -93,6 +93,8 @@ impl<'a> GgufWeights<'a> {
             "self_attn.q_proj.bias" => "attn_q.bias",
             "self_attn.k_proj.bias" => "attn_k.bias",
             "self_attn.v_proj.bias" => "attn_v.bias",
+            "self_attn.q_norm.weight" => "attn_q_norm.weight",
+            "self_attn.k_norm.weight" => "attn_k_norm.weight",
             "mlp.gate_proj.weight" => "ffn_gate.weight",
             "mlp.up_proj.weight" => "ffn_up.weight",
             "mlp.down_proj.weight" => "ffn_down.weight",

@@ -1,0 +1,54 @@
+"""A tiny checkpoint with random weights for one model family, written by Hugging Face transformers with the
+family's features switched on, and Hugging Face's answers on it: logits for two prompts of different lengths
+(each alone) and 16 greedy tokens for each, with the margin between the top two logits at every step.
+
+usage: tiny_family.py FAMILY OUT_DIR
+OUT_DIR: the checkpoint (config.json, model.safetensors), reference.json {"prompts", "continuations",
+         "margins"}, logits_K.f32 (little-endian f32, [len_K, vocab]).
+"""
+import json
+import os
+import sys
+
+import torch
+import transformers
+
+FAMILIES = {
+    # Qwen3: per-head q/k RMSNorm, no q/k/v bias, a head width that is not d_model / n_heads, grouped-query
+    # attention, untied embeddings.
+    "qwen3": ("Qwen3Config", "Qwen3ForCausalLM", dict(
+        vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=32, max_position_embeddings=512, rms_norm_eps=1e-6,
+        tie_word_embeddings=False, rope_theta=1000000.0, use_sliding_window=False)),
+}
+
+
+def main() -> None:
+    family, out = sys.argv[1], sys.argv[2]
+    cfg_cls, model_cls, kwargs = FAMILIES[family]
+    torch.manual_seed(0)
+    cfg = getattr(transformers, cfg_cls)(**kwargs)
+    model = getattr(transformers, model_cls)(cfg).eval()
+    # Random weights at the default init give near-uniform logits; widen them so that greedy steps are decided.
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.mul_(4.0)
+    model.save_pretrained(out, safe_serialization=True)
+    gen = torch.Generator().manual_seed(1)
+    prompts = [torch.randint(0, 300, (n,), generator=gen).tolist() for n in (23, 37)]
+    continuations, margins = [], []
+    for k, ids in enumerate(prompts):
+        x = torch.tensor([ids])
+        with torch.no_grad():
+            model(x).logits[0].float().numpy().astype("<f4").tofile(os.path.join(out, f"logits_{k}.f32"))
+            out_ids = model.generate(x, attention_mask=torch.ones_like(x), do_sample=False, max_new_tokens=16,
+                                     min_new_tokens=16, pad_token_id=0, output_scores=True, return_dict_in_generate=True)
+        continuations.append(out_ids.sequences[0, len(ids):].tolist())
+        margins.append([float(s[0].topk(2).values[0] - s[0].topk(2).values[1]) for s in out_ids.scores])
+    json.dump({"prompts": prompts, "continuations": continuations, "margins": margins},
+              open(os.path.join(out, "reference.json"), "w"))
+
+
+if __name__ == "__main__":
+    main()
