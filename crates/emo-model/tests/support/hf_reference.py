@@ -4,7 +4,7 @@ greedy continuation.
 
 usage: hf_reference.py REQUEST.json OUT_DIR
 REQUEST: {"gguf": path, "conversations": [[{"role", "content"}...]...], "max_new_tokens": N, "eos_token_ids": [...],
-          "threads": T}
+          "threads": T, "penalised": [conversation indices that also run the steering and modulation settings]}
 OUT_DIR/reference.json: {"items": [{"rendered", "ids", "continuation", "continuation_steering",
                           "continuation_modulation", "logits_file"}], "load_s"}
 OUT_DIR/logits_K.f32: little-endian f32 last-position logits of conversation K.
@@ -45,9 +45,10 @@ def main() -> None:
                 eos_token_id=req["eos_token_ids"],
                 pad_token_id=req["eos_token_ids"][0],
             )[0, len(ids):].tolist()
-            # The paper's steering and modulation settings (spec section 3), Hugging Face's processors.
+            # The paper's steering and modulation settings (spec section 3), Hugging Face's processors: their
+            # semantics do not depend on the conversation, so only the ones the request names are run.
             penalised = {}
-            for name, penalty in (("steering", 1.05), ("modulation", 1.1)):
+            for name, penalty in (("steering", 1.05), ("modulation", 1.1)) if k in req.get("penalised", []) else ():
                 penalised[name] = model.generate(
                     x,
                     attention_mask=torch.ones_like(x),
@@ -62,8 +63,8 @@ def main() -> None:
         logits_file = os.path.join(out_dir, f"logits_{k}.f32")
         logits.astype("<f4").tofile(logits_file)
         items.append({"rendered": rendered, "ids": ids, "continuation": gen, "logits_file": logits_file,
-                      "continuation_steering": penalised["steering"],
-                      "continuation_modulation": penalised["modulation"]})
+                      "continuation_steering": penalised.get("steering"),
+                      "continuation_modulation": penalised.get("modulation")})
     with open(os.path.join(out_dir, "reference.json"), "w") as f:
         json.dump({"items": items, "load_s": load_s}, f)
 
