@@ -1,13 +1,15 @@
 //! Model families no offline model covers, each on a tiny checkpoint with random weights that Hugging Face
 //! transformers writes in this run with the family's features switched on (tests/support/tiny_family.py):
 //! logits of two prompts of different lengths equal Hugging Face's, alone and in one left-padded batch, and
-//! 16 greedy tokens with the KV cache equal Hugging Face's, in a padded batch.
+//! 16 greedy tokens with the KV cache equal Hugging Face's, in a padded batch; the same weights written as GGUF
+//! with llama.cpp's names and metadata load through the GGUF path to the same logits.
 mod common;
 
 use std::process::Command;
 
 use emo_model::generate::generate;
-use emo_model::weights::SafetensorsWeights;
+use emo_model::gguf::{GgufFile, GgufValue, GgufWriter};
+use emo_model::weights::{GgufWeights, SafetensorsWeights, WeightSource};
 use emo_model::{Architecture, GenerationConfig, HookSet, LogitsFor, Transformer, TransformerConfig};
 use tch::{Device, Kind, Tensor};
 
@@ -42,6 +44,11 @@ fn check_family(family: &str, arch: Architecture) {
         close(&batched.get(k as i64).narrow(0, width - n, n), &hf_logits(k), &format!("prompt {k} in a padded batch"));
     }
 
+    // The same weights written as a GGUF file with llama.cpp's names and metadata load to the same logits.
+    if let Some(gguf_logits) = through_gguf(family, &dir, &prompts) {
+        close(&gguf_logits, &batched, "through GGUF");
+    }
+
     let gen_cfg = GenerationConfig { ignore_eos: true, ..GenerationConfig::greedy(16) };
     let ours = generate(&t, &prompts, &gen_cfg, 0, &mut HookSet::new()).unwrap();
     for (k, g) in ours.iter().enumerate() {
@@ -57,4 +64,68 @@ fn check_family(family: &str, arch: Architecture) {
 #[test]
 fn qwen3_matches_hugging_face() {
     check_family("qwen3", Architecture::Qwen3);
+}
+
+/// The tiny checkpoint rewritten as GGUF under llama.cpp's tensor names and `{arch}.*` metadata (f32), loaded
+/// through the GGUF path: the batch's logits, or `None` for a family llama.cpp names no differently.
+fn through_gguf(family: &str, dir: &std::path::Path, prompts: &[Vec<u32>]) -> Option<Tensor> {
+    let cfg = TransformerConfig::from_hf_config(&dir.join("config.json")).unwrap();
+    // Llama's q/k rows are permuted by llama.cpp; this helper writes only families whose rows are not.
+    if cfg.arch == Architecture::Llama {
+        return None;
+    }
+    let arch = cfg.arch.gguf_name();
+    let src = SafetensorsWeights::open(dir).unwrap();
+    let mut w = GgufWriter::new();
+    w.add_metadata("general.architecture", GgufValue::String(arch.into()));
+    let u = |x: usize| GgufValue::U32(x as u32);
+    for (key, value) in [
+        ("block_count", u(cfg.n_layers)),
+        ("embedding_length", u(cfg.d_model)),
+        ("feed_forward_length", u(cfg.d_mlp)),
+        ("attention.head_count", u(cfg.n_heads)),
+        ("attention.head_count_kv", u(cfg.n_kv_heads)),
+        ("attention.key_length", u(cfg.d_head)),
+        ("context_length", u(cfg.max_position)),
+        ("vocab_size", u(cfg.vocab_size)),
+        ("attention.layer_norm_rms_epsilon", GgufValue::F32(cfg.rms_norm_eps as f32)),
+        ("rope.freq_base", GgufValue::F32(cfg.rope_theta as f32)),
+    ] {
+        w.add_metadata(format!("{arch}.{key}"), value);
+    }
+    let mut names = vec![("model.embed_tokens.weight".to_string(), "token_embd.weight".to_string())];
+    names.push(("model.norm.weight".into(), "output_norm.weight".into()));
+    if src.contains("lm_head.weight") {
+        names.push(("lm_head.weight".into(), "output.weight".into()));
+    }
+    let fields = [
+        ("input_layernorm.weight", "attn_norm.weight"),
+        ("post_attention_layernorm.weight", "ffn_norm.weight"),
+        ("self_attn.q_proj.weight", "attn_q.weight"),
+        ("self_attn.k_proj.weight", "attn_k.weight"),
+        ("self_attn.v_proj.weight", "attn_v.weight"),
+        ("self_attn.o_proj.weight", "attn_output.weight"),
+        ("self_attn.q_norm.weight", "attn_q_norm.weight"),
+        ("self_attn.k_norm.weight", "attn_k_norm.weight"),
+        ("mlp.gate_proj.weight", "ffn_gate.weight"),
+        ("mlp.up_proj.weight", "ffn_up.weight"),
+        ("mlp.down_proj.weight", "ffn_down.weight"),
+    ];
+    for l in 0..cfg.n_layers {
+        for (hf, gg) in fields {
+            names.push((format!("model.layers.{l}.{hf}"), format!("blk.{l}.{gg}")));
+        }
+    }
+    for (hf, gg) in names.iter().filter(|(hf, _)| src.contains(hf)) {
+        let t = src.tensor_as(hf, Kind::Float).unwrap();
+        let shape: Vec<usize> = t.size().iter().map(|&d| d as usize).collect();
+        w.add_f32_tensor(gg.clone(), &shape, &Vec::<f32>::try_from(t.flatten(0, -1)).unwrap()).unwrap();
+    }
+    let path = dir.join(format!("{family}.gguf"));
+    w.write(&path).unwrap();
+    let file = GgufFile::open(&path).unwrap();
+    let gcfg = TransformerConfig::from_gguf(&file).unwrap();
+    assert_eq!(gcfg.arch, cfg.arch);
+    let t = Transformer::load(gcfg.clone(), &GgufWeights::new(&file, gcfg), Device::Cpu, Kind::Float).unwrap();
+    Some(t.forward_rows(prompts, 0, &mut HookSet::new(), LogitsFor::All).unwrap())
 }
