@@ -98,6 +98,9 @@ pub struct TransformerConfig {
     pub qkv_bias: bool,
     /// Whether each query and key head is RMS-normalised (weight `[d_head]`) before RoPE (Qwen3).
     pub qk_norm: bool,
+    /// Sliding-window attention: a query attends to the keys less than this many positions before it
+    /// (Mistral 7B v0.1, where the config sets one), `None` for full causal attention.
+    pub sliding_window: Option<usize>,
 }
 
 impl TransformerConfig {
@@ -172,6 +175,7 @@ impl TransformerConfig {
                 Architecture::Llama | Architecture::Qwen3 => v.get("attention_bias").and_then(Value::as_bool).unwrap_or(false),
             },
             qk_norm: arch == Architecture::Qwen3,
+            sliding_window: hf_sliding_window(path, v, arch)?,
         };
         cfg.validate(path)?;
         Ok(cfg)
@@ -218,6 +222,7 @@ impl TransformerConfig {
             tie_embeddings: gguf.tensor_info("output.weight").is_none(),
             qkv_bias: gguf.tensor_info("blk.0.attn_q.bias").is_some(),
             qk_norm: arch == Architecture::Qwen3,
+            sliding_window: uint("attention.sliding_window").ok().filter(|&w| w > 0),
         };
         cfg.validate(path)?;
         cfg.check_gguf_shapes(gguf)?;
@@ -312,6 +317,25 @@ impl TransformerConfig {
     /// rounding to nearest, as the spec prescribes for layer ranges.
     pub fn scale_layer(&self, layer: usize, reference_layers: usize) -> usize {
         scale_layer(layer, self.n_layers, reference_layers)
+    }
+}
+
+/// The window of an HF config: Mistral's `sliding_window` when set; the Qwen families apply theirs only with
+/// `use_sliding_window`, on layers from `max_window_layers` on, which this decoder does not do (refused).
+fn hf_sliding_window(path: &Path, v: &Value, arch: Architecture) -> Result<Option<usize>> {
+    let window = v.get("sliding_window").and_then(Value::as_u64).map(|w| w as usize).filter(|&w| w > 0);
+    match arch {
+        Architecture::Llama => Ok(window),
+        Architecture::Qwen2 | Architecture::Qwen3 => {
+            if v.get("use_sliding_window").and_then(Value::as_bool).unwrap_or(false) {
+                return Err(ModelError::Metadata {
+                    path: path.to_path_buf(),
+                    key: "use_sliding_window".into(),
+                    msg: "Qwen's per-layer sliding window is not supported".into(),
+                });
+            }
+            Ok(None)
+        }
     }
 }
 

@@ -157,6 +157,18 @@ impl DecodeState {
         (positions, mask)
     }
 
+    /// The absolute position of every key the current chunk attends to, [batch, keys]: the committed slots'
+    /// (a padding slot gets its row's position before it, -1 at the left edge) and, in a branch chunk, the
+    /// candidates', all at their query's position (`chunk_positions`). For sliding-window attention.
+    pub(crate) fn key_positions(&self, chunk_positions: &Tensor) -> Tensor {
+        let committed = self.key_valid.cumsum(1, Kind::Int64) - 1;
+        if self.branching {
+            Tensor::cat(&[committed, chunk_positions.shallow_clone()], 1)
+        } else {
+            committed
+        }
+    }
+
     /// Ends the chunk started by `begin_chunk`.
     pub(crate) fn end_chunk(&mut self, t: i64) {
         if let Some(valid) = self.chunk_valid.take() {

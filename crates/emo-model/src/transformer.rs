@@ -327,6 +327,13 @@ impl Transformer {
         ctx: &HookContext,
     ) -> Result<Tensor> {
         let (cos, sin) = self.rope(ctx.positions);
+        // Sliding-window attention: keys this many positions or more before the query are masked too.
+        let windowed = self.cfg.sliding_window.map(|w| {
+            let keys = state.key_positions(ctx.positions);
+            let near = (ctx.positions.unsqueeze(-1) - keys.unsqueeze(1)).lt(w as i64);
+            mask.logical_and(&near.unsqueeze(1))
+        });
+        let mask = windowed.as_ref().unwrap_or(mask);
         for (l, blk) in self.blocks.iter().enumerate().skip(from) {
             h = hooks.apply(HookPoint::ResidPre(l), h, ctx)?;
             let attn = self.attention(l, blk, &h, &cos, &sin, mask, state, hooks, ctx)?;
