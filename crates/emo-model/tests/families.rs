@@ -129,3 +129,8 @@ fn through_gguf(family: &str, dir: &std::path::Path, prompts: &[Vec<u32>]) -> Op
     let t = Transformer::load(gcfg.clone(), &GgufWeights::new(&file, gcfg), Device::Cpu, Kind::Float).unwrap();
     Some(t.forward_rows(prompts, 0, &mut HookSet::new(), LogitsFor::All).unwrap())
 }
+
+#[test]
+fn mistral_sliding_window_matches_hugging_face() {
+    check_family("mistral", Architecture::Llama);
+}

@@ -20,6 +20,11 @@ FAMILIES = {
         vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
         num_key_value_heads=2, head_dim=32, max_position_embeddings=512, rms_norm_eps=1e-6,
         tie_word_embeddings=False, rope_theta=1000000.0, use_sliding_window=False)),
+    # Mistral: Llama with a sliding window, here 8 tokens, shorter than both prompts and the generation.
+    "mistral": ("MistralConfig", "MistralForCausalLM", dict(
+        vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=512, rms_norm_eps=1e-5, tie_word_embeddings=False,
+        sliding_window=8)),
 }
 
 
@@ -37,13 +42,15 @@ def main() -> None:
     model.save_pretrained(out, safe_serialization=True)
     gen = torch.Generator().manual_seed(1)
     prompts = [torch.randint(0, 300, (n,), generator=gen).tolist() for n in (23, 37)]
+    # No end-of-sequence token: every step is a plain argmax, as the Rust side's `ignore_eos` decodes.
+    model.generation_config.eos_token_id = None
     continuations, margins = [], []
     for k, ids in enumerate(prompts):
         x = torch.tensor([ids])
         with torch.no_grad():
             model(x).logits[0].float().numpy().astype("<f4").tofile(os.path.join(out, f"logits_{k}.f32"))
             out_ids = model.generate(x, attention_mask=torch.ones_like(x), do_sample=False, max_new_tokens=16,
-                                     min_new_tokens=16, pad_token_id=0, output_scores=True, return_dict_in_generate=True)
+                                     pad_token_id=0, output_scores=True, return_dict_in_generate=True)
         continuations.append(out_ids.sequences[0, len(ids):].tolist())
         margins.append([float(s[0].topk(2).values[0] - s[0].topk(2).values[1]) for s in out_ids.scores])
     json.dump({"prompts": prompts, "continuations": continuations, "margins": margins},
