@@ -1,7 +1,8 @@
 //! Model families no offline model covers, each on a tiny checkpoint with random weights that Hugging Face
 //! transformers writes in this run with the family's features switched on (tests/support/tiny_family.py):
 //! logits of two prompts of different lengths equal Hugging Face's, alone and in one left-padded batch, and
-//! 16 greedy tokens with the KV cache equal Hugging Face's, in a padded batch; the same weights written as GGUF
+//! 16 greedy tokens with the KV cache equal Hugging Face's, in a padded batch; a branched last token over a
+//! shared prefix (as sweeps run) equals them too; the same weights written as GGUF
 //! with llama.cpp's names and metadata load through the GGUF path to the same logits.
 mod common;
 
@@ -43,6 +44,12 @@ fn check_family(family: &str, arch: Architecture) {
         close(&alone.get(0), &hf_logits(k), &format!("prompt {k} alone"));
         close(&batched.get(k as i64).narrow(0, width - n, n), &hf_logits(k), &format!("prompt {k} in a padded batch"));
     }
+
+    // A branched evaluation of each prompt's last token over its shared prefix (how sweeps run) agrees too.
+    let mut prefix = t.prefill_prefix(&prompts, 0).unwrap();
+    let branched = t.forward_branches(&mut prefix, &[1, 0], &mut HookSet::new(), LogitsFor::Last).unwrap().view([2, vocab]);
+    close(&branched.get(0), &hf_logits(1).get(-1), "prompt 1's last token, branched");
+    close(&branched.get(1), &hf_logits(0).get(-1), "prompt 0's last token, branched");
 
     // The same weights written as a GGUF file with llama.cpp's names and metadata load to the same logits.
     if let Some(gguf_logits) = through_gguf(family, &dir, &prompts) {
