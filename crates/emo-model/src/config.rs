@@ -1,8 +1,8 @@
 //! The transformer's hyper-parameters, read from a Hugging Face `config.json` or from GGUF metadata.
 //!
-//! Llama (incl. Llama 3.x and SmolLM2), Qwen2/Qwen2.5 and Qwen3 share one decoder; what differs is captured
-//! here: q/k/v biases (Qwen2), per-head q/k RMSNorm (Qwen3), Llama-3 RoPE frequency scaling, and tied
-//! embeddings.
+//! Llama (incl. Llama 3.x, SmolLM2 and Mistral), Qwen2/Qwen2.5, Qwen3 and Phi-3 share one decoder; what
+//! differs is captured here: q/k/v biases (Qwen2), per-head q/k RMSNorm (Qwen3), fused projections (Phi-3),
+//! sliding-window attention (Mistral, Phi-3), Llama-3 RoPE frequency scaling, and tied embeddings.
 use std::path::Path;
 
 use serde_json::Value;
@@ -19,6 +19,8 @@ pub enum Architecture {
     Qwen2,
     /// Qwen3 (`Qwen3ForCausalLM`): Llama with an RMSNorm on each query and key head before RoPE.
     Qwen3,
+    /// Phi-3 (`Phi3ForCausalLM`): Llama with q/k/v and gate/up stored fused (`qkv_proj`, `gate_up_proj`).
+    Phi3,
 }
 
 impl Architecture {
@@ -28,6 +30,7 @@ impl Architecture {
             "llama" | "smollm" | "mistral" => Some(Architecture::Llama),
             "qwen2" => Some(Architecture::Qwen2),
             "qwen3" => Some(Architecture::Qwen3),
+            "phi3" => Some(Architecture::Phi3),
             _ => None,
         }
     }
@@ -38,6 +41,7 @@ impl Architecture {
             Architecture::Llama => "llama",
             Architecture::Qwen2 => "qwen2",
             Architecture::Qwen3 => "qwen3",
+            Architecture::Phi3 => "phi3",
         }
     }
 }
@@ -132,6 +136,15 @@ impl TransformerConfig {
         let rope_params = v.get("rope_parameters").or_else(|| v.get("rope_scaling"));
         let rope_theta =
             v.get("rope_theta").or_else(|| v.get("rope_parameters").and_then(|p| p.get("rope_theta"))).and_then(Value::as_f64).unwrap_or(10_000.0);
+        // Phi-4-mini (model_type phi3) rotates only part of each head; this decoder rotates all of it.
+        let partial = v.get("partial_rotary_factor").or_else(|| rope_params.and_then(|p| p.get("partial_rotary_factor"))).and_then(Value::as_f64);
+        if partial.is_some_and(|f| f != 1.0) {
+            return Err(ModelError::Metadata {
+                path: path.to_path_buf(),
+                key: "partial_rotary_factor".into(),
+                msg: format!("partial rotary embeddings ({}) are not supported", partial.unwrap_or_default()),
+            });
+        }
         let rope_scaling = match rope_params {
             Some(Value::Object(s)) => {
                 let kind = s.get("rope_type").or_else(|| s.get("type")).and_then(Value::as_str).unwrap_or("");
@@ -172,7 +185,7 @@ impl TransformerConfig {
             tie_embeddings: v.get("tie_word_embeddings").and_then(Value::as_bool).unwrap_or(false),
             qkv_bias: match arch {
                 Architecture::Qwen2 => true,
-                Architecture::Llama | Architecture::Qwen3 => v.get("attention_bias").and_then(Value::as_bool).unwrap_or(false),
+                Architecture::Llama | Architecture::Qwen3 | Architecture::Phi3 => v.get("attention_bias").and_then(Value::as_bool).unwrap_or(false),
             },
             qk_norm: arch == Architecture::Qwen3,
             sliding_window: hf_sliding_window(path, v, arch)?,
@@ -254,6 +267,9 @@ impl TransformerConfig {
             "attn_q.bias" => vec![nh * hd],
             "attn_k.bias" | "attn_v.bias" => vec![nkv * hd],
             "attn_output.weight" => vec![d, nh * hd],
+            // Phi-3's fused projections: q, k and v rows in one tensor, gate and up rows in `ffn_up`.
+            "attn_qkv.weight" => vec![(nh + 2 * nkv) * hd, d],
+            "ffn_up.weight" if self.arch == Architecture::Phi3 => vec![2 * dm, d],
             "ffn_gate.weight" | "ffn_up.weight" => vec![dm, d],
             "ffn_down.weight" => vec![d, dm],
             _ => return None,
@@ -325,7 +341,7 @@ impl TransformerConfig {
 fn hf_sliding_window(path: &Path, v: &Value, arch: Architecture) -> Result<Option<usize>> {
     let window = v.get("sliding_window").and_then(Value::as_u64).map(|w| w as usize).filter(|&w| w > 0);
     match arch {
-        Architecture::Llama => Ok(window),
+        Architecture::Llama | Architecture::Phi3 => Ok(window),
         Architecture::Qwen2 | Architecture::Qwen3 => {
             if v.get("use_sliding_window").and_then(Value::as_bool).unwrap_or(false) {
                 return Err(ModelError::Metadata {

@@ -1,10 +1,10 @@
-//! The decoder shared by the Llama, Qwen2 and Qwen3 families: embeddings, pre-norm blocks with grouped-query
+//! The decoder shared by the Llama, Qwen2, Qwen3 and Phi-3 families: embeddings, pre-norm blocks with grouped-query
 //! attention (RoPE, optional q/k/v biases, optional per-head q/k RMSNorm) and a SwiGLU MLP, final RMSNorm,
 //! unembedding. Every hook point of
 //! [`HookPoint`] is computed here and passed through the call's [`HookSet`].
 use tch::{Device, Kind, Tensor};
 
-use crate::config::{RopeScaling, TransformerConfig};
+use crate::config::{Architecture, RopeScaling, TransformerConfig};
 use crate::hooks::{HookContext, HookPoint, HookSet};
 use crate::kv_cache::DecodeState;
 use crate::packed::{Projection, WeightFormat};
@@ -95,10 +95,19 @@ impl Transformer {
                 let parts: Vec<(String, [i64; 2])> = parts.iter().map(|&(s, rows)| (p(s), [rows, cols])).collect();
                 packer.projection(&parts, &get)
             };
-            let qkv_w =
-                proj(&[("self_attn.q_proj.weight", nh * hd), ("self_attn.k_proj.weight", nkv * hd), ("self_attn.v_proj.weight", nkv * hd)], d)?;
+            // Phi-3 stores q/k/v and gate/up already fused, in the order the decoder splits them.
+            let fused = cfg.arch == Architecture::Phi3;
+            let qkv_w = if fused {
+                proj(&[("self_attn.qkv_proj.weight", (nh + 2 * nkv) * hd)], d)?
+            } else {
+                proj(&[("self_attn.q_proj.weight", nh * hd), ("self_attn.k_proj.weight", nkv * hd), ("self_attn.v_proj.weight", nkv * hd)], d)?
+            };
             let o_w = proj(&[("self_attn.o_proj.weight", d)], nh * hd)?;
-            let gate_up_w = proj(&[("mlp.gate_proj.weight", dm), ("mlp.up_proj.weight", dm)], d)?;
+            let gate_up_w = if fused {
+                proj(&[("mlp.gate_up_proj.weight", 2 * dm)], d)?
+            } else {
+                proj(&[("mlp.gate_proj.weight", dm), ("mlp.up_proj.weight", dm)], d)?
+            };
             let down_w = proj(&[("mlp.down_proj.weight", d)], dm)?;
             let qkv_b = if cfg.qkv_bias {
                 let qb = get(&p("self_attn.q_proj.bias"), &[nh * hd])?;

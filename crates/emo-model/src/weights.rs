@@ -94,6 +94,8 @@ impl<'a> GgufWeights<'a> {
             "self_attn.k_proj.bias" => "attn_k.bias",
             "self_attn.v_proj.bias" => "attn_v.bias",
             "self_attn.q_norm.weight" => "attn_q_norm.weight",
+            "self_attn.qkv_proj.weight" => "attn_qkv.weight",
+            "mlp.gate_up_proj.weight" => "ffn_up.weight",
             "self_attn.k_norm.weight" => "attn_k_norm.weight",
             "mlp.gate_proj.weight" => "ffn_gate.weight",
             "mlp.up_proj.weight" => "ffn_up.weight",

@@ -100,6 +100,9 @@ fn through_gguf(family: &str, dir: &std::path::Path, prompts: &[Vec<u32>]) -> Op
     ] {
         w.add_metadata(format!("{arch}.{key}"), value);
     }
+    if let Some(window) = cfg.sliding_window {
+        w.add_metadata(format!("{arch}.attention.sliding_window"), u(window));
+    }
     let mut names = vec![("model.embed_tokens.weight".to_string(), "token_embd.weight".to_string())];
     names.push(("model.norm.weight".into(), "output_norm.weight".into()));
     if src.contains("lm_head.weight") {
@@ -113,6 +116,8 @@ fn through_gguf(family: &str, dir: &std::path::Path, prompts: &[Vec<u32>]) -> Op
         ("self_attn.v_proj.weight", "attn_v.weight"),
         ("self_attn.o_proj.weight", "attn_output.weight"),
         ("self_attn.q_norm.weight", "attn_q_norm.weight"),
+        ("self_attn.qkv_proj.weight", "attn_qkv.weight"),
+        ("mlp.gate_up_proj.weight", "ffn_up.weight"),
         ("self_attn.k_norm.weight", "attn_k_norm.weight"),
         ("mlp.gate_proj.weight", "ffn_gate.weight"),
         ("mlp.up_proj.weight", "ffn_up.weight"),
@@ -140,4 +145,9 @@ fn through_gguf(family: &str, dir: &std::path::Path, prompts: &[Vec<u32>]) -> Op
 #[test]
 fn mistral_sliding_window_matches_hugging_face() {
     check_family("mistral", Architecture::Llama);
+}
+
+#[test]
+fn phi3_fused_projections_and_window_match_hugging_face() {
+    check_family("phi3", Architecture::Phi3);
 }

@@ -25,6 +25,12 @@ FAMILIES = {
         vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
         num_key_value_heads=2, max_position_embeddings=512, rms_norm_eps=1e-5, tie_word_embeddings=False,
         sliding_window=8)),
+    # Phi-3: fused qkv_proj and gate_up_proj, a sliding window (Phi-3-mini-4k has 2047; here 12).
+    "phi3": ("Phi3Config", "Phi3ForCausalLM", dict(
+        vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=512, original_max_position_embeddings=512,
+        rms_norm_eps=1e-5, tie_word_embeddings=False, sliding_window=12, pad_token_id=0, bos_token_id=1,
+        eos_token_id=2)),
 }
 
 
