@@ -21,6 +21,10 @@ pub enum Architecture {
     Qwen3,
     /// Phi-3 (`Phi3ForCausalLM`): Llama with q/k/v and gate/up stored fused (`qkv_proj`, `gate_up_proj`).
     Phi3,
+    /// Gemma 2 (`Gemma2ForCausalLM`): RMSNorm by (1 + weight), the embedding scaled by sqrt(d_model), norms
+    /// after attention and MLP too, tanh-GELU MLP, soft-capped attention scores and logits, queries scaled by
+    /// `query_pre_attn_scalar`, a sliding window on alternate layers.
+    Gemma2,
 }
 
 impl Architecture {
@@ -31,6 +35,7 @@ impl Architecture {
             "qwen2" => Some(Architecture::Qwen2),
             "qwen3" => Some(Architecture::Qwen3),
             "phi3" => Some(Architecture::Phi3),
+            "gemma2" => Some(Architecture::Gemma2),
             _ => None,
         }
     }
@@ -42,6 +47,7 @@ impl Architecture {
             Architecture::Qwen2 => "qwen2",
             Architecture::Qwen3 => "qwen3",
             Architecture::Phi3 => "phi3",
+            Architecture::Gemma2 => "gemma2",
         }
     }
 }
@@ -105,6 +111,19 @@ pub struct TransformerConfig {
     /// Sliding-window attention: a query attends to the keys less than this many positions before it
     /// (Mistral 7B v0.1, where the config sets one), `None` for full causal attention.
     pub sliding_window: Option<usize>,
+    /// Which layers use the sliding window (Gemma's local layers); empty: every layer, when there is one.
+    pub sliding_layers: Vec<bool>,
+    /// Gemma's conventions: RMSNorm multiplies by (1 + weight) in f32, the embedding is scaled by
+    /// sqrt(d_model), attention and MLP outputs are normed before the residual add, the MLP's activation is
+    /// tanh-GELU.
+    pub gemma: bool,
+    /// What q·k is multiplied by before the softmax (1/sqrt(d_head), or Gemma's
+    /// 1/sqrt(query_pre_attn_scalar)).
+    pub query_scale: f64,
+    /// Attention scores soft-capped as `cap * tanh(s / cap)` (Gemma 2).
+    pub attn_softcap: Option<f64>,
+    /// Final logits soft-capped likewise (Gemma 2).
+    pub final_softcap: Option<f64>,
 }
 
 impl TransformerConfig {
@@ -169,11 +188,30 @@ impl TransformerConfig {
             }
             _ => None,
         };
+        let f64_or = |key: &str, default: f64| v.get(key).and_then(Value::as_f64).unwrap_or(default);
+        let gemma = arch == Architecture::Gemma2;
+        if gemma {
+            let act = v.get("hidden_activation").or_else(|| v.get("hidden_act")).and_then(Value::as_str).unwrap_or("gelu_pytorch_tanh");
+            if act != "gelu_pytorch_tanh" {
+                return Err(ModelError::Metadata {
+                    path: path.to_path_buf(),
+                    key: "hidden_activation".into(),
+                    msg: format!("`{act}` is not supported (gelu_pytorch_tanh)"),
+                });
+            }
+        }
+        let n_layers = uint("num_hidden_layers")?;
+        let sliding_layers = match v.get("layer_types").and_then(Value::as_array) {
+            Some(types) => types.iter().map(|t| t.as_str() == Some("sliding_attention")).collect(),
+            // Gemma 2's default: layers 0, 2, 4, ... are local.
+            None if gemma => (0..n_layers).map(|l| l % 2 == 0).collect(),
+            None => Vec::new(),
+        };
         let cfg = TransformerConfig {
             arch,
             vocab_size: uint("vocab_size")?,
             d_model,
-            n_layers: uint("num_hidden_layers")?,
+            n_layers,
             n_heads,
             n_kv_heads,
             d_head,
@@ -182,13 +220,20 @@ impl TransformerConfig {
             rope_theta,
             rope_scaling,
             max_position: uint("max_position_embeddings").unwrap_or(4096),
-            tie_embeddings: v.get("tie_word_embeddings").and_then(Value::as_bool).unwrap_or(false),
+            tie_embeddings: v.get("tie_word_embeddings").and_then(Value::as_bool).unwrap_or(gemma),
             qkv_bias: match arch {
                 Architecture::Qwen2 => true,
-                Architecture::Llama | Architecture::Qwen3 | Architecture::Phi3 => v.get("attention_bias").and_then(Value::as_bool).unwrap_or(false),
+                Architecture::Llama | Architecture::Qwen3 | Architecture::Phi3 | Architecture::Gemma2 => {
+                    v.get("attention_bias").and_then(Value::as_bool).unwrap_or(false)
+                }
             },
             qk_norm: arch == Architecture::Qwen3,
             sliding_window: hf_sliding_window(path, v, arch)?,
+            sliding_layers,
+            gemma,
+            query_scale: if gemma { f64_or("query_pre_attn_scalar", 256.0).powf(-0.5) } else { (d_head as f64).powf(-0.5) },
+            attn_softcap: if gemma { v.get("attn_logit_softcapping").map_or(Some(50.0), Value::as_f64) } else { None },
+            final_softcap: if gemma { v.get("final_logit_softcapping").map_or(Some(30.0), Value::as_f64) } else { None },
         };
         cfg.validate(path)?;
         Ok(cfg)
@@ -200,6 +245,7 @@ impl TransformerConfig {
         let path = gguf.path();
         let arch_name = gguf.architecture()?;
         let arch = Architecture::parse(arch_name)
+            .filter(|a| *a != Architecture::Gemma2)
             .ok_or_else(|| ModelError::UnknownArchitecture { path: path.to_path_buf(), arch: arch_name.to_string() })?;
         let a = arch.gguf_name();
         let uint = |k: &str| gguf.get_u64(&format!("{a}.{k}")).map(|x| x as usize);
@@ -236,6 +282,11 @@ impl TransformerConfig {
             qkv_bias: gguf.tensor_info("blk.0.attn_q.bias").is_some(),
             qk_norm: arch == Architecture::Qwen3,
             sliding_window: uint("attention.sliding_window").ok().filter(|&w| w > 0),
+            sliding_layers: Vec::new(),
+            gemma: false,
+            query_scale: (d_head as f64).powf(-0.5),
+            attn_softcap: None,
+            final_softcap: None,
         };
         cfg.validate(path)?;
         cfg.check_gguf_shapes(gguf)?;
@@ -324,6 +375,11 @@ impl TransformerConfig {
         Ok(())
     }
 
+    /// The sliding window of `layer`, if it has one.
+    pub fn window(&self, layer: usize) -> Option<usize> {
+        self.sliding_window.filter(|_| self.sliding_layers.is_empty() || self.sliding_layers.get(layer).copied().unwrap_or(false))
+    }
+
     /// Query heads per key/value head.
     pub fn group_size(&self) -> usize {
         self.n_heads / self.n_kv_heads
@@ -341,7 +397,7 @@ impl TransformerConfig {
 fn hf_sliding_window(path: &Path, v: &Value, arch: Architecture) -> Result<Option<usize>> {
     let window = v.get("sliding_window").and_then(Value::as_u64).map(|w| w as usize).filter(|&w| w > 0);
     match arch {
-        Architecture::Llama | Architecture::Phi3 => Ok(window),
+        Architecture::Llama | Architecture::Phi3 | Architecture::Gemma2 => Ok(window),
         Architecture::Qwen2 | Architecture::Qwen3 => {
             if v.get("use_sliding_window").and_then(Value::as_bool).unwrap_or(false) {
                 return Err(ModelError::Metadata {

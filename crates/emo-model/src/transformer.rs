@@ -32,6 +32,9 @@ struct Block {
     qk_norm: Option<(Tensor, Tensor)>,
     o_w: Projection,
     mlp_norm: Tensor,
+    // Gemma's norms of the attention and MLP outputs before each residual add.
+    post_attn_norm: Option<Tensor>,
+    post_mlp_norm: Option<Tensor>,
     // gate and up fused likewise.
     gate_up_w: Projection,
     down_w: Projection,
@@ -119,13 +122,26 @@ impl Transformer {
             };
             let qk_norm =
                 if cfg.qk_norm { Some((get(&p("self_attn.q_norm.weight"), &[hd])?, get(&p("self_attn.k_norm.weight"), &[hd])?)) } else { None };
+            // Gemma's `post_attention_layernorm` norms the attention output; its MLP input norm is
+            // `pre_feedforward_layernorm` (Llama's MLP input norm is `post_attention_layernorm`).
+            let (mlp_norm, post_attn_norm, post_mlp_norm) = if cfg.gemma {
+                (
+                    get(&p("pre_feedforward_layernorm.weight"), &[d])?,
+                    Some(get(&p("post_attention_layernorm.weight"), &[d])?),
+                    Some(get(&p("post_feedforward_layernorm.weight"), &[d])?),
+                )
+            } else {
+                (get(&p("post_attention_layernorm.weight"), &[d])?, None, None)
+            };
             blocks.push(Block {
                 attn_norm: get(&p("input_layernorm.weight"), &[d])?,
                 qkv_w,
                 qkv_b,
                 qk_norm,
                 o_w,
-                mlp_norm: get(&p("post_attention_layernorm.weight"), &[d])?,
+                mlp_norm,
+                post_attn_norm,
+                post_mlp_norm,
                 gate_up_w,
                 down_w,
             });
@@ -183,6 +199,7 @@ impl Transformer {
         for b in &self.blocks {
             bytes += dense(&b.attn_norm) + dense(&b.mlp_norm) + b.qkv_b.as_ref().map_or(0, dense);
             bytes += b.qk_norm.as_ref().map_or(0, |(q, k)| dense(q) + dense(k));
+            bytes += b.post_attn_norm.as_ref().map_or(0, dense) + b.post_mlp_norm.as_ref().map_or(0, dense);
             for p in [&b.qkv_w, &b.o_w, &b.gate_up_w, &b.down_w] {
                 bytes += p.resident_bytes();
                 let (pk, n) = p.packed_parts();
@@ -286,7 +303,7 @@ impl Transformer {
             Some(ids) => HookContext::with_row_ids(&positions, &prompt_lens, state.step(), ids),
             None => HookContext::new(&positions, &prompt_lens, state.step()),
         };
-        let embedded = Tensor::embedding(&self.embed, &tokens, -1, false, false);
+        let embedded = self.embed_tokens(&tokens);
         // Under autograd the graph starts here: weights need no gradient, activations do.
         let embedded = if grad { embedded.set_requires_grad(true) } else { embedded };
         let h = hooks.apply(HookPoint::Embed, embedded, &ctx)?;
@@ -318,7 +335,7 @@ impl Transformer {
         let ctx = HookContext::with_row_ids(&positions, &prompt_lens, state.step(), row_ids);
         let h = match resid {
             Some(h) if from_layer > 0 => h,
-            _ => hooks.apply(HookPoint::Embed, Tensor::embedding(&self.embed, tokens, -1, false, false), &ctx)?,
+            _ => hooks.apply(HookPoint::Embed, self.embed_tokens(tokens), &ctx)?,
         };
         let h = self.blocks_from(from_layer, h, &mask, state, hooks, &ctx)?;
         let logits = if logits == LogitsFor::Skip { LogitsFor::Skip } else { LogitsFor::All };
@@ -336,24 +353,40 @@ impl Transformer {
         ctx: &HookContext,
     ) -> Result<Tensor> {
         let (cos, sin) = self.rope(ctx.positions);
-        // Sliding-window attention: keys this many positions or more before the query are masked too.
+        // Sliding-window attention: keys this many positions or more before the query are masked too (on
+        // every layer, or on Gemma's local ones).
         let windowed = self.cfg.sliding_window.map(|w| {
             let keys = state.key_positions(ctx.positions);
             let near = (ctx.positions.unsqueeze(-1) - keys.unsqueeze(1)).lt(w as i64);
             mask.logical_and(&near.unsqueeze(1))
         });
-        let mask = windowed.as_ref().unwrap_or(mask);
+        let eps = self.cfg.rms_norm_eps;
         for (l, blk) in self.blocks.iter().enumerate().skip(from) {
+            let mask = match (&windowed, self.cfg.window(l)) {
+                (Some(w), Some(_)) => w,
+                _ => mask,
+            };
             h = hooks.apply(HookPoint::ResidPre(l), h, ctx)?;
             let attn = self.attention(l, blk, &h, &cos, &sin, mask, state, hooks, ctx)?;
+            // Gemma norms the output before the add; hook_attn_out sees what is added (as TransformerLens).
+            let attn = match &blk.post_attn_norm {
+                Some(w) => rms_norm(&attn, w, eps, true),
+                None => attn,
+            };
             let attn = hooks.apply(HookPoint::AttnOut(l), attn, ctx)?;
             h = hooks.apply(HookPoint::ResidMid(l), h + attn, ctx)?;
             let x = self.norm_hooked(&h, &blk.mlp_norm, [HookPoint::Ln2Scale(l), HookPoint::Ln2Normalized(l)], hooks, ctx)?;
             let gu = linear(&x, &blk.gate_up_w, None)?.chunk(2, -1);
             let pre = hooks.apply(HookPoint::MlpPre(l), gu[0].shallow_clone(), ctx)?;
             let pre_linear = hooks.apply(HookPoint::MlpPreLinear(l), gu[1].shallow_clone(), ctx)?;
-            let post = hooks.apply(HookPoint::MlpPost(l), pre.silu() * pre_linear, ctx)?;
-            let mlp = hooks.apply(HookPoint::MlpOut(l), linear(&post, &blk.down_w, None)?, ctx)?;
+            let act = if self.cfg.gemma { pre.gelu("tanh") } else { pre.silu() };
+            let post = hooks.apply(HookPoint::MlpPost(l), act * pre_linear, ctx)?;
+            let mlp = linear(&post, &blk.down_w, None)?;
+            let mlp = match &blk.post_mlp_norm {
+                Some(w) => rms_norm(&mlp, w, eps, true),
+                None => mlp,
+            };
+            let mlp = hooks.apply(HookPoint::MlpOut(l), mlp, ctx)?;
             h = hooks.apply(HookPoint::ResidPost(l), h + mlp, ctx)?;
         }
         Ok(h)
@@ -369,6 +402,10 @@ impl Transformer {
             LogitsFor::Last => (h.narrow(1, t - 1, 1), Some(ctx.positions.narrow(1, t - 1, 1))),
         };
         let out = linear(&h, &self.lm_head, None)?;
+        let out = match self.cfg.final_softcap {
+            Some(cap) => (out / cap).tanh() * cap,
+            None => out,
+        };
         match lpos {
             None => hooks.apply(HookPoint::Logits, out, ctx),
             Some(p) => {
@@ -402,7 +439,7 @@ impl Transformer {
         let parts = qkv.split_with_sizes([nh * hd, nkv * hd, nkv * hd], -1);
         let (q, k) = (parts[0].view([b, t, nh, hd]), parts[1].view([b, t, nkv, hd]));
         let (q, k) = match &blk.qk_norm {
-            Some((qn, kn)) => (rms_norm(&q, qn, self.cfg.rms_norm_eps), rms_norm(&k, kn, self.cfg.rms_norm_eps)),
+            Some((qn, kn)) => (rms_norm(&q, qn, self.cfg.rms_norm_eps, self.cfg.gemma), rms_norm(&k, kn, self.cfg.rms_norm_eps, self.cfg.gemma)),
             None => (q, k),
         };
         // Hooks see [batch, pos, head, d_head] (TransformerLens' layout; Qwen3's q and k after their norm);
@@ -416,15 +453,18 @@ impl Transformer {
         // Grouped-query attention without copying keys and values per query head: fold each KV head's group
         // of query heads into the query length (head h uses KV head h / group, as HF's repeat_kv).
         let group = nh / nkv;
-        let z = if hooks.is_active(HookPoint::AttnScores(l)) || hooks.is_active(HookPoint::AttnPattern(l)) {
+        // Soft-capped scores (Gemma 2) exist only in explicit attention, as do hooked ones.
+        let explicit = self.cfg.attn_softcap.is_some() || hooks.is_active(HookPoint::AttnScores(l)) || hooks.is_active(HookPoint::AttnPattern(l));
+        let scale = self.cfg.gemma.then_some(self.cfg.query_scale);
+        let z = if explicit {
             self.attention_pattern(l, &q, &k, &v, mask, hooks, ctx)?
         } else if group == 1 {
-            Tensor::scaled_dot_product_attention(&q, &k, &v, Some(mask), 0.0, false, None, false)
+            Tensor::scaled_dot_product_attention(&q, &k, &v, Some(mask), 0.0, false, scale, false)
         } else {
             let keys = k.size()[2];
             let q = q.reshape([b, nkv, group * t, hd]);
             let m = mask.unsqueeze(2).expand([b, 1, group, t, keys], false).reshape([b, 1, group * t, keys]);
-            Tensor::scaled_dot_product_attention(&q, &k, &v, Some(&m), 0.0, false, None, false).reshape([b, nh, t, hd])
+            Tensor::scaled_dot_product_attention(&q, &k, &v, Some(&m), 0.0, false, scale, false).reshape([b, nh, t, hd])
         };
         // hook_z is [batch, pos, head, d_head], TransformerLens' layout.
         let z = hooks.apply(HookPoint::AttnZ(l), z.transpose(1, 2), ctx)?;
@@ -458,8 +498,12 @@ impl Transformer {
         } else {
             (k.shallow_clone(), v.shallow_clone())
         };
-        let scale = 1.0 / (self.cfg.d_head as f64).sqrt();
-        let scores = (q.matmul(&k.transpose(-2, -1)) * scale).masked_fill(&mask.logical_not(), f64::NEG_INFINITY);
+        let scores = q.matmul(&k.transpose(-2, -1)) * self.cfg.query_scale;
+        let scores = match self.cfg.attn_softcap {
+            Some(cap) => (scores / cap).tanh() * cap,
+            None => scores,
+        };
+        let scores = scores.masked_fill(&mask.logical_not(), f64::NEG_INFINITY);
         let scores = hooks.apply(HookPoint::AttnScores(l), scores, ctx)?;
         // In f32 whatever the dtype, as Hugging Face's eager attention does.
         let pattern = scores.softmax(-1, Kind::Float).to_kind(q.kind());
@@ -485,16 +529,27 @@ impl Transformer {
             let hooked = hooks.apply(scale_point, scale.shallow_clone(), ctx)?;
             // An unchanged scale keeps the exact `rsqrt` of the unhooked path.
             let inv = if hooked.equal(&scale) { inv } else { hooked.reciprocal() };
-            (xf * inv).to_kind(x.kind()) * w
+            weighted(xf * inv, w, x.kind(), self.cfg.gemma)
         } else {
-            rms_norm(x, w, eps)
+            rms_norm(x, w, eps, self.cfg.gemma)
         };
         hooks.apply(out_point, y, ctx)
     }
 
     /// The final RMSNorm (weight applied) of `x` ([..., d_model]): what the unembedding reads.
     pub fn final_norm(&self, x: &Tensor) -> Tensor {
-        rms_norm(&x.to_kind(self.kind), &self.norm, self.cfg.rms_norm_eps)
+        rms_norm(&x.to_kind(self.kind), &self.norm, self.cfg.rms_norm_eps, self.cfg.gemma)
+    }
+
+    /// Token embeddings (scaled by sqrt(d_model) for Gemma, in the weights' dtype as Hugging Face does).
+    fn embed_tokens(&self, tokens: &Tensor) -> Tensor {
+        let e = Tensor::embedding(&self.embed, tokens, -1, false, false);
+        if self.cfg.gemma {
+            let scale = Tensor::from((self.cfg.d_model as f64).sqrt() as f32).to_kind(self.kind).to_device(self.device);
+            e * scale
+        } else {
+            e
+        }
     }
 
     fn rope(&self, positions: &Tensor) -> (Tensor, Tensor) {
@@ -515,11 +570,21 @@ fn linear(x: &Tensor, w: &Projection, b: Option<&Tensor>) -> Result<Tensor> {
     Ok(w.forward(&x.contiguous().view([batch * tokens, d]), b)?.view([batch, tokens, -1]))
 }
 
-fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Tensor {
+fn rms_norm(x: &Tensor, w: &Tensor, eps: f64, gemma: bool) -> Tensor {
     // In f32 whatever the dtype, as Hugging Face does.
     let xf = x.to_kind(Kind::Float);
     let var = xf.square().mean_dim(-1, true, Kind::Float);
-    (xf * (var + eps).rsqrt()).to_kind(x.kind()) * w
+    weighted(xf * (var + eps).rsqrt(), w, x.kind(), gemma)
+}
+
+/// The normalized f32 `n` times the norm's weight, in Hugging Face's order for the family: Llama casts to
+/// the dtype, then multiplies by w; Gemma multiplies by (1 + w) in f32, then casts.
+fn weighted(n: Tensor, w: &Tensor, kind: Kind, gemma: bool) -> Tensor {
+    if gemma {
+        (n * (w.to_kind(Kind::Float) + 1.0)).to_kind(kind)
+    } else {
+        n.to_kind(kind) * w
+    }
 }
 
 fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Tensor {

@@ -77,8 +77,9 @@ fn qwen3_matches_hugging_face() {
 /// through the GGUF path: the batch's logits, or `None` for a family llama.cpp names no differently.
 fn through_gguf(family: &str, dir: &std::path::Path, prompts: &[Vec<u32>]) -> Option<Tensor> {
     let cfg = TransformerConfig::from_hf_config(&dir.join("config.json")).unwrap();
-    // Llama's q/k rows are permuted by llama.cpp; this helper writes only families whose rows are not.
-    if cfg.arch == Architecture::Llama {
+    // Llama's q/k rows are permuted by llama.cpp, and Gemma's norm weights carry its +1: this helper writes
+    // only families stored as Hugging Face stores them (Gemma GGUF files are refused for now).
+    if matches!(cfg.arch, Architecture::Llama | Architecture::Gemma2) {
         return None;
     }
     let arch = cfg.arch.gguf_name();
@@ -150,4 +151,9 @@ fn mistral_sliding_window_matches_hugging_face() {
 #[test]
 fn phi3_fused_projections_and_window_match_hugging_face() {
     check_family("phi3", Architecture::Phi3);
+}
+
+#[test]
+fn gemma2_matches_hugging_face() {
+    check_family("gemma2", Architecture::Gemma2);
 }

@@ -31,6 +31,13 @@ FAMILIES = {
         num_key_value_heads=2, max_position_embeddings=512, original_max_position_embeddings=512,
         rms_norm_eps=1e-5, tie_word_embeddings=False, sliding_window=12, pad_token_id=0, bos_token_id=1,
         eos_token_id=2)),
+    # Gemma 2: (1 + w) norms (randomised below), scaled embedding, sandwich norms, tanh-GELU, soft-capping tight
+    # enough to bite, query_pre_attn_scalar unlike d_head, an 8-token window on layers 0 and 2, tied embeddings.
+    "gemma2": ("Gemma2Config", "Gemma2ForCausalLM", dict(
+        vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=16, max_position_embeddings=512, rms_norm_eps=1e-6, sliding_window=8,
+        query_pre_attn_scalar=24, attn_logit_softcapping=5.0, final_logit_softcapping=3.0, pad_token_id=0,
+        bos_token_id=1, eos_token_id=2, attn_implementation="eager")),
 }
 
 
@@ -41,10 +48,13 @@ def main() -> None:
     cfg = getattr(transformers, cfg_cls)(**kwargs)
     model = getattr(transformers, model_cls)(cfg).eval()
     # Random weights at the default init give near-uniform logits; widen them so that greedy steps are decided.
+    # Norm weights move off their initial value too, so that a norm read the wrong way shows.
     with torch.no_grad():
         for p in model.parameters():
             if p.dim() == 2:
                 p.mul_(4.0)
+            else:
+                p.add_(0.1 * torch.randn_like(p))
     model.save_pretrained(out, safe_serialization=True)
     gen = torch.Generator().manual_seed(1)
     prompts = [torch.randint(0, 300, (n,), generator=gen).tolist() for n in (23, 37)]
