@@ -25,6 +25,9 @@ pub enum Architecture {
     /// after attention and MLP too, tanh-GELU MLP, soft-capped attention scores and logits, queries scaled by
     /// `query_pre_attn_scalar`, a sliding window on alternate layers.
     Gemma2,
+    /// Gemma 3, text (`Gemma3ForCausalLM`, `gemma3_text`): Gemma 2's conventions without soft-capping, plus
+    /// per-head q/k norms and local (sliding-window) layers with a RoPE base of their own.
+    Gemma3,
 }
 
 impl Architecture {
@@ -36,6 +39,7 @@ impl Architecture {
             "qwen3" => Some(Architecture::Qwen3),
             "phi3" => Some(Architecture::Phi3),
             "gemma2" => Some(Architecture::Gemma2),
+            "gemma3_text" | "gemma3" => Some(Architecture::Gemma3),
             _ => None,
         }
     }
@@ -48,6 +52,7 @@ impl Architecture {
             Architecture::Qwen3 => "qwen3",
             Architecture::Phi3 => "phi3",
             Architecture::Gemma2 => "gemma2",
+            Architecture::Gemma3 => "gemma3",
         }
     }
 }
@@ -124,6 +129,9 @@ pub struct TransformerConfig {
     pub attn_softcap: Option<f64>,
     /// Final logits soft-capped likewise (Gemma 2).
     pub final_softcap: Option<f64>,
+    /// The RoPE base of the sliding-window layers where it is not `rope_theta` (Gemma 3's local layers; the
+    /// RoPE scaling applies to the global layers only).
+    pub local_rope_theta: Option<f64>,
 }
 
 impl TransformerConfig {
@@ -152,9 +160,18 @@ impl TransformerConfig {
         let d_head = v.get("head_dim").and_then(Value::as_u64).map(|x| x as usize).unwrap_or(d_model / n_heads.max(1));
         // transformers 5 writes `rope_parameters` (theta and scaling together); older configs `rope_theta`
         // and `rope_scaling`.
-        let rope_params = v.get("rope_parameters").or_else(|| v.get("rope_scaling"));
-        let rope_theta =
-            v.get("rope_theta").or_else(|| v.get("rope_parameters").and_then(|p| p.get("rope_theta"))).and_then(Value::as_f64).unwrap_or(10_000.0);
+        // Gemma 3 keys them by layer type: `full_attention` (the global layers) and `sliding_attention`.
+        let by_type = v.get("rope_parameters").filter(|p| p.get("full_attention").is_some());
+        let rope_params = match by_type {
+            Some(p) => p.get("full_attention"),
+            None => v.get("rope_parameters").or_else(|| v.get("rope_scaling")),
+        };
+        let rope_theta = v.get("rope_theta").or_else(|| rope_params.and_then(|p| p.get("rope_theta"))).and_then(Value::as_f64).unwrap_or(10_000.0);
+        let local_rope_theta = by_type
+            .and_then(|p| p.get("sliding_attention"))
+            .and_then(|p| p.get("rope_theta"))
+            .or_else(|| v.get("rope_local_base_freq"))
+            .and_then(Value::as_f64);
         // Phi-4-mini (model_type phi3) rotates only part of each head; this decoder rotates all of it.
         let partial = v.get("partial_rotary_factor").or_else(|| rope_params.and_then(|p| p.get("partial_rotary_factor"))).and_then(Value::as_f64);
         if partial.is_some_and(|f| f != 1.0) {
@@ -189,7 +206,7 @@ impl TransformerConfig {
             _ => None,
         };
         let f64_or = |key: &str, default: f64| v.get(key).and_then(Value::as_f64).unwrap_or(default);
-        let gemma = arch == Architecture::Gemma2;
+        let gemma = matches!(arch, Architecture::Gemma2 | Architecture::Gemma3);
         if gemma {
             let act = v.get("hidden_activation").or_else(|| v.get("hidden_act")).and_then(Value::as_str).unwrap_or("gelu_pytorch_tanh");
             if act != "gelu_pytorch_tanh" {
@@ -203,8 +220,9 @@ impl TransformerConfig {
         let n_layers = uint("num_hidden_layers")?;
         let sliding_layers = match v.get("layer_types").and_then(Value::as_array) {
             Some(types) => types.iter().map(|t| t.as_str() == Some("sliding_attention")).collect(),
-            // Gemma 2's default: layers 0, 2, 4, ... are local.
-            None if gemma => (0..n_layers).map(|l| l % 2 == 0).collect(),
+            // The defaults: Gemma 2's layers 0, 2, 4, ... are local; Gemma 3's all but every sixth.
+            None if arch == Architecture::Gemma2 => (0..n_layers).map(|l| l % 2 == 0).collect(),
+            None if arch == Architecture::Gemma3 => (0..n_layers).map(|l| (l + 1) % 6 != 0).collect(),
             None => Vec::new(),
         };
         let cfg = TransformerConfig {
@@ -223,17 +241,27 @@ impl TransformerConfig {
             tie_embeddings: v.get("tie_word_embeddings").and_then(Value::as_bool).unwrap_or(gemma),
             qkv_bias: match arch {
                 Architecture::Qwen2 => true,
-                Architecture::Llama | Architecture::Qwen3 | Architecture::Phi3 | Architecture::Gemma2 => {
+                Architecture::Llama | Architecture::Qwen3 | Architecture::Phi3 | Architecture::Gemma2 | Architecture::Gemma3 => {
                     v.get("attention_bias").and_then(Value::as_bool).unwrap_or(false)
                 }
             },
-            qk_norm: arch == Architecture::Qwen3,
+            qk_norm: matches!(arch, Architecture::Qwen3 | Architecture::Gemma3),
             sliding_window: hf_sliding_window(path, v, arch)?,
             sliding_layers,
             gemma,
             query_scale: if gemma { f64_or("query_pre_attn_scalar", 256.0).powf(-0.5) } else { (d_head as f64).powf(-0.5) },
-            attn_softcap: if gemma { v.get("attn_logit_softcapping").map_or(Some(50.0), Value::as_f64) } else { None },
-            final_softcap: if gemma { v.get("final_logit_softcapping").map_or(Some(30.0), Value::as_f64) } else { None },
+            // Gemma 2 caps unless its config says null; Gemma 3 only where its config sets a cap.
+            attn_softcap: match arch {
+                Architecture::Gemma2 => v.get("attn_logit_softcapping").map_or(Some(50.0), Value::as_f64),
+                Architecture::Gemma3 => v.get("attn_logit_softcapping").and_then(Value::as_f64),
+                _ => None,
+            },
+            final_softcap: match arch {
+                Architecture::Gemma2 => v.get("final_logit_softcapping").map_or(Some(30.0), Value::as_f64),
+                Architecture::Gemma3 => v.get("final_logit_softcapping").and_then(Value::as_f64),
+                _ => None,
+            },
+            local_rope_theta: if arch == Architecture::Gemma3 { local_rope_theta } else { None },
         };
         cfg.validate(path)?;
         Ok(cfg)
@@ -245,7 +273,7 @@ impl TransformerConfig {
         let path = gguf.path();
         let arch_name = gguf.architecture()?;
         let arch = Architecture::parse(arch_name)
-            .filter(|a| *a != Architecture::Gemma2)
+            .filter(|a| !matches!(a, Architecture::Gemma2 | Architecture::Gemma3))
             .ok_or_else(|| ModelError::UnknownArchitecture { path: path.to_path_buf(), arch: arch_name.to_string() })?;
         let a = arch.gguf_name();
         let uint = |k: &str| gguf.get_u64(&format!("{a}.{k}")).map(|x| x as usize);
@@ -287,6 +315,7 @@ impl TransformerConfig {
             query_scale: (d_head as f64).powf(-0.5),
             attn_softcap: None,
             final_softcap: None,
+            local_rope_theta: None,
         };
         cfg.validate(path)?;
         cfg.check_gguf_shapes(gguf)?;
@@ -397,7 +426,7 @@ impl TransformerConfig {
 fn hf_sliding_window(path: &Path, v: &Value, arch: Architecture) -> Result<Option<usize>> {
     let window = v.get("sliding_window").and_then(Value::as_u64).map(|w| w as usize).filter(|&w| w > 0);
     match arch {
-        Architecture::Llama | Architecture::Phi3 | Architecture::Gemma2 => Ok(window),
+        Architecture::Llama | Architecture::Phi3 | Architecture::Gemma2 | Architecture::Gemma3 => Ok(window),
         Architecture::Qwen2 | Architecture::Qwen3 => {
             if v.get("use_sliding_window").and_then(Value::as_bool).unwrap_or(false) {
                 return Err(ModelError::Metadata {

@@ -1,4 +1,4 @@
-//! The decoder shared by the Llama, Qwen2, Qwen3 and Phi-3 families: embeddings, pre-norm blocks with grouped-query
+//! The decoder shared by the Llama, Qwen2, Qwen3, Phi-3 and Gemma 2/3 families: embeddings, pre-norm blocks with grouped-query
 //! attention (RoPE, optional q/k/v biases, optional per-head q/k RMSNorm) and a SwiGLU MLP, final RMSNorm,
 //! unembedding. Every hook point of
 //! [`HookPoint`] is computed here and passed through the call's [`HookSet`].
@@ -52,6 +52,8 @@ pub struct Transformer {
     // The unembedding shares the embedding's tensor.
     tied: bool,
     inv_freq: Tensor,
+    // Gemma 3's local layers: their own base, no scaling.
+    inv_freq_local: Option<Tensor>,
 }
 
 // SAFETY: a `Transformer` owns its weight tensors and never mutates them after `load` (every forward op
@@ -151,7 +153,11 @@ impl Transformer {
         let tied = cfg.tie_embeddings || !src.contains("lm_head.weight");
         let lm_head = Projection::Dense(if tied { embed.shallow_clone() } else { get("lm_head.weight", &[cfg.vocab_size as i64, d])? });
         let inv_freq = rope_inv_freq(&cfg).to_device(device);
-        Ok(Transformer { cfg, device, kind, embed, blocks, norm, lm_head, tied, inv_freq })
+        let inv_freq_local = cfg.local_rope_theta.map(|theta| {
+            let local = TransformerConfig { rope_theta: theta, rope_scaling: None, ..cfg.clone() };
+            rope_inv_freq(&local).to_device(device)
+        });
+        Ok(Transformer { cfg, device, kind, embed, blocks, norm, lm_head, tied, inv_freq, inv_freq_local })
     }
 
     /// The model's shape.
@@ -352,7 +358,8 @@ impl Transformer {
         hooks: &mut HookSet,
         ctx: &HookContext,
     ) -> Result<Tensor> {
-        let (cos, sin) = self.rope(ctx.positions);
+        let (cos, sin) = self.rope(ctx.positions, &self.inv_freq);
+        let local = self.inv_freq_local.as_ref().map(|f| self.rope(ctx.positions, f));
         // Sliding-window attention: keys this many positions or more before the query are masked too (on
         // every layer, or on Gemma's local ones).
         let windowed = self.cfg.sliding_window.map(|w| {
@@ -367,7 +374,11 @@ impl Transformer {
                 _ => mask,
             };
             h = hooks.apply(HookPoint::ResidPre(l), h, ctx)?;
-            let attn = self.attention(l, blk, &h, &cos, &sin, mask, state, hooks, ctx)?;
+            let (cos, sin) = match (&local, self.cfg.window(l)) {
+                (Some((c, s)), Some(_)) => (c, s),
+                _ => (&cos, &sin),
+            };
+            let attn = self.attention(l, blk, &h, cos, sin, mask, state, hooks, ctx)?;
             // Gemma norms the output before the add; hook_attn_out sees what is added (as TransformerLens).
             let attn = match &blk.post_attn_norm {
                 Some(w) => rms_norm(&attn, w, eps, true),
@@ -552,10 +563,10 @@ impl Transformer {
         }
     }
 
-    fn rope(&self, positions: &Tensor) -> (Tensor, Tensor) {
+    fn rope(&self, positions: &Tensor, inv_freq: &Tensor) -> (Tensor, Tensor) {
         // Angles in f32 as Hugging Face computes them; padding (-1) gets position 0, it is masked anyway.
         let pos = positions.clamp_min(0).to_kind(Kind::Float).unsqueeze(-1);
-        let freqs = pos * &self.inv_freq; // [b, t, d_head/2]
+        let freqs = pos * inv_freq; // [b, t, d_head/2]
         let emb = Tensor::cat(&[&freqs, &freqs], -1).unsqueeze(1); // [b, 1, t, d_head]
         (emb.cos().to_kind(self.kind), emb.sin().to_kind(self.kind))
     }

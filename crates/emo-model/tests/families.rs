@@ -79,7 +79,7 @@ fn through_gguf(family: &str, dir: &std::path::Path, prompts: &[Vec<u32>]) -> Op
     let cfg = TransformerConfig::from_hf_config(&dir.join("config.json")).unwrap();
     // Llama's q/k rows are permuted by llama.cpp, and Gemma's norm weights carry its +1: this helper writes
     // only families stored as Hugging Face stores them (Gemma GGUF files are refused for now).
-    if matches!(cfg.arch, Architecture::Llama | Architecture::Gemma2) {
+    if matches!(cfg.arch, Architecture::Llama | Architecture::Gemma2 | Architecture::Gemma3) {
         return None;
     }
     let arch = cfg.arch.gguf_name();
@@ -156,4 +156,9 @@ fn phi3_fused_projections_and_window_match_hugging_face() {
 #[test]
 fn gemma2_matches_hugging_face() {
     check_family("gemma2", Architecture::Gemma2);
+}
+
+#[test]
+fn gemma3_matches_hugging_face() {
+    check_family("gemma3", Architecture::Gemma3);
 }

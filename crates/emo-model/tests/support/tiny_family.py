@@ -38,6 +38,12 @@ FAMILIES = {
         num_key_value_heads=2, head_dim=16, max_position_embeddings=512, rms_norm_eps=1e-6, sliding_window=8,
         query_pre_attn_scalar=24, attn_logit_softcapping=5.0, final_logit_softcapping=3.0, pad_token_id=0,
         bos_token_id=1, eos_token_id=2, attn_implementation="eager")),
+    # Gemma 3 (text): Gemma's conventions with (1 + w) q/k norms, five local layers (8-token window, RoPE base
+    # 10,000) and one global layer (base 1,000,000), no soft-capping, tied embeddings.
+    "gemma3": ("Gemma3TextConfig", "Gemma3ForCausalLM", dict(
+        vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=6, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=16, max_position_embeddings=512, rms_norm_eps=1e-6, sliding_window=8,
+        query_pre_attn_scalar=24, pad_token_id=0, bos_token_id=1, eos_token_id=2, attn_implementation="eager")),
 }
 
 
