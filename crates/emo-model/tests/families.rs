@@ -1,10 +1,13 @@
 //! Model families no offline model covers, each on a tiny checkpoint with random weights that Hugging Face
 //! transformers writes in this run with the family's features switched on (tests/support/tiny_family.py):
-//! logits of two prompts of different lengths equal Hugging Face's, alone and in one left-padded batch, and
+//! logits of two prompts of different lengths equal Hugging Face's, alone and in one left-padded batch, every
+//! hook point equals the value Hugging Face's modules compute (Gemma's output norms and q/k norms included), and
 //! 16 greedy tokens with the KV cache equal Hugging Face's, in a padded batch; a branched last token over a
 //! shared prefix (as sweeps run) equals them too; the same weights written as GGUF
 //! with llama.cpp's names and metadata load through the GGUF path to the same logits.
 mod common;
+#[path = "support/hook_parity.rs"]
+mod hook_parity;
 
 use std::process::Command;
 
@@ -50,6 +53,10 @@ fn check_family(family: &str, arch: Architecture) {
     let branched = t.forward_branches(&mut prefix, &[1, 0], &mut HookSet::new(), LogitsFor::Last).unwrap().view([2, vocab]);
     close(&branched.get(0), &hf_logits(1).get(-1), "prompt 1's last token, branched");
     close(&branched.get(1), &hf_logits(0).get(-1), "prompt 0's last token, branched");
+
+    // Every hook point equals Hugging Face's (its module hooks, recorded by the same script).
+    let hooks: std::collections::HashMap<String, Tensor> = Tensor::read_safetensors(dir.join("hooks.safetensors")).unwrap().into_iter().collect();
+    hook_parity::compare(&t, &prompts, &hooks, family);
 
     // The same weights written as a GGUF file with llama.cpp's names and metadata load to the same logits.
     if let Some(gguf_logits) = through_gguf(family, &dir, &prompts) {

@@ -4,7 +4,8 @@ family's features switched on, and Hugging Face's answers on it: logits for two 
 
 usage: tiny_family.py FAMILY OUT_DIR
 OUT_DIR: the checkpoint (config.json, model.safetensors), reference.json {"prompts", "continuations",
-         "margins"}, logits_K.f32 (little-endian f32, [len_K, vocab]).
+         "margins"}, logits_K.f32 (little-endian f32, [len_K, vocab]), hooks.safetensors (every hook point of
+         each prompt, as hf_hooks.py records them).
 """
 import json
 import os
@@ -12,6 +13,10 @@ import sys
 
 import torch
 import transformers
+from safetensors.torch import save_file
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from hf_hooks import record  # noqa: E402
 
 FAMILIES = {
     # Qwen3: per-head q/k RMSNorm, no q/k/v bias, a head width that is not d_model / n_heads, grouped-query
@@ -53,6 +58,8 @@ def main() -> None:
     torch.manual_seed(0)
     cfg = getattr(transformers, cfg_cls)(**kwargs)
     model = getattr(transformers, model_cls)(cfg).eval()
+    # Eager attention, so that the attention weights (the pattern) are returned.
+    model.config._attn_implementation = "eager"
     # Random weights at the default init give near-uniform logits; widen them so that greedy steps are decided.
     # Norm weights move off their initial value too, so that a norm read the wrong way shows.
     with torch.no_grad():
@@ -77,6 +84,7 @@ def main() -> None:
         margins.append([float(s[0].topk(2).values[0] - s[0].topk(2).values[1]) for s in out_ids.scores])
     json.dump({"prompts": prompts, "continuations": continuations, "margins": margins},
               open(os.path.join(out, "reference.json"), "w"))
+    save_file(record(model, prompts), os.path.join(out, "hooks.safetensors"))
 
 
 if __name__ == "__main__":
