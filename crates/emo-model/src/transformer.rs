@@ -219,9 +219,7 @@ impl Transformer {
     /// One forward pass, without a cache, over whole token rows (left-padded with `pad_id`; every token counts
     /// as prompt for hook positions). Returns logits as `logits` asks.
     pub fn forward_rows(&self, rows: &[Vec<u32>], pad_id: u32, hooks: &mut HookSet, logits: LogitsFor) -> Result<Tensor> {
-        let (ids, valid, lens) = crate::kv_cache::left_pad(rows, pad_id)?;
-        let mut state = DecodeState::new(&lens, self.cfg.n_layers, self.device, false);
-        self.forward_chunk(&ids, &valid, &mut state, hooks, logits)
+        self.forward_padded(rows, pad_id, hooks, logits, false)
     }
 
     /// [`Transformer::forward_rows`] with autograd: every activation from `hook_embed` on is in the graph,
@@ -233,9 +231,14 @@ impl Transformer {
         if self.weight_bytes().1 > 0 {
             return Err(ModelError::InvalidArgument("gradients need dequantized weights: load the model with WeightFormat::Dequantized".into()));
         }
+        self.forward_padded(rows, pad_id, hooks, logits, true)
+    }
+
+    /// The rows left-padded into one cacheless forward, with autograd or without.
+    fn forward_padded(&self, rows: &[Vec<u32>], pad_id: u32, hooks: &mut HookSet, logits: LogitsFor, grad: bool) -> Result<Tensor> {
         let (ids, valid, lens) = crate::kv_cache::left_pad(rows, pad_id)?;
         let mut state = DecodeState::new(&lens, self.cfg.n_layers, self.device, false);
-        self.forward_chunk_inner(&ids, &valid, None, &mut state, hooks, logits, true)
+        self.forward_chunk_inner(&ids, &valid, None, &mut state, hooks, logits, grad)
     }
 
     /// Runs one chunk of tokens for every row of `state`: the left-padded prompts first, then one token per

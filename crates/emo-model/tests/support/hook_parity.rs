@@ -10,11 +10,10 @@ pub fn compare(t: &Transformer, rows: &[Vec<u32>], reference: &HashMap<String, T
     let n_layers = t.config().n_layers;
     let mut hook = CacheHook::new(|_| true);
     let logits = t.forward_rows(rows, 0, &mut HookSet::new().with(&mut hook), LogitsFor::All).unwrap();
-    let width = logits.size()[1];
-    let (tokens, mask) =
-        (Tensor::zeros([rows.len() as i64, width], (Kind::Int64, tch::Device::Cpu)), Tensor::ones([1], (Kind::Bool, tch::Device::Cpu)));
+    let t = logits.size()[1];
+    // The ids and mask the forward ran on, padded by the decoder's own rule.
+    let (tokens, mask, _) = emo_model::kv_cache::left_pad(rows, 0).unwrap();
     let cache = hook.into_cache(tokens, mask, n_layers);
-    let t = width;
     // Worst difference relative to the reference's largest magnitude, per kind of point.
     let mut worst: std::collections::BTreeMap<String, f64> = Default::default();
     for (k, ids) in rows.iter().enumerate() {
