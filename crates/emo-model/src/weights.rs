@@ -34,7 +34,8 @@ pub trait WeightSource {
 }
 
 /// Weights of a GGUF file, renamed to Hugging Face names and, for the Llama family, with llama.cpp's
-/// Q/K row permutation undone so that the decoder sees Hugging Face's layout.
+/// Q/K row permutation undone so that the decoder sees Hugging Face's layout (for Gemma, with the 1 that
+/// llama.cpp's converter adds to every norm weight taken off again).
 pub struct GgufWeights<'a> {
     gguf: &'a GgufFile,
     cfg: TransformerConfig,
@@ -49,7 +50,7 @@ impl<'a> GgufWeights<'a> {
     /// The GGUF tensor behind a Hugging Face name, or `MissingTensor`.
     fn info(&self, name: &str) -> Result<(String, &crate::gguf::GgufTensorInfo)> {
         let path = self.gguf.path().to_path_buf();
-        let gname = Self::gguf_name(name).ok_or_else(|| ModelError::MissingTensor { path: path.clone(), name: name.to_string() })?;
+        let gname = self.gguf_name(name).ok_or_else(|| ModelError::MissingTensor { path: path.clone(), name: name.to_string() })?;
         match self.gguf.tensor_info(&gname) {
             Some(info) => Ok((gname, info)),
             None => Err(ModelError::MissingTensor { path, name: format!("{gname} (Hugging Face `{name}`)") }),
@@ -71,7 +72,13 @@ impl<'a> GgufWeights<'a> {
         }
     }
 
-    fn gguf_name(name: &str) -> Option<String> {
+    /// Gemma's norms multiply by (1 + w); llama.cpp's converter stores w + 1 so that its kernels multiply by
+    /// the weight alone. Whether `name` is such a norm weight.
+    fn shifted_norm(&self, name: &str) -> bool {
+        self.cfg.gemma && name.ends_with("norm.weight")
+    }
+
+    fn gguf_name(&self, name: &str) -> Option<String> {
         let simple = match name {
             "model.embed_tokens.weight" => Some("token_embd.weight"),
             "model.norm.weight" => Some("output_norm.weight"),
@@ -85,7 +92,12 @@ impl<'a> GgufWeights<'a> {
         let (layer, field) = rest.split_once('.')?;
         let g = match field {
             "input_layernorm.weight" => "attn_norm.weight",
+            // Gemma's post_attention_layernorm norms the attention output; its MLP input norm is
+            // pre_feedforward_layernorm, which llama.cpp calls ffn_norm as it does Llama's MLP input norm.
+            "post_attention_layernorm.weight" if self.cfg.gemma => "post_attention_norm.weight",
             "post_attention_layernorm.weight" => "ffn_norm.weight",
+            "pre_feedforward_layernorm.weight" => "ffn_norm.weight",
+            "post_feedforward_layernorm.weight" => "post_ffw_norm.weight",
             "self_attn.q_proj.weight" => "attn_q.weight",
             "self_attn.k_proj.weight" => "attn_k.weight",
             "self_attn.v_proj.weight" => "attn_v.weight",
@@ -108,7 +120,7 @@ impl<'a> GgufWeights<'a> {
 
 impl WeightSource for GgufWeights<'_> {
     fn contains(&self, name: &str) -> bool {
-        Self::gguf_name(name).is_some_and(|g| self.gguf.tensor_info(&g).is_some())
+        self.gguf_name(name).is_some_and(|g| self.gguf.tensor_info(&g).is_some())
     }
 
     fn tensor(&self, name: &str) -> Result<Tensor> {
@@ -116,6 +128,10 @@ impl WeightSource for GgufWeights<'_> {
     }
 
     fn tensor_as(&self, name: &str, kind: Kind) -> Result<Tensor> {
+        if self.shifted_norm(name) && kind != Kind::Float {
+            // The 1 comes off in f32: a bf16 w + 1 has lost most of w's bits already.
+            return Ok(self.tensor_as(name, Kind::Float)?.to_kind(kind));
+        }
         let (gname, info) = self.info(name)?;
         let shape = info.shape();
         let k = shape.last().copied().unwrap_or(1).max(0) as usize;
@@ -141,6 +157,7 @@ impl WeightSource for GgufWeights<'_> {
         };
         self.gguf.release(&gname);
         let t = t.f_reshape(&shape)?;
+        let t = if self.shifted_norm(name) { t.f_sub_scalar(1.0)? } else { t };
         // llama.cpp permutes Q and K rows for its interleaved RoPE; Hugging Face (and we) use the half-split
         // layout, so invert the permutation per head: [heads, 2, d/2] -> [heads, d/2, 2].
         Ok(match self.permuted_heads(name) {

@@ -3,9 +3,12 @@ family's features switched on, and Hugging Face's answers on it: logits for two 
 (each alone) and 16 greedy tokens for each, with the margin between the top two logits at every step.
 
 usage: tiny_family.py FAMILY OUT_DIR
+       tiny_family.py --chat TOKENIZER.gguf OUT_ROOT FAMILY...
 OUT_DIR: the checkpoint (config.json, model.safetensors), reference.json {"prompts", "continuations",
          "margins"}, logits_K.f32 (little-endian f32, [len_K, vocab]), hooks.safetensors (every hook point of
          each prompt, as hf_hooks.py records them).
+--chat: for each FAMILY, OUT_ROOT/FAMILY holds the checkpoint alone, its vocabulary widened to the GGUF file's
+        tokenizer, which is saved beside it with its chat template: a model every command can load and talk to.
 """
 import json
 import os
@@ -52,11 +55,11 @@ FAMILIES = {
 }
 
 
-def main() -> None:
-    family, out = sys.argv[1], sys.argv[2]
+def tiny(family, **overrides):
+    """The family's tiny model with random weights (seeded), widened so that greedy steps are decided."""
     cfg_cls, model_cls, kwargs = FAMILIES[family]
     torch.manual_seed(0)
-    cfg = getattr(transformers, cfg_cls)(**kwargs)
+    cfg = getattr(transformers, cfg_cls)(**{**kwargs, **overrides})
     model = getattr(transformers, model_cls)(cfg).eval()
     # Eager attention, so that the attention weights (the pattern) are returned.
     model.config._attn_implementation = "eager"
@@ -68,6 +71,26 @@ def main() -> None:
                 p.mul_(4.0)
             else:
                 p.add_(0.1 * torch.randn_like(p))
+    return model
+
+
+def with_chat(tokenizer_gguf, out_root, families) -> None:
+    folder, name = os.path.split(os.path.abspath(tokenizer_gguf))
+    tok = transformers.AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    for family in families:
+        ids = dict(bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+        model = tiny(family, vocab_size=len(tok), **{k: v for k, v in ids.items() if v is not None})
+        out = os.path.join(out_root, family)
+        model.save_pretrained(out, safe_serialization=True)
+        tok.save_pretrained(out)
+
+
+def main() -> None:
+    if sys.argv[1] == "--chat":
+        with_chat(sys.argv[2], sys.argv[3], sys.argv[4:])
+        return
+    family, out = sys.argv[1], sys.argv[2]
+    model = tiny(family)
     model.save_pretrained(out, safe_serialization=True)
     gen = torch.Generator().manual_seed(1)
     prompts = [torch.randint(0, 300, (n,), generator=gen).tolist() for n in (23, 37)]

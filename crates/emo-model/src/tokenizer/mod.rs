@@ -1,117 +1,33 @@
 //! Text <-> token ids, built either from a GGUF file's `tokenizer.ggml.*` metadata or from a Hugging Face
 //! folder (`tokenizer.json` + `tokenizer_config.json`), on top of the `tokenizers` crate.
 //!
-//! From GGUF only byte-level BPE (`tokenizer.ggml.model = "gpt2"`, used by Llama 3, Qwen2 and SmolLM2) is
-//! supported. The pre-tokenizer split follows llama.cpp's reading of `tokenizer.ggml.pre`, which was chosen
-//! by hashing the output of the model's original `tokenizer.json`, so it reproduces that tokenizer. Where
-//! transformers' own GGUF loader differs (it has no entry for `smollm` and falls back to the GPT-2 split),
-//! we side with llama.cpp and the original tokenizer; `pre` values neither knows fall back to the GPT-2
-//! split, as transformers does.
+//! From GGUF two vocabulary kinds are supported: byte-level BPE (`tokenizer.ggml.model = "gpt2"`, used by
+//! Llama 3, Qwen and SmolLM2; [`byte_level`]) and Gemma's SentencePiece vocabulary (`"llama"` in a Gemma
+//! file; [`sentencepiece`]). Both reproduce what Hugging Face transformers builds from the same file, which
+//! the parity tests compare against.
 use std::path::{Path, PathBuf};
 
-use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
-use tokenizers::models::bpe::{Merges, Vocab, BPE};
-use tokenizers::pre_tokenizers::byte_level::ByteLevel;
-use tokenizers::pre_tokenizers::digits::Digits;
-use tokenizers::pre_tokenizers::sequence::Sequence;
-use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
-use tokenizers::{AddedToken, PostProcessorWrapper, PreTokenizerWrapper, SplitDelimiterBehavior};
+use tokenizers::{AddedToken, PostProcessorWrapper};
 
 use crate::gguf::GgufValue;
 use crate::{ModelError, Result};
+
+mod byte_level;
+mod sentencepiece;
 
 /// GGUF `tokenizer.ggml.token_type` of a control token (`<|im_start|>`): matched whole, special.
 const TOKEN_TYPE_CONTROL: i64 = 3;
 /// GGUF `tokenizer.ggml.token_type` of a user-defined token (`<tool_call>`): matched whole, not special.
 const TOKEN_TYPE_USER_DEFINED: i64 = 4;
 
-/// Llama 3's split: contractions, letters with one leading non-letter, numbers in groups of up to three.
-const SPLIT_LLAMA3: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
-/// Qwen2's split: Llama 3's, but every digit on its own.
-const SPLIT_QWEN2: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
-/// Qwen3.5's split: Qwen2's with combining marks kept inside words.
-const SPLIT_QWEN35: &str =
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+|\p{N}| ?[^\s\p{L}\p{M}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
-/// Mistral's Tekken split.
-const SPLIT_TEKKEN: &str = concat!(
-    r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+",
-    r"|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*",
-    r"|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+"
-);
-/// GPT-4o's (o200k) split, also Llama 4's.
-const SPLIT_GPT4O: &str = concat!(
-    r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?",
-    r"|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?",
-    r"|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+"
-);
-
-/// How a byte-level BPE vocabulary cuts text into words before merging.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum PreSplit {
-    /// GPT-2's regex (the `ByteLevel` pre-tokenizer's own).
-    Gpt2,
-    /// Every digit isolated first, then GPT-2's regex (StarCoder-derived vocabularies such as SmolLM).
-    DigitsThenGpt2,
-    /// A custom regex, each match its own word.
-    Regex(&'static str),
-}
-
-/// What `tokenizer.ggml.pre` implies: the split, whether merges may be skipped for whole-word vocabulary
-/// hits (llama.cpp's `ignore_merges`, also set in Llama 3's `tokenizer.json`), and llama.cpp's default for
-/// `add_bos_token` when the file does not say.
-#[derive(Clone, Copy, Debug)]
-struct PreType {
-    split: PreSplit,
-    ignore_merges: bool,
+/// A vocabulary model built from GGUF metadata, before the special tokens are added.
+struct Built {
+    inner: tokenizers::Tokenizer,
+    /// llama.cpp's default for `add_bos_token` when the file does not say.
     default_add_bos: bool,
-}
-
-/// Maps a `tokenizer.ggml.pre` value to its pre-tokenizer. Unknown values get GPT-2's split, which is what
-/// transformers does for every value outside its table.
-fn pre_type(pre: &str) -> PreType {
-    let plain = |split| PreType { split, ignore_merges: false, default_add_bos: false };
-    match pre {
-        "llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "falcon-h1" | "pixtral" | "midm-2.0" | "lfm2" | "jina-v5-nano" => {
-            PreType { split: PreSplit::Regex(SPLIT_LLAMA3), ignore_merges: true, default_add_bos: true }
-        }
-        "dbrx" | "smaug-bpe" => plain(PreSplit::Regex(SPLIT_LLAMA3)),
-        "tekken" => PreType { split: PreSplit::Regex(SPLIT_TEKKEN), ignore_merges: true, default_add_bos: true },
-        "qwen2" | "deepseek-r1-qwen" | "kormo" | "f2llmv2" | "megrez" => plain(PreSplit::Regex(SPLIT_QWEN2)),
-        "qwen35" => plain(PreSplit::Regex(SPLIT_QWEN35)),
-        "gpt-4o" | "llama4" | "kanana2" | "talkie" | "minimax-m2" => plain(PreSplit::Regex(SPLIT_GPT4O)),
-        "smollm" | "starcoder" | "refact" | "command-r" | "codeshell" | "exaone" | "minerva-7b" => plain(PreSplit::DigitsThenGpt2),
-        _ => plain(PreSplit::Gpt2),
-    }
-}
-
-fn pre_tokenizer(split: PreSplit) -> std::result::Result<PreTokenizerWrapper, String> {
-    Ok(match split {
-        PreSplit::Gpt2 => ByteLevel::new(false, true, true).into(),
-        PreSplit::DigitsThenGpt2 => Sequence::new(vec![Digits::new(true).into(), ByteLevel::new(false, true, true).into()]).into(),
-        PreSplit::Regex(re) => {
-            let split = Split::new(SplitPattern::Regex(re.to_string()), SplitDelimiterBehavior::Isolated, false)
-                .map_err(|e| format!("pre-tokenizer regex does not compile: {e}"))?;
-            Sequence::new(vec![split.into(), ByteLevel::new(false, true, false).into()]).into()
-        }
-    })
-}
-
-/// GPT-2's byte-to-character table: printable Latin-1 bytes stand for themselves, the others are moved
-/// to U+0100 onwards, so that every byte has a visible, non-space character.
-fn byte_alphabet() -> [char; 256] {
-    let mut table = ['\0'; 256];
-    let mut next = 256u32;
-    for b in 0..=255u8 {
-        let printable = matches!(b, b'!'..=b'~' | 0xA1..=0xAC | 0xAE..=0xFF);
-        table[b as usize] = if printable {
-            char::from(b)
-        } else {
-            let c = char::from_u32(next).unwrap_or('\u{FFFD}');
-            next += 1;
-            c
-        };
-    }
-    table
+    /// Whether a USER_DEFINED token is added as a whole-match token (false where the model spells it
+    /// differently in its vocabulary, as Gemma's runs of spaces).
+    keeps_user_defined: fn(&str) -> bool,
 }
 
 /// A tokenizer with its special tokens and chat template.
@@ -141,17 +57,17 @@ impl std::fmt::Debug for Tokenizer {
 }
 
 /// Reads the typed values the tokenizer needs from GGUF metadata, naming the file and key on error.
-struct Meta<'a, F> {
+pub(super) struct Meta<'a, F> {
     path: &'a Path,
     get: F,
 }
 
 impl<'a, 'v, F: Fn(&str) -> Option<&'v GgufValue>> Meta<'a, F> {
-    fn err(&self, msg: impl Into<String>) -> ModelError {
+    pub(super) fn err(&self, msg: impl Into<String>) -> ModelError {
         ModelError::Tokenizer { path: self.path.to_path_buf(), msg: msg.into() }
     }
 
-    fn str(&self, key: &str) -> Result<Option<&'v str>> {
+    pub(super) fn str(&self, key: &str) -> Result<Option<&'v str>> {
         match (self.get)(key) {
             None => Ok(None),
             Some(v) => v.as_str().map(Some).ok_or_else(|| self.err(format!("metadata key `{key}` is not a string"))),
@@ -172,7 +88,7 @@ impl<'a, 'v, F: Fn(&str) -> Option<&'v GgufValue>> Meta<'a, F> {
         }
     }
 
-    fn strings(&self, key: &str) -> Result<Option<Vec<&'v str>>> {
+    pub(super) fn strings(&self, key: &str) -> Result<Option<Vec<&'v str>>> {
         let Some(items) = self.array(key)? else { return Ok(None) };
         items
             .iter()
@@ -183,7 +99,7 @@ impl<'a, 'v, F: Fn(&str) -> Option<&'v GgufValue>> Meta<'a, F> {
     }
 
     /// A token id key, checked against the vocabulary so that a bad file cannot index out of range later.
-    fn token_id(&self, key: &str, n_tokens: usize) -> Result<Option<u32>> {
+    pub(super) fn token_id(&self, key: &str, n_tokens: usize) -> Result<Option<u32>> {
         let Some(v) = (self.get)(key) else { return Ok(None) };
         let id = v.as_u64().ok_or_else(|| self.err(format!("metadata key `{key}` is not an unsigned integer")))?;
         if id >= n_tokens as u64 {
@@ -204,11 +120,11 @@ impl Tokenizer {
     /// errors. This is what [`Tokenizer::from_gguf`] does with a file; it is public so that metadata from
     /// elsewhere (or made up, in tests) can be used too.
     ///
-    /// Only `tokenizer.ggml.model = "gpt2"` (byte-level BPE) is supported. Tokens of type CONTROL become
+    /// `tokenizer.ggml.model` must be `gpt2` (byte-level BPE) or, in a Gemma file, `llama` (SentencePiece). Tokens of type CONTROL become
     /// special added tokens and USER_DEFINED ones plain added tokens, so both are matched whole in text.
     /// BOS (EOS) is added by [`Tokenizer::encode`] with `add_special_tokens` only when
     /// `tokenizer.ggml.add_bos_token` (`add_eos_token`) is true; when absent, llama.cpp's default for the
-    /// pre-tokenizer type applies (true for Llama 3's, false otherwise).
+    /// vocabulary applies (true for Llama 3's pre-tokenizer and for SentencePiece, false otherwise).
     pub fn from_gguf_metadata<'v, F>(path: &Path, get: F) -> Result<Self>
     where
         F: Fn(&str) -> Option<&'v GgufValue>,
@@ -216,9 +132,6 @@ impl Tokenizer {
         let meta = Meta { path, get };
         let model =
             meta.str("tokenizer.ggml.model")?.ok_or_else(|| meta.err("no `tokenizer.ggml.model` in the metadata: the file has no tokenizer"))?;
-        if model != "gpt2" {
-            return Err(meta.err(format!("unsupported tokenizer model `{model}` (tokenizer.ggml.model); supported: `gpt2` (byte-level BPE)")));
-        }
         let tokens = meta.strings("tokenizer.ggml.tokens")?.ok_or_else(|| meta.err("no `tokenizer.ggml.tokens` in the metadata"))?;
         let n_tokens = tokens.len();
         if n_tokens == 0 || n_tokens > u32::MAX as usize {
@@ -240,50 +153,29 @@ impl Tokenizer {
                 Some(types)
             }
         };
-        let merges_raw = meta
-            .strings("tokenizer.ggml.merges")?
-            .ok_or_else(|| meta.err("no `tokenizer.ggml.merges` in the metadata (needed for a gpt2 tokenizer)"))?;
-        let pre = meta.str("tokenizer.ggml.pre")?.unwrap_or("default");
-        let pre = pre_type(pre);
         let type_of = |i: usize| token_types.as_ref().map_or(1, |t| t[i]);
-
-        // Control and user-defined tokens stay as written, since they are matched whole and never reached by
-        // merges; a normal token outside the byte alphabet is respelled byte by byte, as transformers does.
-        let alphabet = byte_alphabet();
-        let in_alphabet: std::collections::HashSet<char> = alphabet.iter().copied().collect();
-        let mut vocab = Vocab::with_capacity(n_tokens);
-        for (i, token) in tokens.iter().enumerate() {
-            let ty = type_of(i);
-            let spelled = if ty == TOKEN_TYPE_CONTROL || ty == TOKEN_TYPE_USER_DEFINED || token.chars().all(|c| in_alphabet.contains(&c)) {
-                (*token).to_string()
-            } else {
-                token.bytes().map(|b| alphabet[b as usize]).collect()
-            };
-            vocab.insert(spelled, i as u32);
-        }
-        let mut merges: Merges = Vec::with_capacity(merges_raw.len());
-        for (i, merge) in merges_raw.iter().enumerate() {
-            let (a, b) = merge
-                .split_once(' ')
-                .ok_or_else(|| meta.err(format!("`tokenizer.ggml.merges` entry {i} (`{merge}`) is not two tokens separated by a space")))?;
-            merges.push((a.to_string(), b.to_string()));
-        }
-        let bpe = BPE::builder()
-            .vocab_and_merges(vocab, merges)
-            .ignore_merges(pre.ignore_merges)
-            .build()
-            .map_err(|e| meta.err(format!("cannot build the BPE model: {e}")))?;
-
-        let mut inner = tokenizers::Tokenizer::new(bpe);
-        inner.with_pre_tokenizer(Some(pre_tokenizer(pre.split).map_err(|e| meta.err(e))?));
-        inner.with_decoder(Some(ByteLevelDecoder::default()));
+        let arch = meta.str("general.architecture")?.unwrap_or("");
+        let Built { mut inner, default_add_bos, keeps_user_defined } = match model {
+            "gpt2" => byte_level::build(&meta, &tokens, &type_of)?,
+            "llama" if arch.starts_with("gemma") => sentencepiece::build_gemma(&meta, &tokens)?,
+            "llama" => {
+                return Err(meta.err(format!(
+                    "SentencePiece vocabularies (tokenizer.ggml.model `llama`) are supported in Gemma files only, this one is `{arch}`"
+                )))
+            }
+            _ => return Err(meta.err(format!(
+                "unsupported tokenizer model `{model}` (tokenizer.ggml.model); supported: `gpt2` (byte-level BPE), `llama` (Gemma's SentencePiece)"
+            ))),
+        };
 
         let mut special = Vec::new();
         let mut user_defined = Vec::new();
         for (i, token) in tokens.iter().enumerate() {
             match type_of(i) {
                 TOKEN_TYPE_CONTROL => special.push(AddedToken::from(token.to_string(), true).normalized(false)),
-                TOKEN_TYPE_USER_DEFINED => user_defined.push(AddedToken::from(token.to_string(), false).normalized(false)),
+                TOKEN_TYPE_USER_DEFINED if keeps_user_defined(token) => {
+                    user_defined.push(AddedToken::from(token.to_string(), false).normalized(false))
+                }
                 _ => {}
             }
         }
@@ -295,7 +187,7 @@ impl Tokenizer {
         let bos = named("tokenizer.ggml.bos_token_id")?;
         let eos = named("tokenizer.ggml.eos_token_id")?;
         let pad_id = meta.token_id("tokenizer.ggml.padding_token_id", n_tokens)?;
-        let add_bos = meta.bool("tokenizer.ggml.add_bos_token")?.unwrap_or(pre.default_add_bos);
+        let add_bos = meta.bool("tokenizer.ggml.add_bos_token")?.unwrap_or(default_add_bos);
         let add_eos = meta.bool("tokenizer.ggml.add_eos_token")?.unwrap_or(false);
         let bos_added = if add_bos {
             Some(bos.clone().ok_or_else(|| meta.err("`tokenizer.ggml.add_bos_token` is true but there is no `tokenizer.ggml.bos_token_id`"))?)
@@ -585,27 +477,4 @@ fn sibling_chat_template(dir: &Path) -> Result<Option<String>> {
         return config_chat_template(&value).map_err(|msg| ModelError::Tokenizer { path: json, msg });
     }
     Ok(None)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn every_pre_split_compiles() {
-        for pre in ["llama-bpe", "dbrx", "tekken", "qwen2", "qwen35", "gpt-4o", "smollm", "gpt2", "default"] {
-            let split = pre_type(pre).split;
-            pre_tokenizer(split).unwrap_or_else(|e| panic!("{pre}: {e}"));
-        }
-    }
-
-    #[test]
-    fn byte_alphabet_is_a_bijection_onto_visible_chars() {
-        let table = byte_alphabet();
-        let distinct: std::collections::HashSet<char> = table.iter().copied().collect();
-        assert_eq!(distinct.len(), 256);
-        assert_eq!(table[b' ' as usize], 'Ġ');
-        assert_eq!(table[b'\n' as usize], 'Ċ');
-        assert_eq!(table[b'a' as usize], 'a');
-    }
 }
