@@ -25,7 +25,7 @@ fn main() -> anyhow::Result<()> {
     println!("importance figure: {}", fig.png.display());
     let cfg = model.transformer.config();
     let attribution = Attribution::load(&run, samples)?;
-    let set = assemble(&imp.profiles()?, &attribution, Shape::of(cfg), &Budget::paper(cfg.n_layers))?;
+    let set = assemble(&imp.profiles()?, &attribution, Shape::of(cfg), &Budget::paper_for(Shape::of(cfg)))?;
     let dir = circuits_dir(&run, samples);
     set.save(&dir)?;
     let ((nm, ns), (hm, hs)) = overlap(&set.circuits);

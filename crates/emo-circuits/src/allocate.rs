@@ -32,6 +32,28 @@ impl Budget {
         Budget { k_total: 10 * 2 * n_layers, mlp_share: 0.7, min_neurons: 4, min_heads: 2, cap_ratio: 0.4 }
     }
 
+    /// The paper's settings fitted to `shape`: where a layer has fewer units of a kind than the paper's
+    /// share of the budget gives it (a model with fewer than 6 heads a layer, such as Gemma 3 270M's 4), that
+    /// kind gets every unit the model has and the minimum per layer shrinks to what a layer holds; the other
+    /// kind keeps its paper budget. Unchanged for every model the paper's rule fits.
+    pub fn paper_for(shape: Shape) -> Budget {
+        let paper = Budget::paper(shape.n_layers);
+        let (k_mlp, k_attn) = paper.split();
+        let k_mlp = k_mlp.min(shape.d_mlp * shape.n_layers);
+        let k_attn = k_attn.min(shape.n_heads * shape.n_layers);
+        if (k_mlp, k_attn) == paper.split() {
+            return paper;
+        }
+        let k_total = k_mlp + k_attn;
+        Budget {
+            k_total,
+            mlp_share: if k_total == 0 { paper.mlp_share } else { k_mlp as f64 / k_total as f64 },
+            min_neurons: paper.min_neurons.min(shape.d_mlp),
+            min_heads: paper.min_heads.min(shape.n_heads),
+            ..paper
+        }
+    }
+
     /// (K_mlp, K_attn): K_mlp = round(share x K_total), heads the rest.
     pub fn split(&self) -> (usize, usize) {
         let mlp = (self.mlp_share * self.k_total as f64).round() as usize;
@@ -137,6 +159,23 @@ fn hand_out(k: &mut [usize], order: &[usize], mut left: usize, limit: usize) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_paper_budget_fits_a_model_with_few_heads() {
+        // 28 layers of 14 heads: the paper's own budget, untouched.
+        let big = Shape { n_layers: 28, n_heads: 14, d_mlp: 4864 };
+        assert_eq!(Budget::paper_for(big), Budget::paper(28));
+        // Gemma 3 270M: 18 layers of 4 heads hold 72 heads, fewer than the paper's 6 x 18 = 108.
+        let small = Shape { n_layers: 18, n_heads: 4, d_mlp: 2048 };
+        let b = Budget::paper_for(small);
+        assert_eq!(b.split(), (252, 72));
+        let a = allocate(&[1.0; 18], &[1.0; 18], small, &b).unwrap();
+        assert!(a.attn_k.iter().all(|&k| k == 4), "{:?}", a.attn_k);
+        assert_eq!(a.mlp_k.iter().sum::<usize>(), 252);
+        // One head a layer: the minimum shrinks with it.
+        let one = Budget::paper_for(Shape { n_layers: 3, n_heads: 1, d_mlp: 64 });
+        assert_eq!((one.min_heads, one.split()), (1, (42, 3)));
+    }
 
     #[test]
     fn paper_budget_splits_560_into_392_and_168() {

@@ -117,7 +117,7 @@ pub fn circuits_cmd(c: &CircuitsCommand) -> Result<()> {
     match c {
         CircuitsCommand::Allocate { importance, n_layers, n_heads, d_mlp, k_total } => {
             let shape = Shape { n_layers: *n_layers, n_heads: *n_heads, d_mlp: *d_mlp };
-            let mut budget = Budget::paper(*n_layers);
+            let mut budget = Budget::paper_for(shape);
             if let Some(k) = k_total {
                 budget.k_total = *k;
             }
@@ -138,11 +138,12 @@ pub fn circuits_cmd(c: &CircuitsCommand) -> Result<()> {
                 let s = attribution.heads.mean.size();
                 (manifest.model.n_layers, s[2] as usize, attribution.neurons.c_mean.size()[2] as usize)
             };
-            let mut budget = Budget::paper(l);
+            let shape = Shape { n_layers: l, n_heads, d_mlp };
+            let mut budget = Budget::paper_for(shape);
             if let Some(k) = k_total {
                 budget.k_total = *k;
             }
-            let set = assemble(&imp.profiles()?, &attribution, Shape { n_layers: l, n_heads, d_mlp }, &budget)?;
+            let set = assemble(&imp.profiles()?, &attribution, shape, &budget)?;
             let dir = circuits_dir(&run, samples);
             set.save(&dir)?;
             let ((nm, ns), (hm, hs)) = emo_circuits::circuit::overlap(&set.circuits);
@@ -300,7 +301,7 @@ pub fn paper(p: &PaperArgs) -> Result<()> {
     emo_circuits::figures::write_importance_figure(&run, &imp)?;
     times.push(("sublayer importance", step.elapsed().as_secs_f64()));
     let shape = Shape::of(&cfg);
-    let set = assemble(&imp.profiles()?, &attribution, shape, &Budget::paper(cfg.n_layers))?;
+    let set = assemble(&imp.profiles()?, &attribution, shape, &Budget::paper_for(shape))?;
     let dir = circuits_dir(&run, samples);
     set.save(&dir)?;
     let step = Instant::now();

@@ -163,9 +163,11 @@ impl Tokenizer {
                     "SentencePiece vocabularies (tokenizer.ggml.model `llama`) are supported in Gemma files only, this one is `{arch}`"
                 )))
             }
-            _ => return Err(meta.err(format!(
+            _ => {
+                return Err(meta.err(format!(
                 "unsupported tokenizer model `{model}` (tokenizer.ggml.model); supported: `gpt2` (byte-level BPE), `llama` (Gemma's SentencePiece)"
-            ))),
+            )))
+            }
         };
 
         let mut special = Vec::new();
