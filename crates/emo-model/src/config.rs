@@ -225,6 +225,9 @@ impl TransformerConfig {
             None if arch == Architecture::Gemma3 => (0..n_layers).map(|l| (l + 1) % 6 != 0).collect(),
             None => Vec::new(),
         };
+        let sliding_window = hf_sliding_window(path, v, arch)?;
+        // Without a window the layer types say nothing (Qwen3 configs list every layer as full attention).
+        let sliding_layers = if sliding_window.is_some() { sliding_layers } else { Vec::new() };
         let cfg = TransformerConfig {
             arch,
             vocab_size: uint("vocab_size")?,
@@ -246,7 +249,7 @@ impl TransformerConfig {
                 }
             },
             qk_norm: matches!(arch, Architecture::Qwen3 | Architecture::Gemma3),
-            sliding_window: hf_sliding_window(path, v, arch)?,
+            sliding_window,
             sliding_layers,
             gemma,
             query_scale: if gemma { f64_or("query_pre_attn_scalar", 256.0).powf(-0.5) } else { (d_head as f64).powf(-0.5) },

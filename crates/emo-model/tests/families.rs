@@ -2,9 +2,10 @@
 //! transformers writes in this run with the family's features switched on (tests/support/tiny_family.py):
 //! logits of two prompts of different lengths equal Hugging Face's, alone and in one left-padded batch, every
 //! hook point equals the value Hugging Face's modules compute (Gemma's output norms and q/k norms included), and
-//! 16 greedy tokens with the KV cache equal Hugging Face's, in a padded batch; a branched last token over a
+//! 32 greedy tokens with the KV cache equal Hugging Face's, in a padded batch; a branched last token over a
 //! shared prefix (as sweeps run) equals them too; the same weights written as GGUF
-//! with llama.cpp's names and metadata load through the GGUF path to the same logits.
+//! with llama.cpp's names, metadata and (for Gemma) norm convention load through the GGUF path to the same config
+//! and logits.
 mod common;
 #[path = "support/hook_parity.rs"]
 mod hook_parity;
@@ -63,7 +64,7 @@ fn check_family(family: &str, arch: Architecture) {
         close(&gguf_logits, &batched, "through GGUF");
     }
 
-    let gen_cfg = GenerationConfig { ignore_eos: true, ..GenerationConfig::greedy(16) };
+    let gen_cfg = GenerationConfig { ignore_eos: true, ..GenerationConfig::greedy(32) };
     let ours = generate(&t, &prompts, &gen_cfg, 0, &mut HookSet::new()).unwrap();
     for (k, g) in ours.iter().enumerate() {
         let hf: Vec<u32> = serde_json::from_value(reference["continuations"][k].clone()).unwrap();
@@ -80,13 +81,12 @@ fn qwen3_matches_hugging_face() {
     check_family("qwen3", Architecture::Qwen3);
 }
 
-/// The tiny checkpoint rewritten as GGUF under llama.cpp's tensor names and `{arch}.*` metadata (f32), loaded
-/// through the GGUF path: the batch's logits, or `None` for a family llama.cpp names no differently.
+/// The tiny checkpoint rewritten as GGUF under llama.cpp's tensor names and `{arch}.*` metadata (f32, Gemma's norm
+/// weights with llama.cpp's +1), loaded through the GGUF path: the batch's logits, or `None` for Llama, whose q/k
+/// rows llama.cpp permutes (the offline SmolLM2 file covers that).
 fn through_gguf(family: &str, dir: &std::path::Path, prompts: &[Vec<u32>]) -> Option<Tensor> {
     let cfg = TransformerConfig::from_hf_config(&dir.join("config.json")).unwrap();
-    // Llama's q/k rows are permuted by llama.cpp, and Gemma's norm weights carry its +1: this helper writes
-    // only families stored as Hugging Face stores them (Gemma GGUF files are refused for now).
-    if matches!(cfg.arch, Architecture::Llama | Architecture::Gemma2 | Architecture::Gemma3) {
+    if cfg.arch == Architecture::Llama {
         return None;
     }
     let arch = cfg.arch.gguf_name();
@@ -111,14 +111,20 @@ fn through_gguf(family: &str, dir: &std::path::Path, prompts: &[Vec<u32>]) -> Op
     if let Some(window) = cfg.sliding_window {
         w.add_metadata(format!("{arch}.attention.sliding_window"), u(window));
     }
+    for (key, cap) in [("attn_logit_softcapping", cfg.attn_softcap), ("final_logit_softcapping", cfg.final_softcap)] {
+        if let Some(cap) = cap {
+            w.add_metadata(format!("{arch}.{key}"), GgufValue::F32(cap as f32));
+        }
+    }
     let mut names = vec![("model.embed_tokens.weight".to_string(), "token_embd.weight".to_string())];
     names.push(("model.norm.weight".into(), "output_norm.weight".into()));
     if src.contains("lm_head.weight") {
         names.push(("lm_head.weight".into(), "output.weight".into()));
     }
+    let mlp_in_norm = if cfg.gemma { "pre_feedforward_layernorm.weight" } else { "post_attention_layernorm.weight" };
     let fields = [
         ("input_layernorm.weight", "attn_norm.weight"),
-        ("post_attention_layernorm.weight", "ffn_norm.weight"),
+        (mlp_in_norm, "ffn_norm.weight"),
         ("self_attn.q_proj.weight", "attn_q.weight"),
         ("self_attn.k_proj.weight", "attn_k.weight"),
         ("self_attn.v_proj.weight", "attn_v.weight"),
@@ -131,13 +137,19 @@ fn through_gguf(family: &str, dir: &std::path::Path, prompts: &[Vec<u32>]) -> Op
         ("mlp.up_proj.weight", "ffn_up.weight"),
         ("mlp.down_proj.weight", "ffn_down.weight"),
     ];
+    let gemma_fields =
+        [("post_attention_layernorm.weight", "post_attention_norm.weight"), ("post_feedforward_layernorm.weight", "post_ffw_norm.weight")];
     for l in 0..cfg.n_layers {
-        for (hf, gg) in fields {
+        for (hf, gg) in fields.iter().chain(if cfg.gemma { &gemma_fields[..] } else { &[] }) {
             names.push((format!("model.layers.{l}.{hf}"), format!("blk.{l}.{gg}")));
         }
     }
     for (hf, gg) in names.iter().filter(|(hf, _)| src.contains(hf)) {
-        let t = src.tensor_as(hf, Kind::Float).unwrap();
+        let mut t = src.tensor_as(hf, Kind::Float).unwrap();
+        // llama.cpp's converter stores Gemma's (1 + w) norm weights as w + 1.
+        if cfg.gemma && hf.ends_with("norm.weight") {
+            t += 1.0;
+        }
         let shape: Vec<usize> = t.size().iter().map(|&d| d as usize).collect();
         w.add_f32_tensor(gg.clone(), &shape, &Vec::<f32>::try_from(t.flatten(0, -1)).unwrap()).unwrap();
     }
@@ -145,8 +157,19 @@ fn through_gguf(family: &str, dir: &std::path::Path, prompts: &[Vec<u32>]) -> Op
     w.write(&path).unwrap();
     let file = GgufFile::open(&path).unwrap();
     let gcfg = TransformerConfig::from_gguf(&file).unwrap();
-    assert_eq!(gcfg.arch, cfg.arch);
-    let t = Transformer::load(gcfg.clone(), &GgufWeights::new(&file, gcfg), Device::Cpu, Kind::Float).unwrap();
+    // GGUF stores no query_pre_attn_scalar: llama.cpp's 1/sqrt(d_head) replaces the tiny config's deliberately
+    // different one, and everything else read from the metadata equals the Hugging Face config.
+    // (The epsilon went through an f32.)
+    assert_eq!(
+        TransformerConfig { query_scale: cfg.query_scale, rms_norm_eps: cfg.rms_norm_eps, ..gcfg.clone() },
+        cfg,
+        "{family}: the config read from GGUF"
+    );
+    assert!((gcfg.rms_norm_eps - cfg.rms_norm_eps).abs() < 1e-12);
+    if cfg.gemma {
+        assert_eq!(gcfg.query_scale, (cfg.d_head as f64).powf(-0.5));
+    }
+    let t = Transformer::load(cfg.clone(), &GgufWeights::new(&file, gcfg), Device::Cpu, Kind::Float).unwrap();
     Some(t.forward_rows(prompts, 0, &mut HookSet::new(), LogitsFor::All).unwrap())
 }
 

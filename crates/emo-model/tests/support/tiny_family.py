@@ -1,6 +1,6 @@
 """A tiny checkpoint with random weights for one model family, written by Hugging Face transformers with the
 family's features switched on, and Hugging Face's answers on it: logits for two prompts of different lengths
-(each alone) and 16 greedy tokens for each, with the margin between the top two logits at every step.
+(each alone) and 32 greedy tokens for each, with the margin between the top two logits at every step.
 
 usage: tiny_family.py FAMILY OUT_DIR
        tiny_family.py --chat TOKENIZER.gguf OUT_ROOT FAMILY...
@@ -104,7 +104,7 @@ def main() -> None:
         x = torch.tensor([ids])
         with torch.no_grad():
             model(x).logits[0].float().numpy().astype("<f4").tofile(os.path.join(out, f"logits_{k}.f32"))
-            out_ids = model.generate(x, attention_mask=torch.ones_like(x), do_sample=False, max_new_tokens=16,
+            out_ids = model.generate(x, attention_mask=torch.ones_like(x), do_sample=False, max_new_tokens=32,
                                      pad_token_id=0, output_scores=True, return_dict_in_generate=True)
         continuations.append(out_ids.sequences[0, len(ids):].tolist())
         margins.append([float(s[0].topk(2).values[0] - s[0].topk(2).values[1]) for s in out_ids.scores])
