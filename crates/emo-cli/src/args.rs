@@ -24,6 +24,10 @@ pub(crate) struct LoadArgs {
     /// Q4_K, Q5_0 and Q8_0 matrices stay packed as int4, multiplied in bf16 on the CPU; docs/performance.md).
     #[arg(long, default_value = "dequantized")]
     pub(crate) weights: String,
+    /// A Jinja chat template file used instead of the model's own: for base models that have none
+    /// (gemma-3-270m). Every command of a run must be given the same one.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) chat_template: Option<std::path::PathBuf>,
 }
 
 impl LoadArgs {
@@ -38,7 +42,14 @@ impl LoadArgs {
     /// Loads `model`.
     pub(crate) fn load(&self, model: &str) -> Result<Model> {
         let opts = self.options()?;
-        Model::load(model, opts).with_context(|| format!("loading model `{model}`"))
+        let loaded = Model::load(model, opts).with_context(|| format!("loading model `{model}`"))?;
+        match &self.chat_template {
+            None => Ok(loaded),
+            Some(file) => {
+                let source = std::fs::read_to_string(file).with_context(|| format!("reading the chat template {}", file.display()))?;
+                loaded.with_chat_template(&source).with_context(|| format!("the chat template {}", file.display()))
+            }
+        }
     }
 
     /// Loads the model `run` was made with and checks it is the same model files (`steer`, `attribute`,

@@ -179,7 +179,19 @@ impl Model {
     }
 
     fn template(&self) -> Result<&ChatTemplate> {
-        self.chat_template.as_ref().ok_or_else(|| ModelError::Template(format!("{} has no chat template", self.path.display())))
+        self.chat_template.as_ref().ok_or_else(|| {
+            ModelError::Template(format!(
+                "{} has no chat template (a base model?): give it one with `--chat-template FILE` or Model::with_chat_template",
+                self.path.display()
+            ))
+        })
+    }
+
+    /// The model with `source` (Jinja, as in `tokenizer_config.json`) as its chat template, replacing the one it
+    /// came with, if any: how a base model without one (Gemma 3 270M) runs the chat-shaped pipelines.
+    pub fn with_chat_template(mut self, source: &str) -> Result<Model> {
+        self.chat_template = Some(ChatTemplate::new(source, self.tokenizer.bos_token(), self.tokenizer.eos_token())?);
+        Ok(self)
     }
 
     /// Replies to each conversation, greedily, in one batch; `cfg.eos_token_ids` defaults to the model's.

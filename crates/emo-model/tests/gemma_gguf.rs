@@ -3,7 +3,8 @@
 //! SentencePiece tokenizer rebuilt from the file gives the same ids and text on awkward inputs, the logits of two
 //! prompts agree alone and in one left-padded batch, 32 greedy tokens with the KV cache agree alone and batched,
 //! and every hook point equals Hugging Face's. This is the GGUF path of Gemma: llama.cpp's tensor names, its +1 on
-//! norm weights, and the layer pattern, local RoPE base and query scale it fixes rather than stores.
+//! norm weights, and the layer pattern, local RoPE base and query scale it fixes rather than stores. The file has
+//! no chat template; given examples/chat_templates/gemma.jinja, conversations render and encode as Hugging Face's.
 mod common;
 #[path = "support/hook_parity.rs"]
 mod hook_parity;
@@ -34,8 +35,11 @@ fn gemma3_270m_gguf_matches_hugging_face() {
     let model = Model::load("gemma-3-270m", LoadOptions::new(tch::Device::Cpu, Kind::Float)).unwrap();
     assert_eq!(model.transformer.config().arch, Architecture::Gemma3);
     let dir = common::scratch("gemma-gguf");
+    let template = std::fs::read_to_string(common::workspace().join("examples/chat_templates/gemma.jinja")).unwrap();
+    let conversations = common::conversations();
     let req = serde_json::json!({
         "gguf": common::model_file("gemma-3-270m"), "prompts": PROMPTS, "texts": TEXTS, "max_new_tokens": NEW_TOKENS, "threads": 2,
+        "chat_template": template, "conversations": conversations,
     });
     let req_path = dir.join("request.json");
     std::fs::write(&req_path, req.to_string()).unwrap();
@@ -95,4 +99,16 @@ fn gemma3_270m_gguf_matches_hugging_face() {
 
     let hooks: std::collections::HashMap<String, Tensor> = Tensor::read_safetensors(dir.join("hooks.safetensors")).unwrap().into_iter().collect();
     hook_parity::compare(t, &prompts, &hooks, "gemma-3-270m");
+
+    // A base model: no template until one is given, then chats as Hugging Face renders them with it.
+    let e = model.encode_chat(&conversations[0]).unwrap_err().to_string();
+    assert!(e.contains("no chat template") && e.contains("--chat-template"), "{e}");
+    let model = model.with_chat_template(&template).unwrap();
+    let chats = reference["chats"].as_array().unwrap();
+    assert_eq!(chats.len(), conversations.len());
+    for (k, (conv, hf)) in conversations.iter().zip(chats).enumerate() {
+        assert_eq!(model.render_chat(conv).unwrap(), hf["rendered"].as_str().unwrap(), "conversation {k}: rendered");
+        let ids: Vec<u32> = serde_json::from_value(hf["ids"].clone()).unwrap();
+        assert_eq!(model.encode_chat(conv).unwrap(), ids, "conversation {k}: token ids");
+    }
 }

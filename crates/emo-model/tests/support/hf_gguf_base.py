@@ -2,11 +2,13 @@
 transformers does (dequantized to f32, eager attention) and records, in one process:
 token ids of each text (with and without special-token matching), their decoding, the logits of each prompt
 alone, a greedy continuation with the margin between the top two logits at every step, and every hook point
-(hf_hooks.record).
+(hf_hooks.record); with a chat template, each conversation rendered by it and its token ids.
 
 usage: hf_gguf_base.py REQUEST.json OUT_DIR
-REQUEST: {"gguf": path, "prompts": [text...], "texts": [text...], "max_new_tokens": N, "threads": T}
-OUT_DIR/reference.json: {"prompt_ids", "texts": [{"ids", "plain_ids", "decoded"}], "continuations", "margins"}
+REQUEST: {"gguf": path, "prompts": [text...], "texts": [text...], "max_new_tokens": N, "threads": T,
+          "chat_template": Jinja source, "conversations": [[{"role", "content"}...]...]}
+OUT_DIR/reference.json: {"prompt_ids", "texts": [{"ids", "plain_ids", "decoded"}], "continuations", "margins",
+                         "chats": [{"rendered", "ids"}]}
 OUT_DIR/logits_K.f32: little-endian f32 logits of prompt K, [len_K, vocab].
 OUT_DIR/hooks.safetensors: every hook point of each prompt, as hf_hooks.py records them.
 """
@@ -36,6 +38,10 @@ def main() -> None:
         # Content as text: special tokens spelled in it are split like any characters, nothing added.
         plain = tok(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
         texts.append({"ids": ids, "plain_ids": plain, "decoded": tok.decode(ids)})
+    chats = []
+    for conv in req.get("conversations", []):
+        rendered = tok.apply_chat_template(conv, chat_template=req["chat_template"], tokenize=False, add_generation_prompt=True)
+        chats.append({"rendered": rendered, "ids": tok(rendered)["input_ids"]})
     prompts = [tok(p)["input_ids"] for p in req["prompts"]]
     model.generation_config.eos_token_id = None
     continuations, margins = [], []
@@ -48,7 +54,7 @@ def main() -> None:
         continuations.append(gen.sequences[0, len(ids):].tolist())
         margins.append([float(s[0].topk(2).values[0] - s[0].topk(2).values[1]) for s in gen.scores])
     with open(os.path.join(out, "reference.json"), "w") as f:
-        json.dump({"prompt_ids": prompts, "texts": texts, "continuations": continuations, "margins": margins}, f)
+        json.dump({"prompt_ids": prompts, "texts": texts, "continuations": continuations, "margins": margins, "chats": chats}, f)
     save_file(record(model, prompts), os.path.join(out, "hooks.safetensors"))
 
 
