@@ -108,6 +108,13 @@ impl Model {
                 eos.push(id as u32);
             }
         }
+        // A reply ends with its turn: Gemma files name `<eos>` only, while chats end turns with `<end_of_turn>`
+        // (llama.cpp stops at these too). Only control tokens count, so a plain word spelled alike never stops.
+        for turn_end in ["<end_of_turn>", "<|eot_id|>", "<|im_end|>", "<|end|>"] {
+            if let Some(id) = tokenizer.token_to_id(turn_end).filter(|&id| tokenizer.is_special(id)) {
+                eos.push(id);
+            }
+        }
         let transformer = Transformer::load_as(cfg.clone(), &GgufWeights::new(&gguf, cfg), opts.device, opts.kind, opts.weights)?;
         Self::assemble(transformer, tokenizer, eos, path)
     }

@@ -104,6 +104,9 @@ fn gemma3_270m_gguf_matches_hugging_face() {
     let e = model.encode_chat(&conversations[0]).unwrap_err().to_string();
     assert!(e.contains("no chat template") && e.contains("--chat-template"), "{e}");
     let model = model.with_chat_template(&template).unwrap();
+    // Replies stop at the end of their turn, not only at `<eos>`, the one stop token the file names.
+    let end_of_turn = model.tokenizer.token_to_id("<end_of_turn>").unwrap();
+    assert!(model.eos_token_ids.contains(&end_of_turn) && model.eos_token_ids.contains(&model.tokenizer.eos_token_id().unwrap()));
     let chats = reference["chats"].as_array().unwrap();
     assert_eq!(chats.len(), conversations.len());
     for (k, (conv, hf)) in conversations.iter().zip(chats).enumerate() {

@@ -363,6 +363,11 @@ impl Tokenizer {
         self.inner.token_to_id(token)
     }
 
+    /// Whether `id` is a special (control) token, such as `<|im_end|>` or `<end_of_turn>`.
+    pub fn is_special(&self, id: u32) -> bool {
+        self.inner.get_added_vocabulary().get_added_tokens_decoder().get(&id).is_some_and(|t| t.special)
+    }
+
     /// The vocabulary spelling of a token id.
     pub fn id_to_token(&self, id: u32) -> Option<String> {
         self.inner.id_to_token(id)
