@@ -2,7 +2,7 @@
 //! transformers writes in this run with the family's features switched on (tests/support/tiny_family.py):
 //! logits of two prompts of different lengths equal Hugging Face's, alone and in one left-padded batch, every
 //! hook point equals the value Hugging Face's modules compute (Gemma's output norms and q/k norms included), and
-//! 32 greedy tokens with the KV cache equal Hugging Face's, in a padded batch; a branched last token over a
+//! 32 greedy tokens with the KV cache equal Hugging Face's, alone and in a padded batch; a branched last token over a
 //! shared prefix (as sweeps run) equals them too; the same weights written as GGUF
 //! with llama.cpp's names, metadata and (for Gemma) norm convention load through the GGUF path to the same config
 //! and logits.
@@ -73,6 +73,8 @@ fn check_family(family: &str, arch: Architecture) {
         let decided = margins.iter().take_while(|&&m| m > 1e-3).count();
         assert!(decided >= 8, "{family} prompt {k}: only {decided} decided steps; widen the weights in tiny_family.py");
         assert_eq!(g.tokens[..decided], hf[..decided], "{family} prompt {k}: greedy continuation in a padded batch");
+        let alone = generate(&t, std::slice::from_ref(&prompts[k]), &gen_cfg, 0, &mut HookSet::new()).unwrap();
+        assert_eq!(alone[0].tokens[..decided], hf[..decided], "{family} prompt {k}: greedy continuation alone");
     }
 }
 
