@@ -21,6 +21,7 @@ from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from hf_greedy import logits_and_greedy  # noqa: E402
 from hf_hooks import record  # noqa: E402
 
 
@@ -43,16 +44,7 @@ def main() -> None:
         rendered = tok.apply_chat_template(conv, chat_template=req["chat_template"], tokenize=False, add_generation_prompt=True)
         chats.append({"rendered": rendered, "ids": tok(rendered)["input_ids"]})
     prompts = [tok(p)["input_ids"] for p in req["prompts"]]
-    model.generation_config.eos_token_id = None
-    continuations, margins = [], []
-    for k, ids in enumerate(prompts):
-        x = torch.tensor([ids])
-        with torch.no_grad():
-            model(x).logits[0].float().numpy().astype("<f4").tofile(os.path.join(out, f"logits_{k}.f32"))
-            gen = model.generate(x, attention_mask=torch.ones_like(x), do_sample=False, max_new_tokens=int(req["max_new_tokens"]),
-                                 pad_token_id=0, output_scores=True, return_dict_in_generate=True)
-        continuations.append(gen.sequences[0, len(ids):].tolist())
-        margins.append([float(s[0].topk(2).values[0] - s[0].topk(2).values[1]) for s in gen.scores])
+    continuations, margins = logits_and_greedy(model, prompts, out, int(req["max_new_tokens"]))
     with open(os.path.join(out, "reference.json"), "w") as f:
         json.dump({"prompt_ids": prompts, "texts": texts, "continuations": continuations, "margins": margins, "chats": chats}, f)
     save_file(record(model, prompts), os.path.join(out, "hooks.safetensors"))

@@ -19,6 +19,7 @@ import transformers
 from safetensors.torch import save_file
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from hf_greedy import logits_and_greedy  # noqa: E402
 from hf_hooks import record  # noqa: E402
 
 FAMILIES = {
@@ -97,17 +98,7 @@ def main() -> None:
     model.save_pretrained(out, safe_serialization=True)
     gen = torch.Generator().manual_seed(1)
     prompts = [torch.randint(0, 300, (n,), generator=gen).tolist() for n in (23, 37)]
-    # No end-of-sequence token: every step is a plain argmax, as the Rust side's `ignore_eos` decodes.
-    model.generation_config.eos_token_id = None
-    continuations, margins = [], []
-    for k, ids in enumerate(prompts):
-        x = torch.tensor([ids])
-        with torch.no_grad():
-            model(x).logits[0].float().numpy().astype("<f4").tofile(os.path.join(out, f"logits_{k}.f32"))
-            out_ids = model.generate(x, attention_mask=torch.ones_like(x), do_sample=False, max_new_tokens=32,
-                                     pad_token_id=0, output_scores=True, return_dict_in_generate=True)
-        continuations.append(out_ids.sequences[0, len(ids):].tolist())
-        margins.append([float(s[0].topk(2).values[0] - s[0].topk(2).values[1]) for s in out_ids.scores])
+    continuations, margins = logits_and_greedy(model, prompts, out, 32)
     json.dump({"prompts": prompts, "continuations": continuations, "margins": margins},
               open(os.path.join(out, "reference.json"), "w"))
     save_file(record(model, prompts), os.path.join(out, "hooks.safetensors"))
