@@ -120,8 +120,9 @@ impl Tokenizer {
     /// errors. This is what [`Tokenizer::from_gguf`] does with a file; it is public so that metadata from
     /// elsewhere (or made up, in tests) can be used too.
     ///
-    /// `tokenizer.ggml.model` must be `gpt2` (byte-level BPE) or, in a Gemma file, `llama` (SentencePiece). Tokens of type CONTROL become
-    /// special added tokens and USER_DEFINED ones plain added tokens, so both are matched whole in text.
+    /// `tokenizer.ggml.model` must be `gpt2` (byte-level BPE) or, in a Gemma file, `llama` (SentencePiece).
+    /// Tokens of type CONTROL become special added tokens and USER_DEFINED ones plain added tokens, so both are
+    /// matched whole in text.
     /// BOS (EOS) is added by [`Tokenizer::encode`] with `add_special_tokens` only when
     /// `tokenizer.ggml.add_bos_token` (`add_eos_token`) is true; when absent, llama.cpp's default for the
     /// vocabulary applies (true for Llama 3's pre-tokenizer and for SentencePiece, false otherwise).
