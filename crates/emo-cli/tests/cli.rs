@@ -251,7 +251,20 @@ fn section5_commands_run_end_to_end_on_a_small_run() {
     let one_head = ok(emo(&["circuits", "allocate", "--importance", csv.to_str().unwrap(), "--n-layers", "30", "--n-heads", "1", "--d-mlp", "1536"]));
     let v: serde_json::Value = serde_json::from_str(one_head.trim()).unwrap();
     assert_eq!(v["fear"]["attn_k"], serde_json::json!(vec![1; 30]));
-    let e = err(&["circuits", "allocate", "--importance", csv.to_str().unwrap(), "--n-layers", "30", "--n-heads", "9", "--d-mlp", "1536", "--k-total", "2000"]);
+    let e = err(&[
+        "circuits",
+        "allocate",
+        "--importance",
+        csv.to_str().unwrap(),
+        "--n-layers",
+        "30",
+        "--n-heads",
+        "9",
+        "--d-mlp",
+        "1536",
+        "--k-total",
+        "2000",
+    ]);
     assert!(e.contains("more than the model's 270"), "{e}");
     let e = err(&["elicit", "--out", r, "--judge", "vibes", "--limit", "2", "--device", "cpu"]);
     assert!(e.contains("unknown judge `vibes`"), "{e}");

@@ -2,7 +2,8 @@
 //!
 //! Llama (incl. Llama 3.x, SmolLM2 and Mistral), Qwen2/Qwen2.5, Qwen3 and Phi-3 share one decoder; what
 //! differs is captured here: q/k/v biases (Qwen2), per-head q/k RMSNorm (Qwen3), fused projections (Phi-3),
-//! sliding-window attention (Mistral, Phi-3), Llama-3 RoPE frequency scaling, and tied embeddings.
+//! sliding-window attention (Mistral, Phi-3), RoPE frequency scaling (Llama 3, linear, Phi-3's LongRoPE), and tied
+//! embeddings.
 use std::path::Path;
 
 use serde_json::Value;
@@ -78,6 +79,18 @@ pub enum RopeScaling {
     },
     /// Explicit per-frequency divisors, as GGUF's `rope_freqs.weight` stores them.
     Divisors(Vec<f32>),
+    /// Phi-3's LongRoPE: per-frequency divisors for sequences within the pre-training context (`short_factor`)
+    /// and for those reaching past it (`long_factor`), and cos/sin scaled by `attention_factor`.
+    LongRope {
+        /// Divisors while a sequence stays within `original_max_position`.
+        short_factor: Vec<f32>,
+        /// Divisors once it reaches past.
+        long_factor: Vec<f32>,
+        /// The pre-training context length.
+        original_max_position: usize,
+        /// What cos and sin are multiplied by.
+        attention_factor: f64,
+    },
 }
 
 /// Everything the decoder needs to know about its shape.
@@ -193,12 +206,13 @@ impl TransformerConfig {
                         original_max_position: num("original_max_position_embeddings", 8192.0),
                     }),
                     "linear" => Some(RopeScaling::Linear { factor: num("factor", 1.0) }),
+                    "longrope" | "su" => Some(hf_longrope(path, v, s, d_head)?),
                     "default" | "" => None,
                     other => {
                         return Err(ModelError::Metadata {
                             path: path.to_path_buf(),
                             key: "rope_scaling.rope_type".into(),
-                            msg: format!("unsupported RoPE scaling `{other}` (supported: llama3, linear)"),
+                            msg: format!("unsupported RoPE scaling `{other}` (supported: llama3, linear, longrope)"),
                         })
                     }
                 }
@@ -290,6 +304,16 @@ impl TransformerConfig {
         };
         let rope_scaling = if gguf.tensor_info("rope_freqs.weight").is_some() {
             Some(RopeScaling::Divisors(gguf.dequantize("rope_freqs.weight")?))
+        } else if gguf.tensor_info("rope_factors_long.weight").is_some() {
+            // Phi-3's LongRoPE as llama.cpp's converter stores it: both factor lists as tensors, the pre-training
+            // context and the attention factor as metadata.
+            let original = gguf.get_u64(&format!("{a}.rope.scaling.original_context_length"))? as usize;
+            Some(RopeScaling::LongRope {
+                short_factor: gguf.dequantize("rope_factors_short.weight")?,
+                long_factor: gguf.dequantize("rope_factors_long.weight")?,
+                original_max_position: original,
+                attention_factor: gguf.get_f64(&format!("{a}.rope.scaling.attn_factor")).unwrap_or(1.0),
+            })
         } else {
             match gguf.get(&format!("{a}.rope.scaling.type")).and_then(|v| v.as_str()) {
                 Some("linear") => Some(RopeScaling::Linear { factor: gguf.get_f64(&format!("{a}.rope.scaling.factor")).unwrap_or(1.0) }),
@@ -343,7 +367,7 @@ impl TransformerConfig {
         let field = match name {
             "token_embd.weight" | "output.weight" => return Some(vec![v, d]),
             "output_norm.weight" => return Some(vec![d]),
-            "rope_freqs.weight" => return Some(vec![hd / 2]),
+            "rope_freqs.weight" | "rope_factors_long.weight" | "rope_factors_short.weight" => return Some(vec![hd / 2]),
             _ => {
                 let (layer, field) = name.strip_prefix("blk.")?.split_once('.')?;
                 if layer.parse::<usize>().ok()? >= self.n_layers {
@@ -378,7 +402,7 @@ impl TransformerConfig {
             let Some(expected) = self.gguf_shape(&info.name) else { continue };
             let got = info.shape();
             // RoPE divisors are a vector however ggml stores them.
-            let fits = if info.name == "rope_freqs.weight" { info.n_elements() == expected[0] as u64 } else { got == expected };
+            let fits = if info.name.starts_with("rope_") { info.n_elements() == expected[0] as u64 } else { got == expected };
             if !fits {
                 return Err(ModelError::ShapeMismatch { path: gguf.path().to_path_buf(), name: info.name.clone(), got, expected });
             }
@@ -432,6 +456,40 @@ impl TransformerConfig {
     pub fn scale_layer(&self, layer: usize, reference_layers: usize) -> usize {
         scale_layer(layer, self.n_layers, reference_layers)
     }
+}
+
+/// LongRoPE from an HF config's RoPE parameters, as transformers computes it: the pre-training context from
+/// `original_max_position_embeddings` (in the parameters or the config), the attention factor given or
+/// sqrt(1 + ln(factor) / ln(original)) with factor = max_position_embeddings / original when not given.
+fn hf_longrope(path: &Path, v: &Value, params: &serde_json::Map<String, Value>, d_head: usize) -> Result<RopeScaling> {
+    let bad = |key: &str, msg: String| ModelError::Metadata { path: path.to_path_buf(), key: format!("rope_scaling.{key}"), msg };
+    let factors = |key: &str| -> Result<Vec<f32>> {
+        let list = params.get(key).and_then(Value::as_array).ok_or_else(|| bad(key, "missing or not a list".into()))?;
+        let f: Vec<f32> = list.iter().filter_map(Value::as_f64).map(|x| x as f32).collect();
+        if f.len() != list.len() || f.len() != d_head / 2 || f.iter().any(|x| !(x.is_finite() && *x > 0.0)) {
+            return Err(bad(key, format!("needs {} positive numbers (d_head / 2), got {}", d_head / 2, list.len())));
+        }
+        Ok(f)
+    };
+    let original = params
+        .get("original_max_position_embeddings")
+        .or_else(|| v.get("original_max_position_embeddings"))
+        .and_then(Value::as_u64)
+        .filter(|&n| n > 1)
+        .ok_or_else(|| bad("original_max_position_embeddings", "missing or not an integer above 1".into()))? as usize;
+    let max_position = v.get("max_position_embeddings").and_then(Value::as_f64).unwrap_or(original as f64);
+    let factor = params.get("factor").and_then(Value::as_f64).unwrap_or(max_position / original as f64);
+    let attention_factor = match params.get("attention_factor").and_then(Value::as_f64) {
+        Some(a) => a,
+        None if factor <= 1.0 => 1.0,
+        None => (1.0 + factor.ln() / (original as f64).ln()).sqrt(),
+    };
+    Ok(RopeScaling::LongRope {
+        short_factor: factors("short_factor")?,
+        long_factor: factors("long_factor")?,
+        original_max_position: original,
+        attention_factor,
+    })
 }
 
 /// What q·k is scaled by for a GGUF file, which does not store Gemma's `query_pre_attn_scalar`: llama.cpp's

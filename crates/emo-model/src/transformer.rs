@@ -4,10 +4,11 @@
 //! [`HookPoint`] is computed here and passed through the call's [`HookSet`].
 use tch::{Device, Kind, Tensor};
 
-use crate::config::{Architecture, RopeScaling, TransformerConfig};
+use crate::config::{Architecture, TransformerConfig};
 use crate::hooks::{HookContext, HookPoint, HookSet};
 use crate::kv_cache::DecodeState;
 use crate::packed::{Projection, WeightFormat};
+use crate::rope::{apply_rope, Rope};
 use crate::weights::WeightSource;
 use crate::{ModelError, Result};
 
@@ -51,9 +52,9 @@ pub struct Transformer {
     lm_head: Projection,
     // The unembedding shares the embedding's tensor.
     tied: bool,
-    inv_freq: Tensor,
+    rope: Rope,
     // Gemma 3's local layers: their own base, no scaling.
-    inv_freq_local: Option<Tensor>,
+    rope_local: Option<Rope>,
 }
 
 // SAFETY: a `Transformer` owns its weight tensors and never mutates them after `load` (every forward op
@@ -152,12 +153,9 @@ impl Transformer {
         let norm = get("model.norm.weight", &[d])?;
         let tied = cfg.tie_embeddings || !src.contains("lm_head.weight");
         let lm_head = Projection::Dense(if tied { embed.shallow_clone() } else { get("lm_head.weight", &[cfg.vocab_size as i64, d])? });
-        let inv_freq = rope_inv_freq(&cfg).to_device(device);
-        let inv_freq_local = cfg.local_rope_theta.map(|theta| {
-            let local = TransformerConfig { rope_theta: theta, rope_scaling: None, ..cfg.clone() };
-            rope_inv_freq(&local).to_device(device)
-        });
-        Ok(Transformer { cfg, device, kind, embed, blocks, norm, lm_head, tied, inv_freq, inv_freq_local })
+        let rope = Rope::new(&cfg, device);
+        let rope_local = cfg.local_rope_theta.map(|theta| Rope::plain(theta, cfg.d_head, device));
+        Ok(Transformer { cfg, device, kind, embed, blocks, norm, lm_head, tied, rope, rope_local })
     }
 
     /// The model's shape.
@@ -361,8 +359,8 @@ impl Transformer {
         hooks: &mut HookSet,
         ctx: &HookContext,
     ) -> Result<Tensor> {
-        let (cos, sin) = self.rope(ctx.positions, &self.inv_freq);
-        let local = self.inv_freq_local.as_ref().map(|f| self.rope(ctx.positions, f));
+        let (cos, sin) = self.rope.cos_sin(ctx.positions, self.kind);
+        let local = self.rope_local.as_ref().map(|r| r.cos_sin(ctx.positions, self.kind));
         // Sliding-window attention: keys this many positions or more before the query are masked too (on
         // every layer, or on Gemma's local ones).
         let windowed = self.cfg.sliding_window.map(|w| {
@@ -565,14 +563,6 @@ impl Transformer {
             e
         }
     }
-
-    fn rope(&self, positions: &Tensor, inv_freq: &Tensor) -> (Tensor, Tensor) {
-        // Angles in f32 as Hugging Face computes them; padding (-1) gets position 0, it is masked anyway.
-        let pos = positions.clamp_min(0).to_kind(Kind::Float).unsqueeze(-1);
-        let freqs = pos * inv_freq; // [b, t, d_head/2]
-        let emb = Tensor::cat(&[&freqs, &freqs], -1).unsqueeze(1); // [b, 1, t, d_head]
-        (emb.cos().to_kind(self.kind), emb.sin().to_kind(self.kind))
-    }
 }
 
 /// `x @ w^T + b` for a [batch, tokens, in] input, as one [rows, in] x [in, out] product on contiguous rows. A strided
@@ -598,47 +588,5 @@ fn weighted(n: Tensor, w: &Tensor, kind: Kind, gemma: bool) -> Tensor {
         (n * (w.to_kind(Kind::Float) + 1.0)).to_kind(kind)
     } else {
         n.to_kind(kind) * w
-    }
-}
-
-fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Tensor {
-    let half = x.size()[3] / 2;
-    let x1 = x.narrow(3, 0, half);
-    let x2 = x.narrow(3, half, half);
-    let rotated = Tensor::cat(&[-x2, x1], 3);
-    x * cos + rotated * sin
-}
-
-/// RoPE inverse frequencies, [d_head/2] f32, with the model's scaling applied.
-fn rope_inv_freq(cfg: &TransformerConfig) -> Tensor {
-    let dim = cfg.d_head as i64;
-    let exps = Tensor::arange_start_step(0, dim, 2, (Kind::Int64, Device::Cpu)).to_kind(Kind::Float) / dim as f64;
-    let inv = Tensor::from(cfg.rope_theta as f32).pow(&exps).reciprocal();
-    match &cfg.rope_scaling {
-        None => inv,
-        Some(RopeScaling::Linear { factor }) => inv / *factor,
-        Some(RopeScaling::Divisors(d)) => inv / Tensor::from_slice(d),
-        Some(RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position }) => {
-            let v: Vec<f32> = Vec::<f32>::try_from(&inv).unwrap_or_default();
-            let low_wl = original_max_position / low_freq_factor;
-            let high_wl = original_max_position / high_freq_factor;
-            let scaled: Vec<f32> = v
-                .iter()
-                .map(|&f| {
-                    let f = f as f64;
-                    let wl = 2.0 * std::f64::consts::PI / f;
-                    let g = if wl < high_wl {
-                        f
-                    } else if wl > low_wl {
-                        f / factor
-                    } else {
-                        let smooth = (original_max_position / wl - low_freq_factor) / (high_freq_factor - low_freq_factor);
-                        (1.0 - smooth) * f / factor + smooth * f
-                    };
-                    g as f32
-                })
-                .collect();
-            Tensor::from_slice(&scaled)
-        }
     }
 }

@@ -12,6 +12,7 @@ mod hook_parity;
 
 use std::process::Command;
 
+use emo_model::config::RopeScaling;
 use emo_model::generate::generate;
 use emo_model::gguf::{GgufFile, GgufValue, GgufWriter};
 use emo_model::weights::{GgufWeights, SafetensorsWeights, WeightSource};
@@ -72,6 +73,15 @@ fn check_family(family: &str, arch: Architecture) {
         // Compare up to the first step Hugging Face decided by less than 1e-3 (a tie either way is rounding).
         let decided = margins.iter().take_while(|&&m| m > 1e-3).count();
         assert!(decided >= 8, "{family} prompt {k}: only {decided} decided steps; widen the weights in tiny_family.py");
+        // Under LongRoPE, Hugging Face's generate recomputes the whole cache with the long factors at the step a
+        // sequence first reaches past the pre-training context; ours keeps the keys cached before it (as vLLM
+        // does), so the continuations are compared up to that step (every token of a prompt already past it).
+        let decided = match &t.config().rope_scaling {
+            Some(RopeScaling::LongRope { original_max_position, .. }) if prompts[k].len() <= *original_max_position => {
+                decided.min(original_max_position - prompts[k].len() + 1)
+            }
+            _ => decided,
+        };
         assert_eq!(g.tokens[..decided], hf[..decided], "{family} prompt {k}: greedy continuation in a padded batch");
         let alone = generate(&t, std::slice::from_ref(&prompts[k]), &gen_cfg, 0, &mut HookSet::new()).unwrap();
         assert_eq!(alone[0].tokens[..decided], hf[..decided], "{family} prompt {k}: greedy continuation alone");
@@ -112,6 +122,13 @@ fn through_gguf(family: &str, dir: &std::path::Path, prompts: &[Vec<u32>]) -> Op
     }
     if let Some(window) = cfg.sliding_window {
         w.add_metadata(format!("{arch}.attention.sliding_window"), u(window));
+    }
+    if let Some(RopeScaling::LongRope { short_factor, long_factor, original_max_position, attention_factor }) = &cfg.rope_scaling {
+        // llama.cpp stores LongRoPE's factors as tensors (the factor is F32 there; F64 keeps this comparison exact).
+        w.add_f32_tensor("rope_factors_short.weight", &[short_factor.len()], short_factor).unwrap();
+        w.add_f32_tensor("rope_factors_long.weight", &[long_factor.len()], long_factor).unwrap();
+        w.add_metadata(format!("{arch}.rope.scaling.original_context_length"), u(*original_max_position));
+        w.add_metadata(format!("{arch}.rope.scaling.attn_factor"), GgufValue::F64(*attention_factor));
     }
     for (key, cap) in [("attn_logit_softcapping", cfg.attn_softcap), ("final_logit_softcapping", cfg.final_softcap)] {
         if let Some(cap) = cap {
@@ -183,6 +200,11 @@ fn mistral_sliding_window_matches_hugging_face() {
 #[test]
 fn phi3_fused_projections_and_window_match_hugging_face() {
     check_family("phi3", Architecture::Phi3);
+}
+
+#[test]
+fn phi3_longrope_matches_hugging_face() {
+    check_family("phi3_longrope", Architecture::Phi3);
 }
 
 #[test]
