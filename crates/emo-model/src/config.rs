@@ -110,6 +110,9 @@ pub struct TransformerConfig {
     pub n_kv_heads: usize,
     /// Width of one head.
     pub d_head: usize,
+    /// The leading dimensions of each query and key head that RoPE rotates: `d_head`, or fewer where the config
+    /// sets a `partial_rotary_factor` (Phi-4-mini's 0.75); the rest pass through unrotated.
+    pub rotary_dim: usize,
     /// MLP hidden width.
     pub d_mlp: usize,
     /// RMSNorm epsilon.
@@ -185,15 +188,20 @@ impl TransformerConfig {
             .and_then(|p| p.get("rope_theta"))
             .or_else(|| v.get("rope_local_base_freq"))
             .and_then(Value::as_f64);
-        // Phi-4-mini (model_type phi3) rotates only part of each head; this decoder rotates all of it.
+        // Phi-4-mini (model_type phi3) rotates only part of each head: int(d_head x factor) dimensions, as
+        // transformers computes it.
         let partial = v.get("partial_rotary_factor").or_else(|| rope_params.and_then(|p| p.get("partial_rotary_factor"))).and_then(Value::as_f64);
-        if partial.is_some_and(|f| f != 1.0) {
-            return Err(ModelError::Metadata {
-                path: path.to_path_buf(),
-                key: "partial_rotary_factor".into(),
-                msg: format!("partial rotary embeddings ({}) are not supported", partial.unwrap_or_default()),
-            });
-        }
+        let rotary_dim = match partial {
+            Some(f) if f.is_finite() && f > 0.0 && f <= 1.0 => (d_head as f64 * f) as usize,
+            Some(f) => {
+                return Err(ModelError::Metadata {
+                    path: path.to_path_buf(),
+                    key: "partial_rotary_factor".into(),
+                    msg: format!("must lie in (0, 1], got {f}"),
+                })
+            }
+            None => d_head,
+        };
         let rope_scaling = match rope_params {
             Some(Value::Object(s)) => {
                 let kind = s.get("rope_type").or_else(|| s.get("type")).and_then(Value::as_str).unwrap_or("");
@@ -206,7 +214,7 @@ impl TransformerConfig {
                         original_max_position: num("original_max_position_embeddings", 8192.0),
                     }),
                     "linear" => Some(RopeScaling::Linear { factor: num("factor", 1.0) }),
-                    "longrope" | "su" => Some(hf_longrope(path, v, s, d_head)?),
+                    "longrope" | "su" => Some(hf_longrope(path, v, s, rotary_dim)?),
                     "default" | "" => None,
                     other => {
                         return Err(ModelError::Metadata {
@@ -250,6 +258,7 @@ impl TransformerConfig {
             n_heads,
             n_kv_heads,
             d_head,
+            rotary_dim,
             d_mlp: uint("intermediate_size")?,
             rms_norm_eps: v.get("rms_norm_eps").and_then(Value::as_f64).unwrap_or(1e-6),
             rope_theta,
@@ -331,6 +340,8 @@ impl TransformerConfig {
             n_heads,
             n_kv_heads,
             d_head,
+            // llama.cpp writes the rotated width of each head (all of it, or Phi-4-mini's part).
+            rotary_dim: uint("rope.dimension_count").unwrap_or(d_head),
             d_mlp: uint("feed_forward_length")?,
             rms_norm_eps: gguf.get_f64(&format!("{a}.attention.layer_norm_rms_epsilon")).unwrap_or(1e-6),
             rope_theta: gguf.get_f64(&format!("{a}.rope.freq_base")).unwrap_or(10_000.0),
@@ -367,7 +378,7 @@ impl TransformerConfig {
         let field = match name {
             "token_embd.weight" | "output.weight" => return Some(vec![v, d]),
             "output_norm.weight" => return Some(vec![d]),
-            "rope_freqs.weight" | "rope_factors_long.weight" | "rope_factors_short.weight" => return Some(vec![hd / 2]),
+            "rope_freqs.weight" | "rope_factors_long.weight" | "rope_factors_short.weight" => return Some(vec![self.rotary_dim as i64 / 2]),
             _ => {
                 let (layer, field) = name.strip_prefix("blk.")?.split_once('.')?;
                 if layer.parse::<usize>().ok()? >= self.n_layers {
@@ -431,6 +442,9 @@ impl TransformerConfig {
         if !self.d_head.is_multiple_of(2) {
             return Err(bad("d_head", format!("RoPE needs an even head width, got {}", self.d_head)));
         }
+        if self.rotary_dim == 0 || self.rotary_dim > self.d_head || !self.rotary_dim.is_multiple_of(2) {
+            return Err(bad("rotary_dim", format!("RoPE rotates an even number of a head's {} dimensions, not {}", self.d_head, self.rotary_dim)));
+        }
         // A NaN or infinite base or epsilon would load and then give NaN logits.
         if !(self.rope_theta.is_finite() && self.rope_theta > 0.0) {
             return Err(bad("rope_theta", format!("must be a positive finite number, got {}", self.rope_theta)));
@@ -461,13 +475,13 @@ impl TransformerConfig {
 /// LongRoPE from an HF config's RoPE parameters, as transformers computes it: the pre-training context from
 /// `original_max_position_embeddings` (in the parameters or the config), the attention factor given or
 /// sqrt(1 + ln(factor) / ln(original)) with factor = max_position_embeddings / original when not given.
-fn hf_longrope(path: &Path, v: &Value, params: &serde_json::Map<String, Value>, d_head: usize) -> Result<RopeScaling> {
+fn hf_longrope(path: &Path, v: &Value, params: &serde_json::Map<String, Value>, rotary_dim: usize) -> Result<RopeScaling> {
     let bad = |key: &str, msg: String| ModelError::Metadata { path: path.to_path_buf(), key: format!("rope_scaling.{key}"), msg };
     let factors = |key: &str| -> Result<Vec<f32>> {
         let list = params.get(key).and_then(Value::as_array).ok_or_else(|| bad(key, "missing or not a list".into()))?;
         let f: Vec<f32> = list.iter().filter_map(Value::as_f64).map(|x| x as f32).collect();
-        if f.len() != list.len() || f.len() != d_head / 2 || f.iter().any(|x| !(x.is_finite() && *x > 0.0)) {
-            return Err(bad(key, format!("needs {} positive numbers (d_head / 2), got {}", d_head / 2, list.len())));
+        if f.len() != list.len() || f.len() != rotary_dim / 2 || f.iter().any(|x| !(x.is_finite() && *x > 0.0)) {
+            return Err(bad(key, format!("needs {} positive numbers (rotated dimensions / 2), got {}", rotary_dim / 2, list.len())));
         }
         Ok(f)
     };

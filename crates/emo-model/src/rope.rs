@@ -7,7 +7,7 @@ use crate::config::{RopeScaling, TransformerConfig};
 
 /// The rotation of one kind of layer (Gemma 3's local layers have their own).
 pub(crate) struct Rope {
-    /// [d_head/2] inverse frequencies (LongRoPE: the short-context ones).
+    /// [rotary_dim/2] inverse frequencies (LongRoPE: the short-context ones).
     inv_freq: Tensor,
     /// LongRoPE: the long-context inverse frequencies and the original context length beyond which a row uses them.
     long: Option<(Tensor, i64)>,
@@ -18,7 +18,7 @@ pub(crate) struct Rope {
 impl Rope {
     /// The global layers' rotation of `cfg`, with its scaling.
     pub(crate) fn new(cfg: &TransformerConfig, device: Device) -> Rope {
-        let base = base_inv_freq(cfg.rope_theta, cfg.d_head);
+        let base = base_inv_freq(cfg.rope_theta, cfg.rotary_dim);
         let (long, scale) = match &cfg.rope_scaling {
             Some(RopeScaling::LongRope { long_factor, original_max_position, attention_factor, .. }) => {
                 (Some(((&base / Tensor::from_slice(long_factor)).to_device(device), *original_max_position as i64)), *attention_factor)
@@ -28,12 +28,12 @@ impl Rope {
         Rope { inv_freq: scaled(base, cfg).to_device(device), long, scale }
     }
 
-    /// An unscaled rotation with base `theta` (Gemma 3's local layers).
-    pub(crate) fn plain(theta: f64, d_head: usize, device: Device) -> Rope {
-        Rope { inv_freq: base_inv_freq(theta, d_head).to_device(device), long: None, scale: 1.0 }
+    /// An unscaled rotation of `rotary_dim` dimensions with base `theta` (Gemma 3's local layers).
+    pub(crate) fn plain(theta: f64, rotary_dim: usize, device: Device) -> Rope {
+        Rope { inv_freq: base_inv_freq(theta, rotary_dim).to_device(device), long: None, scale: 1.0 }
     }
 
-    /// cos and sin, [batch, 1, tokens, d_head] in `kind`, for `positions` [batch, tokens] (padding, -1, gets
+    /// cos and sin, [batch, 1, tokens, rotary_dim] in `kind`, for `positions` [batch, tokens] (padding, -1, gets
     /// position 0: it is masked anyway). Under LongRoPE a row whose positions in this call reach past the
     /// original context uses the long-context frequencies, the short ones otherwise: Hugging Face's rule for
     /// one sequence, applied per row so that a row's result does not depend on the rows beside it. A row that
@@ -47,8 +47,8 @@ impl Rope {
                 let beyond = (positions.amax([-1], true) + 1).gt(*original).unsqueeze(-1); // [b, 1, 1]
                 pos * long.where_self(&beyond, &self.inv_freq)
             }
-        }; // [b, t, d_head/2]
-        let emb = Tensor::cat(&[&freqs, &freqs], -1).unsqueeze(1); // [b, 1, t, d_head]
+        }; // [b, t, rotary_dim/2]
+        let emb = Tensor::cat(&[&freqs, &freqs], -1).unsqueeze(1); // [b, 1, t, rotary_dim]
         if self.scale == 1.0 {
             (emb.cos().to_kind(kind), emb.sin().to_kind(kind))
         } else {
@@ -57,18 +57,24 @@ impl Rope {
     }
 }
 
-/// Rotates the halves of `x` [batch, heads, tokens, d_head] by `cos` and `sin` (Hugging Face's half-split layout).
+/// Rotates the halves of the first `rotary_dim` (cos's width) dimensions of `x` [batch, heads, tokens, d_head]
+/// by `cos` and `sin` (Hugging Face's half-split layout); the others pass through (partial rotary embeddings).
 pub(crate) fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Tensor {
-    let half = x.size()[3] / 2;
-    let x1 = x.narrow(3, 0, half);
-    let x2 = x.narrow(3, half, half);
-    let rotated = Tensor::cat(&[-x2, x1], 3);
-    x * cos + rotated * sin
+    let (d, rot) = (x.size()[3], cos.size()[3]);
+    let xr = if rot == d { x.shallow_clone() } else { x.narrow(3, 0, rot) };
+    let half = rot / 2;
+    let rotated = Tensor::cat(&[-xr.narrow(3, half, half), xr.narrow(3, 0, half)], 3);
+    let out = &xr * cos + rotated * sin;
+    if rot == d {
+        out
+    } else {
+        Tensor::cat(&[out, x.narrow(3, rot, d - rot)], 3)
+    }
 }
 
-/// theta^(-2i/d), [d_head/2] f32.
-fn base_inv_freq(theta: f64, d_head: usize) -> Tensor {
-    let dim = d_head as i64;
+/// theta^(-2i/d) for the d = `rotary_dim` rotated dimensions, [rotary_dim/2] f32.
+fn base_inv_freq(theta: f64, rotary_dim: usize) -> Tensor {
+    let dim = rotary_dim as i64;
     let exps = Tensor::arange_start_step(0, dim, 2, (Kind::Int64, Device::Cpu)).to_kind(Kind::Float) / dim as f64;
     Tensor::from(theta as f32).pow(&exps).reciprocal()
 }

@@ -154,7 +154,7 @@ impl Transformer {
         let tied = cfg.tie_embeddings || !src.contains("lm_head.weight");
         let lm_head = Projection::Dense(if tied { embed.shallow_clone() } else { get("lm_head.weight", &[cfg.vocab_size as i64, d])? });
         let rope = Rope::new(&cfg, device);
-        let rope_local = cfg.local_rope_theta.map(|theta| Rope::plain(theta, cfg.d_head, device));
+        let rope_local = cfg.local_rope_theta.map(|theta| Rope::plain(theta, cfg.rotary_dim, device));
         Ok(Transformer { cfg, device, kind, embed, blocks, norm, lm_head, tied, rope, rope_local })
     }
 

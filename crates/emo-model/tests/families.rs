@@ -117,6 +117,7 @@ fn through_gguf(family: &str, dir: &std::path::Path, prompts: &[Vec<u32>]) -> Op
         ("vocab_size", u(cfg.vocab_size)),
         ("attention.layer_norm_rms_epsilon", GgufValue::F32(cfg.rms_norm_eps as f32)),
         ("rope.freq_base", GgufValue::F32(cfg.rope_theta as f32)),
+        ("rope.dimension_count", u(cfg.rotary_dim)),
     ] {
         w.add_metadata(format!("{arch}.{key}"), value);
     }
@@ -205,6 +206,11 @@ fn phi3_fused_projections_and_window_match_hugging_face() {
 #[test]
 fn phi3_longrope_matches_hugging_face() {
     check_family("phi3_longrope", Architecture::Phi3);
+}
+
+#[test]
+fn phi4_partial_rotary_matches_hugging_face() {
+    check_family("phi4", Architecture::Phi3);
 }
 
 #[test]

@@ -49,6 +49,13 @@ FAMILIES = {
         rms_norm_eps=1e-5, tie_word_embeddings=False, pad_token_id=0, bos_token_id=1, eos_token_id=2,
         rope_scaling={"rope_type": "longrope", "short_factor": [1.0, 1.1, 1.3, 1.6, 2.0, 2.5, 3.1, 4.0],
                       "long_factor": [1.0, 1.5, 2.5, 4.0, 6.0, 9.0, 13.0, 20.0]})),
+    # Phi-4-mini's shape (model_type phi3): RoPE on the first three quarters of each head only, with LongRoPE.
+    "phi4": ("Phi3Config", "Phi3ForCausalLM", dict(
+        vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=512, original_max_position_embeddings=32,
+        partial_rotary_factor=0.75, rms_norm_eps=1e-5, tie_word_embeddings=False, pad_token_id=0, bos_token_id=1,
+        eos_token_id=2, rope_scaling={"rope_type": "longrope", "short_factor": [1.0, 1.2, 1.5, 2.0, 2.6, 3.4],
+                                      "long_factor": [1.0, 2.0, 3.5, 6.0, 10.0, 16.0]})),
     # Gemma 2: (1 + w) norms (randomised below), scaled embedding, sandwich norms, tanh-GELU, soft-capping tight
     # enough to bite, query_pre_attn_scalar unlike d_head, an 8-token window on layers 0 and 2, tied embeddings.
     "gemma2": ("Gemma2Config", "Gemma2ForCausalLM", dict(
