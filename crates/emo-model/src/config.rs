@@ -290,6 +290,7 @@ impl TransformerConfig {
             local_rope_theta: if arch == Architecture::Gemma3 { local_rope_theta } else { None },
         };
         cfg.validate(path)?;
+        cfg.validate_rotary(path)?;
         Ok(cfg)
     }
 
@@ -367,6 +368,7 @@ impl TransformerConfig {
         };
         cfg.validate(path)?;
         cfg.check_gguf_shapes(gguf)?;
+        cfg.validate_rotary(path)?;
         Ok(cfg)
     }
 
@@ -442,15 +444,25 @@ impl TransformerConfig {
         if !self.d_head.is_multiple_of(2) {
             return Err(bad("d_head", format!("RoPE needs an even head width, got {}", self.d_head)));
         }
-        if self.rotary_dim == 0 || self.rotary_dim > self.d_head || !self.rotary_dim.is_multiple_of(2) {
-            return Err(bad("rotary_dim", format!("RoPE rotates an even number of a head's {} dimensions, not {}", self.d_head, self.rotary_dim)));
-        }
         // A NaN or infinite base or epsilon would load and then give NaN logits.
         if !(self.rope_theta.is_finite() && self.rope_theta > 0.0) {
             return Err(bad("rope_theta", format!("must be a positive finite number, got {}", self.rope_theta)));
         }
         if !(self.rms_norm_eps.is_finite() && self.rms_norm_eps >= 0.0) {
             return Err(bad("rms_norm_eps", format!("must be a non-negative finite number, got {}", self.rms_norm_eps)));
+        }
+        Ok(())
+    }
+
+    /// The rotated width against the head width; checked after a GGUF file's tensor shapes, so that a head count
+    /// that does not fit the weights is named by the tensor it breaks rather than by the width derived from it.
+    fn validate_rotary(&self, path: &Path) -> Result<()> {
+        if self.rotary_dim == 0 || self.rotary_dim > self.d_head || !self.rotary_dim.is_multiple_of(2) {
+            return Err(ModelError::Metadata {
+                path: path.to_path_buf(),
+                key: "rotary_dim".into(),
+                msg: format!("RoPE rotates an even number of a head's {} dimensions, not {}", self.d_head, self.rotary_dim),
+            });
         }
         Ok(())
     }
