@@ -6,7 +6,7 @@ use axum::http::StatusCode;
 use emo_model::{ChatMessage, GenerationConfig, Sampling};
 
 use crate::api::{ApiError, ChatRequest, Content, Stop};
-use crate::http::{now, Shared};
+use crate::state::{now, Shared};
 
 /// A checked request, ready for the engine.
 pub(crate) struct Checked {

@@ -24,6 +24,7 @@ pub mod engine;
 pub mod http;
 pub mod listen;
 pub mod metrics;
+pub mod state;
 pub mod text;
 
 use std::io::Write;
@@ -34,8 +35,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use emo_model::{LoadOptions, Model};
-pub use http::RequestLimits;
 pub use listen::ConnectionLimits;
+pub use state::RequestLimits;
 
 /// What can go wrong starting or running the server.
 #[derive(Debug, thiserror::Error)]
@@ -130,7 +131,7 @@ pub fn serve(opts: ServeOptions) -> Result<()> {
             .spawn(move || engine::run(model, controls, rx, cfg, metrics))
             .map_err(|e| ServeError::Io { context: "starting the engine thread".into(), source: e })?
     };
-    let mut shared = http::Shared::new(model, opts.model.clone(), catalog, tx, metrics.clone(), opts.requests);
+    let mut shared = state::Shared::new(model, opts.model.clone(), catalog, tx, metrics.clone(), opts.requests);
     shared.api_key = opts.api_key.clone();
     shared.open_metrics = opts.open_metrics;
     shared.max_batch = opts.max_batch;
