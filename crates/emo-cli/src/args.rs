@@ -65,7 +65,7 @@ impl LoadArgs {
 /// Which model, and how it is loaded: what every command that names its model shares.
 #[derive(Args, Clone, Debug)]
 pub(crate) struct ModelArgs {
-    /// Built-in alias (smollm2-135m, qwen2.5-coder-0.5b, opt-in qwen2.5-coder-1.5b), a .gguf file, a Hugging Face folder or repo id.
+    /// Built-in alias (smollm2-135m, qwen2.5-coder-0.5b, opt-in qwen2.5-coder-1.5b and gemma-3-270m), a .gguf file, a Hugging Face folder or repo id.
     #[arg(long, short, default_value = emo_model::model::DEFAULT_MODEL)]
     pub(crate) model: String,
     #[command(flatten)]

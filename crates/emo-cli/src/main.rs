@@ -103,7 +103,7 @@ enum Command {
         #[arg(long)]
         verdicts: Option<std::path::PathBuf>,
     },
-    /// Print the file or folder a --model reference resolves to (aliases: smollm2-135m, qwen2.5-coder-0.5b, opt-in qwen2.5-coder-1.5b).
+    /// Print the file or folder a --model reference resolves to (aliases: smollm2-135m, qwen2.5-coder-0.5b, opt-in qwen2.5-coder-1.5b and gemma-3-270m).
     Resolve {
         /// Alias, path or Hugging Face repo id.
         #[arg(default_value = emo_model::model::DEFAULT_MODEL)]

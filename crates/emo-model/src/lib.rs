@@ -46,6 +46,7 @@ pub mod kv_cache;
 pub mod model;
 pub mod packed;
 pub mod quant;
+pub mod quant_rows;
 mod rope;
 pub mod sampling;
 pub mod tokenizer;

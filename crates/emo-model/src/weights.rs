@@ -8,7 +8,7 @@ use tch::{Kind, Tensor};
 
 use crate::config::{Architecture, TransformerConfig};
 use crate::gguf::GgufFile;
-use crate::packed::QuantRows;
+use crate::quant_rows::QuantRows;
 use crate::{ModelError, Result};
 
 /// A source of named weights, by Hugging Face name (`model.layers.0.self_attn.q_proj.weight`).
@@ -25,7 +25,7 @@ pub trait WeightSource {
     /// The file or folder, for error messages.
     fn path(&self) -> &Path;
     /// The tensor as integer codes with group scales and zeros, without changing any weight
-    /// ([`crate::packed`]), or why it cannot be (not quantized, or not in groups of 32). Only GGUF files hold
+    /// ([`crate::quant_rows`]), or why it cannot be (not quantized, or not in groups of 32). Only GGUF files hold
     /// such tensors.
     fn quantized(&self, name: &str) -> Result<std::result::Result<QuantRows, String>> {
         let _ = name;
