@@ -196,6 +196,14 @@ impl Model {
 
     /// The model with `source` (Jinja, as in `tokenizer_config.json`) as its chat template, replacing the one it
     /// came with, if any: how a base model without one (Gemma 3 270M) runs the chat-shaped pipelines.
+    ///
+    /// ```no_run
+    /// use emo_model::{ChatMessage, LoadOptions, Model};
+    /// let template = std::fs::read_to_string("examples/chat_templates/gemma.jinja")?;
+    /// let model = Model::load("gemma-3-270m", LoadOptions::default())?.with_chat_template(&template)?;
+    /// let ids = model.encode_chat(&[ChatMessage::user("What is the capital of France?")])?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn with_chat_template(mut self, source: &str) -> Result<Model> {
         self.chat_template = Some(ChatTemplate::new(source, self.tokenizer.bos_token(), self.tokenizer.eos_token())?);
         Ok(self)
