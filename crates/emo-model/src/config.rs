@@ -45,6 +45,27 @@ impl Architecture {
         }
     }
 
+    /// Whether the family follows Gemma's conventions ([`TransformerConfig::gemma`]).
+    pub fn is_gemma(self) -> bool {
+        matches!(self, Architecture::Gemma2 | Architecture::Gemma3)
+    }
+
+    /// Whether each query and key head is RMS-normalised before RoPE (Qwen3, Gemma 3).
+    pub fn has_qk_norm(self) -> bool {
+        matches!(self, Architecture::Qwen3 | Architecture::Gemma3)
+    }
+
+    /// Which of `n_layers` layers use the sliding window when the checkpoint does not list them: Gemma 2's
+    /// layers 0, 2, 4, ... are local, Gemma 3's all but every sixth (Hugging Face's config defaults and
+    /// llama.cpp's fixed patterns agree); empty, meaning every layer, for the other families.
+    pub fn default_sliding_layers(self, n_layers: usize) -> Vec<bool> {
+        match self {
+            Architecture::Gemma2 => (0..n_layers).map(|l| l % 2 == 0).collect(),
+            Architecture::Gemma3 => (0..n_layers).map(|l| (l + 1) % 6 != 0).collect(),
+            _ => Vec::new(),
+        }
+    }
+
     /// The name used by GGUF metadata keys (`{arch}.block_count`, ...).
     pub fn gguf_name(self) -> &'static str {
         match self {
@@ -228,7 +249,7 @@ impl TransformerConfig {
             _ => None,
         };
         let f64_or = |key: &str, default: f64| v.get(key).and_then(Value::as_f64).unwrap_or(default);
-        let gemma = matches!(arch, Architecture::Gemma2 | Architecture::Gemma3);
+        let gemma = arch.is_gemma();
         if gemma {
             let act = v.get("hidden_activation").or_else(|| v.get("hidden_act")).and_then(Value::as_str).unwrap_or("gelu_pytorch_tanh");
             if act != "gelu_pytorch_tanh" {
@@ -242,10 +263,7 @@ impl TransformerConfig {
         let n_layers = uint("num_hidden_layers")?;
         let sliding_layers = match v.get("layer_types").and_then(Value::as_array) {
             Some(types) => types.iter().map(|t| t.as_str() == Some("sliding_attention")).collect(),
-            // The defaults: Gemma 2's layers 0, 2, 4, ... are local; Gemma 3's all but every sixth.
-            None if arch == Architecture::Gemma2 => (0..n_layers).map(|l| l % 2 == 0).collect(),
-            None if arch == Architecture::Gemma3 => (0..n_layers).map(|l| (l + 1) % 6 != 0).collect(),
-            None => Vec::new(),
+            None => arch.default_sliding_layers(n_layers),
         };
         let sliding_window = hf_sliding_window(path, v, arch)?;
         // Without a window the layer types say nothing (Qwen3 configs list every layer as full attention).
@@ -271,7 +289,7 @@ impl TransformerConfig {
                     v.get("attention_bias").and_then(Value::as_bool).unwrap_or(false)
                 }
             },
-            qk_norm: matches!(arch, Architecture::Qwen3 | Architecture::Gemma3),
+            qk_norm: arch.has_qk_norm(),
             sliding_window,
             sliding_layers,
             gemma,
@@ -331,7 +349,7 @@ impl TransformerConfig {
             }
         };
         let n_layers = uint("block_count")?;
-        let gemma = matches!(arch, Architecture::Gemma2 | Architecture::Gemma3);
+        let gemma = arch.is_gemma();
         let softcap = |k: &str| gguf.get_f64(&format!("{a}.{k}")).ok().filter(|&c| c > 0.0);
         let cfg = TransformerConfig {
             arch,
@@ -350,15 +368,10 @@ impl TransformerConfig {
             max_position: uint("context_length").unwrap_or(4096),
             tie_embeddings: gguf.tensor_info("output.weight").is_none(),
             qkv_bias: gguf.tensor_info("blk.0.attn_q.bias").is_some(),
-            qk_norm: matches!(arch, Architecture::Qwen3 | Architecture::Gemma3),
+            qk_norm: arch.has_qk_norm(),
             sliding_window: uint("attention.sliding_window").ok().filter(|&w| w > 0),
-            // GGUF does not store Gemma's layer pattern; llama.cpp fixes it per family, as Hugging Face's
-            // config defaults do: Gemma 2 alternates local and global, Gemma 3 has five local per global.
-            sliding_layers: match arch {
-                Architecture::Gemma2 => (0..n_layers).map(|l| l % 2 == 0).collect(),
-                Architecture::Gemma3 => (0..n_layers).map(|l| (l + 1) % 6 != 0).collect(),
-                _ => Vec::new(),
-            },
+            // GGUF does not store Gemma's layer pattern; llama.cpp fixes it per family.
+            sliding_layers: arch.default_sliding_layers(n_layers),
             gemma,
             query_scale: gguf_query_scale(arch, n_layers, d_model, n_heads, d_head),
             attn_softcap: if arch == Architecture::Gemma2 { softcap("attn_logit_softcapping") } else { None },
