@@ -7,7 +7,8 @@
     serve_hostile.py EMO_BINARY soak --run RUN [--minutes 5] [--clients 8]
 
 Each starts its own `emo serve --device cpu --port 0` (SmolLM2, f32) and prints JSON lines.
-- long-prompt: a short request's latency alone, and while a long prompt prefills, with chunked prefill at
+- long-prompt: a short request's latency alone (median of 5), and while a long prompt prefills (short
+  requests one after another from 0.5 s after it until it ends: median and worst), with chunked prefill at
   several `--prefill-tokens` budgets and with prefill in one piece (a budget above the prompt), in one run.
 - memory: peak RSS (VmHWM) added by N concurrent long prompts (--new-tokens each) over a warmed-up server,
   per prompt, beside the prompt's key-value cache (layers x 2 x kv heads x d_head x 4 bytes x tokens).
@@ -88,10 +89,21 @@ def long_prompt(a):
         th = threading.Thread(target=lambda: res.update(long=post(url, chat(long_text(a.tokens), 1))))
         th.start()
         time.sleep(0.5)
-        status, _, during = post(url, chat("Hi", 2))
+        # Short requests one after another for as long as the long prompt prefills, so that they arrive at
+        # every phase of its chunks; the first one 0.5 s after it.
+        during = []
+        while th.is_alive():
+            status, _, took = post(url, chat("Hi", 2))
+            if th.is_alive():
+                during.append(took)
+            time.sleep(0.2)
         th.join()
         lstatus, lv, ltime = res["long"]
-        out[name] = {"short_alone_s": round(alone, 3), "short_during_long_s": round(during, 3), "ratio": round(during / alone, 2),
+        during.sort()
+        median = during[len(during) // 2] if during else float("nan")
+        out[name] = {"short_alone_s": round(alone, 3), "short_during_long_median_s": round(median, 3),
+                     "short_during_long_max_s": round(during[-1], 3) if during else None, "shorts_during_long": len(during),
+                     "ratio_median": round(median / alone, 2), "ratio_max": round(during[-1] / alone, 2) if during else None,
                      "long_prompt_tokens": lv.get("usage", {}).get("prompt_tokens"), "long_s": round(ltime, 2), "status": [status, lstatus]}
         print(json.dumps({"prefill": name, **out[name]}), flush=True)
         stop(p)

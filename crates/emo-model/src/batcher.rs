@@ -29,7 +29,7 @@ use crate::hooks::{HookSet, Positions};
 use crate::hooks::{Intervention, Interventions};
 use crate::kv_cache::left_pad;
 use crate::kv_cache::DecodeState;
-use crate::transformer::{LogitsFor, Transformer};
+use crate::transformer::{ChunkInFlight, LogitsFor, Transformer};
 use crate::{ModelError, Result};
 
 /// A row's own edits: interventions grouped by the tokens they act on (residual steering at the last
@@ -132,10 +132,12 @@ struct Row {
 /// A request queued with [`ContinuousBatch::enqueue`] whose prompt has not fully run yet.
 struct Prefill {
     request: BatchRequest,
-    /// Its own decode state once its first chunk ran (prompts longer than a chunk only).
+    /// Its own decode state once its first chunk started (prompts longer than a chunk only).
     state: Option<DecodeState>,
-    /// Prompt tokens run so far.
+    /// Prompt tokens whose chunks have ended.
     done: usize,
+    /// The chunk part-way through the blocks, and its token count.
+    chunk: Option<(ChunkInFlight, usize)>,
     hooks: Vec<Interventions>,
 }
 
@@ -148,20 +150,17 @@ pub struct ContinuousBatch<'m> {
     hooks: Vec<Interventions>,
     pending: VecDeque<Prefill>,
     prefill_tokens: usize,
-    // Seconds of the last decoding step and per token of long-prompt chunks (moving averages), which size
-    // a long prompt's chunk while other rows decode.
+    // Seconds of a decoding step (moving average): while rows decode, a long prompt's chunk runs about this
+    // long per step.
     decode_secs: Option<f64>,
-    chunk_secs_per_token: Option<f64>,
 }
 
-/// The fewest tokens a long prompt's chunk has while other rows decode.
-const MIN_CHUNK: usize = 16;
-
-/// Prompt tokens [`ContinuousBatch::step`] prefills at most, by default. A request arriving while a long
-/// prompt prefills waits for the chunk in flight, so smaller chunks answer it sooner and run the long prompt
-/// slower: with SmolLM2 on two CPU cores a short request took 10x its time alone beside a 5,431-token prompt
-/// in chunks of 512, 3.7x in chunks of 128 (the long prompt 18% slower), 3.0x in chunks of 64 (44% slower),
-/// and 160x with the prompt in one piece (docs/performance.md).
+/// Prompt tokens [`ContinuousBatch::step`] prefills at most per step, by default: the short prompts it starts
+/// together, and the size of a long prompt's chunks. A long prompt's chunk runs its blocks a few at a time
+/// (about one decoding step's time per step while rows decode; all of them alone, unless the caller's
+/// `interrupt` says requests are waiting), so the chunk size trades only the long prompt's own speed
+/// (larger matrix products) against the [chunk, context] attention scores it materialises
+/// (docs/performance.md).
 pub const PREFILL_TOKENS: usize = 128;
 
 impl<'m> ContinuousBatch<'m> {
@@ -176,11 +175,11 @@ impl<'m> ContinuousBatch<'m> {
             pending: VecDeque::new(),
             prefill_tokens: PREFILL_TOKENS,
             decode_secs: None,
-            chunk_secs_per_token: None,
         }
     }
 
-    /// Sets the prompt tokens each [`ContinuousBatch::step`] may prefill (at least 1).
+    /// Sets the prompt tokens each [`ContinuousBatch::step`] may prefill, and a long prompt's chunk size (at
+    /// least 1).
     pub fn with_prefill_tokens(mut self, tokens: usize) -> Self {
         self.prefill_tokens = tokens.max(1);
         self
@@ -223,7 +222,7 @@ impl<'m> ContinuousBatch<'m> {
                 return Err(ModelError::InvalidArgument(format!("request {}: token id {bad} is outside the vocabulary of {vocab}", r.id)));
             }
         }
-        self.pending.extend(requests.into_iter().map(|request| Prefill { request, state: None, done: 0, hooks: Vec::new() }));
+        self.pending.extend(requests.into_iter().map(|request| Prefill { request, state: None, done: 0, chunk: None, hooks: Vec::new() }));
         Ok(())
     }
 
@@ -269,18 +268,25 @@ impl<'m> ContinuousBatch<'m> {
     /// ([`ContinuousBatch::enqueue`]). Returns each sequence's next token, the end of those that finish, and
     /// the first tokens of those whose prompt finished running.
     pub fn step(&mut self) -> Result<Vec<Event>> {
+        self.step_until(&|| false)
+    }
+
+    /// [`ContinuousBatch::step`] for a caller that learns of new requests while it runs (a server): when no
+    /// row decodes, a long prompt's chunk runs block after block until it ends or `interrupt()` says
+    /// requests wait to be queued, so that they start within one block rather than one chunk.
+    pub fn step_until(&mut self, interrupt: &dyn Fn() -> bool) -> Result<Vec<Event>> {
         let started = std::time::Instant::now();
         let mut events = self.decode()?;
         if !events.is_empty() {
             self.decode_secs = Some(average(self.decode_secs, started.elapsed().as_secs_f64()));
         }
-        events.extend(self.prefill()?);
+        events.extend(self.prefill(interrupt)?);
         Ok(events)
     }
 
     /// Runs queued prompts for at most the prefill budget: short prompts not yet started, oldest first, in
-    /// one forward; then, with what is left, the next chunk of the oldest long prompt on its own state.
-    fn prefill(&mut self) -> Result<Vec<Event>> {
+    /// one forward; then blocks of the current chunk of the oldest long prompt, on its own state.
+    fn prefill(&mut self, interrupt: &dyn Fn() -> bool) -> Result<Vec<Event>> {
         let mut budget = self.prefill_tokens;
         let mut short = Vec::new();
         let mut i = 0;
@@ -294,9 +300,6 @@ impl<'m> ContinuousBatch<'m> {
             }
         }
         let mut events = self.admit(short)?;
-        if budget == 0 {
-            return Ok(events);
-        }
         let (model, n_layers) = (self.model, self.model.config().n_layers);
         // Every queued prompt has tokens left (it leaves the queue when its last chunk ran).
         let Some(front) = self.pending.front_mut() else {
@@ -309,28 +312,31 @@ impl<'m> ContinuousBatch<'m> {
             front.state = Some(state);
             front.hooks = row_hooks(&[&front.request.control]);
         }
-        // While other rows decode, a chunk takes about as long as their decoding step, so that each of their
-        // tokens waits about twice its time alone; alone, the prompt runs in chunks of the whole budget.
-        // A quarter of the budget at least, so that the prompt still advances under a full batch.
-        if self.rows.iter().any(|r| r.next.is_some()) {
-            let floor = (self.prefill_tokens / 4).max(MIN_CHUNK);
-            budget = match (self.decode_secs, self.chunk_secs_per_token) {
-                (Some(decode), Some(per_token)) => budget.min(((decode / per_token) as usize).max(floor)),
-                _ => budget.min(floor),
-            };
-        }
-        let n = budget.min(prompt_len - front.done);
-        let started = std::time::Instant::now();
-        let chunk: Vec<i64> = front.request.prompt[front.done..front.done + n].iter().map(|&t| t as i64).collect();
-        let valid = Tensor::ones([1, n as i64], (Kind::Bool, tch::Device::Cpu));
         let state = front.state.as_mut().expect("set above");
-        let logits = {
-            let mut set = HookSet::new();
-            set.push_all(&mut front.hooks);
-            model.forward_chunk(&Tensor::from_slice(&chunk).view([1, n as i64]), &valid, state, &mut set, LogitsFor::Last)?
-        };
+        let mut set = HookSet::new();
+        set.push_all(&mut front.hooks);
+        if front.chunk.is_none() {
+            let n = self.prefill_tokens.min(prompt_len - front.done);
+            let chunk: Vec<i64> = front.request.prompt[front.done..front.done + n].iter().map(|&t| t as i64).collect();
+            let valid = Tensor::ones([1, n as i64], (Kind::Bool, tch::Device::Cpu));
+            let tokens = Tensor::from_slice(&chunk).view([1, n as i64]);
+            front.chunk = Some((model.begin_chunk(&tokens, &valid, None, state, &mut set, false)?, n));
+        }
+        // While other rows decode, the chunk runs about as long as their decoding step, so that each of their
+        // tokens waits about twice its time alone; alone, it runs to its end unless requests are waiting.
+        let decoding = self.rows.iter().any(|r| r.next.is_some());
+        let slice = self.decode_secs.unwrap_or(0.0);
+        let started = std::time::Instant::now();
+        let mut more = || if decoding { started.elapsed().as_secs_f64() < slice } else { !interrupt() };
+        let (chunk, n) = front.chunk.as_mut().expect("set above");
+        let n = *n;
+        if !model.run_blocks(chunk, state, &mut set, &mut more)? {
+            return Ok(events);
+        }
+        let chunk = front.chunk.take().expect("ran above").0;
+        let logits = model.end_chunk(chunk, state, &mut set, LogitsFor::Last)?;
+        drop(set);
         front.done += n;
-        self.chunk_secs_per_token = Some(average(self.chunk_secs_per_token, started.elapsed().as_secs_f64() / n as f64));
         if front.done == prompt_len {
             let done = self.pending.pop_front().expect("the front ran above");
             let state = done.state.expect("ran above");
@@ -397,17 +403,6 @@ impl<'m> ContinuousBatch<'m> {
     fn join_parts(&mut self, fresh: Option<DecodeState>, new_rows: Vec<Row>) -> Result<()> {
         let keep_old: Vec<i64> = (0..self.rows.len() as i64).filter(|&i| self.rows[i as usize].next.is_some()).collect();
         let keep_new: Vec<i64> = (0..new_rows.len() as i64).filter(|&i| new_rows[i as usize].next.is_some()).collect();
-        let mut parts: Vec<(&DecodeState, &[i64])> = Vec::new();
-        if let Some(s) = self.state.as_ref() {
-            if !keep_old.is_empty() {
-                parts.push((s, &keep_old));
-            }
-        }
-        if let Some(s) = fresh.as_ref() {
-            if !keep_new.is_empty() {
-                parts.push((s, &keep_new));
-            }
-        }
         // Room for every kept row's remaining tokens, so decoding never reallocates the cache (the slots are
         // only touched as tokens come).
         let headroom = self
@@ -419,14 +414,27 @@ impl<'m> ContinuousBatch<'m> {
             .max()
             .unwrap_or(1);
         let all_new = keep_old.is_empty() && fresh.as_ref().is_some_and(|s| s.batch() == keep_new.len() as i64);
+        // The old state is consumed (or dropped when none of its rows stays) before the new one is built.
+        let mut parts: Vec<(DecodeState, Vec<i64>)> = Vec::new();
+        if let Some(s) = self.state.take() {
+            if !keep_old.is_empty() {
+                parts.push((s, keep_old));
+            }
+        }
         let state = if all_new {
             // Nothing to merge: the fresh state becomes the batch's as it is, without a copy of its cache.
-            drop(parts);
             fresh
-        } else if parts.is_empty() {
-            None
         } else {
-            Some(DecodeState::regroup(&parts, headroom as i64)?)
+            if let Some(s) = fresh {
+                if !keep_new.is_empty() {
+                    parts.push((s, keep_new));
+                }
+            }
+            if parts.is_empty() {
+                None
+            } else {
+                Some(DecodeState::regroup(parts, headroom as i64)?)
+            }
         };
         let old = std::mem::take(&mut self.rows);
         self.rows = old.into_iter().chain(new_rows).filter(|r| r.next.is_some()).collect();

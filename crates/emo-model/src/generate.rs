@@ -262,7 +262,7 @@ pub fn generate(model: &Transformer, prompts: &[Vec<u32>], cfg: &GenerationConfi
             if worth_compacting(dead, batch.len()) {
                 let keep: Vec<i64> = (0..batch.len() as i64).filter(|&i| !done[batch[i as usize]]).collect();
                 let headroom = (cfg.max_new_tokens - step) as i64;
-                state = DecodeState::regroup(&[(&state, &keep)], headroom)?;
+                state = DecodeState::regroup(vec![(state, keep.clone())], headroom)?;
                 feed = keep.iter().map(|&i| feed[i as usize]).collect();
                 batch.retain(|&r| !done[r]);
             }

@@ -183,17 +183,23 @@ impl DecodeState {
     /// prompt and a long-lived batch does not accumulate the padding of rows that left it. Every state must
     /// keep a cache, be on the same device and be past its prompt (one token per row per call from here on).
     /// The new buffers have room for `headroom` more tokens per row (at least one) before they grow.
-    pub fn regroup(parts: &[(&DecodeState, &[i64])], headroom: i64) -> Result<DecodeState> {
+    ///
+    /// The states are consumed a layer at a time: each layer's buffers are freed as soon as their rows are
+    /// gathered, so the cache is held about once during a regroup, not twice (old and merged).
+    pub fn regroup(mut parts: Vec<(DecodeState, Vec<i64>)>, headroom: i64) -> Result<DecodeState> {
         let invalid = |msg: String| ModelError::InvalidArgument(format!("cannot regroup decode states: {msg}"));
-        let first = parts.first().ok_or_else(|| invalid("no states given".into()))?.0;
+        let first = &parts.first().ok_or_else(|| invalid("no states given".into()))?.0;
         let (device, n_layers) = (first.device, first.kv.len());
         let mut valid_rows: Vec<Vec<i64>> = Vec::new();
-        for (s, rows) in parts {
+        for (s, rows) in &parts {
             if !s.cache || s.is_empty() || s.device != device || s.kv.len() != n_layers {
                 return Err(invalid("every state needs a cache, the same device and depth, and a prompt already run".into()));
             }
             if let Some(&bad) = rows.iter().find(|&&r| r < 0 || r >= s.batch) {
                 return Err(invalid(format!("row {bad} of a batch of {}", s.batch)));
+            }
+            if let Some(l) = s.kv.iter().position(Option::is_none) {
+                return Err(invalid(format!("layer {l} has no keys yet")));
             }
             let kv = Vec::<bool>::try_from(s.key_valid.to_device(Device::Cpu).contiguous().view(-1))?;
             let len = s.len as usize;
@@ -207,48 +213,69 @@ impl DecodeState {
         if batch == 0 {
             return Err(invalid("no rows kept".into()));
         }
-        // Each layer's buffers are allocated once at their final size and each part's rows gathered into
-        // them a layer at a time: the copy in flight is one layer of one part, not the whole cache twice.
+        // Per part, per kept row: its row there, its row in the merged state and where its real slots are
+        // (one range, as they almost always are, or a list); padding goes on the left.
+        let mut plans: Vec<Vec<(i64, i64, Slots)>> = Vec::with_capacity(parts.len());
+        let (mut seen, mut prompt_lens, mut key_valid) = (Vec::new(), Vec::new(), Vec::new());
+        let mut dst_row = 0;
+        for (s, rows) in &parts {
+            let mut plan = Vec::with_capacity(rows.len());
+            let mut kvalid = Vec::with_capacity(rows.len() * width as usize);
+            for &r in rows {
+                let slots = &valid_rows[dst_row as usize];
+                kvalid.extend(std::iter::repeat_n(false, width as usize - slots.len()).chain(std::iter::repeat_n(true, slots.len())));
+                let contiguous = slots.windows(2).all(|w| w[1] == w[0] + 1);
+                let from = match (contiguous, slots.first()) {
+                    (true, Some(&start)) => Slots::Range(start, slots.len() as i64),
+                    _ => Slots::List(Tensor::from_slice(slots).to_device(device)),
+                };
+                plan.push((r, dst_row, from));
+                dst_row += 1;
+            }
+            let rows_t = Tensor::from_slice(rows).to_device(device);
+            seen.push(s.seen.index_select(0, &rows_t));
+            prompt_lens.push(s.prompt_lens.index_select(0, &rows_t));
+            key_valid.push(Tensor::from_slice(&kvalid).view([rows.len() as i64, width]).to_device(device));
+            plans.push(plan);
+        }
+        let step = parts.iter().map(|(s, _)| s.step).max().unwrap_or(1);
         let slots = width + headroom.max(1);
+        // Freed pages go back to the system every sixteenth of the cache (when it is worth a call).
+        let old_bytes: usize = parts.iter().map(|(s, _)| s.bytes()).sum();
+        let trim_every = (old_bytes / 16).max(8 << 20);
+        let mut freed = 0;
         let mut kv: Vec<Option<(Tensor, Tensor)>> = Vec::with_capacity(n_layers);
         for l in 0..n_layers {
-            let (k0, _) = first.kv[l].as_ref().ok_or_else(|| invalid(format!("layer {l} has no keys yet")))?;
+            let (k0, _) = parts[0].0.kv[l].as_ref().expect("checked above");
             let mut size = k0.size();
             size[0] = batch;
             size[2] = slots;
-            kv.push(Some((Tensor::empty(&size, (k0.kind(), device)), Tensor::empty(&size, (k0.kind(), device)))));
-        }
-        let (mut seen, mut prompt_lens, mut key_valid) = (Vec::new(), Vec::new(), Vec::new());
-        let mut offset = 0;
-        for (s, rows) in parts {
-            let n = rows.len();
-            if n == 0 {
-                continue;
-            }
-            let mut index = Vec::with_capacity(n * width as usize);
-            let mut kvalid = Vec::with_capacity(n * width as usize);
-            for slots in &valid_rows[offset..offset + n] {
-                let pad = width as usize - slots.len();
-                // Padding slots point at slot 0: masked, so whatever they hold is never read.
-                index.extend(std::iter::repeat_n(0, pad).chain(slots.iter().copied()));
-                kvalid.extend(std::iter::repeat_n(false, pad).chain(std::iter::repeat_n(true, slots.len())));
-            }
-            let rows_t = Tensor::from_slice(rows).to_device(device);
-            let index = Tensor::from_slice(&index).view([n as i64, 1, width, 1]).to_device(device);
-            for (l, slot) in s.kv.iter().enumerate() {
-                let (k, v) = slot.as_ref().ok_or_else(|| invalid(format!("layer {l} has no keys yet")))?;
-                let (kb, vb) = kv[l].as_ref().expect("allocated above");
-                for (src, dst) in [(k, kb), (v, vb)] {
-                    let t = src.index_select(0, &rows_t);
-                    let mut size = t.size();
-                    size[2] = width;
-                    dst.narrow(0, offset as i64, n as i64).narrow(2, 0, width).copy_(&t.gather(2, &index.expand(&size, false), false));
+            let (kb, vb) = (Tensor::empty(&size, (k0.kind(), device)), Tensor::empty(&size, (k0.kind(), device)));
+            for ((s, rows), plan) in parts.iter_mut().zip(&plans) {
+                if rows.is_empty() {
+                    continue;
+                }
+                let (k, v) = s.kv[l].take().expect("checked above");
+                freed += tensor_bytes(&k) + tensor_bytes(&v);
+                for (src, dst) in [(&k, &kb), (&v, &vb)] {
+                    for (r, d, from) in plan {
+                        let (src, dst) = (src.narrow(0, *r, 1), dst.narrow(0, *d, 1));
+                        let src = match from {
+                            Slots::Range(start, len) => src.narrow(2, *start, *len),
+                            Slots::List(index) => src.index_select(2, index),
+                        };
+                        let pad = width - src.size()[2];
+                        // Padding is masked, but must hold finite values: a zero weight times NaN is NaN.
+                        let _ = dst.narrow(2, 0, pad).zero_();
+                        dst.narrow(2, pad, width - pad).copy_(&src);
+                    }
                 }
             }
-            offset += n;
-            seen.push(s.seen.index_select(0, &rows_t));
-            prompt_lens.push(s.prompt_lens.index_select(0, &rows_t));
-            key_valid.push(Tensor::from_slice(&kvalid).view([n as i64, width]).to_device(device));
+            kv.push(Some((kb, vb)));
+            if device == Device::Cpu && freed >= trim_every {
+                return_freed_pages();
+                freed = 0;
+            }
         }
         Ok(DecodeState {
             batch,
@@ -260,10 +287,29 @@ impl DecodeState {
             seen: Tensor::cat(&seen, 0),
             prompt_lens: Tensor::cat(&prompt_lens, 0),
             chunk_valid: None,
-            step: parts.iter().map(|(s, _)| s.step).max().unwrap_or(1),
+            step,
             reserved: 0,
             branching: false,
         })
+    }
+}
+
+/// Where a kept row's real key slots are in its old state.
+enum Slots {
+    /// `len` slots from `start`.
+    Range(i64, i64),
+    /// These slots, [n] i64.
+    List(Tensor),
+}
+
+/// Gives the pages of freed heap memory back to the system. A layer's old buffers, freed once gathered, come
+/// from the C heap (LibTorch's CPU allocator is malloc), whose holes glibc keeps resident; without this the
+/// merged buffers would take new pages beside them and a regroup would hold the cache twice after all.
+fn return_freed_pages() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases free memory; it reads no caller data.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 

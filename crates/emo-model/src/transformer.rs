@@ -64,6 +64,32 @@ pub struct Transformer {
 // sound; tests/hooks.rs runs one model from several threads and checks each gets the single-thread result.
 unsafe impl Sync for Transformer {}
 
+fn chunk_context<'a>(positions: &'a Tensor, prompt_lens: &'a Tensor, step: usize, row_ids: Option<&'a Tensor>) -> HookContext<'a> {
+    match row_ids {
+        Some(ids) => HookContext::with_row_ids(positions, prompt_lens, step, ids),
+        None => HookContext::new(positions, prompt_lens, step),
+    }
+}
+
+/// A chunk of [`Transformer::forward_chunk`] part-way through the blocks: the residual leaving the last block
+/// run and what every block needs (positions, mask, logical rows).
+pub(crate) struct ChunkInFlight {
+    h: Tensor,
+    positions: Tensor,
+    mask: Tensor,
+    row_ids: Option<Tensor>,
+    // The first block not run yet.
+    next: usize,
+    t: i64,
+    grad: bool,
+}
+
+impl ChunkInFlight {
+    fn context<'a>(&'a self, state: &'a DecodeState) -> HookContext<'a> {
+        chunk_context(&self.positions, state.prompt_lens(), state.step(), self.row_ids.as_ref())
+    }
+}
+
 impl Transformer {
     /// Loads weights from `src` (Hugging Face names), checks every shape against `cfg`, and moves them to
     /// `device` in `kind`, every tensor dequantized.
@@ -272,6 +298,24 @@ impl Transformer {
         logits: LogitsFor,
         grad: bool,
     ) -> Result<Tensor> {
+        let mut chunk = self.begin_chunk(tokens, valid, rows, state, hooks, grad)?;
+        self.run_blocks(&mut chunk, state, hooks, &mut || true)?;
+        self.end_chunk(chunk, state, hooks, logits)
+    }
+
+    /// Starts a chunk of [`Transformer::forward_chunk`] whose blocks then run a few at a time
+    /// ([`Transformer::run_blocks`]) and whose logits come from [`Transformer::end_chunk`]: continuous batching
+    /// pauses a long prompt's chunk between blocks so that requests arriving meanwhile need not wait for all
+    /// of it. Until the chunk ends, `state` must serve no other call.
+    pub(crate) fn begin_chunk(
+        &self,
+        tokens: &Tensor,
+        valid: &Tensor,
+        rows: Option<&[i64]>,
+        state: &mut DecodeState,
+        hooks: &mut HookSet,
+        grad: bool,
+    ) -> Result<ChunkInFlight> {
         let _guard = (!grad).then(tch::no_grad_guard);
         let (b, t) = tokens.size2().map_err(ModelError::Torch)?;
         if valid.size() != [b, t] || state.batch() != b {
@@ -300,23 +344,50 @@ impl Transformer {
         let valid = valid.to_device(self.device);
 
         let (positions, mask) = state.begin_chunk(&valid);
-        let prompt_lens = state.prompt_lens().shallow_clone();
         // Padding belongs to no row (-1), as in a branched forward.
         let row_ids = rows.map(|r| {
             let ids = Tensor::from_slice(r).to_device(self.device).view([b, 1]).expand([b, t], false);
             ids.where_self(&valid, &Tensor::from(-1i64).to_device(self.device))
         });
-        let ctx = match &row_ids {
-            Some(ids) => HookContext::with_row_ids(&positions, &prompt_lens, state.step(), ids),
-            None => HookContext::new(&positions, &prompt_lens, state.step()),
-        };
+        let mut chunk = ChunkInFlight { h: Tensor::empty([0], (self.kind, self.device)), positions, mask, row_ids, next: 0, t, grad };
         let embedded = self.embed_tokens(&tokens);
         // Under autograd the graph starts here: weights need no gradient, activations do.
         let embedded = if grad { embedded.set_requires_grad(true) } else { embedded };
-        let h = hooks.apply(HookPoint::Embed, embedded, &ctx)?;
-        let h = self.blocks_from(0, h, &mask, state, hooks, &ctx)?;
-        state.end_chunk(t);
-        self.head(h, logits, hooks, &ctx)
+        chunk.h = hooks.apply(HookPoint::Embed, embedded, &chunk.context(state))?;
+        Ok(chunk)
+    }
+
+    /// Runs the chunk's next blocks, one at least, then one more while `more()` says so; returns whether
+    /// every block has run.
+    pub(crate) fn run_blocks(
+        &self,
+        chunk: &mut ChunkInFlight,
+        state: &mut DecodeState,
+        hooks: &mut HookSet,
+        more: &mut dyn FnMut() -> bool,
+    ) -> Result<bool> {
+        let _guard = (!chunk.grad).then(tch::no_grad_guard);
+        if chunk.next < self.cfg.n_layers {
+            hooks.route(self.cfg.n_layers);
+            let (positions, prompt_lens, mask) = (chunk.positions.shallow_clone(), state.prompt_lens().shallow_clone(), chunk.mask.shallow_clone());
+            let row_ids = chunk.row_ids.as_ref().map(Tensor::shallow_clone);
+            let ctx = chunk_context(&positions, &prompt_lens, state.step(), row_ids.as_ref());
+            let h = std::mem::replace(&mut chunk.h, Tensor::empty([0], (self.kind, self.device)));
+            chunk.h = self.blocks_from(&mut chunk.next, h, &mask, state, hooks, &ctx, more)?;
+        }
+        Ok(chunk.next == self.cfg.n_layers)
+    }
+
+    /// Ends a chunk whose blocks have all run: commits its keys to `state` and returns logits as `logits` asks.
+    pub(crate) fn end_chunk(&self, chunk: ChunkInFlight, state: &mut DecodeState, hooks: &mut HookSet, logits: LogitsFor) -> Result<Tensor> {
+        let _guard = (!chunk.grad).then(tch::no_grad_guard);
+        if chunk.next != self.cfg.n_layers {
+            return Err(ModelError::InvalidArgument(format!("a chunk ended after {} of {} blocks", chunk.next, self.cfg.n_layers)));
+        }
+        let prompt_lens = state.prompt_lens().shallow_clone();
+        let ctx = chunk_context(&chunk.positions, &prompt_lens, state.step(), chunk.row_ids.as_ref());
+        state.end_chunk(chunk.t);
+        self.head(chunk.h.shallow_clone(), logits, hooks, &ctx)
     }
 
     /// Runs a branch chunk over the committed prefix in `state` ([`crate::branch`]): `tokens[b, j]` is the
@@ -344,20 +415,24 @@ impl Transformer {
             Some(h) if from_layer > 0 => h,
             _ => hooks.apply(HookPoint::Embed, self.embed_tokens(tokens), &ctx)?,
         };
-        let h = self.blocks_from(from_layer, h, &mask, state, hooks, &ctx)?;
+        let mut next = from_layer;
+        let h = self.blocks_from(&mut next, h, &mask, state, hooks, &ctx, &mut || true)?;
         let logits = if logits == LogitsFor::Skip { LogitsFor::Skip } else { LogitsFor::All };
         self.head(h, logits, hooks, &ctx)
     }
 
-    /// Blocks `from..` over one chunk, each hook point passed through `hooks`.
+    /// Blocks from `*next` over one chunk, each hook point passed through `hooks`: one at least, then the
+    /// next while `more()` says so. `*next` is left at the first block not run.
+    #[allow(clippy::too_many_arguments)]
     fn blocks_from(
         &self,
-        from: usize,
+        next: &mut usize,
         mut h: Tensor,
         mask: &Tensor,
         state: &mut DecodeState,
         hooks: &mut HookSet,
         ctx: &HookContext,
+        more: &mut dyn FnMut() -> bool,
     ) -> Result<Tensor> {
         let (cos, sin) = self.rope.cos_sin(ctx.positions, self.kind);
         let local = self.rope_local.as_ref().map(|r| r.cos_sin(ctx.positions, self.kind));
@@ -369,7 +444,11 @@ impl Transformer {
             mask.logical_and(&near.unsqueeze(1))
         });
         let eps = self.cfg.rms_norm_eps;
-        for (l, blk) in self.blocks.iter().enumerate().skip(from) {
+        let start = *next;
+        for (l, blk) in self.blocks.iter().enumerate().skip(start) {
+            if l > start && !more() {
+                break;
+            }
             let mask = match (&windowed, self.cfg.window(l)) {
                 (Some(w), Some(_)) => w,
                 _ => mask,
@@ -400,6 +479,7 @@ impl Transformer {
             };
             let mlp = hooks.apply(HookPoint::MlpOut(l), mlp, ctx)?;
             h = hooks.apply(HookPoint::ResidPost(l), h + mlp, ctx)?;
+            *next = l + 1;
         }
         Ok(h)
     }

@@ -3,9 +3,10 @@
 mod common;
 
 use emo_model::batcher::row_hooks;
+use emo_model::kv_cache::left_pad;
 use emo_model::{
-    BatchRequest, Capture, ChatMessage, ContinuousBatch, Edit, Event, GenerationConfig, HookPoint, HookSet, Intervention, Positions, RowControl,
-    Sampling, StopReason,
+    BatchRequest, Capture, ChatMessage, ContinuousBatch, DecodeState, Edit, Event, GenerationConfig, HookPoint, HookSet, Intervention, LogitsFor,
+    Positions, RowControl, Sampling, StopReason,
 };
 use tch::{Kind, Tensor};
 
@@ -198,6 +199,80 @@ fn enqueued_prompts_prefill_in_chunks_beside_running_rows_and_get_the_tokens_the
     assert!(batch.enqueue(vec![bad(Vec::new())]).is_err());
     assert!(batch.enqueue(vec![bad(vec![u32::MAX])]).is_err());
     assert_eq!(batch.pending(), 0);
+}
+
+#[test]
+fn a_long_prompt_yields_between_blocks_to_arriving_requests_and_nobody_s_tokens_change() {
+    let m = common::smollm2();
+    let p = prompts();
+    let n_layers = m.transformer.config().n_layers;
+    let cfg = GenerationConfig { eos_token_ids: m.eos_token_ids.clone(), ignore_eos: true, ..GenerationConfig::greedy(6) };
+    // A long prompt of three chunks of the budget (the last one shorter), steered, and a short prompt that fits
+    // the budget.
+    let long: Vec<u32> = p[1..].concat();
+    let budget = p[0].len();
+    let chunks = long.len().div_ceil(budget);
+    assert!(chunks >= 3, "{} tokens in chunks of {budget}", long.len());
+    let run = |short_at: Option<usize>| {
+        let mut batch = ContinuousBatch::new(&m.transformer, m.pad_token_id()).with_prefill_tokens(budget);
+        batch.enqueue(vec![BatchRequest { id: 1, prompt: long.clone(), config: cfg.clone(), control: steer(5) }]).unwrap();
+        let (mut events, mut steps, mut first_long) = (Vec::new(), 0, None);
+        while !batch.is_empty() {
+            if Some(steps) == short_at {
+                batch.enqueue(vec![BatchRequest { id: 2, prompt: p[0].clone(), config: cfg.clone(), control: RowControl::none() }]).unwrap();
+                // The step after it arrives starts it: its first token comes before the long chunk ends.
+                let out = batch.step_until(&|| true).unwrap();
+                assert!(out.iter().any(|e| matches!(e, Event::Token { id: 2, .. })), "the short request waited: {out:?}");
+                assert_eq!(batch.pending(), 1, "the long prompt is still prefilling");
+                events.extend(out);
+            } else {
+                // Always interrupted: a long prompt running alone advances one block per step.
+                events.extend(batch.step_until(&|| true).unwrap());
+            }
+            steps += 1;
+            if first_long.is_none() && !collect(&events, 1).0.is_empty() {
+                first_long = Some(steps);
+            }
+        }
+        (events, first_long.unwrap())
+    };
+    let (events, first) = run(None);
+    assert_eq!(first, n_layers * chunks, "alone and always interrupted, each step runs one block of a chunk");
+    assert_eq!(collect(&events, 1).0, alone(&long, &cfg, &steer(5)).0);
+    // The short request arrives in the middle of the second chunk.
+    let (events, _) = run(Some(n_layers + n_layers / 2));
+    assert_eq!(collect(&events, 1).0, alone(&long, &cfg, &steer(5)).0, "the long prompt's tokens");
+    assert_eq!(collect(&events, 2), (alone(&p[0], &cfg, &RowControl::none()).0, Some(StopReason::Length)), "the short request's tokens");
+}
+
+#[test]
+fn regrouped_rows_attend_to_what_they_attended_to_even_with_padding_between_their_slots() {
+    let m = common::smollm2();
+    let p = prompts();
+    let n_layers = m.transformer.config().n_layers;
+    let (a, b) = (&p[1], &p[2]);
+    assert!(a.len() - 4 < b.len() - 6, "row 0's second chunk must be the shorter");
+    // Two chunks, each left-padded: row 0 gets padding between its first and second chunk's slots.
+    let prefilled = || {
+        let mut state = DecodeState::new(&[a.len() as i64, b.len() as i64], n_layers, tch::Device::Cpu, true);
+        for chunk in [vec![a[..4].to_vec(), b[..6].to_vec()], vec![a[4..].to_vec(), b[6..].to_vec()]] {
+            let (ids, valid, _) = left_pad(&chunk, m.pad_token_id()).unwrap();
+            m.transformer.forward_chunk(&ids, &valid, &mut state, &mut HookSet::new(), LogitsFor::Skip).unwrap();
+        }
+        state
+    };
+    let step = |state: &mut DecodeState, tokens: &[i64]| {
+        let n = tokens.len() as i64;
+        let ones = Tensor::ones([n, 1], (Kind::Bool, tch::Device::Cpu));
+        m.transformer.forward_chunk(&Tensor::from_slice(tokens).view([n, 1]), &ones, state, &mut HookSet::new(), LogitsFor::Last).unwrap()
+    };
+    let mut kept = prefilled();
+    let expected = step(&mut kept, &[42, 43]);
+    // The rows swapped, so that each lands where the other was.
+    let mut regrouped = DecodeState::regroup(vec![(prefilled(), vec![1, 0])], 4).unwrap();
+    let got = step(&mut regrouped, &[43, 42]);
+    let diff = (got - expected.index_select(0, &Tensor::from_slice(&[1i64, 0]))).abs().max().double_value(&[]);
+    assert!(diff < 1e-4, "logits after the regroup differ by {diff}");
 }
 
 #[test]

@@ -1,7 +1,7 @@
 //! The engine loop: one thread owns the model's running batch ([`ContinuousBatch`]). Waiting requests are
 //! queued into it between steps; each step decodes one token for every running row and then prefills up
-//! to a token budget of queued prompts (short ones together, a long one in chunks), so a long prompt never
-//! stalls the others. Rows whose client went away are dropped; each row's tokens go back to its HTTP
+//! to a token budget of queued prompts (short ones together, a long one in chunks whose blocks run a few
+//! at a time and yield to arriving requests), so a long prompt never stalls the others. Rows whose client went away are dropped; each row's tokens go back to its HTTP
 //! handler as text through a channel.
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -127,7 +127,10 @@ pub fn run(model: Arc<Model>, controls: Controls, jobs: Receiver<Job>, cfg: Engi
         }
         if !batch.is_empty() {
             let t = Instant::now();
-            match batch.step() {
+            // A long prompt running alone yields between blocks to requests that wait and would fit.
+            let room = batch.len() + batch.pending() < cfg.max_batch.max(1);
+            let waiting = || room && metrics.queue_depth.load(Ordering::Relaxed) > 0;
+            match batch.step_until(&waiting) {
                 Ok(events) => {
                     let produced = events.iter().filter(|e| matches!(e, Event::Token { .. })).count();
                     metrics.step(t.elapsed(), produced);
