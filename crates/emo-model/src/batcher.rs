@@ -153,6 +153,9 @@ pub struct ContinuousBatch<'m> {
     // Seconds of a decoding step (moving average): while rows decode, a long prompt's chunk runs about this
     // long per step.
     decode_secs: Option<f64>,
+    // Seconds of one block of a long prompt's chunk (moving average): a slice takes the next block only if
+    // it fits.
+    block_secs: Option<f64>,
 }
 
 /// Prompt tokens [`ContinuousBatch::step`] prefills at most per step, by default: the short prompts it starts
@@ -175,6 +178,7 @@ impl<'m> ContinuousBatch<'m> {
             pending: VecDeque::new(),
             prefill_tokens: PREFILL_TOKENS,
             decode_secs: None,
+            block_secs: None,
         }
     }
 
@@ -280,13 +284,15 @@ impl<'m> ContinuousBatch<'m> {
         if !events.is_empty() {
             self.decode_secs = Some(average(self.decode_secs, started.elapsed().as_secs_f64()));
         }
-        events.extend(self.prefill(interrupt)?);
+        let waiting = !events.is_empty();
+        events.extend(self.prefill(waiting, interrupt)?);
         Ok(events)
     }
 
     /// Runs queued prompts for at most the prefill budget: short prompts not yet started, oldest first, in
-    /// one forward; then blocks of the current chunk of the oldest long prompt, on its own state.
-    fn prefill(&mut self, interrupt: &dyn Fn() -> bool) -> Result<Vec<Event>> {
+    /// one forward; then blocks of the current chunk of the oldest long prompt, on its own state. `waiting`:
+    /// this step already has events for the caller.
+    fn prefill(&mut self, waiting: bool, interrupt: &dyn Fn() -> bool) -> Result<Vec<Event>> {
         let mut budget = self.prefill_tokens;
         let mut short = Vec::new();
         let mut i = 0;
@@ -322,12 +328,22 @@ impl<'m> ContinuousBatch<'m> {
             let tokens = Tensor::from_slice(&chunk).view([1, n as i64]);
             front.chunk = Some((model.begin_chunk(&tokens, &valid, None, state, &mut set, false)?, n));
         }
-        // While other rows decode, the chunk runs about as long as their decoding step, so that each of their
-        // tokens waits about twice its time alone; alone, it runs to its end unless requests are waiting.
-        let decoding = self.rows.iter().any(|r| r.next.is_some());
+        // While other rows decode, or tokens of this step wait to be delivered, the chunk runs about as long as
+        // a decoding step (its next block only if it fits), so that each of their tokens waits about twice its
+        // time alone; otherwise it runs to its end unless requests are waiting.
+        let bounded = waiting || !events.is_empty() || self.rows.iter().any(|r| r.next.is_some());
         let slice = self.decode_secs.unwrap_or(0.0);
-        let started = std::time::Instant::now();
-        let mut more = || if decoding { started.elapsed().as_secs_f64() < slice } else { !interrupt() };
+        let block_secs = &mut self.block_secs;
+        let (started, mut last) = (std::time::Instant::now(), std::time::Instant::now());
+        let mut more = || {
+            *block_secs = Some(average(*block_secs, last.elapsed().as_secs_f64()));
+            last = std::time::Instant::now();
+            if bounded {
+                started.elapsed().as_secs_f64() + block_secs.unwrap_or(0.0) <= slice
+            } else {
+                !interrupt()
+            }
+        };
         let (chunk, n) = front.chunk.as_mut().expect("set above");
         let n = *n;
         if !model.run_blocks(chunk, state, &mut set, &mut more)? {
