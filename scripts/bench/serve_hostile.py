@@ -10,8 +10,8 @@ Each starts its own `emo serve --device cpu --port 0` (SmolLM2, f32) and prints 
 - long-prompt: a short request's latency alone (median of 5), and while a long prompt prefills (short
   requests one after another from 0.5 s after it until it ends: median and worst), with chunked prefill at
   several `--prefill-tokens` budgets and with prefill in one piece (a budget above the prompt), in one run.
-- memory: peak RSS (VmHWM) added by N concurrent long prompts (--new-tokens each) over a warmed-up server,
-  per prompt, beside the prompt's key-value cache (layers x 2 x kv heads x d_head x 4 bytes x tokens).
+- memory: peak RSS (VmHWM, reset after a warm-up request so that loading's peak does not count) added by N
+  concurrent long prompts (--new-tokens each) over what a warmed-up server holds, per prompt, beside the prompt's key-value cache (layers x 2 x kv heads x d_head x 4 bytes x tokens).
 - burst: how many of C simultaneous requests an idle server takes before answering 429.
 - soak: C clients for M minutes sending plain, steered and modulated requests, a third of them streamed and
   dropped after a few chunks; RSS sampled every 10 s, errors by status.
@@ -94,8 +94,7 @@ def long_prompt(a):
         during = []
         while th.is_alive():
             status, _, took = post(url, chat("Hi", 2))
-            if th.is_alive():
-                during.append(took)
+            during.append(took)
             time.sleep(0.2)
         th.join()
         lstatus, lv, ltime = res["long"]
@@ -113,9 +112,13 @@ def memory(a):
     # SmolLM2-135M: 30 layers, 3 KV heads of 64, f32.
     kv_per_token = 30 * 2 * 3 * 64 * 4
     for n in [int(x) for x in a.counts.split(",")]:
-        for name, flags in [("chunked", []), ("one piece", ["--prefill-tokens", "1000000"])]:
+        modes = [("chunked", []), ("one piece", ["--prefill-tokens", "1000000"])]
+        for name, flags in modes[:1] if a.chunked_only else modes:
             p, url = start(a.binary, "--max-batch", "16", *flags)
             post(url, chat("Hi", 16))
+            # The peak so far is loading's; from here on it counts from what is resident now.
+            with open(f"/proc/{p.pid}/clear_refs", "w") as f:
+                f.write("5")
             base = rss_kb(p.pid, "VmHWM")
             results = []
             threads = [threading.Thread(target=lambda: results.append(post(url, chat(long_text(a.tokens), a.new_tokens)))) for _ in range(n)]
@@ -234,6 +237,7 @@ def main():
     s.add_argument("--tokens", type=int, default=5400)
     s.add_argument("--counts", default="1,2,4")
     s.add_argument("--new-tokens", type=int, default=16)
+    s.add_argument("--chunked-only", action="store_true", help="skip the one-piece prefill")
     s = sub.add_parser("burst")
     s.add_argument("--max-batch", type=int, default=4)
     s.add_argument("--max-queue", type=int, default=4)

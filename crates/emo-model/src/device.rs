@@ -80,6 +80,18 @@ pub(crate) fn tensor_bytes(t: &Tensor) -> usize {
     t.numel() * t.kind().elt_size_in_bytes()
 }
 
+/// Gives the pages of freed C-heap memory back to the system. LibTorch's CPU allocator is malloc, and glibc
+/// keeps freed blocks resident for reuse; after a large, one-off release (a model's loading temporaries, a
+/// key-value cache regrouped a layer at a time) those pages would otherwise count in the process's memory
+/// for good. A no-op outside glibc.
+pub(crate) fn return_freed_pages() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases free memory; it touches no caller data.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// A short name for a device, for reports.
 pub fn device_name(d: Device) -> String {
     match d {

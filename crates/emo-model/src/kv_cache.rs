@@ -4,7 +4,7 @@
 //! several states can be regrouped into one ([`DecodeState::regroup`]: continuous batching).
 use tch::{Device, Kind, Tensor};
 
-use crate::device::tensor_bytes;
+use crate::device::{return_freed_pages, tensor_bytes};
 use crate::{ModelError, Result};
 
 /// The state of a batch of sequences across forward calls.
@@ -273,6 +273,8 @@ impl DecodeState {
             }
             kv.push(Some((kb, vb)));
             if device == Device::Cpu && freed >= trim_every {
+                // A layer's old buffers come from the C heap, whose holes glibc keeps resident: without this the
+                // merged buffers would take new pages beside them and the regroup would hold the cache twice.
                 return_freed_pages();
                 freed = 0;
             }
@@ -300,17 +302,6 @@ enum Slots {
     Range(i64, i64),
     /// These slots, [n] i64.
     List(Tensor),
-}
-
-/// Gives the pages of freed heap memory back to the system. A layer's old buffers, freed once gathered, come
-/// from the C heap (LibTorch's CPU allocator is malloc), whose holes glibc keeps resident; without this the
-/// merged buffers would take new pages beside them and a regroup would hold the cache twice after all.
-fn return_freed_pages() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only releases free memory; it reads no caller data.
-    unsafe {
-        libc::malloc_trim(0);
-    }
 }
 
 /// Key and value buffers of `slots` slots, holding `k` and `v` in their first ones. The other slots are left

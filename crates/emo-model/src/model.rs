@@ -89,11 +89,10 @@ impl Model {
             crate::device::load_cuda_backend();
         }
         let path = resolve(reference)?;
-        if path.is_dir() {
-            Self::load_hf_dir(&path, opts)
-        } else {
-            Self::load_gguf(&path, opts)
-        }
+        let model = if path.is_dir() { Self::load_hf_dir(&path, opts) } else { Self::load_gguf(&path, opts) }?;
+        // Loading's temporaries (file reads, dequantized blocks) leave freed pages in the C heap.
+        crate::device::return_freed_pages();
+        Ok(model)
     }
 
     /// Loads a GGUF file: weights dequantized to `opts.kind` or packed as `opts.weights` says, tokenizer and
