@@ -257,7 +257,7 @@ fn regrouped_rows_attend_to_what_they_attended_to_even_with_padding_between_thei
         let mut state = DecodeState::new(&[a.len() as i64, b.len() as i64], n_layers, tch::Device::Cpu, true);
         for chunk in [vec![a[..4].to_vec(), b[..6].to_vec()], vec![a[4..].to_vec(), b[6..].to_vec()]] {
             let (ids, valid, _) = left_pad(&chunk, m.pad_token_id()).unwrap();
-            m.transformer.forward_chunk(&ids, &valid, &mut state, &mut HookSet::new(), LogitsFor::Skip).unwrap();
+            let _ = m.transformer.forward_chunk(&ids, &valid, &mut state, &mut HookSet::new(), LogitsFor::Skip).unwrap();
         }
         state
     };

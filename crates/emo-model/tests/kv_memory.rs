@@ -25,7 +25,7 @@ fn regrouping_states_does_not_hold_their_cache_twice() {
         for _ in 0..tokens / chunk {
             let ids = Tensor::randint(1000, [1, chunk], (Kind::Int64, tch::Device::Cpu));
             let valid = Tensor::ones([1, chunk], (Kind::Bool, tch::Device::Cpu));
-            m.transformer.forward_chunk(&ids, &valid, &mut state, &mut HookSet::new(), LogitsFor::Skip).unwrap();
+            let _ = m.transformer.forward_chunk(&ids, &valid, &mut state, &mut HookSet::new(), LogitsFor::Skip).unwrap();
         }
         state
     };
