@@ -41,8 +41,25 @@ impl WeightFormat {
     }
 }
 
-/// LibTorch's CPU int4 layout packs output rows in tiles of this many.
-const TILE_N: usize = 64;
+/// How many output rows LibTorch's CPU int4 layout packs in a tile on this machine: four float vectors' worth,
+/// so 64 with AVX-512 and 32 with AVX2 (byte j of a tile's column holds row j in its low nibble and row
+/// j + tile/2 in its high one, either way). Read once from LibTorch's own packing of a probe matrix; None
+/// when the layout is neither (a CPU without AVX2), and then nothing is packed.
+fn tile_n() -> Option<usize> {
+    static TILE: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
+    *TILE.get_or_init(|| {
+        let _guard = tch::no_grad_guard();
+        // Row r holds code r / 16: the first byte pairs row 0 with row 32 (0x20) in 64-row tiles, with row 16
+        // (0x10) in 32-row tiles.
+        let codes: Vec<i32> = (0..64 * 32).map(|i| (i / 32 / 16) as i32).collect();
+        let packed = Tensor::from_slice(&codes).view([64, 32]).f_internal_convert_weight_to_int4pack_for_cpu(1).ok()?;
+        match Vec::<u8>::try_from(packed.reshape([-1])).ok()?.first()? {
+            0x20 => Some(64),
+            0x10 => Some(32),
+            _ => None,
+        }
+    })
+}
 
 /// A projection's weight as the decoder holds it: dense, int4 in LibTorch's packed CPU layout, or fused
 /// parts of both (q, k and v when v is not packable), whose outputs are concatenated.
@@ -57,11 +74,13 @@ pub(crate) struct Int4Weight {
     planes: Vec<Int4Plane>,
     n: usize,
     k: usize,
+    // Rows per tile of the layout (see `tile_n`).
+    tile: usize,
 }
 
-/// One int4 matrix in the layout `_weight_int4pack_mm_for_cpu` reads: bytes [n/64, k, 32], byte (t, c, j)
-/// holding row 64t+j in its low nibble and row 64t+32+j in its high nibble; scales and zeros [k/32, n, 2] in
-/// bf16.
+/// One int4 matrix in the layout `_weight_int4pack_mm_for_cpu` reads: bytes [n/T, k, T/2] for tiles of T rows
+/// (`tile_n`), byte (t, c, j) holding row Tt+j in its low nibble and row Tt+T/2+j in its high nibble; scales
+/// and zeros [k/32, n, 2] in bf16.
 struct Int4Plane {
     packed: Tensor,
     scales_zeros: Tensor,
@@ -71,15 +90,16 @@ impl Int4Weight {
     /// Packs `rows`, or says why LibTorch's layout cannot hold them (rows not a multiple of 64).
     pub(crate) fn pack(rows: &QuantRows) -> std::result::Result<Self, String> {
         let (n, k) = (rows.n, rows.k);
-        if !n.is_multiple_of(TILE_N) || !k.is_multiple_of(GROUP) || k == 0 {
-            return Err(format!("[{n}, {k}] is not a multiple of [{TILE_N}, {GROUP}]"));
+        let tile = tile_n().ok_or("LibTorch's int4 layout on this CPU (no AVX2) is not one this crate writes")?;
+        if !n.is_multiple_of(tile) || !k.is_multiple_of(GROUP) || k == 0 {
+            return Err(format!("[{n}, {k}] is not a multiple of [{tile}, {GROUP}]"));
         }
         let planes = rows
             .planes()
             .into_iter()
-            .map(|(codes, scales, zeros)| Int4Plane::pack(n, k, &codes, &scales, &zeros))
+            .map(|(codes, scales, zeros)| Int4Plane::pack(n, k, tile, &codes, &scales, &zeros))
             .collect::<std::result::Result<_, _>>()?;
-        Ok(Int4Weight { planes, n, k })
+        Ok(Int4Weight { planes, n, k, tile })
     }
 
     /// `x @ w^T` for x [rows, k] in any float dtype; the products run in bf16 and come back in x's dtype.
@@ -97,16 +117,16 @@ impl Int4Weight {
 
     /// The weights as the kernel sees them, dense [n, k] in `kind`: bf16 scales and zeros, f32 arithmetic.
     fn dense(&self, kind: Kind) -> Tensor {
-        let (n, k) = (self.n, self.k);
+        let (n, k, tile) = (self.n, self.k, self.tile);
         let mut w = vec![0f32; n * k];
         for p in &self.planes {
             let bytes = Vec::<u8>::try_from(&p.packed.reshape([-1])).unwrap_or_default();
             let sz = Vec::<f32>::try_from(&p.scales_zeros.to_kind(Kind::Float).reshape([-1])).unwrap_or_default();
             w.par_chunks_mut(k).enumerate().for_each(|(r, row)| {
-                let (t, j) = (r / TILE_N, r % TILE_N);
-                let (col, shift) = if j < TILE_N / 2 { (j, 0) } else { (j - TILE_N / 2, 4) };
+                let (t, j) = (r / tile, r % tile);
+                let (col, shift) = if j < tile / 2 { (j, 0) } else { (j - tile / 2, 4) };
                 for (c, w) in row.iter_mut().enumerate() {
-                    let q = (bytes[(t * k + c) * (TILE_N / 2) + col] >> shift) & 0x0F;
+                    let q = (bytes[(t * k + c) * (tile / 2) + col] >> shift) & 0x0F;
                     let g = c / GROUP;
                     *w += (q as f32 - 8.0) * sz[(g * n + r) * 2] + sz[(g * n + r) * 2 + 1];
                 }
@@ -121,13 +141,13 @@ impl Int4Weight {
 }
 
 impl Int4Plane {
-    fn pack(n: usize, k: usize, codes: &[u8], scales: &[f32], zeros: &[f32]) -> std::result::Result<Self, String> {
+    fn pack(n: usize, k: usize, tile: usize, codes: &[u8], scales: &[f32], zeros: &[f32]) -> std::result::Result<Self, String> {
         let mut bytes = vec![0u8; n * k / 2];
-        bytes.par_chunks_mut(k * TILE_N / 2).enumerate().for_each(|(t, tile)| {
-            for (c, out) in tile.chunks_exact_mut(TILE_N / 2).enumerate() {
+        bytes.par_chunks_mut(k * tile / 2).enumerate().for_each(|(t, block)| {
+            for (c, out) in block.chunks_exact_mut(tile / 2).enumerate() {
                 for (j, o) in out.iter_mut().enumerate() {
-                    let lo = codes[(t * TILE_N + j) * k + c];
-                    let hi = codes[(t * TILE_N + TILE_N / 2 + j) * k + c];
+                    let lo = codes[(t * tile + j) * k + c];
+                    let hi = codes[(t * tile + tile / 2 + j) * k + c];
                     *o = lo | (hi << 4);
                 }
             }
