@@ -51,7 +51,7 @@ fn tile_n() -> Option<usize> {
         let _guard = tch::no_grad_guard();
         // Row r holds code r / 16: the first byte pairs row 0 with row 32 (0x20) in 64-row tiles, with row 16
         // (0x10) in 32-row tiles.
-        let codes: Vec<i32> = (0..64 * 32).map(|i| (i / 32 / 16) as i32).collect();
+        let codes: Vec<i32> = (0..64 * 32).map(|i: i32| i / 32 / 16).collect();
         let packed = Tensor::from_slice(&codes).view([64, 32]).f_internal_convert_weight_to_int4pack_for_cpu(1).ok()?;
         match Vec::<u8>::try_from(packed.reshape([-1])).ok()?.first()? {
             0x20 => Some(64),
