@@ -25,7 +25,7 @@ use std::collections::VecDeque;
 use tch::{Kind, Tensor};
 
 use crate::generate::{choose_tokens, worth_compacting, Choice, GenerationConfig, RowDecoder, StopReason};
-use crate::hooks::{HookSet, Positions};
+use crate::hooks::{ForwardScores, HookSet, Positions, Readout, Readouts};
 use crate::hooks::{Intervention, Interventions};
 use crate::kv_cache::left_pad;
 use crate::kv_cache::DecodeState;
@@ -33,11 +33,54 @@ use crate::transformer::{ChunkInFlight, LogitsFor, Transformer};
 use crate::{ModelError, Result};
 
 /// A row's own edits: interventions grouped by the tokens they act on (residual steering at the last
-/// prompt token and every generated token, circuit heads at every token, ...).
+/// prompt token and every generated token, circuit heads at every token, ...), and optionally a live
+/// readout of its state and a guard acting on it.
 #[derive(Clone, Debug, Default)]
 pub struct RowControl {
     /// (tokens edited, edits) pairs.
     pub edits: Vec<(Positions, Intervention)>,
+    /// Scores read at the last token of every forward of the row, reported as [`Event::Readout`] before the
+    /// token they chose.
+    pub readout: Option<Readout>,
+    /// Edits that join the row's own once its readout crosses a threshold.
+    pub guard: Option<Guard>,
+}
+
+/// Conditional control: once score `score` of the row's [`Readout`] rises above `threshold`, the `action`
+/// edits join the row's own from the next forward on (the token whose state crossed is already chosen), for
+/// the rest of the reply or while the score stays above ([`GuardHold`]).
+#[derive(Clone, Debug)]
+pub struct Guard {
+    /// Index of the readout's score watched.
+    pub score: usize,
+    /// The guard acts when the score is above this (finite).
+    pub threshold: f64,
+    /// The edits it adds, by the tokens they act on (usually [`Positions::Generated`]).
+    pub action: Vec<(Positions, Intervention)>,
+    /// How long it acts.
+    pub hold: GuardHold,
+}
+
+/// How long a [`Guard`] acts once its score crossed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum GuardHold {
+    /// Until the reply ends.
+    #[default]
+    Rest,
+    /// While the score stays above the threshold: it switches off when the score falls back and on again
+    /// when it rises.
+    WhileAbove,
+}
+
+impl Guard {
+    /// Whether the guard acts next, given its state now and the score just read.
+    fn next(&self, active: bool, score: f32) -> bool {
+        let above = f64::from(score) > self.threshold;
+        match self.hold {
+            GuardHold::Rest => active || above,
+            GuardHold::WhileAbove => above,
+        }
+    }
 }
 
 impl RowControl {
@@ -52,9 +95,31 @@ impl RowControl {
         self
     }
 
-    /// Whether the row is left alone.
+    /// Whether the row is left alone (reading it does not count).
     pub fn is_none(&self) -> bool {
-        self.edits.iter().all(|(_, i)| i.edits.is_empty())
+        self.edits.iter().all(|(_, i)| i.edits.is_empty()) && self.guard.is_none()
+    }
+
+    /// The edits in force: the row's own, and its guard's when the guard acts.
+    fn in_force(&self, guarded: bool) -> RowControl {
+        let mut edits = self.edits.clone();
+        if let (true, Some(g)) = (guarded, &self.guard) {
+            edits.extend(g.action.iter().cloned());
+        }
+        RowControl { edits, readout: None, guard: None }
+    }
+
+    /// Checks that a guard has a readout score to watch and a finite threshold.
+    fn check(&self, id: u64) -> Result<()> {
+        let Some(g) = &self.guard else { return Ok(()) };
+        let width = self.readout.as_ref().map_or(0, Readout::width);
+        if g.score >= width {
+            return Err(ModelError::InvalidArgument(format!("request {id}: its guard watches score {} but its readout has {width} scores", g.score)));
+        }
+        if !g.threshold.is_finite() {
+            return Err(ModelError::InvalidArgument(format!("request {id}: guard threshold {} is not a finite number", g.threshold)));
+        }
+        Ok(())
     }
 }
 
@@ -102,8 +167,24 @@ pub struct BatchRequest {
 }
 
 /// What happened to a sequence during a call.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum Event {
+    /// Its readout's scores of the state that chose its next token (the [`Event::Token`] that follows).
+    Readout {
+        /// The sequence.
+        id: u64,
+        /// One score per direction of its [`Readout`].
+        scores: Vec<f32>,
+    },
+    /// Its guard started (`active`) or stopped acting, from the next token on.
+    Guard {
+        /// The sequence.
+        id: u64,
+        /// Whether it acts now.
+        active: bool,
+        /// Index of the first reply token the switch affects (the tokens generated so far).
+        at_token: usize,
+    },
     /// It produced a token of its reply.
     Token {
         /// The sequence.
@@ -124,6 +205,8 @@ struct Row {
     id: u64,
     decoder: RowDecoder,
     control: RowControl,
+    // Whether its guard's edits are in force.
+    guarded: bool,
     // The token to feed at the next step; None once the row finished (it then rides along on padding until
     // the batch is regrouped).
     next: Option<u32>,
@@ -139,6 +222,8 @@ struct Prefill {
     /// The chunk part-way through the blocks, and its token count.
     chunk: Option<(ChunkInFlight, usize)>,
     hooks: Vec<Interventions>,
+    // Its readout, during its last chunk.
+    readouts: Option<Readouts>,
 }
 
 /// A running batch of sequences over one model.
@@ -148,6 +233,7 @@ pub struct ContinuousBatch<'m> {
     state: Option<DecodeState>,
     rows: Vec<Row>,
     hooks: Vec<Interventions>,
+    readouts: Readouts,
     pending: VecDeque<Prefill>,
     prefill_tokens: usize,
     // Seconds of a decoding step (moving average): while rows decode, a long prompt's chunk runs about this
@@ -174,6 +260,7 @@ impl<'m> ContinuousBatch<'m> {
             state: None,
             rows: Vec::new(),
             hooks: Vec::new(),
+            readouts: Readouts::new(Vec::new()),
             pending: VecDeque::new(),
             prefill_tokens: PREFILL_TOKENS,
             decode_secs: None,
@@ -224,8 +311,16 @@ impl<'m> ContinuousBatch<'m> {
             if let Some(bad) = r.prompt.iter().find(|&&t| t as usize >= vocab) {
                 return Err(ModelError::InvalidArgument(format!("request {}: token id {bad} is outside the vocabulary of {vocab}", r.id)));
             }
+            r.control.check(r.id)?;
         }
-        self.pending.extend(requests.into_iter().map(|request| Prefill { request, state: None, done: 0, chunk: None, hooks: Vec::new() }));
+        self.pending.extend(requests.into_iter().map(|request| Prefill {
+            request,
+            state: None,
+            done: 0,
+            chunk: None,
+            hooks: Vec::new(),
+            readouts: None,
+        }));
         Ok(())
     }
 
@@ -235,32 +330,43 @@ impl<'m> ContinuousBatch<'m> {
         if requests.is_empty() {
             return Ok(Vec::new());
         }
+        for r in &requests {
+            r.control.check(r.id)?;
+        }
         let prompts: Vec<Vec<u32>> = requests.iter().map(|r| r.prompt.clone()).collect();
         let (ids, valid, lens) = left_pad(&prompts, self.pad_id)?;
         let mut fresh = DecodeState::new(&lens, self.model.config().n_layers, self.model.device(), true);
         let controls: Vec<&RowControl> = requests.iter().map(|r| &r.control).collect();
         let mut prefill_hooks = row_hooks(&controls);
+        let mut readouts = Readouts::new(requests.iter().map(|r| r.control.readout.clone()).collect());
         let logits = {
             let mut set = HookSet::new();
             set.push_all(&mut prefill_hooks);
+            // After the edits: the readout scores the state the row goes on with.
+            if !readouts.is_empty() {
+                set.push(&mut readouts);
+            }
             self.model.forward_chunk(&ids, &valid, &mut fresh, &mut set, LogitsFor::Last)?
         };
-        self.start_rows(requests, &logits, fresh)
+        let scores = readouts.take_last()?;
+        self.start_rows(requests, &logits, fresh, scores)
     }
 
     /// Chooses the first token of rows whose prompts just ran into `fresh` (`logits` of their last prompt
-    /// token) and adds them to the running batch.
-    fn start_rows(&mut self, requests: Vec<BatchRequest>, logits: &Tensor, fresh: DecodeState) -> Result<Vec<Event>> {
-        let mut new_rows: Vec<Row> =
-            requests.into_iter().map(|r| Row { id: r.id, decoder: RowDecoder::new(&r.prompt, &r.config), control: r.control, next: None }).collect();
+    /// token, `scores` their readouts there) and adds them to the running batch.
+    fn start_rows(&mut self, requests: Vec<BatchRequest>, logits: &Tensor, fresh: DecodeState, scores: ForwardScores) -> Result<Vec<Event>> {
+        let mut new_rows: Vec<Row> = requests
+            .into_iter()
+            .map(|r| Row { id: r.id, decoder: RowDecoder::new(&r.prompt, &r.config), control: r.control, guarded: false, next: None })
+            .collect();
         let mut events = Vec::new();
         let zero_budget: Vec<bool> = new_rows.iter().map(|r| r.decoder.config().max_new_tokens == 0).collect();
         {
             let mut live: Vec<Option<&mut RowDecoder>> =
                 new_rows.iter_mut().zip(&zero_budget).map(|(r, &z)| (!z).then_some(&mut r.decoder)).collect();
             let choices = choose_tokens(&logits.select(1, 0), &mut live)?;
-            for (row, choice) in new_rows.iter_mut().zip(choices) {
-                row.next = emit(row.id, choice, &mut events);
+            for ((row, choice), scores) in new_rows.iter_mut().zip(choices).zip(scores) {
+                emit(row, choice, scores, &mut events);
             }
         }
         self.join_parts(Some(fresh), new_rows)?;
@@ -318,8 +424,15 @@ impl<'m> ContinuousBatch<'m> {
             front.hooks = row_hooks(&[&front.request.control]);
         }
         let state = front.state.as_mut().expect("set above");
+        if front.chunk.is_none() && front.done + self.prefill_tokens >= prompt_len && front.request.control.readout.is_some() {
+            // The last chunk's last token chooses the first reply token: only its readout is reported.
+            front.readouts = Some(Readouts::new(vec![front.request.control.readout.clone()]));
+        }
         let mut set = HookSet::new();
         set.push_all(&mut front.hooks);
+        if let Some(r) = front.readouts.as_mut() {
+            set.push(r);
+        }
         if front.chunk.is_none() {
             let n = self.prefill_tokens.min(prompt_len - front.done);
             let chunk: Vec<i64> = front.request.prompt[front.done..front.done + n].iter().map(|&t| t as i64).collect();
@@ -358,9 +471,13 @@ impl<'m> ContinuousBatch<'m> {
         }
         front.done += n;
         if front.done == prompt_len {
-            let done = self.pending.pop_front().expect("the front ran above");
+            let mut done = self.pending.pop_front().expect("the front ran above");
             let state = done.state.expect("ran above");
-            events.extend(self.start_rows(vec![done.request], &logits, state)?);
+            let scores = match done.readouts.as_mut() {
+                Some(r) => r.take_last()?,
+                None => vec![None],
+            };
+            events.extend(self.start_rows(vec![done.request], &logits, state, scores)?);
         }
         Ok(events)
     }
@@ -379,17 +496,25 @@ impl<'m> ContinuousBatch<'m> {
         let logits = {
             let mut set = HookSet::new();
             set.push_all(&mut self.hooks);
+            if !self.readouts.is_empty() {
+                set.push(&mut self.readouts);
+            }
             self.model.forward_chunk(&tokens, &ones, state, &mut set, LogitsFor::Last)?
         };
+        let scores = self.readouts.take_last()?;
         let mut events = Vec::new();
         let choices = {
             let mut live: Vec<Option<&mut RowDecoder>> = self.rows.iter_mut().map(|r| r.next.is_some().then_some(&mut r.decoder)).collect();
             choose_tokens(&logits.select(1, 0), &mut live)?
         };
-        for (row, choice) in self.rows.iter_mut().zip(choices) {
+        let mut switched = false;
+        for ((row, choice), scores) in self.rows.iter_mut().zip(choices).zip(scores) {
             if row.next.is_some() {
-                row.next = emit(row.id, choice, &mut events);
+                switched |= emit(row, choice, scores, &mut events);
             }
+        }
+        if switched {
+            self.rebuild_hooks();
         }
         self.compact_if_worth_it()?;
         Ok(events)
@@ -459,12 +584,20 @@ impl<'m> ContinuousBatch<'m> {
         let old = std::mem::take(&mut self.rows);
         self.rows = old.into_iter().chain(new_rows).filter(|r| r.next.is_some()).collect();
         self.state = state;
-        let controls: Vec<&RowControl> = self.rows.iter().map(|r| &r.control).collect();
-        self.hooks = row_hooks(&controls);
+        self.rebuild_hooks();
+        self.readouts = Readouts::new(self.rows.iter().map(|r| r.control.readout.clone()).collect());
         if self.state.as_ref().map_or(0, |s| s.batch()) != self.rows.len() as i64 {
             return Err(ModelError::InvalidArgument("continuous batch: rows and decode state disagree".into()));
         }
         Ok(())
+    }
+}
+
+impl ContinuousBatch<'_> {
+    /// The running rows' hooks, from the edits in force (a guard's join its row's once it acts).
+    fn rebuild_hooks(&mut self) {
+        let controls: Vec<RowControl> = self.rows.iter().map(|r| r.control.in_force(r.guarded)).collect();
+        self.hooks = row_hooks(&controls.iter().collect::<Vec<_>>());
     }
 }
 
@@ -473,8 +606,30 @@ fn average(old: Option<f64>, new: f64) -> f64 {
     old.map_or(new, |o| 0.7 * o + 0.3 * new)
 }
 
-/// Turns a row's choice into events; returns the token to feed next, if the row goes on.
-fn emit(id: u64, choice: Option<Choice>, events: &mut Vec<Event>) -> Option<u32> {
+/// Turns a row's choice (and its readout's `scores` of the state that made it) into events and sets the
+/// token it feeds next, if it goes on; moves its guard. Returns whether the guard switched.
+fn emit(row: &mut Row, choice: Option<Choice>, scores: Option<Vec<f32>>, events: &mut Vec<Event>) -> bool {
+    let id = row.id;
+    let token = match choice {
+        Some(Choice::Token(t) | Choice::Last(t)) => Some(t),
+        _ => None,
+    };
+    if let (Some(_), Some(s)) = (token, &scores) {
+        events.push(Event::Readout { id, scores: s.clone() });
+    }
+    row.next = choose_next(id, choice, events);
+    let (Some(guard), Some(s), Some(_)) = (&row.control.guard, scores, row.next) else { return false };
+    let active = guard.next(row.guarded, s[guard.score]);
+    if active == row.guarded {
+        return false;
+    }
+    row.guarded = active;
+    events.push(Event::Guard { id, active, at_token: row.decoder.new_tokens() });
+    true
+}
+
+/// The events of a row's choice; returns the token to feed next, if the row goes on.
+fn choose_next(id: u64, choice: Option<Choice>, events: &mut Vec<Event>) -> Option<u32> {
     match choice {
         Some(Choice::Token(token)) => {
             events.push(Event::Token { id, token });

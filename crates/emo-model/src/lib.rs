@@ -58,14 +58,17 @@ pub mod weights;
 #[doc = include_str!("../../../docs/hooks.md")]
 pub struct HooksGuide;
 
-pub use batcher::{BatchRequest, ContinuousBatch, Event, RowControl};
+pub use batcher::{BatchRequest, ContinuousBatch, Event, Guard, GuardHold, RowControl};
 pub use branch::Prefix;
 pub use chat::{ChatMessage, ChatTemplate};
 pub use components::{Sublayer, SublayerKind};
 pub use config::{Architecture, TransformerConfig};
 pub use error::{ModelError, Result};
 pub use generate::{Generated, GenerationConfig, StopReason};
-pub use hooks::{ActivationCache, CacheHook, Capture, Edit, FnHook, Hook, HookContext, HookPoint, HookSet, Intervention, Interventions, Positions};
+pub use hooks::{
+    ActivationCache, CacheHook, Capture, Edit, FnHook, Hook, HookContext, HookPoint, HookSet, Intervention, Interventions, Positions, Readout,
+    Readouts,
+};
 pub use input::Input;
 pub use kv_cache::DecodeState;
 pub use model::{LoadOptions, Model, Reply};

@@ -5,8 +5,8 @@ mod common;
 use emo_model::batcher::row_hooks;
 use emo_model::kv_cache::left_pad;
 use emo_model::{
-    BatchRequest, Capture, ChatMessage, ContinuousBatch, DecodeState, Edit, Event, GenerationConfig, HookPoint, HookSet, Intervention, LogitsFor,
-    Positions, RowControl, Sampling, StopReason,
+    BatchRequest, Capture, ChatMessage, ContinuousBatch, DecodeState, Edit, Event, GenerationConfig, Guard, GuardHold, HookPoint, HookSet,
+    Intervention, LogitsFor, Positions, Readout, Readouts, RowControl, Sampling, StopReason,
 };
 use tch::{Kind, Tensor};
 
@@ -307,4 +307,146 @@ fn finished_rows_leave_a_generate_batch_and_the_others_keep_their_tokens_and_edi
         assert!(seen[i] >= fed[i] && seen[i] <= steps, "row {i}: seen at {} steps, fed {} tokens, {steps} steps run", seen[i], fed[i]);
     }
     assert!(seen.iter().any(|&s| s < steps), "no row left the batch: seen {seen:?}, {steps} steps");
+}
+
+/// A readout at two late layers of SmolLM2 (30 layers): three random unit directions.
+fn probe() -> (Readout, Tensor) {
+    tch::manual_seed(11);
+    let m = Tensor::randn([3, 576], (Kind::Float, tch::Device::Cpu));
+    let m = &m / m.norm_scalaropt_dim(2, [1], true);
+    let r = Readout::new(vec![(HookPoint::ResidPost(20), m.shallow_clone()), (HookPoint::ResidPost(24), m.shallow_clone())]).unwrap();
+    (r, m)
+}
+
+/// The scores of the states that chose `reply` after `prompt`, from one plain forward over both
+/// (independent of the readout hook): mean over the two layers of `m · h` at positions plen-1 .. plen-1+n.
+fn reference_scores(prompt: &[u32], reply: &[u32], m: &Tensor) -> Vec<Vec<f32>> {
+    let model = common::smollm2();
+    let seq: Vec<u32> = prompt.iter().chain(reply).copied().collect();
+    let points = [HookPoint::ResidPost(20), HookPoint::ResidPost(24)];
+    let (_, cache) = model.run_with_cache(vec![seq], |p| points.contains(&p)).unwrap();
+    (0..reply.len())
+        .map(|i| {
+            let pos = (prompt.len() - 1 + i) as i64;
+            let s: Tensor =
+                points.iter().map(|&p| m.mv(&cache.require(p).unwrap().get(0).get(pos).to_kind(Kind::Float))).reduce(|a, b| a + b).unwrap();
+            Vec::<f32>::try_from(s / 2.0).unwrap()
+        })
+        .collect()
+}
+
+fn readouts_of(events: &[Event], id: u64) -> Vec<Vec<f32>> {
+    let scores = |e: &Event| match e {
+        Event::Readout { id: i, scores } if *i == id => Some(scores.clone()),
+        _ => None,
+    };
+    events.iter().filter_map(scores).collect()
+}
+
+#[test]
+fn readouts_score_the_state_that_chose_each_token_and_guards_act_only_from_where_they_fire() {
+    let m = common::smollm2();
+    let p = prompts();
+    let cfg = GenerationConfig { eos_token_ids: m.eos_token_ids.clone(), ignore_eos: true, ..GenerationConfig::greedy(14) };
+    let (readout, matrix) = probe();
+    let read = RowControl { readout: Some(readout.clone()), ..RowControl::none() };
+    // Where a guard would fire in the plain reply of prompt 2: the first score j and token k >= 1 whose score
+    // is above every earlier one of that score, with tokens left after it.
+    let (plain2, _) = alone(&p[2], &cfg, &RowControl::none());
+    let plain_scores = reference_scores(&p[2], &plain2, &matrix);
+    let series = |j: usize| -> Vec<f32> { plain_scores.iter().map(|s| s[j]).collect() };
+    let max_before = |s: &[f32], k: usize| s[..k].iter().cloned().fold(f32::MIN, f32::max);
+    let (j, k) = (0..3)
+        .flat_map(|j| (1..plain2.len() - 3).map(move |k| (j, k)))
+        .find(|&(j, k)| series(j)[k] > max_before(&series(j), k) + 0.05)
+        .unwrap_or_else(|| panic!("no rising score in {plain_scores:?}"));
+    let sj = series(j);
+    let threshold = f64::from((sj[k] + max_before(&sj, k)) / 2.0);
+    let action = steer(7).edits[0].1.clone();
+    let guard = |threshold: f64| RowControl {
+        guard: Some(Guard { score: j, threshold, action: vec![(Positions::Generated, action.clone())], hold: GuardHold::Rest }),
+        ..read.clone()
+    };
+    // Row 0 plain, row 1 a guard that never fires, row 2 one that fires at k, row 3 a long prompt in chunks
+    // that joins later; all read.
+    let long: Vec<u32> = p[1..4].concat();
+    let mut batch = ContinuousBatch::new(&m.transformer, m.pad_token_id()).with_prefill_tokens(p[2].len() + 2);
+    let mut events = batch
+        .admit(vec![
+            BatchRequest { id: 0, prompt: p[0].clone(), config: cfg.clone(), control: read.clone() },
+            BatchRequest { id: 2, prompt: p[2].clone(), config: cfg.clone(), control: guard(threshold) },
+        ])
+        .unwrap();
+    let mut step = 0;
+    while !batch.is_empty() {
+        if step == 2 {
+            let join = |id, prompt: &Vec<u32>, control: RowControl| BatchRequest { id, prompt: prompt.clone(), config: cfg.clone(), control };
+            batch.enqueue(vec![join(1, &p[1], guard(1e9)), join(3, &long, read.clone())]).unwrap();
+        }
+        events.extend(batch.step().unwrap());
+        step += 1;
+    }
+    let close = |got: &[Vec<f32>], want: &[Vec<f32>], what: &str| {
+        assert_eq!(got.len(), want.len(), "{what}: one readout per token");
+        for (i, (g, w)) in got.iter().zip(want).enumerate() {
+            for (a, b) in g.iter().zip(w) {
+                assert!((a - b).abs() <= 1e-3 * (1.0 + b.abs()), "{what}, token {i}: {g:?} against {w:?}");
+            }
+        }
+    };
+    for (id, prompt) in [(0u64, &p[0]), (1, &p[1]), (3, &long)] {
+        let (tokens, _) = collect(&events, id);
+        assert_eq!(tokens, alone(prompt, &cfg, &RowControl::none()).0, "sequence {id}: reading (and a guard that never fires) changes nothing");
+        close(&readouts_of(&events, id), &reference_scores(prompt, &tokens, &matrix), &format!("sequence {id}"));
+    }
+    assert!(!events.iter().any(|e| matches!(e, Event::Guard { id: 0 | 1 | 3, .. })));
+    // The guard fires once its score crosses, at token k: tokens up to k are the plain ones, and the rest are
+    // those of the same steering applied from token k's position on.
+    let fired: Vec<&Event> = events.iter().filter(|e| matches!(e, Event::Guard { id: 2, .. })).collect();
+    assert_eq!(
+        fired,
+        vec![&Event::Guard { id: 2, active: true, at_token: k + 1 }],
+        "crossing at token {k} of score {j}: {sj:?} (threshold {threshold})"
+    );
+    let (guarded, _) = collect(&events, 2);
+    assert_eq!(guarded[..=k], plain2[..=k]);
+    let from_k = RowControl::none().with(Positions::Range((p[2].len() + k) as i64, 1 << 40), action.clone());
+    assert_eq!(guarded, alone(&p[2], &cfg, &from_k).0, "the guarded reply is the reply steered from token {k}'s position on");
+    assert_ne!(guarded, plain2, "the guard's steering changes the reply");
+    // Until it fired the readouts are the plain reply's.
+    close(&readouts_of(&events, 2)[..=k], &reference_scores(&p[2], &plain2, &matrix)[..=k], "guarded sequence");
+    // A guard without a readout score to watch, or with a NaN threshold, is refused before it runs.
+    let mut bad = |control: RowControl| batch.enqueue(vec![BatchRequest { id: 9, prompt: p[0].clone(), config: cfg.clone(), control }]);
+    assert!(bad(RowControl { readout: None, ..guard(1.0) }).unwrap_err().to_string().contains(&format!("guard watches score {j}")));
+    assert!(bad(guard(f64::NAN)).unwrap_err().to_string().contains("not a finite number"));
+}
+
+#[test]
+fn generate_reads_every_row_through_finished_rows_leaving() {
+    let m = common::smollm2();
+    let p = prompts();
+    let (readout, matrix) = probe();
+    // Short budgets end some rows early, so the batch regroups while the others go on.
+    let cfg = GenerationConfig { eos_token_ids: m.eos_token_ids.clone(), ..GenerationConfig::greedy(12) };
+    let prompts = vec![p[0].clone(), p[3].clone(), p[4].clone()];
+    let mut readouts = Readouts::new(vec![Some(readout.clone()), None, Some(readout)]);
+    let out = emo_model::generate::generate(&m.transformer, &prompts, &cfg, m.pad_token_id(), &mut HookSet::new().with(&mut readouts)).unwrap();
+    let forwards = readouts.take().unwrap();
+    for (row, g) in out.iter().enumerate() {
+        let got: Vec<Vec<f32>> = forwards.iter().take(g.tokens.len()).map(|f| f[row].clone().unwrap_or_default()).collect();
+        if row == 1 {
+            assert!(got.iter().all(Vec::is_empty), "a row without a readout reads nothing");
+            continue;
+        }
+        let want = reference_scores(&prompts[row], &g.tokens, &matrix);
+        for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+            assert!(a.iter().zip(b).all(|(x, y)| (x - y).abs() <= 1e-3 * (1.0 + y.abs())), "row {row}, token {i}: {a:?} against {b:?}");
+        }
+    }
+    assert!(Readout::new(vec![]).is_err());
+    assert!(Readout::new(vec![
+        (HookPoint::ResidPost(1), Tensor::zeros([3, 576], (Kind::Float, tch::Device::Cpu))),
+        (HookPoint::ResidPost(2), Tensor::zeros([2, 576], (Kind::Float, tch::Device::Cpu)))
+    ])
+    .is_err());
 }

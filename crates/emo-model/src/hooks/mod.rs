@@ -16,7 +16,8 @@
 //!
 //! The rooms: [`points`] (the names), [`context`] (positions and what a hook sees), [`set`] (routing),
 //! and the built-in hooks: [`capture`] (selected rows, kept off the heap), [`cache`] (whole activations,
-//! TransformerLens' `ActivationCache`, gradients included) and [`interventions`] (the one edit type: zeroing,
+//! TransformerLens' `ActivationCache`, gradients included), [`readout`] (linear probes read at the token being
+//! decoded) and [`interventions`] (the one edit type: zeroing,
 //! scaling, adding vectors, for every row alike or per row). Any closure is a hook too ([`HookSet::on`]).
 use tch::Tensor;
 
@@ -25,6 +26,7 @@ pub mod capture;
 pub mod context;
 pub mod interventions;
 pub mod points;
+pub mod readout;
 pub mod set;
 
 pub use cache::{ActivationCache, CacheHook};
@@ -32,6 +34,7 @@ pub use capture::{Capture, Captured};
 pub use context::{HookContext, Positions, Selection};
 pub use interventions::{Edit, Intervention, Interventions};
 pub use points::HookPoint;
+pub use readout::{ForwardScores, Readout, Readouts};
 pub use set::HookSet;
 
 use crate::Result;
