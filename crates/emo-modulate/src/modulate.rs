@@ -18,8 +18,8 @@ use std::path::Path;
 
 use emo_data::Emotion;
 use emo_model::{ChatMessage, Edit, GenerationConfig, HookPoint, Intervention, Interventions, Model, Positions, RowControl};
-use emo_steer::steer::chat_rows;
-use emo_steer::{Result, RowEdits, SteeredChat};
+use emo_steer::steer::{chat_rows, chat_rows_traced};
+use emo_steer::{EmotionTrace, EmotionTracer, Result, RowEdits, SteeredChat};
 use tch::Tensor;
 
 use crate::circuit::CircuitSet;
@@ -172,6 +172,14 @@ impl<'m> Modulator<'m> {
     /// plain generation) — rows as `emo_steer::Steerer::chat_batch` takes them.
     pub fn chat_batch(&self, rows: &[SteeredChat]) -> Result<Vec<String>> {
         chat_rows(self.model, &self.modulation(), &self.generation, rows)
+    }
+
+    /// [`Modulator::chat`] with the reply's per-token emotion readout by `tracer` (a circuit set has no
+    /// directions of its own: build the tracer from the run's, [`EmotionTracer::reference`]).
+    pub fn chat_traced(&self, messages: &[ChatMessage], tracer: &EmotionTracer) -> Result<(String, EmotionTrace)> {
+        let rows = [(messages.to_vec(), self.emotion)];
+        let mut out = chat_rows_traced(self.model, &self.modulation(), &self.generation, &rows, tracer)?;
+        Ok(out.remove(0))
     }
 
     fn modulation(&self) -> Modulation<'_> {

@@ -5,7 +5,7 @@
 //! llama.cpp control vectors, [`control_vector`]), the error type every experiment crate shares ([`Error`]),
 //! the paper's constants ([`paper`]), per-row edits ([`RowEdits`]) and residual steering itself ([`steer`]:
 //! the edit, [`Steering`], its one checked construction, and [`Steerer`], a builder that steers a model's
-//! chat replies).
+//! chat replies) and the per-token emotion readout ([`trace`]).
 //!
 //! ```no_run
 //! use emo_steer::{ChatMessage, Emotion, Model, LoadOptions, Steerer};
@@ -30,10 +30,12 @@ pub mod npy;
 pub mod paper;
 pub mod steer;
 pub mod tensor_file;
+pub mod trace;
 
 pub use directions::{EmotionDirections, Site};
 pub use edits::RowEdits;
 pub use steer::{steering_edit, SteeredChat, Steerer, Steering};
+pub use trace::{EmotionTrace, EmotionTracer};
 // What a steering program names besides this crate's types, so that it needs no other import.
 pub use emo_data::Emotion;
 pub use emo_model::{ChatMessage, GenerationConfig, LoadOptions, Model, Positions};

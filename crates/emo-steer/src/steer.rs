@@ -8,7 +8,7 @@ use std::path::Path;
 
 use emo_data::Emotion;
 use emo_model::{
-    ChatMessage, Edit, GenerationConfig, HookPoint, HookSet, Intervention, Interventions, Model, Positions, RowControl, TransformerConfig,
+    ChatMessage, Edit, GenerationConfig, HookPoint, HookSet, Intervention, Interventions, Model, Positions, Readouts, RowControl, TransformerConfig,
 };
 use tch::Tensor;
 
@@ -16,6 +16,7 @@ use crate::directions::{EmotionDirections, Site};
 use crate::edits::RowEdits;
 use crate::error::{Error, Result};
 use crate::paper::{scaled_range, STEERING_ALPHA, STEERING_LAYERS};
+use crate::trace::{EmotionTrace, EmotionTracer};
 
 /// The paper's steering layers, 11..=20 of 28, scaled to `cfg`'s depth.
 pub fn default_layers(cfg: &TransformerConfig) -> (usize, usize) {
@@ -212,17 +213,81 @@ impl<'m> Steerer<'m> {
     pub fn chat_batch(&self, rows: &[SteeredChat]) -> Result<Vec<String>> {
         chat_rows(self.model, &self.steering, &self.generation, rows)
     }
+
+    /// A tracer with this steerer's directions at the reference layers ([`crate::trace::reference_layers`]).
+    pub fn tracer(&self) -> Result<EmotionTracer> {
+        EmotionTracer::reference(self.model, self.steering.directions())
+    }
+
+    /// [`Steerer::chat`] with the reply's per-token emotion readout ([`Steerer::tracer`]).
+    ///
+    /// ```no_run
+    /// use emo_steer::{ChatMessage, Emotion, LoadOptions, Model, Steerer};
+    /// let model = Model::load("smollm2-135m", LoadOptions::default())?;
+    /// let steerer = Steerer::from_file(&model, "runs/paper/directions.safetensors".as_ref())?.emotion(Emotion::Sadness);
+    /// let (reply, trace) = steerer.chat_traced(&[ChatMessage::user("How was your day?")])?;
+    /// println!("{reply}: mostly {:?}", trace.top());
+    /// # Ok::<(), emo_steer::Error>(())
+    /// ```
+    pub fn chat_traced(&self, messages: &[ChatMessage]) -> Result<(String, EmotionTrace)> {
+        let rows = [(messages.to_vec(), self.emotion)];
+        let mut out = chat_rows_traced(self.model, &self.steering, &self.generation, &rows, &self.tracer()?)?;
+        Ok(out.remove(0))
+    }
 }
 
 /// Replies to `rows`, each pushed towards its own emotion by `edits` (what [`Steerer::chat_batch`] and
 /// `Modulator::chat_batch` do).
 pub fn chat_rows(model: &Model, edits: &dyn RowEdits, generation: &GenerationConfig, rows: &[SteeredChat]) -> Result<Vec<String>> {
+    Ok(chat_rows_read(model, edits, generation, rows, None)?.into_iter().map(|(text, _)| text).collect())
+}
+
+/// [`chat_rows`] with every reply read by `tracer` as it is generated: each reply with its per-token
+/// [`EmotionTrace`] (what [`Steerer::chat_traced`] and `Modulator::chat_traced` do).
+pub fn chat_rows_traced(
+    model: &Model,
+    edits: &dyn RowEdits,
+    generation: &GenerationConfig,
+    rows: &[SteeredChat],
+    tracer: &EmotionTracer,
+) -> Result<Vec<(String, EmotionTrace)>> {
+    Ok(chat_rows_read(model, edits, generation, rows, Some(tracer))?.into_iter().map(|(text, t)| (text, t.unwrap_or_default())).collect())
+}
+
+fn chat_rows_read(
+    model: &Model,
+    edits: &dyn RowEdits,
+    generation: &GenerationConfig,
+    rows: &[SteeredChat],
+    tracer: Option<&EmotionTracer>,
+) -> Result<Vec<(String, Option<EmotionTrace>)>> {
     let emotions: Vec<Option<Emotion>> = rows.iter().map(|(_, e)| *e).collect();
     let conversations: Vec<Vec<ChatMessage>> = rows.iter().map(|(c, _)| c.clone()).collect();
-    let mut hooks = HookSet::new();
-    for hook in edits.hooks(&emotions)? {
-        hooks.push_owned(hook);
+    let mut readouts = Readouts::new(vec![tracer.map(|t| t.readout().clone()); rows.len()]);
+    let replies = {
+        let mut hooks = HookSet::new();
+        for hook in edits.hooks(&emotions)? {
+            hooks.push_owned(hook);
+        }
+        // After the edits: the trace reads the state the reply goes on with.
+        if tracer.is_some() {
+            hooks.push(&mut readouts);
+        }
+        model.generate_chat(&conversations, generation, &mut hooks)?
+    };
+    let forwards = readouts.take()?;
+    let mut out = Vec::with_capacity(replies.len());
+    for (row, reply) in replies.into_iter().enumerate() {
+        let trace = match tracer {
+            Some(t) => {
+                let tokens = &reply.generated.tokens;
+                // Forward i chose token i.
+                let scores: Vec<Vec<f32>> = forwards.iter().take(tokens.len()).map(|f| f[row].clone().unwrap_or_default()).collect();
+                Some(t.trace(model, tokens, &scores)?)
+            }
+            None => None,
+        };
+        out.push((reply.text, trace));
     }
-    let replies = model.generate_chat(&conversations, generation, &mut hooks)?;
-    Ok(replies.into_iter().map(|r| r.text).collect())
+    Ok(out)
 }

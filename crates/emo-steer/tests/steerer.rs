@@ -38,3 +38,53 @@ fn settings_are_checked_and_default_to_the_papers() {
     assert_eq!(steerer.clone().generation(gen.clone()).chat(&msg).unwrap(), plain[0].text);
     assert_ne!(steerer.generation(gen).emotion(Emotion::Fear).chat(&msg).unwrap(), plain[0].text);
 }
+
+#[test]
+fn a_traced_reply_is_the_reply_with_the_scores_of_the_states_that_chose_its_tokens() {
+    let model = Model::load("smollm2-135m", LoadOptions::new(Device::Cpu, Kind::Float)).unwrap();
+    let dirs = directions(30, 576);
+    let gen = GenerationConfig { max_new_tokens: 8, ..GenerationConfig::steering() };
+    let steerer = Steerer::new(&model, dirs.clone()).unwrap().generation(gen.clone()).emotion(Emotion::Sadness).alpha(4.0);
+    let msg = [ChatMessage::user("The train was late again.")];
+    let (reply, trace) = steerer.chat_traced(&msg).unwrap();
+    assert_eq!(reply, steerer.chat(&msg).unwrap(), "reading changes nothing");
+    assert_eq!(trace.tokens.concat(), reply, "the pieces are the reply");
+    // The reference layers: 21-25 of 28, scaled to SmolLM2's 30.
+    let tracer = steerer.tracer().unwrap();
+    assert_eq!(tracer.layers(), (23, 27));
+    // The steered state, read independently: the same steering through the plain hooks, cached.
+    let prompt = model.encode_chat(&msg).unwrap();
+    let tokens = model
+        .generate_ids(std::slice::from_ref(&prompt), &gen, &mut emo_model::HookSet::new().with(&mut steerer.hook(&[Some(Emotion::Sadness)]).unwrap()))
+        .unwrap()[0]
+        .tokens
+        .clone();
+    assert_eq!(trace.scores.len(), tokens.len());
+    for (i, scores) in trace.scores.iter().enumerate() {
+        // Token i was chosen at the state of the sequence's position plen-1+i, under the same edits: in one
+        // forward over the sequence, those of the last prompt token and every token after it.
+        let seq: Vec<u32> = prompt.iter().chain(&tokens[..i]).copied().collect();
+        let from_last_prompt = emo_model::Positions::Range(prompt.len() as i64 - 1, 1 << 40);
+        let mut hook = steerer.clone().positions(from_last_prompt).hook(&[Some(Emotion::Sadness)]).unwrap();
+        let (_, cache) = model
+            .run_with_cache_and_hooks(
+                vec![seq.clone()],
+                |p| matches!(p, emo_model::HookPoint::ResidPost(23..=27)),
+                &mut emo_model::HookSet::new().with(&mut hook),
+            )
+            .unwrap();
+        for (j, e) in Emotion::ALL.iter().enumerate() {
+            let want: f64 = (23..=27)
+                .map(|l| {
+                    let h = cache.require(emo_model::HookPoint::ResidPost(l)).unwrap().get(0).get(seq.len() as i64 - 1);
+                    h.dot(&dirs.resid_post.get(e.index() as i64).get(l as i64)).double_value(&[])
+                })
+                .sum::<f64>()
+                / 5.0;
+            assert!((f64::from(scores[j]) - want).abs() <= 1e-3 * (1.0 + want.abs()), "token {i}, {e}: {} against {want}", scores[j]);
+        }
+    }
+    let mean = trace.mean();
+    assert_eq!(mean.len(), 6);
+    assert!(trace.top().is_some());
+}
