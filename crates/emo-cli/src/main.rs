@@ -285,17 +285,32 @@ fn run(cli: Cli) -> Result<()> {
                 ..Default::default()
             };
             // Every row gets the same edits, built as the server builds a request's.
-            let row = control.control(m.transformer.config())?;
+            let row = control.control(m.transformer.config(), m.transformer.device())?;
             let mut hooks = emo_model::batcher::row_hooks(&vec![&row; conversations.len()]);
-            let mut set = HookSet::new();
-            set.push_all(&mut hooks);
-            let replies = m.generate_chat(&conversations, &cfg, &mut set)?;
-            for (prompt, r) in prompts.iter().zip(replies) {
+            let mut readouts = emo_model::Readouts::new(vec![row.readout.clone(); conversations.len()]);
+            let replies = {
+                let mut set = HookSet::new();
+                set.push_all(&mut hooks);
+                // After the edits, as in the server: the trace reads the state the reply goes on with.
+                if !readouts.is_empty() {
+                    set.push(&mut readouts);
+                }
+                m.generate_chat(&conversations, &cfg, &mut set)?
+            };
+            let forwards = readouts.take()?;
+            for (i, (prompt, r)) in prompts.iter().zip(replies).enumerate() {
+                let trace = if control.trace { Some(serve::trace_of(&m, &r.generated.tokens, &forwards, i)?) } else { None };
                 if json {
-                    let line = serde_json::json!({"prompt": prompt, "reply": r.text, "token_ids": r.generated.tokens});
+                    let mut line = serde_json::json!({"prompt": prompt, "reply": r.text, "token_ids": r.generated.tokens});
+                    if let Some(t) = &trace {
+                        line["emotion_trace"] = t.to_json();
+                    }
                     emit(format!("{line}\n"))?;
                 } else {
                     emit(format!("{}\n", r.text.trim()))?;
+                    if let Some(t) = &trace {
+                        emit(serve::trace_table(t))?;
+                    }
                 }
             }
         }

@@ -6,8 +6,10 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use emo_model::{RowControl, Sampling, TransformerConfig};
-use emo_serve::api::{CircuitRequest, SteeringRequest};
+use emo_serve::api::{CircuitRequest, SteeringRequest, TraceRequest};
+use emo_serve::controls::Requested;
 use emo_serve::{serve, ServeOptions};
+use emo_steer::trace::{EmotionTrace, Pieces};
 
 /// `emo serve`.
 #[derive(Args, Clone, Debug)]
@@ -144,6 +146,10 @@ pub struct ControlArgs {
     /// Sampler seed.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Also print each reply's per-token emotion scores, read with --directions at the reference layers (the
+    /// server's `emotion_trace`).
+    #[arg(long)]
+    pub trace: bool,
 }
 
 impl ControlArgs {
@@ -152,8 +158,12 @@ impl ControlArgs {
         Sampling { temperature: self.temperature, top_p: self.top_p, top_k: self.top_k, seed: self.seed }
     }
 
-    /// The row edits these options ask for, checked and built exactly as the server does for a request.
-    pub fn control(&self, cfg: &TransformerConfig) -> Result<RowControl> {
+    /// The row edits (and readout) these options ask for, checked and built exactly as the server does for
+    /// a request, for a model on `device`.
+    pub fn control(&self, cfg: &TransformerConfig, device: tch::Device) -> Result<RowControl> {
+        if self.trace && self.directions.is_none() {
+            bail!("--trace reads with --directions: give them");
+        }
         let steering = match (&self.steer, &self.directions) {
             (Some(e), Some(_)) => Some(SteeringRequest {
                 emotion: e.clone(),
@@ -164,6 +174,7 @@ impl ControlArgs {
                 directions: None,
             }),
             (None, None) => None,
+            (None, Some(_)) if self.trace => None,
             _ => bail!("--steer and --directions go together"),
         };
         let circuit = match (&self.modulate, &self.circuits) {
@@ -174,7 +185,41 @@ impl ControlArgs {
         let dirs: Vec<(String, PathBuf)> = self.directions.iter().map(|p| ("cli".to_string(), p.clone())).collect();
         let circs: Vec<(String, PathBuf)> = self.circuits.iter().map(|p| ("cli".to_string(), p.clone())).collect();
         let (catalog, controls) = emo_serve::controls::load(cfg, &dirs, &circs)?;
-        let spec = catalog.check(steering.as_ref(), circuit.as_ref()).map_err(|e| anyhow::anyhow!("{}", e.message))?;
-        Ok(controls.build(&spec)?)
+        let trace = self.trace.then(TraceRequest::default);
+        let requested = Requested { steering: steering.as_ref(), circuit: circuit.as_ref(), trace: trace.as_ref(), guard: None };
+        let spec = catalog.check(requested).map_err(|e| anyhow::anyhow!("{}", e.message))?;
+        Ok(controls.build(&spec, device)?)
     }
+}
+
+/// Row `row`'s emotion trace from the readouts of every forward of a `generate` call (forward i chose token
+/// i).
+pub fn trace_of(model: &emo_model::Model, tokens: &[u32], forwards: &[emo_model::hooks::ForwardScores], row: usize) -> Result<EmotionTrace> {
+    let mut trace = EmotionTrace::default();
+    let mut pieces = Pieces::default();
+    for (i, forward) in forwards.iter().enumerate().take(tokens.len()) {
+        let scores = forward[row].clone().context("a traced row was not read")?;
+        trace.push(pieces.next(model, &tokens[..=i])?, scores);
+    }
+    Ok(trace)
+}
+
+/// `emo generate --trace`'s table: one line per token, its text, top emotion and six scores.
+pub fn trace_table(trace: &EmotionTrace) -> String {
+    let mut s = format!("{:>4}  {:<16} {:<10}", "#", "token", "top");
+    for e in &trace.emotions {
+        s += &format!(" {e:>9}");
+    }
+    s.push('\n');
+    for (i, (text, scores)) in trace.tokens.iter().zip(&trace.scores).enumerate() {
+        let top = scores.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or("", |(j, _)| trace.emotions[j]);
+        s += &format!("{i:>4}  {:<16} {top:<10}", format!("{text:?}"));
+        for v in scores {
+            s += &format!(" {v:>9.3}");
+        }
+        s.push('\n');
+    }
+    let mean = trace.mean();
+    s += &format!("mean: {}; top: {}\n", mean.iter().map(|(e, v)| format!("{e} {v:.3}")).collect::<Vec<_>>().join(", "), trace.top().unwrap_or("-"));
+    s
 }

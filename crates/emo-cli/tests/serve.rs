@@ -163,6 +163,13 @@ fn serves_plain_steered_modulated_and_streamed_replies_as_the_cli_gives_them() {
     assert_eq!(got["stream"]["usage"], json!([plain["usage"]["prompt_tokens"], plain["usage"]["completion_tokens"]]));
     assert_eq!(got["steered"], content(&steered));
     assert_eq!(got["modulated"], content(&modulated));
+    assert_eq!(got["trace"]["text"], got["plain"]["text"]);
+    assert_eq!(got["trace"]["tokens"].as_array().unwrap().iter().map(|t| t.as_str().unwrap()).collect::<String>(), got["plain"]["text"]);
+    assert_eq!((got["trace"]["rows"].as_u64(), got["trace"]["width"].as_u64()), (plain["usage"]["completion_tokens"].as_u64(), Some(6)));
+    assert_eq!(got["trace_stream_tokens"], got["trace"]["tokens"]);
+    // A guard whose threshold every score passes acts from the second token: the first is the plain one.
+    assert_eq!(got["guard"]["switches"], json!([{"token": 1, "active": true}]));
+    assert_ne!(got["guard"]["text"], got["plain"]["text"]);
     assert_eq!(got["bad_emotion"], json!({"status": 400, "param": "steering.emotion"}));
     assert_eq!(got["bad_key"], 401);
     assert_eq!(got["models"], json!(["smollm2-135m"]));
@@ -173,6 +180,15 @@ fn serves_plain_steered_modulated_and_streamed_replies_as_the_cli_gives_them() {
 #[test]
 fn a_full_queue_answers_429_and_sigterm_lets_running_requests_finish() {
     let mut server = Server::start(&["--max-batch", "1", "--max-queue", "1", "--grace", "60"]);
+    // Started without directions: a trace or a guard has nothing to read with.
+    for extra in [json!({"emotion_trace": {}}), json!({"guard": {"emotion": "anger", "threshold": 1, "action": {"steer": {"emotion": "away"}}}})] {
+        let (status, v) = server.post(None, &request("x", 4, extra));
+        let field = v["error"]["param"].as_str().unwrap_or_default().to_string();
+        assert!(status == 400 && field.ends_with(".directions") && v["error"]["message"].as_str().unwrap().contains("--directions"), "{v}");
+    }
+    let page = ureq::get(&format!("{}/", server.url)).call().unwrap();
+    assert!(page.header("content-security-policy").is_some_and(|c| c.contains("connect-src 'self'")));
+    assert!(page.into_string().unwrap().contains("<title>"), "the playground is served at /");
     let body = request("Write a long story about a dragon.", 48, json!({"min_tokens": 48}));
     let results: Vec<(u16, Value)> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..5)
@@ -217,4 +233,161 @@ fn a_full_queue_answers_429_and_sigterm_lets_running_requests_finish() {
         std::thread::sleep(Duration::from_millis(100));
     };
     assert!(status.success(), "{status:?}");
+}
+
+/// The trace of a reply as scores per token, and its token texts.
+fn trace_of(v: &Value) -> (Vec<String>, Vec<Vec<f64>>) {
+    let t = &v["choices"][0]["emotion_trace"];
+    let tokens = t["tokens"].as_array().unwrap_or_else(|| panic!("no trace in {v}")).iter().map(|x| x.as_str().unwrap().to_string()).collect();
+    let scores = t["scores"].as_array().unwrap().iter().map(|r| r.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect()).collect();
+    (tokens, scores)
+}
+
+fn assert_close(got: &[Vec<f64>], want: &[Vec<f64>], what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: tokens");
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert!(g.iter().zip(w).all(|(a, b)| (a - b).abs() <= 1e-3 * (1.0 + b.abs())), "{what}, token {i}: {g:?} against {w:?}");
+    }
+}
+
+#[test]
+fn emotion_traces_and_guards_per_request_alone_streamed_and_under_load() {
+    let dir = scratch("serve-trace");
+    let (dirs, circuits) = synthetic_controls(&dir);
+    let (d, c) = (format!("syn={}", dirs.display()), format!("syn={}", circuits.display()));
+    let server = Server::start(&["--directions", &d, "--circuits", &c, "--api-key", KEY]);
+    let prompt = "Tell me about your weekend.";
+    let trace = json!({"emotion_trace": {"directions": "syn"}});
+
+    // The trace: one row of six scores per generated token, the reply unchanged, the same as `emo generate
+    // --trace` (which reads through `generate` rather than the server's continuous batch).
+    let (_, plain) = server.post(Some(KEY), &request(prompt, 16, json!({})));
+    let (status, traced) = server.post(Some(KEY), &request(prompt, 16, trace.clone()));
+    assert_eq!(status, 200, "{traced}");
+    assert_eq!(content(&traced), content(&plain), "reading changes nothing");
+    let t = &traced["choices"][0]["emotion_trace"];
+    // The paper's order (emo_data::Emotion::ALL), that of every score row.
+    assert_eq!(t["emotions"], json!(["anger", "sadness", "happiness", "fear", "surprise", "disgust"]));
+    let (tokens, scores) = trace_of(&traced);
+    assert_eq!(tokens.len() as u64, traced["usage"]["completion_tokens"].as_u64().unwrap());
+    assert_eq!(tokens.concat(), content(&traced), "the token texts make up the reply");
+    let mean_anger = scores.iter().map(|s| s[0]).sum::<f64>() / scores.len() as f64;
+    assert!((t["mean"]["anger"].as_f64().unwrap() - mean_anger).abs() < 1e-4, "{t}");
+    assert!(t["top"].is_string());
+    let dirs_s = dirs.display().to_string();
+    let out = Command::new(env!("CARGO_BIN_EXE_emo"))
+        .args(["generate", "--device", "cpu", "--json", "--max-new-tokens", "16", "--trace", "--directions", &dirs_s, prompt])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let cli: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let cli_scores: Vec<Vec<f64>> =
+        serde_json::from_value::<Vec<Vec<f64>>>(cli["emotion_trace"]["scores"].clone()).unwrap_or_else(|e| panic!("{e}: {cli}"));
+    assert_close(&scores, &cli_scores, "server against emo generate --trace");
+    // Streamed: each chunk carries its own tokens; together they are the trace, and the last chunk the summary.
+    let (text, chunks, done) = stream(&server.url, &request(prompt, 16, json!({"stream": true, "emotion_trace": {}})));
+    assert!(done && text == content(&plain));
+    let streamed: Vec<Vec<f64>> = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["emotion_trace"]["scores"].as_array().cloned())
+        .flatten()
+        .map(|r| r.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect())
+        .collect();
+    assert_close(&streamed, &scores, "streamed trace");
+    let last = chunks.iter().rev().find(|c| !c["choices"][0]["finish_reason"].is_null()).unwrap();
+    assert_eq!(last["choices"][0]["emotion_trace"]["top"], t["top"], "{last}");
+
+    // A guard that never fires leaves the reply as it is; one that fires changes only the tokens after the one
+    // whose score crossed. Where it crosses comes from the plain trace: the first emotion and token k >= 1
+    // whose score rises above every earlier one of that emotion.
+    let never = json!({"guard": {"emotion": "anger", "threshold": 1e6, "action": {"steer": {"emotion": "happiness"}}}});
+    let (_, unfired) = server.post(Some(KEY), &request(prompt, 16, never.clone()));
+    assert_eq!(content(&unfired), content(&plain));
+    assert_eq!(unfired["choices"][0]["guard"], json!([]));
+    let emotions = ["anger", "sadness", "happiness", "fear", "surprise", "disgust"];
+    let max_before = |j: usize, k: usize| scores[..k].iter().map(|s| s[j]).fold(f64::MIN, f64::max);
+    let (j, k) = (0..6)
+        .flat_map(|j| (1..scores.len() - 4).map(move |k| (j, k)))
+        .find(|&(j, k)| scores[k][j] > max_before(j, k) + 0.05)
+        .unwrap_or_else(|| panic!("no rising score in {scores:?}"));
+    let threshold = (scores[k][j] + max_before(j, k)) / 2.0;
+    let fires = json!({"emotion_trace": {}, "guard": {"emotion": emotions[j], "threshold": threshold, "action": {"steer": {"emotion": "away", "alpha": 12}}}});
+    let before = server.metric("emo_guard_activations_total ");
+    let (status, guarded) = server.post(Some(KEY), &request(prompt, 16, fires.clone()));
+    assert_eq!(status, 200, "{guarded}");
+    assert_eq!(guarded["choices"][0]["guard"], json!([{"token": k + 1, "active": true}]), "{emotions:?}[{j}] crossing {threshold} at token {k}");
+    let (g_tokens, g_scores) = trace_of(&guarded);
+    assert_eq!(g_tokens[..=k], tokens[..=k], "tokens up to the crossing are the plain reply's");
+    assert_close(&g_scores[..=k], &scores[..=k], "scores up to the crossing");
+    assert_ne!(content(&guarded), content(&plain), "steering away from {} changes the rest", emotions[j]);
+    assert!(server.metric("emo_guard_activations_total ") >= before + 1.0);
+
+    // Under concurrent load (traced, guarded, steered and plain rows joining at different steps), each reply and
+    // trace equals the same request alone.
+    let bodies = [
+        request(prompt, 16, trace.clone()),
+        request(prompt, 16, fires.clone()),
+        request("Describe a rainy day.", 16, json!({"emotion_trace": {"layers": [20, 25]}, "steering": {"emotion": "fear", "alpha": 6}})),
+        request("What is your favourite food?", 16, json!({})),
+        request("Describe a rainy day.", 16, never.clone()),
+        request(
+            prompt,
+            16,
+            json!({"emotion_trace": {}, "guard": {"emotion": emotions[j], "threshold": threshold, "hold": "above", "action": {"circuit": {"emotion": "fear", "scale": 2}}}}),
+        ),
+    ];
+    let alone: Vec<Value> = bodies.iter().map(|b| server.post(Some(KEY), b).1).collect();
+    let together: Vec<Value> = std::thread::scope(|s| {
+        let handles: Vec<_> = bodies
+            .iter()
+            .enumerate()
+            .map(|(i, b)| {
+                let server = &server;
+                s.spawn(move || {
+                    std::thread::sleep(Duration::from_millis(40 * i as u64));
+                    server.post(Some(KEY), b).1
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for (i, (a, b)) in alone.iter().zip(&together).enumerate() {
+        assert_eq!(content(a), content(b), "request {i}");
+        assert_eq!(a["choices"][0]["guard"], b["choices"][0]["guard"], "request {i}");
+        if !a["choices"][0]["emotion_trace"].is_null() {
+            assert_close(&trace_of(b).1, &trace_of(a).1, &format!("request {i} in the batch"));
+        }
+    }
+
+    // Bad input names the field.
+    let bad = |extra: Value, field: &str| {
+        let (status, v) = server.post(Some(KEY), &request(prompt, 4, extra.clone()));
+        assert_eq!((status, v["error"]["param"].as_str()), (400, Some(field)), "{extra}: {v}");
+    };
+    bad(json!({"emotion_trace": {"directions": "nope"}}), "emotion_trace.directions");
+    bad(json!({"emotion_trace": {"layers": [3, 30]}}), "emotion_trace.layers");
+    bad(json!({"emotion_trace": {"layers": "middle"}}), "emotion_trace.layers");
+    // JSON has no infinity: a number beyond f64's range is what a client can send.
+    let huge = request(prompt, 4, json!({"guard": {"emotion": "anger", "threshold": "HUGE", "action": {"steer": {"emotion": "away"}}}}));
+    let (status, v) = server.post(Some(KEY), &huge.replace("\"HUGE\"", "1e999"));
+    assert_eq!((status, v["error"]["param"].as_str()), (400, Some("guard.threshold")), "{v}");
+    bad(json!({"guard": {"emotion": "anger", "threshold": "high", "action": {"steer": {"emotion": "away"}}}}), "guard.threshold");
+    bad(json!({"guard": {"emotion": "boredom", "threshold": 1, "action": {"steer": {"emotion": "away"}}}}), "guard.emotion");
+    bad(json!({"guard": {"emotion": "anger", "threshold": 1, "action": {}}}), "guard.action");
+    bad(json!({"guard": {"emotion": "anger", "threshold": 1, "action": {"steer": {"emotion": "away", "alpha": 1000}}}}), "guard.action.steer.alpha");
+    bad(json!({"guard": {"emotion": "anger", "threshold": 1, "hold": "forever", "action": {"steer": {"emotion": "away"}}}}), "guard.hold");
+    bad(
+        json!({"emotion_trace": {}, "guard": {"emotion": "anger", "threshold": 1, "layers": [1, 2], "action": {"steer": {"emotion": "away"}}}}),
+        "guard.layers",
+    );
+
+    // The playground's views of what is loaded, behind the key.
+    let view: Value = serde_json::from_str(&server.get("/v1/directions/syn")).unwrap();
+    let cos = view["cosine"].as_array().unwrap();
+    assert_eq!(cos.len(), 6);
+    assert!((cos[2][2].as_f64().unwrap() - 1.0).abs() < 1e-4, "{view}");
+    let circ: Value = serde_json::from_str(&server.get("/v1/circuits/syn")).unwrap();
+    assert_eq!(circ["n_layers"], 30);
+    assert!(!circ["emotions"].as_array().unwrap().is_empty());
+    let _ = std::fs::remove_dir_all(&dir);
 }

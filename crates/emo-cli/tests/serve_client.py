@@ -1,5 +1,5 @@
 """The real `openai` client against `emo serve` (run by tests/serve.rs): plain, streamed, steered and
-modulated completions, and the errors the client raises. Prints one JSON object with what it got."""
+modulated completions, the emotion trace and a guard, and the errors the client raises. Prints one JSON object with what it got."""
 import json
 import sys
 
@@ -31,6 +31,25 @@ out["steered"] = r.choices[0].message.content
 r = client.chat.completions.create(model=model, messages=msgs, max_tokens=12, temperature=0,
                                    extra_body={"circuit": {"emotion": "fear", "scale": 1.0}})
 out["modulated"] = r.choices[0].message.content
+
+# The emotion readout and a guard through extra_body; the extension fields come back as extra attributes.
+r = client.chat.completions.create(model=model, messages=msgs, max_tokens=12, temperature=0,
+                                   extra_body={"emotion_trace": {}})
+trace = r.choices[0].emotion_trace
+out["trace"] = {"text": r.choices[0].message.content, "tokens": trace["tokens"], "top": trace["top"],
+                "rows": len(trace["scores"]), "width": len(trace["scores"][0])}
+streamed = []
+for chunk in client.chat.completions.create(model=model, messages=msgs, max_tokens=12, temperature=0, stream=True,
+                                            extra_body={"emotion_trace": {}}):
+    for c in chunk.choices:
+        t = getattr(c, "emotion_trace", None)
+        if t and t.get("tokens"):
+            streamed.extend(t["tokens"])
+out["trace_stream_tokens"] = streamed
+r = client.chat.completions.create(model=model, messages=msgs, max_tokens=12, temperature=0,
+                                   extra_body={"guard": {"emotion": "anger", "threshold": -1e6,
+                                                         "action": {"steer": {"emotion": "away", "alpha": 8}}}})
+out["guard"] = {"text": r.choices[0].message.content, "switches": r.choices[0].guard}
 
 try:
     client.chat.completions.create(model=model, messages=msgs, max_tokens=4,

@@ -42,6 +42,10 @@ pub struct ChatRequest {
     pub steering: Option<SteeringRequest>,
     /// Extension: circuit modulation of this request.
     pub circuit: Option<CircuitRequest>,
+    /// Extension: the six emotions' scores of every generated token.
+    pub emotion_trace: Option<TraceRequest>,
+    /// Extension: control that starts only once an emotion's score crosses a threshold.
+    pub guard: Option<GuardRequest>,
 }
 
 /// One chat message.
@@ -119,6 +123,67 @@ pub struct CircuitRequest {
     pub scale: Option<f64>,
     /// Name of a circuit set loaded at start-up (default: the only one).
     pub circuits: Option<String>,
+}
+
+/// `"emotion_trace": {...}`: the per-token emotion readout.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TraceRequest {
+    /// Name of a direction set loaded at start-up (default: the only one).
+    pub directions: Option<String>,
+    /// `"reference"` (default: the reference direction's layers, 21-25 of 28 scaled) or `[first, last]`.
+    pub layers: Option<TraceLayers>,
+}
+
+/// The layers a readout averages over.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum TraceLayers {
+    /// `"reference"`.
+    Named(String),
+    /// `[first, last]`, inclusive.
+    Range(Vec<i64>),
+}
+
+/// `"guard": {...}`: steer or modulate a reply from the token at which an emotion's score crosses a
+/// threshold.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GuardRequest {
+    /// The emotion watched.
+    pub emotion: String,
+    /// The guard acts once the emotion's score (as `emotion_trace` reports it) is above this.
+    pub threshold: f64,
+    /// What it does.
+    pub action: GuardActionRequest,
+    /// `"rest"` (default: until the reply ends) or `"above"` (while the score stays above).
+    pub hold: Option<String>,
+    /// The direction set read (default: `emotion_trace`'s, or the only one loaded).
+    pub directions: Option<String>,
+    /// The layers read (default: `emotion_trace`'s, or `"reference"`).
+    pub layers: Option<TraceLayers>,
+}
+
+/// A guard's action: exactly one of `steer` and `circuit`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GuardActionRequest {
+    /// Residual steering towards an emotion, or `"away"` from the watched one.
+    pub steer: Option<GuardSteerRequest>,
+    /// Circuit modulation, as the request's own `circuit` field.
+    pub circuit: Option<CircuitRequest>,
+}
+
+/// A guard's steering.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GuardSteerRequest {
+    /// One of the six emotions, or `"away"`: minus the watched emotion's direction.
+    pub emotion: String,
+    /// Alpha (default: the paper's 8).
+    pub alpha: Option<f64>,
+    /// Inclusive layer range (default: the paper's steering layers scaled to the model).
+    pub layers: Option<Vec<i64>>,
 }
 
 /// Token counts of a request.
@@ -222,7 +287,11 @@ pub fn parse_request(body: &[u8]) -> Result<ChatRequest, ApiError> {
     serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
-        if inner.is_syntax() || inner.is_eof() {
+        // serde_json counts a number beyond f64 (`1e999`, how a client spells infinity) as a syntax error, but
+        // the path still names its field.
+        if inner.is_syntax() && path != "." && inner.to_string().starts_with("number out of range") {
+            ApiError::invalid(path.clone(), format!("`{path}` is a number beyond the range of a 64-bit float"))
+        } else if inner.is_syntax() || inner.is_eof() {
             ApiError::body(format!("the body is not valid JSON: {inner}"))
         } else if path == "." {
             ApiError::body(format!("invalid request: {inner}"))
@@ -248,6 +317,8 @@ mod tests {
         assert!(e.message.contains("messages"), "{e:?}");
         let e = parse_request(br#"{"messages": [], "circuit": {"emotion": "fear", "scael": 2}}"#).unwrap_err();
         assert!(e.message.contains("scael"), "{e:?}");
+        let e = parse_request(br#"{"messages": [], "guard": {"emotion": "anger", "threshold": 1e999}}"#).unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("guard.threshold"), "{e:?}");
         let e = parse_request(br#"[null, [{"role": "user", "content": "hi"}]]"#).unwrap_err();
         assert!(e.message.contains("JSON object") && e.param.is_none(), "{e:?}");
     }

@@ -101,7 +101,12 @@ pub(crate) fn check(shared: &Shared, r: ChatRequest) -> Result<Checked, ApiError
         Some(s) => s as u64,
         None => shared.next_id.load(Ordering::Relaxed).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ now(),
     };
-    let control = shared.catalog.check(r.steering.as_ref(), r.circuit.as_ref())?;
+    let control = shared.catalog.check(crate::controls::Requested {
+        steering: r.steering.as_ref(),
+        circuit: r.circuit.as_ref(),
+        trace: r.emotion_trace.as_ref(),
+        guard: r.guard.as_ref(),
+    })?;
     let job_config = GenerationConfig {
         max_new_tokens: max_tokens as usize,
         min_new_tokens: min_tokens as usize,

@@ -1,6 +1,7 @@
 //! The direction sets and circuits loaded at start-up, by name, and how a request's `steering` and
-//! `circuit` fields become one row's edits. Checking a request needs only names and shapes
-//! ([`Catalog`], shared with the HTTP handlers); the tensors stay with the engine ([`Controls`]).
+//! `circuit` fields (and its `emotion_trace` and `guard`, [`crate::trace`]) become one row's edits and
+//! readout. Checking a request needs only names and shapes ([`Catalog`], shared with the HTTP handlers);
+//! the tensors stay with the engine ([`Controls`]).
 
 use emo_data::Emotion;
 use emo_model::{Positions, RowControl, TransformerConfig};
@@ -9,7 +10,9 @@ use emo_steer::directions::DIRECTIONS_FILE;
 use emo_steer::steer::default_layers;
 use emo_steer::{Site, Steering};
 
-use crate::api::{ApiError, CircuitRequest, SteeringRequest};
+use crate::api::{ApiError, CircuitRequest, GuardRequest, SteeringRequest, TraceRequest};
+use crate::playground::{circuit_view, direction_view};
+use crate::trace::{GuardSpec, ReadoutSpec};
 use crate::{Result, ServeError};
 
 /// What a request asks for, checked against the [`Catalog`].
@@ -19,6 +22,23 @@ pub struct ControlSpec {
     pub steering: Option<SteeringSpec>,
     /// Circuit modulation.
     pub circuit: Option<CircuitSpec>,
+    /// What the row's readout reads, for its trace or its guard.
+    pub readout: Option<ReadoutSpec>,
+    /// Conditional control.
+    pub guard: Option<GuardSpec>,
+}
+
+/// A request's control fields, as parsed.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Requested<'a> {
+    /// `steering`.
+    pub steering: Option<&'a SteeringRequest>,
+    /// `circuit`.
+    pub circuit: Option<&'a CircuitRequest>,
+    /// `emotion_trace`.
+    pub trace: Option<&'a TraceRequest>,
+    /// `guard`.
+    pub guard: Option<&'a GuardRequest>,
 }
 
 /// Checked steering settings.
@@ -60,12 +80,18 @@ pub struct Catalog {
     pub n_layers: usize,
     /// The default steering layers.
     pub steering_layers: (usize, usize),
+    /// The default layers of a readout (the reference direction's).
+    pub trace_layers: (usize, usize),
+    /// Per direction set, the playground's view of it ([`crate::playground::direction_view`]).
+    pub direction_views: Vec<serde_json::Value>,
+    /// Per circuit set, the playground's view of it ([`crate::playground::circuit_view`]).
+    pub circuit_views: Vec<serde_json::Value>,
 }
 
 /// The loaded tensors, owned by the engine.
 pub struct Controls {
-    directions: Vec<Steering>,
-    circuits: Vec<CircuitSet>,
+    pub(crate) directions: Vec<Steering>,
+    pub(crate) circuits: Vec<CircuitSet>,
 }
 
 /// Loads `NAME=PATH` direction sets and `NAME=DIR` circuit sets for a model of configuration `cfg`.
@@ -95,7 +121,18 @@ pub fn load(
         cnames.push((name.clone(), set.circuits.iter().map(|c| c.emotion).collect()));
         csets.push(set);
     }
-    let catalog = Catalog { directions: names, circuits: cnames, n_layers: cfg.n_layers, steering_layers: default_layers(cfg) };
+    let trace_layers = emo_steer::trace::reference_layers(cfg);
+    let direction_views = names.iter().zip(&sets).map(|(n, s)| direction_view(n, s.directions(), trace_layers)).collect();
+    let circuit_views = cnames.iter().zip(&csets).map(|((n, _), s)| circuit_view(n, s, cfg.n_layers, cfg.d_mlp)).collect();
+    let catalog = Catalog {
+        directions: names,
+        circuits: cnames,
+        n_layers: cfg.n_layers,
+        steering_layers: default_layers(cfg),
+        trace_layers,
+        direction_views,
+        circuit_views,
+    };
     Ok((catalog, Controls { directions: sets, circuits: csets }))
 }
 
@@ -109,7 +146,7 @@ fn check_name(name: &str, taken: &[String]) -> Result<()> {
     Ok(())
 }
 
-fn emotion(field: &str, name: &str) -> std::result::Result<Emotion, ApiError> {
+pub(crate) fn emotion(field: &str, name: &str) -> std::result::Result<Emotion, ApiError> {
     name.parse().map_err(|_| {
         let all: Vec<&str> = Emotion::ALL.iter().map(|e| e.name()).collect();
         ApiError::invalid(field, format!("unknown emotion `{name}` in `{field}`; expected one of {}", all.join(", ")))
@@ -123,7 +160,7 @@ pub const ALPHA_RANGE: std::ops::RangeInclusive<f64> = -100.0..=100.0;
 /// The `circuit.scale` a request may ask for (the paper's is 1; the same overflow bounds it).
 pub const SCALE_RANGE: std::ops::RangeInclusive<f64> = -100.0..=100.0;
 
-fn bounded(field: &str, x: f64, range: &std::ops::RangeInclusive<f64>) -> std::result::Result<f64, ApiError> {
+pub(crate) fn bounded(field: &str, x: f64, range: &std::ops::RangeInclusive<f64>) -> std::result::Result<f64, ApiError> {
     if range.contains(&x) {
         Ok(x)
     } else {
@@ -132,7 +169,7 @@ fn bounded(field: &str, x: f64, range: &std::ops::RangeInclusive<f64>) -> std::r
 }
 
 /// Picks a set by name, or the only one when no name is given.
-fn pick(field: &str, flag: &str, wanted: Option<&str>, names: &[&str]) -> std::result::Result<usize, ApiError> {
+pub(crate) fn pick(field: &str, flag: &str, wanted: Option<&str>, names: &[&str]) -> std::result::Result<usize, ApiError> {
     match wanted {
         Some(w) => names
             .iter()
@@ -156,27 +193,13 @@ fn list(names: &[&str]) -> String {
 
 impl Catalog {
     /// Checks a request's extension fields.
-    pub fn check(&self, steering: Option<&SteeringRequest>, circuit: Option<&CircuitRequest>) -> std::result::Result<ControlSpec, ApiError> {
+    pub fn check(&self, r: Requested) -> std::result::Result<ControlSpec, ApiError> {
         let mut spec = ControlSpec::default();
-        if let Some(s) = steering {
-            let names: Vec<&str> = self.directions.iter().map(String::as_str).collect();
-            let set = pick("steering.directions", "--directions", s.directions.as_deref(), &names)?;
+        if let Some(s) = r.steering {
+            let set = self.direction_set("steering.directions", s.directions.as_deref())?;
             let layers = match &s.layers {
                 None => self.steering_layers,
-                Some(v) => {
-                    let l = self.n_layers as i64;
-                    match v.as_slice() {
-                        [a, b] if 0 <= *a && a <= b && *b < l => (*a as usize, *b as usize),
-                        _ => {
-                            return Err(ApiError::invalid(
-                                "steering.layers",
-                                format!(
-                                    "`steering.layers` must be [first, last] with 0 <= first <= last < {l} (the model has {l} layers), got {v:?}"
-                                ),
-                            ))
-                        }
-                    }
-                }
+                Some(v) => self.layer_range("steering.layers", v)?,
             };
             let positions = match &s.positions {
                 None => Positions::LastPromptAndGenerated,
@@ -196,23 +219,53 @@ impl Catalog {
                 site,
             });
         }
-        if let Some(c) = circuit {
-            let names: Vec<&str> = self.circuits.iter().map(|(n, _)| n.as_str()).collect();
-            let set = pick("circuit.circuits", "--circuits", c.circuits.as_deref(), &names)?;
-            let e = emotion("circuit.emotion", &c.emotion)?;
-            if !self.circuits[set].1.contains(&e) {
-                return Err(ApiError::invalid("circuit.emotion", format!("circuit set `{}` has no circuit for {e}", names[set])));
-            }
-            spec.circuit = Some(CircuitSpec { set, emotion: e, scale: bounded("circuit.scale", c.scale.unwrap_or(1.0), &SCALE_RANGE)? });
+        if let Some(c) = r.circuit {
+            spec.circuit = Some(self.circuit("circuit", c)?);
         }
+        (spec.readout, spec.guard) = self.check_readout(r.trace, r.guard)?;
         Ok(spec)
+    }
+
+    /// The index of the direction set a request names in `field` (or the only one).
+    pub(crate) fn direction_set(&self, field: &str, wanted: Option<&str>) -> std::result::Result<usize, ApiError> {
+        let names: Vec<&str> = self.directions.iter().map(String::as_str).collect();
+        pick(field, "--directions", wanted, &names)
+    }
+
+    /// An inclusive layer range `[first, last]` within the model.
+    pub(crate) fn layer_range(&self, field: &str, v: &[i64]) -> std::result::Result<(usize, usize), ApiError> {
+        let l = self.n_layers as i64;
+        match v {
+            [a, b] if 0 <= *a && a <= b && *b < l => Ok((*a as usize, *b as usize)),
+            _ => Err(ApiError::invalid(
+                field,
+                format!("`{field}` must be [first, last] with 0 <= first <= last < {l} (the model has {l} layers), got {v:?}"),
+            )),
+        }
+    }
+
+    /// A `circuit` object found at `field` (`circuit`, `guard.action.circuit`).
+    pub(crate) fn circuit(&self, field: &str, c: &CircuitRequest) -> std::result::Result<CircuitSpec, ApiError> {
+        let names: Vec<&str> = self.circuits.iter().map(|(n, _)| n.as_str()).collect();
+        let set = pick(&format!("{field}.circuits"), "--circuits", c.circuits.as_deref(), &names)?;
+        let e = emotion(&format!("{field}.emotion"), &c.emotion)?;
+        if !self.circuits[set].1.contains(&e) {
+            return Err(ApiError::invalid(format!("{field}.emotion"), format!("circuit set `{}` has no circuit for {e}", names[set])));
+        }
+        Ok(CircuitSpec { set, emotion: e, scale: bounded(&format!("{field}.scale"), c.scale.unwrap_or(1.0), &SCALE_RANGE)? })
     }
 }
 
 impl Controls {
-    /// The row edits of a checked request.
-    pub fn build(&self, spec: &ControlSpec) -> emo_steer::Result<RowControl> {
+    /// The row edits (and readout) of a checked request, for a model on `device`.
+    pub fn build(&self, spec: &ControlSpec, device: tch::Device) -> emo_steer::Result<RowControl> {
         let mut control = RowControl::none();
+        if let Some(r) = &spec.readout {
+            control.readout = Some(self.readout(r, device)?);
+        }
+        if let (Some(g), Some(r)) = (&spec.guard, &spec.readout) {
+            control.guard = Some(self.guard(g, r)?);
+        }
         if let Some(s) = &spec.steering {
             let mut steering = self.directions[s.set].clone();
             (steering.alpha, steering.site, steering.layers, steering.positions) = (s.alpha, s.site, s.layers, s.positions.clone());

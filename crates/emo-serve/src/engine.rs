@@ -16,6 +16,7 @@ use crate::api::FinishReason;
 use crate::controls::{ControlSpec, Controls};
 use crate::metrics::Metrics;
 use crate::text::ReplyText;
+use emo_steer::trace::{EmotionTrace, Pieces};
 
 /// A request handed to the engine.
 pub struct Job {
@@ -36,8 +37,8 @@ pub struct Job {
 /// What the engine sends back for a job.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Output {
-    /// More reply text.
-    Text(String),
+    /// More of the reply.
+    Piece(Piece),
     /// The reply ended.
     Done {
         /// Why.
@@ -55,6 +56,33 @@ pub enum Output {
     },
 }
 
+/// More of a reply: its text, and, when the request reads its emotions, each new token's text and scores and
+/// the guard's switches since the last piece.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Piece {
+    /// Reply text (held back while it may still become a stop string).
+    pub text: String,
+    /// The new tokens' texts and scores (empty unless the request asked for `emotion_trace`).
+    pub trace: EmotionTrace,
+    /// The guard's switches.
+    pub guard: Vec<GuardSwitch>,
+}
+
+/// A guard starting or stopping.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct GuardSwitch {
+    /// Index of the first reply token it affects.
+    pub token: usize,
+    /// Whether it acts from there.
+    pub active: bool,
+}
+
+impl Piece {
+    fn is_empty(&self) -> bool {
+        self.text.is_empty() && self.trace.tokens.is_empty() && self.guard.is_empty()
+    }
+}
+
 impl Output {
     fn failed(code: &'static str, message: impl Into<String>) -> Self {
         Output::Failed { code, message: message.into() }
@@ -65,6 +93,11 @@ struct Live {
     tokens: Vec<u32>,
     text: ReplyText,
     out: UnboundedSender<Output>,
+    // Set when the client asked for the trace: the token texts, and the scores of the next token.
+    pieces: Option<Pieces>,
+    scores: Option<Vec<f32>>,
+    // What is not sent yet.
+    piece: Piece,
 }
 
 /// The engine's settings.
@@ -123,7 +156,7 @@ pub fn run(model: Arc<Model>, controls: Controls, jobs: Receiver<Job>, cfg: Engi
         metrics.engine_rows.store(batch.len() + batch.pending() + new.len(), Ordering::Relaxed);
         metrics.queue_depth.fetch_sub(new.len(), Ordering::Relaxed);
         if !new.is_empty() {
-            admit(&controls, &mut batch, &mut live, new);
+            admit(&controls, model.transformer.device(), &mut batch, &mut live, new);
         }
         if !batch.is_empty() {
             let t = Instant::now();
@@ -137,7 +170,7 @@ pub fn run(model: Arc<Model>, controls: Controls, jobs: Receiver<Job>, cfg: Engi
                     // The gauge counts new rows before their first token reaches a client, so a client that
                     // has a token can never read a batch without its row.
                     metrics.set_batch_size(batch.len());
-                    deliver(&model, &mut batch, &mut live, events);
+                    deliver(&model, &mut batch, &mut live, events, &metrics);
                 }
                 Err(e) => {
                     // A failed step leaves the batch unusable: every row fails, the server goes on.
@@ -155,12 +188,13 @@ pub fn run(model: Arc<Model>, controls: Controls, jobs: Receiver<Job>, cfg: Engi
 }
 
 /// Queues the jobs whose edits build and whose prompts the batch takes; their prompts run in the next steps.
-fn admit(controls: &Controls, batch: &mut ContinuousBatch, live: &mut HashMap<u64, Live>, jobs: Vec<Job>) {
+fn admit(controls: &Controls, device: tch::Device, batch: &mut ContinuousBatch, live: &mut HashMap<u64, Live>, jobs: Vec<Job>) {
     for j in jobs {
         if j.out.is_closed() {
             continue;
         }
-        let control = match controls.build(&j.control) {
+        let traced = j.control.readout.as_ref().is_some_and(|r| r.reported);
+        let control = match controls.build(&j.control, device) {
             Ok(control) => control,
             Err(e) => {
                 let _ = j.out.send(Output::failed("engine_error", format!("could not build the request's edits: {e}")));
@@ -169,7 +203,11 @@ fn admit(controls: &Controls, batch: &mut ContinuousBatch, live: &mut HashMap<u6
         };
         match batch.enqueue(vec![BatchRequest { id: j.id, prompt: j.prompt, config: j.config, control }]) {
             Ok(()) => {
-                live.insert(j.id, Live { tokens: Vec::new(), text: ReplyText::new(j.stop), out: j.out });
+                let pieces = traced.then(Pieces::default);
+                live.insert(
+                    j.id,
+                    Live { tokens: Vec::new(), text: ReplyText::new(j.stop), out: j.out, pieces, scores: None, piece: Piece::default() },
+                );
             }
             Err(e) => {
                 let _ = j.out.send(Output::failed("engine_error", format!("could not queue the request: {e}")));
@@ -178,16 +216,38 @@ fn admit(controls: &Controls, batch: &mut ContinuousBatch, live: &mut HashMap<u6
     }
 }
 
-/// Turns token events into text for each row's handler; a stop string or a gone client ends the row.
-fn deliver(model: &Model, batch: &mut ContinuousBatch, live: &mut HashMap<u64, Live>, events: Vec<Event>) {
+/// Turns token events into text (and readouts) for each row's handler; a stop string or a gone client ends
+/// the row.
+fn deliver(model: &Model, batch: &mut ContinuousBatch, live: &mut HashMap<u64, Live>, events: Vec<Event>, metrics: &Metrics) {
     for event in events {
         match event {
+            Event::Readout { id, scores } => {
+                if let Some(row) = live.get_mut(&id) {
+                    row.scores = Some(scores);
+                }
+            }
+            Event::Guard { id, active, at_token } => {
+                if active {
+                    metrics.guard_activation();
+                }
+                if let Some(row) = live.get_mut(&id) {
+                    row.piece.guard.push(GuardSwitch { token: at_token, active });
+                }
+            }
             Event::Token { id, token } => {
                 let Some(row) = live.get_mut(&id) else { continue };
                 row.tokens.push(token);
                 let decoded = model.tokenizer.decode(&row.tokens, true).unwrap_or_default();
+                if let (Some(pieces), Some(scores)) = (row.pieces.as_mut(), row.scores.take()) {
+                    row.piece.trace.push(pieces.push(decoded.clone()), scores);
+                }
                 let delta = row.text.update(decoded);
-                let mut ok = delta.text.is_empty() || row.out.send(Output::Text(delta.text)).is_ok();
+                row.piece.text.push_str(&delta.text);
+                let mut ok = true;
+                // A traced row sends every token's scores as they come, even while its text is held back.
+                if !row.piece.text.is_empty() || !row.piece.trace.tokens.is_empty() {
+                    ok = row.out.send(Output::Piece(std::mem::take(&mut row.piece))).is_ok();
+                }
                 if delta.stopped {
                     ok = false;
                     let _ = row.out.send(Output::Done { finish: FinishReason::Stop, completion_tokens: row.tokens.len() });
@@ -199,9 +259,9 @@ fn deliver(model: &Model, batch: &mut ContinuousBatch, live: &mut HashMap<u64, L
             }
             Event::Finished { id, stop } => {
                 let Some(mut row) = live.remove(&id) else { continue };
-                let rest = row.text.finish();
-                if !rest.is_empty() {
-                    let _ = row.out.send(Output::Text(rest));
+                row.piece.text.push_str(&row.text.finish());
+                if !row.piece.is_empty() {
+                    let _ = row.out.send(Output::Piece(std::mem::take(&mut row.piece)));
                 }
                 let finish = match stop {
                     StopReason::Eos => FinishReason::Stop,

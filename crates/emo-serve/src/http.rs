@@ -17,14 +17,18 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
 use crate::api::{parse_request, ApiError, FinishReason, Usage};
 use crate::check::check;
-use crate::engine::{Job, Output};
+use crate::engine::{GuardSwitch, Job, Output, Piece};
 use crate::state::{now, Shared};
+use emo_steer::EmotionTrace;
 
 /// The server's routes.
 pub fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/models", get(models))
+        .route("/v1/directions/{name}", get(crate::playground::directions))
+        .route("/v1/circuits/{name}", get(crate::playground::circuits))
+        .route("/", get(crate::playground::page))
         .route("/health", get(|| async { Json(serde_json::json!({"status": "ok"})) }))
         .route("/metrics", get(metrics))
         .fallback(|| async { ApiError::status(StatusCode::NOT_FOUND, "not_found", "no such route; see docs/serving.md") })
@@ -49,7 +53,7 @@ async fn header_limit(State(shared): State<Arc<Shared>>, request: Request, next:
     next.run(request).await
 }
 
-fn authorize(shared: &Shared, headers: &HeaderMap) -> Result<(), ApiError> {
+pub(crate) fn authorize(shared: &Shared, headers: &HeaderMap) -> Result<(), ApiError> {
     let Some(key) = &shared.api_key else { return Ok(()) };
     let given = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
     match given {
@@ -151,6 +155,9 @@ struct Started {
     prompt_tokens: usize,
     stream: bool,
     include_usage: bool,
+    // Whether the answer carries `emotion_trace` and `guard`.
+    traced: bool,
+    guarded: bool,
     out: UnboundedReceiver<Output>,
 }
 
@@ -194,13 +201,15 @@ fn start(shared: &Shared, body: &[u8]) -> Result<Started, ApiError> {
     let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
     let (tx, rx) = unbounded_channel();
     let prompt_tokens = prompt.len();
+    let traced = checked.control.readout.as_ref().is_some_and(|r| r.reported);
+    let guarded = checked.control.guard.is_some();
     let job = Job { id, prompt, config: checked.job_config, control: checked.control, stop: checked.stop, out: tx };
     let sent = shared.jobs.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map(|s| s.send(job).is_ok()).unwrap_or(false);
     if !sent {
         shared.metrics.queue_depth.fetch_sub(1, Ordering::Relaxed);
         return Err(ApiError::status(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", "the server is shutting down"));
     }
-    Ok(Started { id, prompt_tokens, stream: checked.stream, include_usage: checked.include_usage, out: rx })
+    Ok(Started { id, prompt_tokens, stream: checked.stream, include_usage: checked.include_usage, traced, guarded, out: rx })
 }
 
 fn completion_id(id: u64) -> String {
@@ -208,19 +217,30 @@ fn completion_id(id: u64) -> String {
 }
 
 async fn complete(shared: &Shared, mut started: Started) -> Response {
-    let mut text = String::new();
+    let mut reply = Piece::default();
     while let Some(out) = started.out.recv().await {
         match out {
-            Output::Text(t) => text.push_str(&t),
+            Output::Piece(p) => {
+                reply.text.push_str(&p.text);
+                reply.trace.append(p.trace);
+                reply.guard.extend(p.guard);
+            }
             Output::Done { finish, completion_tokens } => {
                 let usage = Usage::new(started.prompt_tokens, completion_tokens);
                 shared.metrics.prompt(usage.prompt_tokens);
+                let mut choice = serde_json::json!({"index": 0, "message": {"role": "assistant", "content": reply.text}, "finish_reason": finish, "logprobs": null});
+                if started.traced {
+                    choice["emotion_trace"] = reply.trace.to_json();
+                }
+                if started.guarded {
+                    choice["guard"] = serde_json::json!(reply.guard);
+                }
                 return Json(serde_json::json!({
                     "id": completion_id(started.id),
                     "object": "chat.completion",
                     "created": now(),
                     "model": shared.model_id,
-                    "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish, "logprobs": null}],
+                    "choices": [choice],
                     "usage": usage,
                 }))
                 .into_response();
@@ -266,40 +286,79 @@ fn chunk_event(shared: &Shared, id: u64, choices: serde_json::Value, usage: Opti
 }
 
 fn chunk(shared: &Shared, id: u64, delta: serde_json::Value, finish: Option<FinishReason>) -> SseEvent {
-    chunk_event(shared, id, serde_json::json!([{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": null}]), None)
+    chunk_with(shared, id, delta, finish, None, &[])
+}
+
+/// A chunk whose choice also carries `emotion_trace` and `guard` when given.
+fn chunk_with(
+    shared: &Shared,
+    id: u64,
+    delta: serde_json::Value,
+    finish: Option<FinishReason>,
+    trace: Option<serde_json::Value>,
+    guard: &[GuardSwitch],
+) -> SseEvent {
+    let mut choice = serde_json::json!({"index": 0, "delta": delta, "finish_reason": finish, "logprobs": null});
+    if let Some(t) = trace {
+        choice["emotion_trace"] = t;
+    }
+    if !guard.is_empty() {
+        choice["guard"] = serde_json::json!(guard);
+    }
+    chunk_event(shared, id, serde_json::json!([choice]), None)
+}
+
+/// What a stream keeps between chunks.
+struct StreamState {
+    out: UnboundedReceiver<Output>,
+    shared: Arc<Shared>,
+    first: bool,
+    ended: bool,
+    // Every token's scores so far, for the summary of the last chunk.
+    trace: EmotionTrace,
 }
 
 fn stream(shared: Arc<Shared>, started: Started) -> Sse<impl futures_util::Stream<Item = Result<SseEvent, Infallible>>> {
-    let Started { id, prompt_tokens, include_usage, out, .. } = started;
-    let first = chunk(&shared, id, serde_json::json!({"role": "assistant", "content": ""}), None);
-    let events = futures_util::stream::unfold((Some(first), out, shared, false), move |(first, mut out, shared, ended)| async move {
-        if let Some(f) = first {
-            return Some((vec![f], (None, out, shared, false)));
+    let Started { id, prompt_tokens, include_usage, traced, out, .. } = started;
+    let state = StreamState { out, shared, first: true, ended: false, trace: EmotionTrace::default() };
+    let events = futures_util::stream::unfold(state, move |mut st| async move {
+        let shared = st.shared.clone();
+        if st.first {
+            st.first = false;
+            return Some((vec![chunk(&shared, id, serde_json::json!({"role": "assistant", "content": ""}), None)], st));
         }
-        if ended {
+        if st.ended {
             return None;
         }
+        st.ended = true;
         let mut batch = Vec::new();
-        match out.recv().await {
-            Some(Output::Text(t)) => batch.push(chunk(&shared, id, serde_json::json!({"content": t}), None)),
+        match st.out.recv().await {
+            Some(Output::Piece(p)) => {
+                // A chunk's trace holds its own tokens; the last chunk the reply's summary.
+                let trace = (traced && !p.trace.tokens.is_empty()).then(|| serde_json::json!(p.trace));
+                st.trace.append(p.trace);
+                batch.push(chunk_with(&shared, id, serde_json::json!({"content": p.text}), None, trace, &p.guard));
+                st.ended = false;
+            }
             Some(Output::Done { finish, completion_tokens }) => {
                 let usage = Usage::new(prompt_tokens, completion_tokens);
                 shared.metrics.prompt(usage.prompt_tokens);
-                batch.push(chunk(&shared, id, serde_json::json!({}), Some(finish)));
+                let summary = traced.then(|| {
+                    let mut t = std::mem::take(&mut st.trace).to_json();
+                    (t["tokens"], t["scores"]) = (serde_json::json!([]), serde_json::json!([]));
+                    t
+                });
+                batch.push(chunk_with(&shared, id, serde_json::json!({}), Some(finish), summary, &[]));
                 if include_usage {
                     batch.push(chunk_event(&shared, id, serde_json::json!([]), Some(usage)));
                 }
                 batch.push(SseEvent::default().data("[DONE]"));
-                return Some((batch, (None, out, shared, true)));
             }
-            Some(Output::Failed { code, message }) => return Some((error_end(&shared, id, failure(code, message)), (None, out, shared, true))),
+            Some(Output::Failed { code, message }) => batch = error_end(&shared, id, failure(code, message)),
             // The engine dropped the row without a word (it never does on purpose): still end the stream.
-            None => {
-                let e = failure("engine_error", "the engine stopped before the reply ended".into());
-                return Some((error_end(&shared, id, e), (None, out, shared, true)));
-            }
+            None => batch = error_end(&shared, id, failure("engine_error", "the engine stopped before the reply ended".into())),
         }
-        Some((batch, (None, out, shared, false)))
+        Some((batch, st))
     });
     let flat = futures_util::StreamExt::flat_map(events, |v| futures_util::stream::iter(v.into_iter().map(Ok)));
     Sse::new(flat).keep_alive(KeepAlive::default())

@@ -24,8 +24,10 @@ pub mod engine;
 pub mod http;
 pub mod listen;
 pub mod metrics;
+pub mod playground;
 pub mod state;
 pub mod text;
+pub mod trace;
 
 use std::io::Write;
 use std::net::SocketAddr;

@@ -22,6 +22,7 @@ pub struct Metrics {
     tpot_count: AtomicU64,
     steps: AtomicU64,
     refused_connections: AtomicU64,
+    guard_activations: AtomicU64,
 }
 
 impl Metrics {
@@ -53,6 +54,11 @@ impl Metrics {
         self.refused_connections.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Counts a guard that started acting.
+    pub fn guard_activation(&self) {
+        self.guard_activations.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Sets the number of sequences decoding.
     pub fn set_batch_size(&self, n: usize) {
         self.batch_size.store(n, Ordering::Relaxed);
@@ -76,6 +82,11 @@ impl Metrics {
             "emo_refused_connections_total",
             "Connections answered 503 and closed because the connection limit was reached.",
             self.refused_connections.load(Ordering::Relaxed),
+        );
+        counter(
+            "emo_guard_activations_total",
+            "Guards that started acting (a reply's guard counts again each time it switches on).",
+            self.guard_activations.load(Ordering::Relaxed),
         );
         let mut gauge = |name: &str, help: &str, v: usize| {
             let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
