@@ -121,6 +121,13 @@ impl EmotionTrace {
         self.scores.push(scores);
     }
 
+    /// Adds another trace's tokens after these.
+    pub fn append(&mut self, other: EmotionTrace) {
+        for (text, scores) in other.tokens.into_iter().zip(other.scores) {
+            self.push(text, scores);
+        }
+    }
+
     /// The mean score of each emotion over the tokens (empty without tokens).
     pub fn mean(&self) -> BTreeMap<&'static str, f32> {
         let n = self.scores.len() as f32;
