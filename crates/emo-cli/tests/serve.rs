@@ -391,3 +391,38 @@ fn emotion_traces_and_guards_per_request_alone_streamed_and_under_load() {
     assert!(!circ["emotions"].as_array().unwrap().is_empty());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The playground page in a real browser: Debian's headless Chromium, driven over DevTools by
+/// scripts/test-support/playground_cdp.py, sends a steered message and waits for both replies and the coloured
+/// tokens; then the server's refusal of a bad alpha shows on the page. `EMO_PLAYGROUND_SCREENSHOT=PATH` keeps
+/// the first screenshot (docs/figures/playground.png is made so, with a run's directions and circuits).
+#[test]
+fn the_playground_page_steers_a_chat_in_headless_chromium() {
+    let dir = scratch("serve-playground");
+    let (dirs, circuits) = synthetic_controls(&dir);
+    let (d, c) = (format!("syn={}", dirs.display()), format!("syn={}", circuits.display()));
+    let server = Server::start(&["--directions", &d, "--circuits", &c, "--api-key", KEY]);
+    let python = workspace().join(".venv/bin/python");
+    let chromium = ["/usr/bin/chromium", "/usr/bin/chromium-browser"].into_iter().find(|p| Path::new(p).exists());
+    let chromium = chromium.unwrap_or_else(|| panic!("no Chromium: run `scripts/setup.sh --test` (it installs Debian's chromium)"));
+    let driver = workspace().join("scripts/test-support/playground_cdp.py");
+    let shot = std::env::var("EMO_PLAYGROUND_SCREENSHOT").map(std::path::PathBuf::from).unwrap_or_else(|_| dir.join("playground.png"));
+    let drive = |extra: &[&str], png: &Path| {
+        let out = Command::new(&python)
+            .arg(&driver)
+            .args(["--url", &format!("{}/", server.url), "--api-key", KEY, "--chromium", chromium, "--timeout", "180"])
+            .args(["--screenshot", &png.display().to_string()])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice::<Value>(&out.stdout).unwrap()
+    };
+    let got = drive(&["--emotion", "anger", "--alpha", "8"], &shot);
+    assert!(got["coloured_tokens"].as_u64().unwrap() > 0, "{got}");
+    assert_ne!(got["controlled"], got["plain"], "{got}");
+    assert!(std::fs::metadata(&shot).unwrap().len() > 10_000, "a screenshot of the page");
+    let refused = drive(&["--bad-alpha"], &dir.join("refused.png"));
+    assert!(refused["error"].as_str().unwrap().contains("steering.alpha"), "{refused}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
