@@ -313,6 +313,10 @@ pub struct PipelineArgs {
     /// Prompts per batch (32: the best throughput per prompt on a 2-core CPU within 2 GB).
     #[arg(long, default_value_t = 32)]
     pub batch: usize,
+    /// New tokens per reply in every generating stage (the paper: 100); fewer for a quick look at the
+    /// pipeline, whose replies then say little.
+    #[arg(long, default_value_t = 100)]
+    pub max_new_tokens: usize,
     /// The run's prompt set: paper (the default for a new run), strong, or a JSON file with
     /// `elicitation_system` (containing `{emotion}`) and `neutral_system`. Every later stage of the run uses
     /// it; asking an existing run for another set is an error.
@@ -372,7 +376,7 @@ pub(crate) fn section5_with(s5: &Section5Args, model: &Model, judge: &mut dyn Ju
                 model: a.model.clone(),
                 data: data(split),
                 judge: a.judge.clone(),
-                generate: GenerateArgs { batch: a.batch, ..Default::default() },
+                generate: GenerateArgs { batch: a.batch, max_new_tokens: a.max_new_tokens },
                 prompt: a.prompt.clone(),
                 no_capture: false,
                 progress: a.progress.clone(),
@@ -392,7 +396,7 @@ pub(crate) fn section5_with(s5: &Section5Args, model: &Model, judge: &mut dyn Ju
             alpha: emo_steer::paper::STEERING_ALPHA,
             layers: None,
             positions: "last-prompt-and-generated".into(),
-            generate: GenerateArgs { batch: a.batch, ..Default::default() },
+            generate: GenerateArgs { batch: a.batch, max_new_tokens: a.max_new_tokens },
             model: a.run_model(),
             stage: StageNameArgs::default(),
             progress: a.progress.clone(),

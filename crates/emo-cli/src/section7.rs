@@ -306,7 +306,8 @@ pub fn paper(p: &PaperArgs) -> Result<()> {
     set.save(&dir)?;
     let step = Instant::now();
     let (split, scenarios, info) = a.data("test").load(Split::Test)?;
-    let opts = ModulateOptions { batch_size: a.batch, progress: a.progress.shown(), ..Default::default() };
+    let generation = GenerationConfig { max_new_tokens: a.max_new_tokens, ..GenerationConfig::modulation() };
+    let opts = ModulateOptions { batch_size: a.batch, generation, progress: a.progress.shown(), ..Default::default() };
     let name = format!("modulation-{split}");
     let stage = modulation_stage(name, &scenarios, info, &judge.name(), &set, &cfg, &opts)?;
     run_stage(&run, &model, judge.as_mut(), &stage)?;

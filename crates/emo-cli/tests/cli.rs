@@ -327,7 +327,8 @@ fn paper_runs_every_section_and_resumes_without_recomputing() {
     let run = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("cli-paper-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&run);
     let r = run.to_str().unwrap();
-    let args = ["paper", "--out", r, "--limit", "1", "--seeds", "1", "--quiet", "--device", "cpu"];
+    // Short replies: the pipeline and its resumption are under test here, not what the replies say.
+    let args = ["paper", "--out", r, "--limit", "1", "--seeds", "1", "--max-new-tokens", "12", "--quiet", "--device", "cpu"];
     let out = emo(&args);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8(out.stdout).unwrap();
