@@ -70,6 +70,6 @@ pub mod prelude {
     };
     /// Circuit modulation (section 7), the other way to steer.
     pub use emo_modulate::Modulator;
-    pub use emo_steer::{steering_edit, EmotionDirections, Site, Steerer, Steering};
+    pub use emo_steer::{steering_edit, EmotionDirections, EmotionTrace, EmotionTracer, Site, Steerer, Steering};
     pub use tch::{Device, Kind, Tensor};
 }

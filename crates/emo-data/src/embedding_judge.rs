@@ -1,6 +1,7 @@
 //! A judge that classifies a text's emotional style from its sentence embedding (all-MiniLM-L6-v2, run by
-//! `emo-model`): multinomial logistic regression over seven classes (the six emotions and `none`), trained at
-//! load time on `data/judge_corpus.jsonl`, a corpus written for this project. The text matches the target
+//! `emo-model`): multinomial logistic regression over seven classes (the six emotions and `none`), trained on
+//! `data/judge_corpus.jsonl`, a corpus written for this project (once: the weights are kept beside the
+//! encoder). The text matches the target
 //! when the target is the most probable class; the score is the target's probability.
 //!
 //! The decision rule was fixed before measuring; nothing is fitted or tuned on the paper's labels.
@@ -49,6 +50,28 @@ pub fn parse_corpus(path: &Path, text: &str) -> Result<Vec<Example>, DataError> 
     Ok(out)
 }
 
+/// What a trained classifier depends on, hashed: the examples, the training constants, the LibTorch version,
+/// and the encoder (its configuration, and its weights' size and first MiB).
+fn training_key(encoder_dir: &Path, examples: &[Example]) -> Result<String, DataError> {
+    use sha2::{Digest, Sha256};
+    use std::io::Read;
+    let mut h = Sha256::new();
+    for e in examples {
+        h.update(format!("{}\t{}\n", e.class, e.text));
+    }
+    h.update(format!("{STEPS} {LEARNING_RATE} {WEIGHT_DECAY} {CLASSES:?} {}", emo_model::LIBTORCH_VERSION));
+    let io = |e: std::io::Error, f: &Path| DataError::Io { path: f.into(), source: e };
+    let config = encoder_dir.join("config.json");
+    h.update(std::fs::read(&config).map_err(|e| io(e, &config))?);
+    let weights = encoder_dir.join("model.safetensors");
+    let file = std::fs::File::open(&weights).map_err(|e| io(e, &weights))?;
+    h.update(file.metadata().map_err(|e| io(e, &weights))?.len().to_le_bytes());
+    let mut head = Vec::new();
+    file.take(1 << 20).read_to_end(&mut head).map_err(|e| io(e, &weights))?;
+    h.update(&head);
+    Ok(h.finalize().iter().take(8).map(|b| format!("{b:02x}")).collect())
+}
+
 /// The embedding judge.
 pub struct EmbeddingJudge {
     encoder: SentenceEncoder,
@@ -57,10 +80,36 @@ pub struct EmbeddingJudge {
 }
 
 impl EmbeddingJudge {
-    /// Loads the encoder from its default folder and trains on the built-in corpus.
+    /// Loads the encoder from its default folder and trains on the built-in corpus. The training (encoding
+    /// the corpus, 400 Adam steps: about ten seconds on two cores) runs once: its weights are kept beside the
+    /// encoder, named by a hash of everything the training depends on, and read back by later loads.
     pub fn load_default() -> Result<Self, DataError> {
-        let encoder = SentenceEncoder::load(&SentenceEncoder::default_dir(), Device::Cpu)?;
-        Self::train(encoder, &builtin_corpus()?)
+        let dir = SentenceEncoder::default_dir();
+        let encoder = SentenceEncoder::load(&dir, Device::Cpu)?;
+        let examples = builtin_corpus()?;
+        let cache = dir.join(format!("emo-judge-{}.safetensors", training_key(&dir, &examples)?));
+        Self::train_cached(encoder, &examples, &cache)
+    }
+
+    /// [`EmbeddingJudge::train`], or the weights a previous training left in `cache` (which must be named
+    /// for exactly this encoder and these examples). A cache that cannot be read is trained over; one that
+    /// cannot be written (a read-only folder) only costs the next load its training.
+    pub fn train_cached(encoder: SentenceEncoder, examples: &[Example], cache: &Path) -> Result<Self, DataError> {
+        if cache.is_file() {
+            let mut vs = nn::VarStore::new(Device::Cpu);
+            let classifier = nn::linear(vs.root(), encoder.dim() as i64, CLASSES.len() as i64, Default::default());
+            if vs.load(cache).is_ok() {
+                return Ok(EmbeddingJudge { encoder, _vs: vs, classifier });
+            }
+        }
+        let judge = Self::train(encoder, examples)?;
+        // Written whole under a temporary name, then renamed: a concurrent load sees the old file or the new.
+        let tmp = cache.with_extension(format!("{}.safetensors", std::process::id()));
+        if judge._vs.save(&tmp).is_ok() {
+            let _ = std::fs::rename(&tmp, cache);
+        }
+        let _ = std::fs::remove_file(&tmp);
+        Ok(judge)
     }
 
     /// Trains the classifier on `examples` (deterministic: fixed seed, full-batch Adam).

@@ -120,3 +120,34 @@ fn embedding_judge_learns_its_corpus_and_beats_the_lexicon_on_the_papers_labels(
     assert!(embedding.cross.kappa > lexicon.cross.kappa, "{embedding:?} vs {lexicon:?}");
     assert!(embedding.labeled.kappa > lexicon.labeled.kappa, "{embedding:?} vs {lexicon:?}");
 }
+
+#[test]
+fn the_embedding_judges_training_is_kept_and_read_back() {
+    use emo_data::embedding_judge::builtin_corpus;
+    use emo_data::{EmbeddingJudge, SentenceEncoder};
+    let dir = SentenceEncoder::default_dir();
+    let encoder = || SentenceEncoder::load(&dir, tch::Device::Cpu).unwrap_or_else(|e| panic!("{e}\n(run `scripts/setup.sh`)"));
+    // A few examples of each class keep the training short.
+    let examples: Vec<_> = builtin_corpus().unwrap().into_iter().step_by(15).collect();
+    let tmp = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("judge-cache-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).unwrap();
+    let cache = tmp.join("judge.safetensors");
+    let texts = ["I am furious about this.", "What a lovely surprise!", "The meeting is at noon."];
+    let probs = |j: &EmbeddingJudge| j.probabilities(&texts).unwrap();
+    let trained = EmbeddingJudge::train_cached(encoder(), &examples, &cache).unwrap();
+    assert!(cache.is_file(), "the training is kept");
+    assert!(probs(&EmbeddingJudge::train_cached(encoder(), &examples, &cache).unwrap()).equal(&probs(&trained)), "and read back exactly");
+    assert!(probs(&EmbeddingJudge::train(encoder(), &examples).unwrap()).equal(&probs(&trained)), "training is deterministic");
+    // What is in the file is what a load uses: zero weights give every class the same probability.
+    let zeros = tch::nn::VarStore::new(tch::Device::Cpu);
+    let _ = tch::nn::linear(zeros.root(), 384, 7, Default::default());
+    tch::no_grad(|| zeros.variables().values_mut().for_each(|v| drop(v.zero_())));
+    zeros.save(&cache).unwrap();
+    let flat = probs(&EmbeddingJudge::train_cached(encoder(), &examples, &cache).unwrap());
+    assert!((flat - 1.0 / 7.0).abs().max().double_value(&[]) < 1e-6);
+    // A corrupt file is trained over and replaced.
+    std::fs::write(&cache, b"not a safetensors file").unwrap();
+    assert!(probs(&EmbeddingJudge::train_cached(encoder(), &examples, &cache).unwrap()).equal(&probs(&trained)));
+    assert!(probs(&EmbeddingJudge::train_cached(encoder(), &examples, &cache).unwrap()).equal(&probs(&trained)), "the replacement reads back");
+    let _ = std::fs::remove_dir_all(&tmp);
+}
