@@ -58,20 +58,7 @@ fn serves_plain_steered_modulated_and_streamed_replies_as_the_cli_gives_them() {
     let bodies: Vec<String> =
         prompts.iter().flat_map(|p| [request(p, 16, json!({})), request(p, 16, steer.clone()), request(p, 16, modulate.clone())]).collect();
     let alone: Vec<String> = bodies.iter().map(|b| content(&server.post(Some(KEY), b).1)).collect();
-    let together: Vec<String> = std::thread::scope(|s| {
-        let handles: Vec<_> = bodies
-            .iter()
-            .enumerate()
-            .map(|(i, b)| {
-                let server = &server;
-                s.spawn(move || {
-                    std::thread::sleep(Duration::from_millis(40 * i as u64));
-                    content(&server.post(Some(KEY), b).1)
-                })
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().unwrap()).collect()
-    });
+    let together: Vec<String> = server.post_staggered(&bodies).iter().map(content).collect();
     assert_eq!(together, alone);
 
     // Streamed: the same text in chunks, then [DONE]; usage when asked.
@@ -337,20 +324,7 @@ fn emotion_traces_and_guards_per_request_alone_streamed_and_under_load() {
         ),
     ];
     let alone: Vec<Value> = bodies.iter().map(|b| server.post(Some(KEY), b).1).collect();
-    let together: Vec<Value> = std::thread::scope(|s| {
-        let handles: Vec<_> = bodies
-            .iter()
-            .enumerate()
-            .map(|(i, b)| {
-                let server = &server;
-                s.spawn(move || {
-                    std::thread::sleep(Duration::from_millis(40 * i as u64));
-                    server.post(Some(KEY), b).1
-                })
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().unwrap()).collect()
-    });
+    let together = server.post_staggered(&bodies);
     for (i, (a, b)) in alone.iter().zip(&together).enumerate() {
         assert_eq!(content(a), content(b), "request {i}");
         assert_eq!(a["choices"][0]["guard"], b["choices"][0]["guard"], "request {i}");

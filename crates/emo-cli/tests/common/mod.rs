@@ -95,6 +95,24 @@ impl Server {
         (status, serde_json::from_str(&resp.into_string().unwrap()).unwrap())
     }
 
+    /// Posts every body (with the key) from its own thread, each 40 ms after the previous one, so that they
+    /// join a running batch at different steps; the answers in order.
+    pub fn post_staggered<B: AsRef<str> + Sync>(&self, bodies: &[B]) -> Vec<Value> {
+        std::thread::scope(|s| {
+            let handles: Vec<_> = bodies
+                .iter()
+                .enumerate()
+                .map(|(i, b)| {
+                    s.spawn(move || {
+                        std::thread::sleep(std::time::Duration::from_millis(40 * i as u64));
+                        self.post(Some(KEY), b.as_ref()).1
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        })
+    }
+
     pub fn get(&self, path: &str) -> String {
         ureq::get(&format!("{}{path}", self.url)).set("Authorization", &format!("Bearer {KEY}")).call().unwrap().into_string().unwrap()
     }
