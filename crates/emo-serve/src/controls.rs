@@ -11,8 +11,6 @@ use emo_steer::steer::default_layers;
 use emo_steer::{Site, Steering};
 
 use crate::api::{ApiError, CircuitRequest, GuardRequest, SteeringRequest, TraceRequest};
-use crate::playground::{circuit_view, direction_view};
-use crate::trace::{GuardSpec, ReadoutSpec};
 use crate::{Result, ServeError};
 
 /// What a request asks for, checked against the [`Catalog`].
@@ -26,6 +24,47 @@ pub struct ControlSpec {
     pub readout: Option<ReadoutSpec>,
     /// Conditional control.
     pub guard: Option<GuardSpec>,
+}
+
+/// What a row's readout reads (for the request's `emotion_trace` or its guard, [`crate::trace`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ReadoutSpec {
+    /// Index of the direction set.
+    pub set: usize,
+    /// Inclusive layer range averaged.
+    pub layers: (usize, usize),
+    /// Whether the client asked for the trace (otherwise only a guard reads it).
+    pub reported: bool,
+}
+
+/// A checked guard.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GuardSpec {
+    /// The emotion watched.
+    pub emotion: Emotion,
+    /// Its score's threshold.
+    pub threshold: f64,
+    /// How long the guard acts.
+    pub hold: emo_model::GuardHold,
+    /// What it does.
+    pub action: GuardAction,
+}
+
+/// What a guard does once it fires.
+#[derive(Clone, Debug, PartialEq)]
+pub enum GuardAction {
+    /// `h += alpha * RMS(h) * v_emotion` at `hook_resid_post` of `layers`, with the readout's direction set
+    /// (steering away: the watched emotion with minus alpha).
+    Steer {
+        /// The direction added.
+        emotion: Emotion,
+        /// Its strength (negative: away).
+        alpha: f64,
+        /// Inclusive layer range.
+        layers: (usize, usize),
+    },
+    /// Circuit modulation.
+    Circuit(CircuitSpec),
 }
 
 /// A request's control fields, as parsed.
@@ -82,10 +121,6 @@ pub struct Catalog {
     pub steering_layers: (usize, usize),
     /// The default layers of a readout (the reference direction's).
     pub trace_layers: (usize, usize),
-    /// Per direction set, the playground's view of it ([`crate::playground::direction_view`]).
-    pub direction_views: Vec<serde_json::Value>,
-    /// Per circuit set, the playground's view of it ([`crate::playground::circuit_view`]).
-    pub circuit_views: Vec<serde_json::Value>,
 }
 
 /// The loaded tensors, owned by the engine.
@@ -121,17 +156,12 @@ pub fn load(
         cnames.push((name.clone(), set.circuits.iter().map(|c| c.emotion).collect()));
         csets.push(set);
     }
-    let trace_layers = emo_steer::trace::reference_layers(cfg);
-    let direction_views = names.iter().zip(&sets).map(|(n, s)| direction_view(n, s.directions(), trace_layers)).collect();
-    let circuit_views = cnames.iter().zip(&csets).map(|((n, _), s)| circuit_view(n, s, cfg.n_layers, cfg.d_mlp)).collect();
     let catalog = Catalog {
         directions: names,
         circuits: cnames,
         n_layers: cfg.n_layers,
         steering_layers: default_layers(cfg),
-        trace_layers,
-        direction_views,
-        circuit_views,
+        trace_layers: emo_steer::trace::reference_layers(cfg),
     };
     Ok((catalog, Controls { directions: sets, circuits: csets }))
 }

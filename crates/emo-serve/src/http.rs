@@ -53,18 +53,8 @@ async fn header_limit(State(shared): State<Arc<Shared>>, request: Request, next:
     next.run(request).await
 }
 
-pub(crate) fn authorize(shared: &Shared, headers: &HeaderMap) -> Result<(), ApiError> {
-    let Some(key) = &shared.api_key else { return Ok(()) };
-    let given = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
-    match given {
-        Some(g) if g.trim() == key => Ok(()),
-        Some(_) => Err(ApiError::status(StatusCode::UNAUTHORIZED, "invalid_api_key", "incorrect API key provided")),
-        None => Err(ApiError::status(StatusCode::UNAUTHORIZED, "invalid_api_key", "missing API key: send `Authorization: Bearer KEY`")),
-    }
-}
-
 async fn models(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
-    if let Err(e) = authorize(&shared, &headers) {
+    if let Err(e) = shared.authorize(&headers) {
         return e.into_response();
     }
     let circuits: Vec<&str> = shared.catalog.circuits.iter().map(|(n, _)| n.as_str()).collect();
@@ -84,7 +74,7 @@ async fn models(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Respon
 
 async fn metrics(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
     if !shared.open_metrics {
-        if let Err(e) = authorize(&shared, &headers) {
+        if let Err(e) = shared.authorize(&headers) {
             return e.into_response();
         }
     }
@@ -118,7 +108,7 @@ async fn chat_completions(State(shared): State<Arc<Shared>>, headers: HeaderMap,
 /// `Content-Type: application/json` (a `text/plain` POST is what a browser sends cross-site without asking),
 /// then at most the body limit, within the body deadline.
 async fn read_body(shared: &Shared, headers: &HeaderMap, body: Body) -> Result<axum::body::Bytes, ApiError> {
-    authorize(shared, headers)?;
+    shared.authorize(headers)?;
     let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
     let essence = content_type.split(';').next().unwrap_or("").trim();
     if !essence.eq_ignore_ascii_case("application/json") {

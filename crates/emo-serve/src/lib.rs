@@ -121,7 +121,9 @@ impl ServeOptions {
 /// connections.
 pub fn serve(opts: ServeOptions) -> Result<()> {
     let model = Arc::new(Model::load(&opts.model, opts.load)?);
-    let (catalog, controls) = controls::load(model.transformer.config(), &opts.directions, &opts.circuits)?;
+    let cfg = model.transformer.config();
+    let (catalog, controls) = controls::load(cfg, &opts.directions, &opts.circuits)?;
+    let views = playground::views(&catalog, &controls, cfg.n_layers, cfg.d_mlp);
     let metrics = Arc::new(metrics::Metrics::default());
     let (tx, rx) = std::sync::mpsc::channel();
     let abort = Arc::new(AtomicBool::new(false));
@@ -137,6 +139,7 @@ pub fn serve(opts: ServeOptions) -> Result<()> {
     shared.api_key = opts.api_key.clone();
     shared.open_metrics = opts.open_metrics;
     shared.max_batch = opts.max_batch;
+    shared.views = views;
     let shared = Arc::new(shared);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

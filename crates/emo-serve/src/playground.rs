@@ -12,7 +12,7 @@ use emo_modulate::CircuitSet;
 use emo_steer::EmotionDirections;
 
 use crate::api::ApiError;
-use crate::http::authorize;
+use crate::controls::{Catalog, Controls};
 use crate::state::Shared;
 
 /// The page.
@@ -31,17 +31,17 @@ pub(crate) async fn page() -> Response {
 
 /// `GET /v1/directions/{name}`.
 pub(crate) async fn directions(State(shared): State<Arc<Shared>>, headers: HeaderMap, Path(name): Path<String>) -> Response {
-    view(&shared, &headers, &name, &shared.catalog.directions, &shared.catalog.direction_views, "direction set", "--directions")
+    view(&shared, &headers, &name, &shared.catalog.directions, &shared.views.0, "direction set", "--directions")
 }
 
 /// `GET /v1/circuits/{name}`.
 pub(crate) async fn circuits(State(shared): State<Arc<Shared>>, headers: HeaderMap, Path(name): Path<String>) -> Response {
     let names: Vec<String> = shared.catalog.circuits.iter().map(|(n, _)| n.clone()).collect();
-    view(&shared, &headers, &name, &names, &shared.catalog.circuit_views, "circuit set", "--circuits")
+    view(&shared, &headers, &name, &names, &shared.views.1, "circuit set", "--circuits")
 }
 
 fn view(shared: &Shared, headers: &HeaderMap, name: &str, names: &[String], views: &[serde_json::Value], what: &str, flag: &str) -> Response {
-    if let Err(e) = authorize(shared, headers) {
+    if let Err(e) = shared.authorize(headers) {
         return e.into_response();
     }
     match names.iter().position(|n| n == name) {
@@ -51,6 +51,13 @@ fn view(shared: &Shared, headers: &HeaderMap, name: &str, names: &[String], view
             ApiError::status(StatusCode::NOT_FOUND, "not_found", format!("no {what} named `{name}` is loaded (loaded: {loaded})")).into_response()
         }
     }
+}
+
+/// The views of every loaded direction set and circuit set, in the catalog's order (for [`Shared::views`]).
+pub fn views(catalog: &Catalog, controls: &Controls, n_layers: usize, d_mlp: usize) -> (Vec<serde_json::Value>, Vec<serde_json::Value>) {
+    let directions = catalog.directions.iter().zip(&controls.directions).map(|(n, s)| direction_view(n, s.directions(), catalog.trace_layers));
+    let circuits = catalog.circuits.iter().zip(&controls.circuits).map(|((n, _), s)| circuit_view(n, s, n_layers, d_mlp));
+    (directions.collect(), circuits.collect())
 }
 
 /// A direction set's view: the cosine of every pair of emotions' `resid_post` directions, averaged over the

@@ -7,6 +7,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use emo_model::Model;
 
+use axum::http::{header, HeaderMap, StatusCode};
+
+use crate::api::ApiError;
 use crate::controls::Catalog;
 use crate::engine::Job;
 use crate::metrics::Metrics;
@@ -31,6 +34,9 @@ pub struct Shared {
     pub open_metrics: bool,
     /// The engine's rows (decoding or prefilling at once).
     pub max_batch: usize,
+    /// Per direction set, then per circuit set, what `GET /v1/directions/NAME` and `/v1/circuits/NAME` answer
+    /// (computed at start-up, [`crate::playground::views`]).
+    pub views: (Vec<serde_json::Value>, Vec<serde_json::Value>),
     pub(crate) next_id: AtomicU64,
 }
 
@@ -75,7 +81,19 @@ impl Shared {
             api_key: None,
             open_metrics: false,
             max_batch: 1,
+            views: (Vec::new(), Vec::new()),
             next_id: AtomicU64::new(1),
+        }
+    }
+
+    /// Whether `headers` carry the API key (always, when the server has none).
+    pub fn authorize(&self, headers: &HeaderMap) -> Result<(), ApiError> {
+        let Some(key) = &self.api_key else { return Ok(()) };
+        let given = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+        match given {
+            Some(g) if g.trim() == key => Ok(()),
+            Some(_) => Err(ApiError::status(StatusCode::UNAUTHORIZED, "invalid_api_key", "incorrect API key provided")),
+            None => Err(ApiError::status(StatusCode::UNAUTHORIZED, "invalid_api_key", "missing API key: send `Authorization: Bearer KEY`")),
         }
     }
 }

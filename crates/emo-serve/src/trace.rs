@@ -2,54 +2,12 @@
 //! (what the row's readout reads: one direction set at a layer range) and a [`GuardSpec`], then built by the
 //! engine's [`Controls`] into the row's [`Readout`] and [`Guard`]. A guard reads with the trace's settings
 //! when the request asks for both, so that the threshold applies to the very scores the client sees.
-use emo_data::Emotion;
 use emo_model::{Guard, GuardHold, Positions, Readout};
 use emo_modulate::Modulation;
 use emo_steer::EmotionTracer;
 
 use crate::api::{ApiError, GuardRequest, TraceLayers, TraceRequest};
-use crate::controls::{bounded, emotion, Catalog, CircuitSpec, Controls, ALPHA_RANGE};
-
-/// What a row's readout reads.
-#[derive(Clone, Debug, PartialEq)]
-pub struct ReadoutSpec {
-    /// Index of the direction set.
-    pub set: usize,
-    /// Inclusive layer range averaged.
-    pub layers: (usize, usize),
-    /// Whether the client asked for the trace (otherwise only a guard reads it).
-    pub reported: bool,
-}
-
-/// A checked guard.
-#[derive(Clone, Debug, PartialEq)]
-pub struct GuardSpec {
-    /// The emotion watched.
-    pub emotion: Emotion,
-    /// Its score's threshold.
-    pub threshold: f64,
-    /// How long the guard acts.
-    pub hold: GuardHold,
-    /// What it does.
-    pub action: GuardAction,
-}
-
-/// What a guard does once it fires.
-#[derive(Clone, Debug, PartialEq)]
-pub enum GuardAction {
-    /// `h += alpha * RMS(h) * v_emotion` at `hook_resid_post` of `layers`, with the readout's direction set
-    /// (steering away: the watched emotion with minus alpha).
-    Steer {
-        /// The direction added.
-        emotion: Emotion,
-        /// Its strength (negative: away).
-        alpha: f64,
-        /// Inclusive layer range.
-        layers: (usize, usize),
-    },
-    /// Circuit modulation.
-    Circuit(CircuitSpec),
-}
+use crate::controls::{bounded, emotion, Catalog, Controls, GuardAction, GuardSpec, ReadoutSpec, ALPHA_RANGE};
 
 impl Catalog {
     /// Checks `emotion_trace` and `guard`.
@@ -61,7 +19,7 @@ impl Catalog {
         let readout = match trace {
             Some(t) => Some(ReadoutSpec {
                 set: self.direction_set("emotion_trace.directions", t.directions.as_deref())?,
-                layers: self.trace_layers("emotion_trace.layers", t.layers.as_ref())?,
+                layers: self.readout_layers("emotion_trace.layers", t.layers.as_ref())?,
                 reported: true,
             }),
             None => None,
@@ -69,7 +27,7 @@ impl Catalog {
         let Some(g) = guard else { return Ok((readout, None)) };
         let own = ReadoutSpec {
             set: self.direction_set("guard.directions", g.directions.as_deref().or(trace.and_then(|t| t.directions.as_deref())))?,
-            layers: self.trace_layers("guard.layers", g.layers.as_ref().or(trace.and_then(|t| t.layers.as_ref())))?,
+            layers: self.readout_layers("guard.layers", g.layers.as_ref().or(trace.and_then(|t| t.layers.as_ref())))?,
             reported: false,
         };
         let readout = match readout {
@@ -108,7 +66,7 @@ impl Catalog {
         Ok((Some(readout), Some(GuardSpec { emotion: watched, threshold: g.threshold, hold, action })))
     }
 
-    fn trace_layers(&self, field: &str, layers: Option<&TraceLayers>) -> Result<(usize, usize), ApiError> {
+    fn readout_layers(&self, field: &str, layers: Option<&TraceLayers>) -> Result<(usize, usize), ApiError> {
         match layers {
             None => Ok(self.trace_layers),
             Some(TraceLayers::Named(n)) if n == "reference" => Ok(self.trace_layers),
