@@ -155,16 +155,17 @@ fn section5_commands_run_end_to_end_on_a_small_run() {
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8(out.stdout).unwrap()
     };
-    let text = ok(emo(&["elicit", "--out", r, "--limit", "2", "--max-new-tokens", "4", "--batch", "12", "--quiet", "--device", "cpu"]));
-    assert!(text.contains("elicit: 36 prompts") && text.contains("| **all** |"), "{text}");
+    // One scenario (18 prompts): the commands' plumbing is under test here, not the statistics.
+    let text = ok(emo(&["elicit", "--out", r, "--limit", "1", "--max-new-tokens", "4", "--batch", "12", "--quiet", "--device", "cpu"]));
+    assert!(text.contains("elicit: 18 prompts") && text.contains("| **all** |"), "{text}");
     // Once more: everything is committed, nothing is recomputed.
-    let again = ok(emo(&["elicit", "--out", r, "--limit", "2", "--max-new-tokens", "4", "--batch", "12", "--quiet", "--device", "cpu"]));
-    assert!(again.contains("elicit: 36 prompts"), "{again}");
+    let again = ok(emo(&["elicit", "--out", r, "--limit", "1", "--max-new-tokens", "4", "--batch", "12", "--quiet", "--device", "cpu"]));
+    assert!(again.contains("elicit: 18 prompts"), "{again}");
     // The other split goes to its own prompting stage.
     let text = ok(emo(&["elicit", "--out", r, "--split", "test", "--limit", "1", "--max-new-tokens", "4", "--quiet", "--device", "cpu"]));
     assert!(text.contains("prompting-test: 18 prompts"), "{text}");
     let text = ok(emo(&["directions", r, "--all-groups", "--npz"]));
-    assert!(text.contains("directions from 6 of 6"), "{text}");
+    assert!(text.contains("directions from 3 of 3"), "{text}");
     for f in ["directions.safetensors", "directions.json", "directions.npz", "control_vectors/fear.gguf", "analysis.json", "figures/pca.png"] {
         assert!(run.join(f).is_file(), "{f}");
     }
@@ -172,13 +173,13 @@ fn section5_commands_run_end_to_end_on_a_small_run() {
     assert!(text.contains("steering-test: alpha 8 on layers 10-20 at last-prompt-and-generated, 18 prompts"), "{text}");
     // Section 6 on the same run: all samples (the embedding judge accepts few of SmolLM2's replies).
     let text = ok(emo(&["attribute", r, "--samples", "all", "--batch", "16", "--quiet", "--device", "cpu"]));
-    assert!(text.contains("attribution over all samples ([6, 6, 6, 6, 6, 6] per emotion; delta_mu from 6 complete groups)"), "{text}");
+    assert!(text.contains("attribution over all samples ([3, 3, 3, 3, 3, 3] per emotion; delta_mu from 3 complete groups)"), "{text}");
     for f in ["neurons/anger.csv", "heads/fear.csv", "neurons.safetensors", "delta_mu.safetensors", "figures/heads.png", "figures/top_neurons.svg"] {
         assert!(run.join("attribution/all").join(f).is_file(), "{f}");
     }
     // Attribution patching beside it, compared with it, and a sweep whose targets it ranks.
     let text = ok(emo(&["attribute", r, "--samples", "all", "--method", "attribution-patching", "--quiet", "--device", "cpu"]));
-    assert!(text.contains("attribution patching over all samples ([6, 6, 6, 6, 6, 6] per emotion)"), "{text}");
+    assert!(text.contains("attribution patching over all samples ([3, 3, 3, 3, 3, 3] per emotion)"), "{text}");
     assert!(text.contains("against the analytic ranking") && text.contains("neurons Spearman"), "{text}");
     for f in ["scores.safetensors", "summary.json", "agreement.json"] {
         assert!(run.join("attribution/all/patching").join(f).is_file(), "{f}");
@@ -193,7 +194,7 @@ fn section5_commands_run_end_to_end_on_a_small_run() {
 
     // Section 7: importance (one alpha), circuits, the allocation rule on the importance CSV, modulation.
     let text = ok(emo(&["importance", r, "--samples", "all", "--alphas", "0.3", "--quiet", "--device", "cpu"]));
-    assert!(text.contains("sublayer importance over [6, 6, 6, 6, 6, 6] prompts per emotion") && text.contains("importance.png"), "{text}");
+    assert!(text.contains("sublayer importance over [3, 3, 3, 3, 3, 3] prompts per emotion") && text.contains("importance.png"), "{text}");
     let text = ok(emo(&["circuits", "build", r, "--samples", "all"]));
     assert!(text.contains("anger: 420 neurons, 180 heads") && text.contains("overlap between emotions"), "{text}");
     let csv = run.join("importance/all/importance.csv");
