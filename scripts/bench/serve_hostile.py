@@ -13,8 +13,8 @@ Each starts its own `emo serve --device cpu --port 0` (SmolLM2, f32) and prints 
 - memory: peak RSS (VmHWM, reset after a warm-up request so that loading's peak does not count) added by N
   concurrent long prompts (--new-tokens each) over what a warmed-up server holds, per prompt, beside the prompt's key-value cache (layers x 2 x kv heads x d_head x 4 bytes x tokens).
 - burst: how many of C simultaneous requests an idle server takes before answering 429.
-- soak: C clients for M minutes sending plain, steered and modulated requests, a third of them streamed and
-  dropped after a few chunks; RSS sampled every 10 s, errors by status.
+- soak: C clients for M minutes sending plain, steered, modulated, traced and guarded requests, a third of them
+  streamed and dropped after a few chunks; RSS sampled every 10 s, errors by status.
 """
 import argparse
 import json
@@ -188,8 +188,15 @@ def soak(a):
     def client(c):
         i = c
         while time.time() < end:
-            kind = i % 3
-            extra = [{}, {"steering": {"emotion": emotions[i % 6], "alpha": 4.0}}, {"circuit": {"emotion": emotions[i % 6]}}][kind]
+            extra = [
+                {},
+                {"steering": {"emotion": emotions[i % 6], "alpha": 4.0}},
+                {"circuit": {"emotion": emotions[i % 6]}},
+                {"emotion_trace": {}},
+                # A guard that fires on most replies (threshold 0), so that rows switch edits mid-batch.
+                {"emotion_trace": {}, "guard": {"emotion": emotions[i % 6], "threshold": 0.0, "hold": "above",
+                                                "action": {"steer": {"emotion": "away", "alpha": 2.0}}}},
+            ][i % 5]
             body = chat(prompts[i % 4], 24, **extra)
             try:
                 if i % 3 == c % 3 and i % 2 == 0:
