@@ -147,6 +147,14 @@ fn modulation_on(run: &RunDir) {
     for (i, row) in rows.iter().enumerate() {
         assert_eq!(modulator.chat_batch(std::slice::from_ref(row)).unwrap()[0], batch[i], "row {i} differs in a batch");
     }
+    // Traced with the run's directions: the same replies, one row of six finite scores per token.
+    let tracer = emo_steer::EmotionTracer::reference(m, &EmotionDirections::load(&run.directions()).unwrap()).unwrap();
+    for (modulated, want) in [(modulator.clone().emotion(Emotion::Anger), &batch[0]), (modulator.clone(), &plain[0])] {
+        let (reply, trace) = modulated.chat_traced(&neg, &tracer).unwrap();
+        assert_eq!(&reply, want);
+        assert_eq!(trace.tokens.concat(), reply);
+        assert!(!trace.scores.is_empty() && trace.scores.iter().all(|s| s.len() == 6 && s.iter().all(|x| x.is_finite())));
+    }
 
     // The stage: two emotions on one test scenario, 8 new tokens; resumed it recomputes nothing.
     let dir = circuits_dir(run, SampleFilter::All);

@@ -271,6 +271,14 @@ fn emotion_traces_and_guards_per_request_alone_streamed_and_under_load() {
     let cli_scores: Vec<Vec<f64>> =
         serde_json::from_value::<Vec<Vec<f64>>>(cli["emotion_trace"]["scores"].clone()).unwrap_or_else(|e| panic!("{e}: {cli}"));
     assert_close(&scores, &cli_scores, "server against emo generate --trace");
+    // Without --json: the reply, then a table of the tokens' scores and the summary.
+    let out = Command::new(env!("CARGO_BIN_EXE_emo"))
+        .args(["generate", "--device", "cpu", "--max-new-tokens", "16", "--trace", "--directions", &dirs_s, prompt])
+        .output()
+        .unwrap();
+    let table = String::from_utf8(out.stdout).unwrap();
+    assert!(table.starts_with(content(&plain).trim()) && table.contains(" anger ") && table.contains("top: "), "{table}");
+    assert_eq!(table.lines().filter(|l| l.trim_start().starts_with(char::is_numeric)).count(), tokens.len(), "{table}");
     // Streamed: each chunk carries its own tokens; together they are the trace, and the last chunk the summary.
     let (text, chunks, done) = stream(&server.url, &request(prompt, 16, json!({"stream": true, "emotion_trace": {}})));
     assert!(done && text == content(&plain));
