@@ -9,7 +9,7 @@ use emo_model::{RowControl, Sampling, TransformerConfig};
 use emo_serve::api::{CircuitRequest, SteeringRequest, TraceRequest};
 use emo_serve::controls::Requested;
 use emo_serve::{serve, ServeOptions};
-use emo_steer::trace::{EmotionTrace, Pieces};
+use emo_steer::trace::EmotionTrace;
 
 /// `emo serve`.
 #[derive(Args, Clone, Debug)]
@@ -195,13 +195,8 @@ impl ControlArgs {
 /// Row `row`'s emotion trace from the readouts of every forward of a `generate` call (forward i chose token
 /// i).
 pub fn trace_of(model: &emo_model::Model, tokens: &[u32], forwards: &[emo_model::hooks::ForwardScores], row: usize) -> Result<EmotionTrace> {
-    let mut trace = EmotionTrace::default();
-    let mut pieces = Pieces::default();
-    for (i, forward) in forwards.iter().enumerate().take(tokens.len()) {
-        let scores = forward[row].clone().context("a traced row was not read")?;
-        trace.push(pieces.next(model, &tokens[..=i])?, scores);
-    }
-    Ok(trace)
+    let scores = forwards.iter().take(tokens.len()).map(|f| f[row].clone().context("a traced row was not read")).collect::<Result<Vec<_>>>()?;
+    Ok(EmotionTrace::of_reply(model, tokens, &scores)?)
 }
 
 /// `emo generate --trace`'s table: one line per token, its text, top emotion and six scores.

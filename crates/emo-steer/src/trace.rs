@@ -62,12 +62,7 @@ impl EmotionTracer {
 
     /// The trace of a reply whose generated `tokens` were scored `scores` (one row per token, in order).
     pub fn trace(&self, model: &Model, tokens: &[u32], scores: &[Vec<f32>]) -> Result<EmotionTrace> {
-        let mut trace = EmotionTrace::default();
-        let mut pieces = Pieces::default();
-        for (i, s) in scores.iter().enumerate().take(tokens.len()) {
-            trace.push(pieces.next(model, &tokens[..=i])?, s.clone());
-        }
-        Ok(trace)
+        EmotionTrace::of_reply(model, tokens, scores)
     }
 }
 
@@ -119,6 +114,17 @@ impl EmotionTrace {
         }
         self.tokens.push(text);
         self.scores.push(scores);
+    }
+
+    /// The trace of a reply: its generated `tokens` (decoded by `model`'s tokenizer into the text each adds)
+    /// with their `scores`, one row per token, in order.
+    pub fn of_reply(model: &Model, tokens: &[u32], scores: &[Vec<f32>]) -> Result<EmotionTrace> {
+        let mut trace = EmotionTrace::default();
+        let mut pieces = Pieces::default();
+        for (i, s) in scores.iter().enumerate().take(tokens.len()) {
+            trace.push(pieces.next(model, &tokens[..=i])?, s.clone());
+        }
+        Ok(trace)
     }
 
     /// Adds another trace's tokens after these.
