@@ -299,7 +299,7 @@ fn run(cli: Cli) -> Result<()> {
             };
             let forwards = readouts.take()?;
             for (i, (prompt, r)) in prompts.iter().zip(replies).enumerate() {
-                let trace = if control.trace { Some(serve::trace_of(&m, &r.generated.tokens, &forwards, i)?) } else { None };
+                let trace = if control.trace { Some(emo_steer::EmotionTrace::of_row(&m, &r.generated.tokens, &forwards, i)?) } else { None };
                 if json {
                     let mut line = serde_json::json!({"prompt": prompt, "reply": r.text, "token_ids": r.generated.tokens});
                     if let Some(t) = &trace {

@@ -192,13 +192,6 @@ impl ControlArgs {
     }
 }
 
-/// Row `row`'s emotion trace from the readouts of every forward of a `generate` call (forward i chose token
-/// i).
-pub fn trace_of(model: &emo_model::Model, tokens: &[u32], forwards: &[emo_model::hooks::ForwardScores], row: usize) -> Result<EmotionTrace> {
-    let scores = forwards.iter().take(tokens.len()).map(|f| f[row].clone().context("a traced row was not read")).collect::<Result<Vec<_>>>()?;
-    Ok(EmotionTrace::of_reply(model, tokens, &scores)?)
-}
-
 /// `emo generate --trace`'s table: one line per token, its text, top emotion and six scores.
 pub fn trace_table(trace: &EmotionTrace) -> String {
     let mut s = format!("{:>4}  {:<16} {:<10}", "#", "token", "top");

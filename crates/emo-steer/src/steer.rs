@@ -278,15 +278,7 @@ fn chat_rows_read(
     let forwards = readouts.take()?;
     let mut out = Vec::with_capacity(replies.len());
     for (row, reply) in replies.into_iter().enumerate() {
-        let trace = match tracer {
-            Some(t) => {
-                let tokens = &reply.generated.tokens;
-                // Forward i chose token i.
-                let scores: Vec<Vec<f32>> = forwards.iter().take(tokens.len()).map(|f| f[row].clone().unwrap_or_default()).collect();
-                Some(t.trace(model, tokens, &scores)?)
-            }
-            None => None,
-        };
+        let trace = tracer.map(|_| EmotionTrace::of_row(model, &reply.generated.tokens, &forwards, row)).transpose()?;
         out.push((reply.text, trace));
     }
     Ok(out)

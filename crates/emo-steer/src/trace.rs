@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 
 use emo_data::Emotion;
-use emo_model::hooks::Readout;
+use emo_model::hooks::{ForwardScores, Readout};
 use emo_model::{HookPoint, Model, TransformerConfig};
 use serde::Serialize;
 
@@ -38,9 +38,9 @@ impl EmotionTracer {
         if layers.0 > layers.1 || layers.1 >= n_layers {
             return Err(Error::Invalid(format!("trace layers {}..={} are not within 0..{n_layers}", layers.0, layers.1)));
         }
-        let post = directions.resid_post.to_device(device);
-        // [6, d] per layer: row e is emotion e's unit direction.
-        let points = (layers.0..=layers.1).map(|l| (HookPoint::ResidPost(l), post.select(1, l as i64))).collect();
+        // Only the layers read go to the device. [6, d] per layer: row e is emotion e's unit direction.
+        let post = directions.resid_post.narrow(1, layers.0 as i64, (layers.1 - layers.0 + 1) as i64).to_device(device);
+        let points = (layers.0..=layers.1).map(|l| (HookPoint::ResidPost(l), post.select(1, (l - layers.0) as i64))).collect();
         Ok(EmotionTracer { readout: Readout::new(points)?, layers })
     }
 
@@ -58,11 +58,6 @@ impl EmotionTracer {
     /// The inclusive layer range averaged.
     pub fn layers(&self) -> (usize, usize) {
         self.layers
-    }
-
-    /// The trace of a reply whose generated `tokens` were scored `scores` (one row per token, in order).
-    pub fn trace(&self, model: &Model, tokens: &[u32], scores: &[Vec<f32>]) -> Result<EmotionTrace> {
-        EmotionTrace::of_reply(model, tokens, scores)
     }
 }
 
@@ -125,6 +120,17 @@ impl EmotionTrace {
             trace.push(pieces.next(model, &tokens[..=i])?, s.clone());
         }
         Ok(trace)
+    }
+
+    /// The trace of row `row` of a generation read by [`emo_model::hooks::Readouts`]: its generated `tokens`
+    /// with the scores of `forwards` (what `Readouts::take` returned: forward i chose token i).
+    pub fn of_row(model: &Model, tokens: &[u32], forwards: &[ForwardScores], row: usize) -> Result<EmotionTrace> {
+        let scores = forwards
+            .iter()
+            .take(tokens.len())
+            .map(|f| f.get(row).cloned().flatten().ok_or_else(|| Error::Invalid(format!("row {row} of the generation was not read"))))
+            .collect::<Result<Vec<_>>>()?;
+        EmotionTrace::of_reply(model, tokens, &scores)
     }
 
     /// Adds another trace's tokens after these.
