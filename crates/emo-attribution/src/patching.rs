@@ -34,8 +34,9 @@ pub fn scores(model: &Model, prompts: &[Vec<u32>], v_mlp: &Tensor, v_attn: &Tens
     let keep = |p: HookPoint| matches!(p, HookPoint::MlpPost(_) | HookPoint::AttnZ(_) | HookPoint::ResidPost(_) | HookPoint::ResidMid(_));
     let (_, cache) = model.run_with_cache_grad(Input::Ids(prompts.to_vec()), keep, &mut HookSet::new())?;
     let device = model.transformer.device();
-    // Rows are left-padded, so every prompt's last token is the last position.
-    let last = |p: HookPoint| -> Result<Tensor> { Ok(cache.require(p)?.select(1, -1).to_kind(Kind::Float)) };
+    // Rows are left-padded, so every prompt's last token is the last position. Moved to the first device:
+    // a model placed across devices caches each layer on its own, and the layers are stacked here.
+    let last = |p: HookPoint| -> Result<Tensor> { Ok(cache.require(p)?.select(1, -1).to_kind(Kind::Float).to_device(device)) };
     let metric = |site: fn(usize) -> HookPoint, v: &Tensor| -> Result<Tensor> {
         let h = (0..n_layers).map(|l| last(site(l))).collect::<Result<Vec<_>>>()?; // L x [n, d]
         let v = v.to_device(device).to_kind(Kind::Float);
@@ -47,7 +48,7 @@ pub fn scores(model: &Model, prompts: &[Vec<u32>], v_mlp: &Tensor, v_attn: &Tens
         let layers = (0..n_layers)
             .map(|l| {
                 let a = last(point(l))?;
-                let g = grads.require(point(l))?.select(1, -1).to_kind(Kind::Float);
+                let g = grads.require(point(l))?.select(1, -1).to_kind(Kind::Float).to_device(device);
                 let s = (a * g).detach();
                 // Heads: [n, H, d_head] summed over d_head.
                 Ok(if s.dim() == 3 { s.sum_dim_intlist(-1, false, Kind::Float) } else { s })

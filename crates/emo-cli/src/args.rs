@@ -4,13 +4,14 @@
 //! [`LoadArgs`] and reaches every model-running command.
 use anyhow::{Context, Result};
 use clap::Args;
-use emo_model::device::{parse_device, parse_kind};
+use emo_model::device::{parse_devices, parse_kind};
 use emo_model::{LoadOptions, Model, WeightFormat};
 
 /// How a model is loaded: device, dtype, CPU threads, weight format.
 #[derive(Args, Clone, Debug)]
 pub(crate) struct LoadArgs {
-    /// auto (CUDA when present), cpu, cuda, cuda:N.
+    /// auto (every visible GPU, else the CPU), cpu, cuda, cuda:N, or a comma list (cuda:0,cuda:1) placing
+    /// contiguous layer ranges on each device in proportion to its free memory.
     #[arg(long, default_value = "auto")]
     pub(crate) device: String,
     /// f32, bf16 or f16 (default f32; on a CPU with AMX, bf16 ran the 1.5B model 3x faster than f32:
@@ -36,7 +37,8 @@ impl LoadArgs {
         if let Some(n) = self.threads {
             tch::set_num_threads(n);
         }
-        Ok(LoadOptions::new(parse_device(&self.device)?, parse_kind(&self.dtype)?).weights(WeightFormat::parse(&self.weights)?))
+        let devices = parse_devices(&self.device).with_context(|| format!("--device {}", self.device))?;
+        Ok(LoadOptions::new(devices[0], parse_kind(&self.dtype)?).devices(devices).weights(WeightFormat::parse(&self.weights)?))
     }
 
     /// Loads `model`.

@@ -1,4 +1,5 @@
-//! Parsing `--device` and `--dtype`, and making sure a CUDA request really gets CUDA.
+//! Parsing `--device` (one device or a list) and `--dtype`, making sure a CUDA request really gets CUDA, and
+//! reading a device's free memory for placement.
 use std::sync::OnceLock;
 
 use tch::{Device, Kind, Tensor};
@@ -46,6 +47,17 @@ pub fn parse_device(s: &str) -> Result<Device> {
     }
 }
 
+/// Checks that every device of a list exists (each `cuda:N` below LibTorch's device count), naming the
+/// first that does not.
+pub fn check_devices(devices: &[Device]) -> Result<()> {
+    for &d in devices {
+        if let Device::Cuda(n) = d {
+            cuda(n)?;
+        }
+    }
+    Ok(())
+}
+
 fn cuda(n: usize) -> Result<Device> {
     load_cuda_backend();
     let count = tch::Cuda::device_count() as usize;
@@ -53,6 +65,94 @@ fn cuda(n: usize) -> Result<Device> {
         return Err(ModelError::InvalidArgument(format!("CUDA device {n} requested, but {count} CUDA device(s) are available to LibTorch")));
     }
     Ok(Device::Cuda(n))
+}
+
+/// Parses a device list for one model placed across devices ([`crate::placement`]): a comma-separated list
+/// of [`parse_device`]'s names (`cuda:0,cuda:1`, `cpu,cpu`), or `auto` alone: every CUDA device LibTorch
+/// sees, else the CPU. A single name gives a list of one. The error names the bad entry.
+pub fn parse_devices(s: &str) -> Result<Vec<Device>> {
+    let s = s.trim();
+    if s == "auto" {
+        load_cuda_backend();
+        let n = tch::Cuda::device_count().max(0) as usize;
+        return Ok(if n == 0 { vec![Device::Cpu] } else { (0..n).map(Device::Cuda).collect() });
+    }
+    let mut devices = Vec::new();
+    for (i, part) in s.split(',').map(str::trim).enumerate() {
+        let d = match part {
+            "" => Err(ModelError::InvalidArgument(format!("device list `{s}`: entry {} is empty", i + 1))),
+            "auto" => Err(ModelError::InvalidArgument(format!("device list `{s}`: `auto` stands alone (every visible GPU), not in a list"))),
+            _ => parse_device(part).map_err(|e| ModelError::InvalidArgument(format!("device list `{s}`: {}", error_text(e)))),
+        }?;
+        devices.push(d);
+    }
+    Ok(devices)
+}
+
+fn error_text(e: ModelError) -> String {
+    match e {
+        ModelError::InvalidArgument(m) => m,
+        other => other.to_string(),
+    }
+}
+
+/// Free bytes on `device`, for placing a model ([`crate::placement`]): for the CPU the machine's
+/// `MemAvailable` (from `/proc/meminfo`; 0 where it cannot be read); for a CUDA device the free memory that
+/// `cudaMemGetInfo` reports, read through the CUDA runtime that LibTorch's CUDA backend has already loaded
+/// (0 where it is not loaded or the call fails: such devices then share equally with each other).
+pub fn free_bytes(device: Device) -> u64 {
+    match device {
+        Device::Cpu => available_memory().unwrap_or(0),
+        Device::Cuda(n) => {
+            load_cuda_backend();
+            cuda_free(n).unwrap_or(0)
+        }
+        _ => 0,
+    }
+}
+
+fn available_memory() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// `cudaMemGetInfo` on device `n`, the caller's current device restored after. The runtime is looked up
+/// among libraries already loaded (`RTLD_NOLOAD`): LibTorch's CUDA backend brings it, and this never loads a
+/// second copy.
+fn cuda_free(n: usize) -> Option<u64> {
+    type GetDevice = unsafe extern "C" fn(*mut libc::c_int) -> libc::c_int;
+    type SetDevice = unsafe extern "C" fn(libc::c_int) -> libc::c_int;
+    type MemGetInfo = unsafe extern "C" fn(*mut libc::size_t, *mut libc::size_t) -> libc::c_int;
+    let handle = ["libcudart.so.13", "libcudart.so.12", "libcudart.so.11.0", "libcudart.so"].iter().find_map(|name| {
+        let c = std::ffi::CString::new(*name).ok()?;
+        // SAFETY: dlopen with a NUL-terminated name and RTLD_NOLOAD only returns a library already loaded.
+        let h = unsafe { libc::dlopen(c.as_ptr(), libc::RTLD_NOW | libc::RTLD_NOLOAD) };
+        (!h.is_null()).then_some(h)
+    })?;
+    let sym = |name: &str| -> Option<*mut libc::c_void> {
+        let c = std::ffi::CString::new(name).ok()?;
+        // SAFETY: dlsym on a live handle with a NUL-terminated name.
+        let p = unsafe { libc::dlsym(handle, c.as_ptr()) };
+        (!p.is_null()).then_some(p)
+    };
+    let (get, set, info) = (sym("cudaGetDevice")?, sym("cudaSetDevice")?, sym("cudaMemGetInfo")?);
+    // SAFETY: the symbols are the CUDA runtime's functions of these C signatures (cuda_runtime_api.h); every
+    // pointer passed points to a live local.
+    unsafe {
+        let get = std::mem::transmute::<*mut libc::c_void, GetDevice>(get);
+        let set = std::mem::transmute::<*mut libc::c_void, SetDevice>(set);
+        let info = std::mem::transmute::<*mut libc::c_void, MemGetInfo>(info);
+        let mut current: libc::c_int = 0;
+        if get(&mut current) != 0 || set(n as libc::c_int) != 0 {
+            return None;
+        }
+        let (mut free, mut total): (libc::size_t, libc::size_t) = (0, 0);
+        let ok = info(&mut free, &mut total) == 0;
+        set(current);
+        ok.then_some(free as u64)
+    }
 }
 
 /// Parses `f32`, `bf16` or `f16`.

@@ -7,7 +7,8 @@ use tch::{Device, Kind, Tensor};
 use crate::device::{return_freed_pages, tensor_bytes};
 use crate::{ModelError, Result};
 
-/// The state of a batch of sequences across forward calls.
+/// The state of a batch of sequences across forward calls. Positions, masks and prompt lengths are on the
+/// state's device (the model's first); each layer's keys and values on that layer's device.
 pub struct DecodeState {
     batch: i64,
     device: Device,
@@ -110,7 +111,8 @@ impl DecodeState {
         (positions, mask.unsqueeze(1))
     }
 
-    /// Stores the chunk's keys and values of layer `l` and returns all keys and values so far.
+    /// Stores the chunk's keys and values of layer `l` and returns all keys and values so far. The buffers
+    /// are made on `k`'s device: a layer's cache lives on its layer's device.
     pub(crate) fn append_kv(&mut self, l: usize, k: &Tensor, v: &Tensor) -> (Tensor, Tensor) {
         let t = k.size()[2];
         if !self.cache {
@@ -250,7 +252,9 @@ impl DecodeState {
             let mut size = k0.size();
             size[0] = batch;
             size[2] = slots;
-            let (kb, vb) = (Tensor::empty(&size, (k0.kind(), device)), Tensor::empty(&size, (k0.kind(), device)));
+            // A layer's cache stays on its layer's device (a model placed across devices), not the state's.
+            let layer_device = k0.device();
+            let (kb, vb) = (Tensor::empty(&size, (k0.kind(), layer_device)), Tensor::empty(&size, (k0.kind(), layer_device)));
             for ((s, rows), plan) in parts.iter_mut().zip(&plans) {
                 if rows.is_empty() {
                     continue;
@@ -262,7 +266,7 @@ impl DecodeState {
                         let (src, dst) = (src.narrow(0, *r, 1), dst.narrow(0, *d, 1));
                         let src = match from {
                             Slots::Range(start, len) => src.narrow(2, *start, *len),
-                            Slots::List(index) => src.index_select(2, index),
+                            Slots::List(index) => src.index_select(2, &index.to_device(layer_device)),
                         };
                         let pad = width - src.size()[2];
                         // Padding is masked, but must hold finite values: a zero weight times NaN is NaN.

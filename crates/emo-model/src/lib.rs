@@ -45,6 +45,7 @@ pub mod interp;
 pub mod kv_cache;
 pub mod model;
 pub mod packed;
+pub mod placement;
 pub mod quant;
 pub mod quant_rows;
 mod rope;
@@ -76,6 +77,7 @@ pub use model::{LoadOptions, Model, Reply};
 /// names the same version.
 pub use ndarray;
 pub use packed::WeightFormat;
+pub use placement::Placement;
 pub use sampling::Sampling;
 pub use tokenizer::Tokenizer;
 pub use transformer::{LogitsFor, Transformer};

@@ -10,6 +10,7 @@ use crate::generate::{generate, Generated, GenerationConfig};
 use crate::gguf::GgufFile;
 use crate::hooks::HookSet;
 use crate::packed::WeightFormat;
+use crate::placement::Placement;
 use crate::tokenizer::Tokenizer;
 use crate::transformer::Transformer;
 use crate::weights::{GgufWeights, SafetensorsWeights};
@@ -37,11 +38,15 @@ pub fn model_dirs() -> Vec<PathBuf> {
     dirs
 }
 
-/// How to load: device, dtype, and how a GGUF file's quantized weights are held.
-#[derive(Clone, Copy, Debug)]
+/// How to load: device (or devices), dtype, and how a GGUF file's quantized weights are held.
+#[derive(Clone, Debug)]
 pub struct LoadOptions {
-    /// Where the weights go.
+    /// Where the weights go (the first device when `devices` lists several).
     pub device: Device,
+    /// Several devices to place the model across ([`crate::placement`]): contiguous layer ranges in
+    /// proportion to each one's free memory, the embedding on the first, the final norm and unembedding on
+    /// the last. Empty (the default): everything on `device`.
+    pub devices: Vec<Device>,
     /// Weight and activation dtype (f32 by default; bf16 is faster only on CPUs with AVX-512 bf16 or AMX, or on
     /// a GPU).
     pub kind: Kind,
@@ -51,19 +56,35 @@ pub struct LoadOptions {
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        LoadOptions { device: crate::device::auto(), kind: Kind::Float, weights: WeightFormat::Dequantized }
+        LoadOptions { device: crate::device::auto(), devices: Vec::new(), kind: Kind::Float, weights: WeightFormat::Dequantized }
     }
 }
 
 impl LoadOptions {
     /// On `device` in `kind`, every weight dequantized.
     pub fn new(device: Device, kind: Kind) -> Self {
-        LoadOptions { device, kind, weights: WeightFormat::Dequantized }
+        LoadOptions { device, devices: Vec::new(), kind, weights: WeightFormat::Dequantized }
     }
 
     /// The same options with quantized weights held as `weights`.
     pub fn weights(self, weights: WeightFormat) -> Self {
         LoadOptions { weights, ..self }
+    }
+
+    /// The same options placing the model across `devices` (as [`crate::device::parse_devices`] reads them);
+    /// one device is the same as [`LoadOptions::new`]'s, and `device` becomes the first.
+    pub fn devices(self, devices: Vec<Device>) -> Self {
+        let device = devices.first().copied().unwrap_or(self.device);
+        LoadOptions { device, devices, ..self }
+    }
+
+    /// The devices the model goes on: `devices`, or `device` alone when that is empty.
+    pub fn device_list(&self) -> Vec<Device> {
+        if self.devices.is_empty() {
+            vec![self.device]
+        } else {
+            self.devices.clone()
+        }
     }
 }
 
@@ -85,9 +106,8 @@ impl Model {
     /// Loads `reference`: an alias of [`ALIASES`], a `.gguf` path, a Hugging Face model folder, or a Hugging
     /// Face repo id (`org/name`, fetched through hf-hub's cache; `HF_HOME` and `HF_TOKEN` are respected).
     pub fn load(reference: &str, opts: LoadOptions) -> Result<Model> {
-        if opts.device.is_cuda() {
-            crate::device::load_cuda_backend();
-        }
+        // A device that is not there is named before anything is read.
+        crate::device::check_devices(&opts.device_list())?;
         let path = resolve(reference)?;
         let model = if path.is_dir() { Self::load_hf_dir(&path, opts) } else { Self::load_gguf(&path, opts) }?;
         // Loading's temporaries (file reads, dequantized blocks) leave freed pages in the C heap.
@@ -114,7 +134,8 @@ impl Model {
                 eos.push(id);
             }
         }
-        let transformer = Transformer::load_as(cfg.clone(), &GgufWeights::new(&gguf, cfg), opts.device, opts.kind, opts.weights)?;
+        let placement = Placement::for_model(&cfg, opts.kind, &opts.device_list())?;
+        let transformer = Transformer::load_placed(cfg.clone(), &GgufWeights::new(&gguf, cfg), placement, opts.kind, opts.weights)?;
         Self::assemble(transformer, tokenizer, eos, path)
     }
 
@@ -139,7 +160,8 @@ impl Model {
                 }
             }
         }
-        let transformer = Transformer::load(cfg, &SafetensorsWeights::open(dir)?, opts.device, opts.kind)?;
+        let placement = Placement::for_model(&cfg, opts.kind, &opts.device_list())?;
+        let transformer = Transformer::load_placed(cfg, &SafetensorsWeights::open(dir)?, placement, opts.kind, WeightFormat::Dequantized)?;
         Self::assemble(transformer, tokenizer, eos, dir)
     }
 

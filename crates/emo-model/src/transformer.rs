@@ -1,16 +1,21 @@
 //! The decoder shared by the Llama, Qwen2, Qwen3, Phi-3 and Gemma 2/3 families: embeddings, pre-norm blocks with grouped-query
 //! attention (RoPE, optional q/k/v biases, optional per-head q/k RMSNorm) and a SwiGLU MLP, final RMSNorm,
 //! unembedding. Every hook point of
-//! [`HookPoint`] is computed here and passed through the call's [`HookSet`].
+//! [`HookPoint`] is computed here and passed through the call's [`HookSet`]. Loading is in `load.rs`, a
+//! block's attention in `attention.rs`; a model placed across devices ([`Placement`]) runs each device's
+//! blocks there, moving the residual at the boundaries.
 use tch::{Device, Kind, Tensor};
 
-use crate::config::{Architecture, TransformerConfig};
+use crate::config::TransformerConfig;
 use crate::hooks::{HookContext, HookPoint, HookSet};
 use crate::kv_cache::DecodeState;
-use crate::packed::{Projection, WeightFormat};
-use crate::rope::{apply_rope, Rope};
-use crate::weights::WeightSource;
+use crate::packed::Projection;
+use crate::placement::Placement;
+use crate::rope::Rope;
 use crate::{ModelError, Result};
+
+mod attention;
+mod load;
 
 /// For which positions of a chunk to compute logits. Generation needs only the last one, which skips most
 /// of the unembedding (a fifth of SmolLM2's weights).
@@ -41,20 +46,21 @@ struct Block {
     down_w: Projection,
 }
 
-/// A loaded decoder on one device, in one dtype.
+/// A loaded decoder in one dtype, on one device or across several ([`Placement`]: contiguous layer ranges,
+/// the embedding on the first device, the final norm and unembedding on the last).
 pub struct Transformer {
     cfg: TransformerConfig,
-    device: Device,
     kind: Kind,
+    placement: Placement,
     embed: Tensor,
     blocks: Vec<Block>,
     norm: Tensor,
     lm_head: Projection,
-    // The unembedding shares the embedding's tensor.
+    // The unembedding is the embedding's tensor (a copy of it when they are on different devices).
     tied: bool,
-    rope: Rope,
-    // Gemma 3's local layers: their own base, no scaling.
-    rope_local: Option<Rope>,
+    // Per device of the placement, on it: the rotation, and Gemma 3's local layers' own (their base, no
+    // scaling).
+    ropes: Vec<(Rope, Option<Rope>)>,
 }
 
 // SAFETY: a `Transformer` owns its weight tensors and never mutates them after `load` (every forward op
@@ -90,108 +96,58 @@ impl ChunkInFlight {
     }
 }
 
-impl Transformer {
-    /// Loads weights from `src` (Hugging Face names), checks every shape against `cfg`, and moves them to
-    /// `device` in `kind`, every tensor dequantized.
-    pub fn load(cfg: TransformerConfig, src: &dyn WeightSource, device: Device, kind: Kind) -> Result<Self> {
-        Self::load_as(cfg, src, device, kind, WeightFormat::Dequantized)
-    }
+/// A chunk's positions, prompt lengths, logical rows and masks moved to a later device of the placement, so
+/// that its blocks and hooks find them beside their activations.
+struct OnDevice {
+    positions: Tensor,
+    prompt_lens: Tensor,
+    row_ids: Option<Tensor>,
+    mask: Option<Tensor>,
+    windowed: Option<Tensor>,
+}
 
-    /// As [`Transformer::load`], holding quantized projection matrices as `weights` says. With
-    /// [`WeightFormat::Packed`] one line on stderr says how many matrices were packed and why the others were
-    /// not.
-    pub fn load_as(cfg: TransformerConfig, src: &dyn WeightSource, device: Device, kind: Kind, weights: WeightFormat) -> Result<Self> {
-        let d = cfg.d_model as i64;
-        let hd = cfg.d_head as i64;
-        let nh = cfg.n_heads as i64;
-        let nkv = cfg.n_kv_heads as i64;
-        let dm = cfg.d_mlp as i64;
-        let get = |name: &str, shape: &[i64]| -> Result<Tensor> {
-            let t = src.tensor_as(name, kind)?;
-            if t.size() != shape {
-                return Err(ModelError::ShapeMismatch {
-                    path: src.path().to_path_buf(),
-                    name: name.to_string(),
-                    got: t.size(),
-                    expected: shape.to_vec(),
-                });
-            }
-            Ok(t.to_device(device))
-        };
-        let embed = get("model.embed_tokens.weight", &[cfg.vocab_size as i64, d])?;
-        let mut packer = crate::packed::Packer::new(src, weights, device, kind);
-        let mut blocks = Vec::with_capacity(cfg.n_layers);
-        for l in 0..cfg.n_layers {
-            let p = |s: &str| format!("model.layers.{l}.{s}");
-            let mut proj = |parts: &[(&str, i64)], cols: i64| -> Result<Projection> {
-                let parts: Vec<(String, [i64; 2])> = parts.iter().map(|&(s, rows)| (p(s), [rows, cols])).collect();
-                packer.projection(&parts, &get)
-            };
-            // Phi-3 stores q/k/v and gate/up already fused, in the order the decoder splits them.
-            let fused = cfg.arch == Architecture::Phi3;
-            let qkv_w = if fused {
-                proj(&[("self_attn.qkv_proj.weight", (nh + 2 * nkv) * hd)], d)?
-            } else {
-                proj(&[("self_attn.q_proj.weight", nh * hd), ("self_attn.k_proj.weight", nkv * hd), ("self_attn.v_proj.weight", nkv * hd)], d)?
-            };
-            let o_w = proj(&[("self_attn.o_proj.weight", d)], nh * hd)?;
-            let gate_up_w = if fused {
-                proj(&[("mlp.gate_up_proj.weight", 2 * dm)], d)?
-            } else {
-                proj(&[("mlp.gate_proj.weight", dm), ("mlp.up_proj.weight", dm)], d)?
-            };
-            let down_w = proj(&[("mlp.down_proj.weight", d)], dm)?;
-            let qkv_b = if cfg.qkv_bias {
-                let qb = get(&p("self_attn.q_proj.bias"), &[nh * hd])?;
-                let kb = get(&p("self_attn.k_proj.bias"), &[nkv * hd])?;
-                let vb = get(&p("self_attn.v_proj.bias"), &[nkv * hd])?;
-                Some(Tensor::cat(&[qb, kb, vb], 0))
-            } else {
-                None
-            };
-            let qk_norm =
-                if cfg.qk_norm { Some((get(&p("self_attn.q_norm.weight"), &[hd])?, get(&p("self_attn.k_norm.weight"), &[hd])?)) } else { None };
-            // Gemma's `post_attention_layernorm` norms the attention output; its MLP input norm is
-            // `pre_feedforward_layernorm` (Llama's MLP input norm is `post_attention_layernorm`).
-            let (mlp_norm, post_attn_norm, post_mlp_norm) = if cfg.gemma {
-                (
-                    get(&p("pre_feedforward_layernorm.weight"), &[d])?,
-                    Some(get(&p("post_attention_layernorm.weight"), &[d])?),
-                    Some(get(&p("post_feedforward_layernorm.weight"), &[d])?),
-                )
-            } else {
-                (get(&p("post_attention_layernorm.weight"), &[d])?, None, None)
-            };
-            blocks.push(Block {
-                attn_norm: get(&p("input_layernorm.weight"), &[d])?,
-                qkv_w,
-                qkv_b,
-                qk_norm,
-                o_w,
-                mlp_norm,
-                post_attn_norm,
-                post_mlp_norm,
-                gate_up_w,
-                down_w,
-            });
+impl OnDevice {
+    fn new(ctx: &HookContext, mask: Option<&Tensor>, windowed: Option<&Tensor>, device: Device) -> Self {
+        OnDevice {
+            positions: ctx.positions.to_device(device),
+            prompt_lens: ctx.prompt_lens.to_device(device),
+            row_ids: ctx.row_ids.map(|r| r.to_device(device)),
+            mask: mask.map(|m| m.to_device(device)),
+            windowed: windowed.map(|w| w.to_device(device)),
         }
-        packer.report();
-        let norm = get("model.norm.weight", &[d])?;
-        let tied = cfg.tie_embeddings || !src.contains("lm_head.weight");
-        let lm_head = Projection::Dense(if tied { embed.shallow_clone() } else { get("lm_head.weight", &[cfg.vocab_size as i64, d])? });
-        let rope = Rope::new(&cfg, device);
-        let rope_local = cfg.local_rope_theta.map(|theta| Rope::plain(theta, cfg.rotary_dim, device));
-        Ok(Transformer { cfg, device, kind, embed, blocks, norm, lm_head, tied, rope, rope_local })
     }
 
+    fn context(&self, step: usize) -> HookContext<'_> {
+        chunk_context(&self.positions, &self.prompt_lens, step, self.row_ids.as_ref())
+    }
+}
+
+impl Transformer {
     /// The model's shape.
     pub fn config(&self) -> &TransformerConfig {
         &self.cfg
     }
 
-    /// The device the weights live on.
+    /// The first device: where the embedding is, where [`DecodeState`]s, positions and masks are made and
+    /// where logits come back (on one device, the device of every weight).
     pub fn device(&self) -> Device {
-        self.device
+        self.placement.first()
+    }
+
+    /// Which device holds each layer ([`crate::placement`]).
+    pub fn placement(&self) -> &Placement {
+        &self.placement
+    }
+
+    /// The device holding `layer`'s weights and KV cache, where its hooks see its activations.
+    pub fn layer_device(&self, layer: usize) -> Device {
+        self.placement.layer_device(layer)
+    }
+
+    /// The device of the final norm and the unembedding (the last of the placement): where
+    /// `ln_final` and `logits` hooks see their activations.
+    pub fn unembed_device(&self) -> Device {
+        self.placement.last()
     }
 
     /// The dtype of weights and activations.
@@ -199,20 +155,20 @@ impl Transformer {
         self.kind
     }
 
-    /// A copy of the unembedding matrix, [vocab, d_model]. The weights themselves are never handed out: a
-    /// shared handle could be edited in place from safe code while another thread reads it (see the `Sync`
-    /// impl).
+    /// A copy of the unembedding matrix, [vocab, d_model], on [`Transformer::unembed_device`]. The weights
+    /// themselves are never handed out: a shared handle could be edited in place from safe code while
+    /// another thread reads it (see the `Sync` impl).
     pub fn unembed(&self) -> Tensor {
         self.lm_head.dense(self.kind)
     }
 
-    /// A copy of a layer's `W_O`, [d_model, n_heads * d_head]: head h writes through columns
-    /// h*d_head..(h+1)*d_head.
+    /// A copy of a layer's `W_O`, [d_model, n_heads * d_head], on the layer's device: head h writes through
+    /// columns h*d_head..(h+1)*d_head.
     pub fn w_o(&self, layer: usize) -> Option<Tensor> {
         self.blocks.get(layer).map(|b| b.o_w.dense(self.kind))
     }
 
-    /// A copy of a layer's `W_down`, [d_model, d_mlp].
+    /// A copy of a layer's `W_down`, [d_model, d_mlp], on the layer's device.
     pub fn w_down(&self, layer: usize) -> Option<Tensor> {
         self.blocks.get(layer).map(|b| b.down_w.dense(self.kind))
     }
@@ -222,7 +178,8 @@ impl Transformer {
     pub fn weight_bytes(&self) -> (usize, usize, usize) {
         let dense = crate::device::tensor_bytes;
         let mut bytes = dense(&self.embed) + dense(&self.norm);
-        if !self.tied {
+        // A tied unembedding on another device than the embedding is a copy.
+        if !self.tied || self.placement.first() != self.placement.last() {
             bytes += self.lm_head.resident_bytes();
         }
         let (mut packed, mut total) = (0, 0);
@@ -261,7 +218,7 @@ impl Transformer {
     /// The rows left-padded into one cacheless forward, with autograd or without.
     fn forward_padded(&self, rows: &[Vec<u32>], pad_id: u32, hooks: &mut HookSet, logits: LogitsFor, grad: bool) -> Result<Tensor> {
         let (ids, valid, lens) = crate::kv_cache::left_pad(rows, pad_id)?;
-        let mut state = DecodeState::new(&lens, self.cfg.n_layers, self.device, false);
+        let mut state = DecodeState::new(&lens, self.cfg.n_layers, self.device(), false);
         self.forward_chunk_inner(&ids, &valid, None, &mut state, hooks, logits, grad)
     }
 
@@ -340,16 +297,17 @@ impl Transformer {
             }
         }
         hooks.route(self.cfg.n_layers);
-        let tokens = tokens.to_device(self.device);
-        let valid = valid.to_device(self.device);
+        let device = self.device();
+        let tokens = tokens.to_device(device);
+        let valid = valid.to_device(device);
 
         let (positions, mask) = state.begin_chunk(&valid);
         // Padding belongs to no row (-1), as in a branched forward.
         let row_ids = rows.map(|r| {
-            let ids = Tensor::from_slice(r).to_device(self.device).view([b, 1]).expand([b, t], false);
-            ids.where_self(&valid, &Tensor::from(-1i64).to_device(self.device))
+            let ids = Tensor::from_slice(r).to_device(device).view([b, 1]).expand([b, t], false);
+            ids.where_self(&valid, &Tensor::from(-1i64).to_device(device))
         });
-        let mut chunk = ChunkInFlight { h: Tensor::empty([0], (self.kind, self.device)), positions, mask, row_ids, next: 0, t, grad };
+        let mut chunk = ChunkInFlight { h: Tensor::empty([0], (self.kind, device)), positions, mask, row_ids, next: 0, t, grad };
         let embedded = self.embed_tokens(&tokens);
         // Under autograd the graph starts here: weights need no gradient, activations do.
         let embedded = if grad { embedded.set_requires_grad(true) } else { embedded };
@@ -372,7 +330,7 @@ impl Transformer {
             let (positions, prompt_lens, mask) = (chunk.positions.shallow_clone(), state.prompt_lens().shallow_clone(), chunk.mask.shallow_clone());
             let row_ids = chunk.row_ids.as_ref().map(Tensor::shallow_clone);
             let ctx = chunk_context(&positions, &prompt_lens, state.step(), row_ids.as_ref());
-            let h = std::mem::replace(&mut chunk.h, Tensor::empty([0], (self.kind, self.device)));
+            let h = std::mem::replace(&mut chunk.h, Tensor::empty([0], (self.kind, self.device())));
             chunk.h = self.blocks_from(&mut chunk.next, h, &mask, state, hooks, &ctx, more)?;
         }
         Ok(chunk.next == self.cfg.n_layers)
@@ -422,7 +380,9 @@ impl Transformer {
     }
 
     /// Blocks from `*next` over one chunk, each hook point passed through `hooks`: one at least, then the
-    /// next while `more()` says so. `*next` is left at the first block not run.
+    /// next while `more()` says so. `*next` is left at the first block not run. `mask` and `ctx` are on the
+    /// first device; each device's blocks get the residual, positions and masks moved to it, and the
+    /// residual is returned on the device of the last block run.
     #[allow(clippy::too_many_arguments)]
     fn blocks_from(
         &self,
@@ -434,22 +394,70 @@ impl Transformer {
         ctx: &HookContext,
         more: &mut dyn FnMut() -> bool,
     ) -> Result<Tensor> {
-        let (cos, sin) = self.rope.cos_sin(ctx.positions, self.kind);
-        let local = self.rope_local.as_ref().map(|r| r.cos_sin(ctx.positions, self.kind));
         // Sliding-window attention: keys this many positions or more before the query are masked too (on
-        // every layer, or on Gemma's local ones).
+        // every layer, or on Gemma's local ones). Made where the state's key positions are: the first device.
         let windowed = self.cfg.sliding_window.map(|w| {
             let keys = state.key_positions(ctx.positions);
             let near = (ctx.positions.unsqueeze(-1) - keys.unsqueeze(1)).lt(w as i64);
             mask.logical_and(&near.unsqueeze(1))
         });
-        let eps = self.cfg.rms_norm_eps;
-        let start = *next;
-        for (l, blk) in self.blocks.iter().enumerate().skip(start) {
-            if l > start && !more() {
+        let mut ran = false;
+        for stage in self.placement.stage_of(*next)..self.placement.devices().len() {
+            let layers = self.placement.ranges()[stage].clone();
+            if layers.end <= *next {
+                continue;
+            }
+            let device = self.placement.devices()[stage];
+            // The residual crosses to the stage's device. Always called, even between two entries that are the
+            // same device (`cpu,cpu`, where it is a no-op), so that a split on one device runs every path a
+            // split across GPUs does.
+            h = h.to_device(device);
+            let moved = (stage > 0).then(|| OnDevice::new(ctx, Some(mask), windowed.as_ref(), device));
+            let local;
+            let (c, m, w) = match &moved {
+                Some(mv) => {
+                    local = mv.context(ctx.step);
+                    (&local, mv.mask.as_ref().expect("moved above"), mv.windowed.as_ref())
+                }
+                None => (ctx, mask, windowed.as_ref()),
+            };
+            let stopped;
+            (h, stopped) = self.stage_blocks(stage, layers.start.max(*next)..layers.end, next, h, m, w, state, hooks, c, more, &mut ran)?;
+            if stopped {
                 break;
             }
-            let mask = match (&windowed, self.cfg.window(l)) {
+        }
+        Ok(h)
+    }
+
+    /// The blocks `layers` of one device of the placement (`stage`), whose inputs are all on that device.
+    /// Returns the residual and whether `more()` stopped the chunk before the range's end.
+    #[allow(clippy::too_many_arguments)]
+    fn stage_blocks(
+        &self,
+        stage: usize,
+        layers: std::ops::Range<usize>,
+        next: &mut usize,
+        mut h: Tensor,
+        mask: &Tensor,
+        windowed: Option<&Tensor>,
+        state: &mut DecodeState,
+        hooks: &mut HookSet,
+        ctx: &HookContext,
+        more: &mut dyn FnMut() -> bool,
+        ran: &mut bool,
+    ) -> Result<(Tensor, bool)> {
+        let (rope, rope_local) = &self.ropes[stage];
+        let (cos, sin) = rope.cos_sin(ctx.positions, self.kind);
+        let local = rope_local.as_ref().map(|r| r.cos_sin(ctx.positions, self.kind));
+        let eps = self.cfg.rms_norm_eps;
+        for l in layers {
+            if *ran && !more() {
+                return Ok((h, true));
+            }
+            *ran = true;
+            let blk = &self.blocks[l];
+            let mask = match (windowed, self.cfg.window(l)) {
                 (Some(w), Some(_)) => w,
                 _ => mask,
             };
@@ -481,15 +489,29 @@ impl Transformer {
             h = hooks.apply(HookPoint::ResidPost(l), h + mlp, ctx)?;
             *next = l + 1;
         }
-        Ok(h)
+        Ok((h, false))
     }
 
-    /// The final norm and the unembedding, for the positions `logits` asks.
+    /// The final norm and the unembedding, for the positions `logits` asks. They run on the last device
+    /// (where `ln_final` and `logits` hooks see them); the logits come back on the first, beside the
+    /// positions and row ids callers index them with.
     fn head(&self, h: Tensor, logits: LogitsFor, hooks: &mut HookSet, ctx: &HookContext) -> Result<Tensor> {
+        let device = self.placement.last();
+        // Moved always, as at every boundary (a no-op on one device).
+        let h = h.to_device(device);
+        let moved = self.placement.is_split().then(|| OnDevice::new(ctx, None, None, device));
+        let local;
+        let ctx = match &moved {
+            Some(mv) => {
+                local = mv.context(ctx.step);
+                &local
+            }
+            None => ctx,
+        };
         let h = self.norm_hooked(&h, &self.norm, [HookPoint::LnFinalScale, HookPoint::LnFinal], hooks, ctx)?;
         let t = h.size()[1];
         let (h, lpos) = match logits {
-            LogitsFor::Skip => return Ok(Tensor::empty([0], (self.kind, self.device))),
+            LogitsFor::Skip => return Ok(Tensor::empty([0], (self.kind, self.device()))),
             LogitsFor::All => (h, None),
             LogitsFor::Last => (h.narrow(1, t - 1, 1), Some(ctx.positions.narrow(1, t - 1, 1))),
         };
@@ -498,109 +520,18 @@ impl Transformer {
             Some(cap) => (out / cap).tanh() * cap,
             None => out,
         };
-        match lpos {
-            None => hooks.apply(HookPoint::Logits, out, ctx),
+        let out = match lpos {
+            None => hooks.apply(HookPoint::Logits, out, ctx)?,
             Some(p) => {
                 let row_ids = ctx.row_ids.map(|r| r.narrow(1, t - 1, 1));
                 let c = match &row_ids {
                     Some(r) => HookContext::with_row_ids(&p, ctx.prompt_lens, ctx.step, r),
                     None => HookContext::new(&p, ctx.prompt_lens, ctx.step),
                 };
-                hooks.apply(HookPoint::Logits, out, &c)
+                hooks.apply(HookPoint::Logits, out, &c)?
             }
-        }
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn attention(
-        &self,
-        l: usize,
-        blk: &Block,
-        h: &Tensor,
-        cos: &Tensor,
-        sin: &Tensor,
-        mask: &Tensor,
-        state: &mut DecodeState,
-        hooks: &mut HookSet,
-        ctx: &HookContext,
-    ) -> Result<Tensor> {
-        let (b, t, _) = h.size3().map_err(ModelError::Torch)?;
-        let (nh, nkv, hd) = (self.cfg.n_heads as i64, self.cfg.n_kv_heads as i64, self.cfg.d_head as i64);
-        let x = self.norm_hooked(h, &blk.attn_norm, [HookPoint::Ln1Scale(l), HookPoint::Ln1Normalized(l)], hooks, ctx)?;
-        let qkv = linear(&x, &blk.qkv_w, blk.qkv_b.as_ref())?;
-        let parts = qkv.split_with_sizes([nh * hd, nkv * hd, nkv * hd], -1);
-        let (q, k) = (parts[0].view([b, t, nh, hd]), parts[1].view([b, t, nkv, hd]));
-        let (q, k) = match &blk.qk_norm {
-            Some((qn, kn)) => (rms_norm(&q, qn, self.cfg.rms_norm_eps, self.cfg.gemma), rms_norm(&k, kn, self.cfg.rms_norm_eps, self.cfg.gemma)),
-            None => (q, k),
         };
-        // Hooks see [batch, pos, head, d_head] (TransformerLens' layout; Qwen3's q and k after their norm);
-        // attention runs on [batch, head, pos, d_head].
-        let q = hooks.apply(HookPoint::AttnQ(l), q, ctx)?.transpose(1, 2);
-        let k = hooks.apply(HookPoint::AttnK(l), k, ctx)?.transpose(1, 2);
-        let v = hooks.apply(HookPoint::AttnV(l), parts[2].view([b, t, nkv, hd]), ctx)?.transpose(1, 2);
-        let q = hooks.apply(HookPoint::AttnRotQ(l), apply_rope(&q, cos, sin).transpose(1, 2), ctx)?.transpose(1, 2);
-        let k = hooks.apply(HookPoint::AttnRotK(l), apply_rope(&k, cos, sin).transpose(1, 2), ctx)?.transpose(1, 2);
-        let (k, v) = state.append_kv(l, &k, &v);
-        // Grouped-query attention without copying keys and values per query head: fold each KV head's group
-        // of query heads into the query length (head h uses KV head h / group, as HF's repeat_kv).
-        let group = nh / nkv;
-        // Soft-capped scores (Gemma 2) exist only in explicit attention, as do hooked ones.
-        let explicit = self.cfg.attn_softcap.is_some() || hooks.is_active(HookPoint::AttnScores(l)) || hooks.is_active(HookPoint::AttnPattern(l));
-        let scale = self.cfg.gemma.then_some(self.cfg.query_scale);
-        let z = if explicit {
-            self.attention_pattern(l, &q, &k, &v, mask, hooks, ctx)?
-        } else if group == 1 {
-            Tensor::scaled_dot_product_attention(&q, &k, &v, Some(mask), 0.0, false, scale, false)
-        } else {
-            let keys = k.size()[2];
-            let q = q.reshape([b, nkv, group * t, hd]);
-            let m = mask.unsqueeze(2).expand([b, 1, group, t, keys], false).reshape([b, 1, group * t, keys]);
-            Tensor::scaled_dot_product_attention(&q, &k, &v, Some(&m), 0.0, false, scale, false).reshape([b, nh, t, hd])
-        };
-        // hook_z is [batch, pos, head, d_head], TransformerLens' layout.
-        let z = hooks.apply(HookPoint::AttnZ(l), z.transpose(1, 2), ctx)?;
-        if hooks.is_active(HookPoint::AttnResult(l)) {
-            // Each head through its own columns of W_O: [batch, pos, head, d_model], summed to hook_attn_out.
-            let w = blk.o_w.dense(self.kind).view([self.cfg.d_model as i64, nh, hd]);
-            let result = Tensor::einsum("bthk,dhk->bthd", &[&z, &w], None::<i64>);
-            let result = hooks.apply(HookPoint::AttnResult(l), result, ctx)?;
-            return Ok(result.sum_dim_intlist(2, false, result.kind()));
-        }
-        linear(&z.reshape([b, t, nh * hd]), &blk.o_w, None)
-    }
-
-    /// Attention computed step by step, for calls that hook its scores or pattern (the fused kernel exposes
-    /// neither). `q` is [batch, head, query, d_head], `k` and `v` [batch, kv_head, key, d_head]; returns z as
-    /// [batch, head, query, d_head].
-    #[allow(clippy::too_many_arguments)]
-    fn attention_pattern(
-        &self,
-        l: usize,
-        q: &Tensor,
-        k: &Tensor,
-        v: &Tensor,
-        mask: &Tensor,
-        hooks: &mut HookSet,
-        ctx: &HookContext,
-    ) -> Result<Tensor> {
-        let group = (self.cfg.n_heads / self.cfg.n_kv_heads) as i64;
-        let (k, v) = if group > 1 {
-            (k.repeat_interleave_self_int(group, Some(1), None), v.repeat_interleave_self_int(group, Some(1), None))
-        } else {
-            (k.shallow_clone(), v.shallow_clone())
-        };
-        let scores = q.matmul(&k.transpose(-2, -1)) * self.cfg.query_scale;
-        let scores = match self.cfg.attn_softcap {
-            Some(cap) => (scores / cap).tanh() * cap,
-            None => scores,
-        };
-        let scores = scores.masked_fill(&mask.logical_not(), f64::NEG_INFINITY);
-        let scores = hooks.apply(HookPoint::AttnScores(l), scores, ctx)?;
-        // In f32 whatever the dtype, as Hugging Face's eager attention does.
-        let pattern = scores.softmax(-1, Kind::Float).to_kind(q.kind());
-        let pattern = hooks.apply(HookPoint::AttnPattern(l), pattern, ctx)?;
-        Ok(pattern.matmul(&v))
+        Ok(out.to_device(self.device()))
     }
 
     /// An RMSNorm and its two hook points (`hook_scale`, `hook_normalized`); the scale is computed apart
@@ -628,16 +559,17 @@ impl Transformer {
         hooks.apply(out_point, y, ctx)
     }
 
-    /// The final RMSNorm (weight applied) of `x` ([..., d_model]): what the unembedding reads.
+    /// The final RMSNorm (weight applied) of `x` ([..., d_model]): what the unembedding reads. Computed on
+    /// [`Transformer::unembed_device`], where [`Transformer::unembed`] is, and returned there.
     pub fn final_norm(&self, x: &Tensor) -> Tensor {
-        rms_norm(&x.to_kind(self.kind), &self.norm, self.cfg.rms_norm_eps, self.cfg.gemma)
+        rms_norm(&x.to_kind(self.kind).to_device(self.placement.last()), &self.norm, self.cfg.rms_norm_eps, self.cfg.gemma)
     }
 
     /// Token embeddings (scaled by sqrt(d_model) for Gemma, in the weights' dtype as Hugging Face does).
     fn embed_tokens(&self, tokens: &Tensor) -> Tensor {
         let e = Tensor::embedding(&self.embed, tokens, -1, false, false);
         if self.cfg.gemma {
-            let scale = Tensor::from((self.cfg.d_model as f64).sqrt() as f32).to_kind(self.kind).to_device(self.device);
+            let scale = Tensor::from((self.cfg.d_model as f64).sqrt() as f32).to_kind(self.kind).to_device(self.device());
             e * scale
         } else {
             e

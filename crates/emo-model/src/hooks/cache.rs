@@ -11,8 +11,8 @@ use super::{Hook, HookContext, HookPoint};
 use crate::transformer::Transformer;
 use crate::{ModelError, Result};
 
-/// The hook that fills an [`ActivationCache`]: keeps every activation `filter` accepts, whole, on the model's
-/// device and in its dtype (as TransformerLens does). It holds one forward pass: a point seen twice (a second
+/// The hook that fills an [`ActivationCache`]: keeps every activation `filter` accepts, whole, on its layer's
+/// device and in the model's dtype (as TransformerLens does). It holds one forward pass: a point seen twice (a second
 /// chunk, as in generation) is an error; [`crate::Capture`] is the hook for generation.
 pub struct CacheHook<'f> {
     filter: Box<dyn Fn(HookPoint) -> bool + 'f>,
@@ -163,7 +163,7 @@ impl ActivationCache {
             parts.push(self.require(HookPoint::ResidPost(self.n_layers - 1))?.shallow_clone());
             labels.push("final_post".into());
         }
-        Ok((Tensor::stack(&parts, 0), labels))
+        Ok((stack_on_first(&parts), labels))
     }
 
     /// TransformerLens' `decompose_resid`: the residual stream before `layer` (`None`: after every layer) as
@@ -179,7 +179,7 @@ impl ActivationCache {
             parts.push(self.require(HookPoint::MlpOut(l))?.shallow_clone());
             labels.push(format!("{l}_mlp_out"));
         }
-        Ok((Tensor::stack(&parts, 0), labels))
+        Ok((stack_on_first(&parts), labels))
     }
 
     /// TransformerLens' `apply_ln_to_stack`: divides each component of `stack` ([components, batch, pos,
@@ -194,7 +194,7 @@ impl ActivationCache {
             Some(l) if l == self.n_layers => HookPoint::LnFinalScale,
             Some(l) => return Err(ModelError::InvalidArgument(format!("layer {l} out of range for a {}-layer model", self.n_layers))),
         };
-        let scale = self.require(point)?;
+        let scale = self.require(point)?.to_device(stack.device());
         Ok((stack.to_kind(Kind::Float) / scale.to_kind(Kind::Float)).to_kind(stack.kind()))
     }
 
@@ -252,6 +252,15 @@ impl ActivationCache {
             Some(l) => Err(ModelError::InvalidArgument(format!("layer {l} out of range for a {}-layer model", self.n_layers))),
         }
     }
+}
+
+/// `parts` stacked on the first one's device: a model placed across devices caches each layer's activations
+/// on that layer's device.
+fn stack_on_first(parts: &[Tensor]) -> Tensor {
+    let Some(device) = parts.first().map(Tensor::device) else {
+        return Tensor::stack(parts, 0);
+    };
+    Tensor::stack(&parts.iter().map(|p| p.to_device(device)).collect::<Vec<_>>(), 0)
 }
 
 /// The names `cache.at` accepts for a block point: its name after `blocks.L.` without `hook_`

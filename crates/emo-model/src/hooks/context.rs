@@ -68,11 +68,12 @@ impl FromStr for Positions {
     }
 }
 
-/// What a hook knows about the chunk being computed.
+/// What a hook knows about the chunk being computed. Its tensors are on the device of the activation the hook
+/// sees (a model placed across devices gives each device's layers their own copies).
 pub struct HookContext<'a> {
     /// Absolute position of each token of the chunk, -1 for left padding: [batch, chunk] i64.
     pub positions: &'a Tensor,
-    /// Prompt length (without padding) of each row: [batch, 1] i64, on the model's device.
+    /// Prompt length (without padding) of each row: [batch, 1] i64.
     pub prompt_lens: &'a Tensor,
     /// 0 for the forward that includes the prompt, n for the n-th decoding step.
     pub step: usize,
