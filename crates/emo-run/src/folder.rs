@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{io, Result, RunError};
 use crate::records::ReplyRecord;
+use crate::shard::Shard;
 use crate::store::{read_json, sha256_bytes, sha256_file, write_json};
 
 /// The stage whose activations give the directions.
@@ -40,12 +41,42 @@ pub const FORMAT_VERSION: u32 = 1;
 pub struct RunDir {
     /// The folder.
     pub path: PathBuf,
+    /// The shard of every stage this process runs in the folder (`--shard I/N`), or `None` for all batches.
+    pub shard: Option<Shard>,
 }
 
 impl RunDir {
     /// A run folder (created on first write).
     pub fn new(path: impl Into<PathBuf>) -> Self {
-        RunDir { path: path.into() }
+        RunDir { path: path.into(), shard: None }
+    }
+
+    /// The same folder, its stages run as shard `shard` (see [`crate::shard`]); `None` runs them whole.
+    pub fn sharded(mut self, shard: Option<Shard>) -> Self {
+        self.shard = shard;
+        self
+    }
+
+    /// Reads the manifest, lets `change` edit it and writes it back, all under the run's lock
+    /// (`.manifest.lock`), so that processes sharing the folder (shards) never lose each other's changes.
+    pub fn update_manifest<T>(&self, change: impl FnOnce(&mut Manifest) -> Result<T>) -> Result<T> {
+        let _lock = self.lock()?;
+        let mut manifest = self.require_manifest()?;
+        let out = change(&mut manifest)?;
+        write_json(&self.manifest(), &manifest)?;
+        Ok(out)
+    }
+
+    /// An exclusive lock on the run folder, released when dropped.
+    fn lock(&self) -> Result<RunLock> {
+        let path = self.path.join(".manifest.lock");
+        fs::create_dir_all(&self.path).map_err(io(&self.path))?;
+        let file = fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(io(&path))?;
+        // SAFETY: flock on a file descriptor this function owns; the lock goes with the descriptor.
+        if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&file), libc::LOCK_EX) } != 0 {
+            return Err(io(&path)(std::io::Error::last_os_error()));
+        }
+        Ok(RunLock { _file: file })
     }
 
     /// `manifest.json`.
@@ -132,6 +163,8 @@ impl RunDir {
     /// Opens the run folder for `model`: writes a new manifest (recording `versions` beside this crate's and
     /// the model layer's), or checks that the existing one was made with the same model files.
     pub fn open(&self, model: ModelInfo, versions: &[(&str, &str)]) -> Result<Manifest> {
+        // Under the lock: shards starting together on a new folder must agree on one manifest.
+        let _lock = self.lock()?;
         match self.read_manifest()? {
             Some(m) => {
                 m.model.check_same(&model, &self.path)?;
@@ -151,11 +184,21 @@ impl RunDir {
     /// Makes `set` the run's prompt set: recorded in a run without stages, accepted when it is already the
     /// run's, refused otherwise (a run never mixes prompt sets; the error names both).
     pub fn use_prompts(&self, manifest: &mut Manifest, set: &PromptSet) -> Result<()> {
-        let current = manifest.prompt_set();
-        if current.elicitation_system == set.elicitation_system && current.neutral_system == set.neutral_system {
+        let same = |m: &Manifest| {
+            let current = m.prompt_set();
+            current.elicitation_system == set.elicitation_system && current.neutral_system == set.neutral_system
+        };
+        if same(manifest) {
             return Ok(());
         }
-        if !manifest.stages.is_empty() {
+        *manifest = self.update_manifest(|m| {
+            if !same(m) && m.stages.is_empty() {
+                m.record_prompts(set);
+            }
+            Ok(m.clone())
+        })?;
+        if !same(manifest) {
+            let current = manifest.prompt_set();
             return Err(RunError::Invalid(format!(
                 "{}: the run uses prompt set `{}` (elicitation {:?}, neutral {:?}); `{}` differs: use another run folder",
                 self.path.display(),
@@ -165,9 +208,13 @@ impl RunDir {
                 set.name
             )));
         }
-        manifest.record_prompts(set);
-        write_json(&self.manifest(), manifest)
+        Ok(())
     }
+}
+
+/// The run folder's lock, held while the descriptor is open.
+struct RunLock {
+    _file: fs::File,
 }
 
 /// The model a run used.
@@ -368,8 +415,11 @@ pub struct StageInfo {
     pub kind: String,
     /// Its identity, in its kind's settings type.
     pub settings: serde_json::Value,
-    /// Its progress and costs.
+    /// Its progress and costs (for a sharded stage not yet merged, in its shards' progress files instead).
     pub stats: StageStats,
+    /// Into how many shards the stage was split (`--shard I/N`); absent for a stage run whole.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shards: Option<usize>,
 }
 
 impl StageInfo {

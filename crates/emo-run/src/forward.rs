@@ -6,7 +6,6 @@
 //!   running sums (f64, counts as i64) are committed, so memory never grows with the number of prompts and a
 //!   resumed stage continues from the last committed sums. The final sums go to `{stage}.safetensors`.
 use std::collections::{BTreeMap, HashMap};
-use std::fs;
 use std::ops::Range;
 use std::path::Path;
 use std::time::Instant;
@@ -84,21 +83,31 @@ impl<S: Serialize + DeserializeOwned + PartialEq> StageWork for SweepStage<'_, S
     }
 
     fn finish(&mut self, run: &RunDir, name: &str, parts: &Path, stats: &mut StageStats) -> Result<()> {
-        let sizes = self.batch_sizes();
-        let mut tables = Vec::with_capacity(sizes.len());
-        for (b, &n) in sizes.iter().enumerate() {
-            let path = part_file(parts, b, "safetensors");
-            tables.push(read_tensors(&path)?.take(&path, "table", Some(&[n as i64, self.sweep.interventions.len() as i64]))?);
-        }
-        let table = if tables.is_empty() {
-            Tensor::zeros([0, self.sweep.interventions.len() as i64], (tch::Kind::Float, tch::Device::Cpu))
-        } else {
-            Tensor::cat(&tables, 0)
-        };
-        stats.prompts = self.sweep.prompts.len();
-        stats.rows = stats.prompts * self.sweep.interventions.len();
-        write_tensors(&run.output(name, "safetensors"), &[("table".into(), table)], &BTreeMap::new())
+        merge_tables(run, name, parts, &self.batch_sizes(), Some(self.sweep.interventions.len()), stats)
     }
+}
+
+/// A sweep stage's merge (whole or sharded, see [`crate::shard`]): the batches' `[prompts, interventions]`
+/// tables of `parts` in batch order into `{stage}.safetensors`. `columns` is the number of interventions when
+/// known (else the first part's).
+pub fn merge_tables(run: &RunDir, name: &str, parts: &Path, sizes: &[usize], columns: Option<usize>, stats: &mut StageStats) -> Result<()> {
+    let mut tables: Vec<Tensor> = Vec::with_capacity(sizes.len());
+    let mut columns = columns.map(|c| c as i64);
+    for (b, &n) in sizes.iter().enumerate() {
+        let path = part_file(parts, b, "safetensors");
+        let mut file = read_tensors(&path)?;
+        let c = match columns {
+            Some(c) => c,
+            None => file.tensors.iter().find(|(k, _)| k.as_str() == "table").map_or(0, |(_, t)| t.size().get(1).copied().unwrap_or(0)),
+        };
+        columns = Some(c);
+        tables.push(file.take(&path, "table", Some(&[n as i64, c]))?);
+    }
+    let columns = columns.unwrap_or(0);
+    let table = if tables.is_empty() { Tensor::zeros([0, columns], (tch::Kind::Float, tch::Device::Cpu)) } else { Tensor::cat(&tables, 0) };
+    stats.prompts = sizes.iter().sum();
+    stats.rows = stats.prompts * columns as usize;
+    write_tensors(&run.output(name, "safetensors"), &[("table".into(), table)], &BTreeMap::new())
 }
 
 /// Named running sums, the state of a [`ReduceStage`].
@@ -125,6 +134,11 @@ impl Reduction {
         } else {
             Err(self.unknown(name))
         }
+    }
+
+    /// Empty sums of the same names, key counts and shapes.
+    pub fn empty_like(&self) -> Reduction {
+        Reduction { sums: self.sums.iter().map(|(n, s)| (n.clone(), s.empty_like())).collect() }
     }
 
     /// The names, in order.
@@ -161,7 +175,10 @@ impl Reduction {
 }
 
 /// A reduction run as a resumable stage: `reduce(items, &mut reduction, &mut stats)` adds the statistics of
-/// the items `items` (indices in the stage's order) for each batch.
+/// the items `items` (indices in the stage's order) to the empty sums it is given, batch by batch. Each
+/// batch's own sums are its committed part (`sums-{b:05}.safetensors`), added up in batch order at the end:
+/// the same additions in the same order whether the batches ran in one process or in shards, so a sharded
+/// reduction merges to the same bits.
 pub struct ReduceStage<S, F> {
     /// The stage's identity.
     pub settings: S,
@@ -169,7 +186,7 @@ pub struct ReduceStage<S, F> {
     pub items: usize,
     /// Items per committed batch.
     pub batch_items: usize,
-    /// The running sums (empty ones to start).
+    /// Empty sums: names, keys and shapes of the statistics (each batch starts from a copy).
     pub state: Reduction,
     /// Adds one batch's statistics.
     pub reduce: F,
@@ -180,12 +197,11 @@ impl<S, F> ReduceStage<S, F> {
     pub fn load(run: &RunDir, name: &str) -> Result<Reduction> {
         Reduction::load(&run.output(name, "safetensors"))
     }
+}
 
-    /// The batch whose running sums are committed last in `parts`, if any.
-    fn last_committed(parts: &Path) -> Option<usize> {
-        let entries = fs::read_dir(parts).ok()?;
-        entries.filter_map(|e| e.ok()?.file_name().to_str()?.strip_prefix("state-")?.strip_suffix(".safetensors")?.parse().ok()).max()
-    }
+/// Batch `b`'s sums in a reduce stage's part folder.
+fn sums_part(parts: &Path, b: usize) -> std::path::PathBuf {
+    parts.join(format!("sums-{b:05}.safetensors"))
 }
 
 impl<S, F> StageWork for ReduceStage<S, F>
@@ -208,41 +224,50 @@ where
     }
 
     fn committed(&self, parts: &Path, b: usize) -> bool {
-        Self::last_committed(parts).is_some_and(|last| last >= b)
-    }
-
-    fn resume(&mut self, parts: &Path, committed: usize) -> Result<()> {
-        if committed == 0 {
-            return Ok(());
-        }
-        let path = parts.join(format!("state-{:05}.safetensors", committed - 1));
-        let loaded = Reduction::load(&path)?;
-        for name in self.state.names().map(str::to_string).collect::<Vec<_>>() {
-            let s = loaded.sums.get(&name).ok_or_else(|| RunError::Format { path: path.clone(), msg: format!("no statistics `{name}`") })?;
-            let mine = self.state.get_mut(&name)?;
-            mine.merge(s).map_err(|e| RunError::Format { path: path.clone(), msg: e.to_string() })?;
-        }
-        Ok(())
+        sums_part(parts, b).exists()
     }
 
     fn run_batch(&mut self, parts: &Path, b: usize, first: usize, stats: &mut StageStats) -> Result<()> {
         let n = self.batch_sizes()[b];
         let t = Instant::now();
-        (self.reduce)(first..first + n, &mut self.state, stats)?;
+        let mut sums = self.state.empty_like();
+        (self.reduce)(first..first + n, &mut sums, stats)?;
         stats.generate_seconds += t.elapsed().as_secs_f64();
         stats.prompts += n;
-        let meta = BTreeMap::from([("items_done".to_string(), (first + n).to_string())]);
-        // The new running sums are the commit; the previous ones are removed only after it.
-        self.state.save(&parts.join(format!("state-{b:05}.safetensors")), &meta)?;
-        if b > 0 {
-            let _ = fs::remove_file(parts.join(format!("state-{:05}.safetensors", b - 1)));
-        }
-        Ok(())
+        let meta = BTreeMap::from([("first_index".to_string(), first.to_string()), ("items".to_string(), n.to_string())]);
+        sums.save(&sums_part(parts, b), &meta)
     }
 
-    fn finish(&mut self, run: &RunDir, name: &str, _parts: &Path, stats: &mut StageStats) -> Result<()> {
-        stats.prompts = self.items;
-        let meta = BTreeMap::from([("items_done".to_string(), self.items.to_string())]);
-        self.state.save(&run.output(name, "safetensors"), &meta)
+    fn finish(&mut self, run: &RunDir, name: &str, parts: &Path, stats: &mut StageStats) -> Result<()> {
+        merge_sums(run, name, parts, &self.batch_sizes(), Some(&self.state), stats)
     }
+}
+
+/// A reduce stage's merge (whole or sharded, see [`crate::shard`]): the batches' sums of `parts` added in
+/// batch order into `{stage}.safetensors`. `names` (when known) are the statistics every batch must hold.
+pub fn merge_sums(run: &RunDir, name: &str, parts: &Path, sizes: &[usize], names: Option<&Reduction>, stats: &mut StageStats) -> Result<()> {
+    let mut total: Option<Reduction> = None;
+    for b in 0..sizes.len() {
+        let path = sums_part(parts, b);
+        let batch = Reduction::load(&path)?;
+        if let Some(want) = names {
+            if let Some(missing) = want.names().find(|n| !batch.sums.contains_key(*n)) {
+                return Err(RunError::Format { path, msg: format!("no statistics `{missing}`") });
+            }
+        }
+        match &mut total {
+            None => total = Some(batch),
+            Some(t) => {
+                for (n, s) in &batch.sums {
+                    let mine = t.get_mut(n).map_err(|e| RunError::Format { path: path.clone(), msg: e.to_string() })?;
+                    mine.merge(s).map_err(|e| RunError::Format { path: path.clone(), msg: e.to_string() })?;
+                }
+            }
+        }
+    }
+    let total = total.or_else(|| names.map(Reduction::empty_like)).unwrap_or_default();
+    let items: usize = sizes.iter().sum();
+    stats.prompts = items;
+    let meta = BTreeMap::from([("items_done".to_string(), items.to_string())]);
+    total.save(&run.output(name, "safetensors"), &meta)
 }

@@ -310,16 +310,21 @@ impl StageWork for Generation<'_, '_> {
     }
 
     fn finish(&mut self, run: &RunDir, name: &str, parts: &Path, stats: &mut StageStats) -> Result<()> {
-        let mut all = Vec::new();
-        for b in 0..self.stage.batches.len() {
-            all.extend(read_records(&part_file(parts, b, "jsonl"))?);
-        }
-        write_atomic(&run.replies(name), records_jsonl(&all).as_bytes())?;
-        // Counts from the committed records themselves: a kill between a commit and the manifest update
-        // must not lose a batch from them.
-        stats.prompts = all.len();
-        stats.new_tokens = all.iter().map(|r| r.new_tokens).sum();
-        stats.prompt_tokens = all.iter().map(|r| r.prompt_tokens).sum();
-        Ok(())
+        merge_replies(run, name, parts, self.stage.batches.len(), stats)
     }
+}
+
+/// A generating stage's merge (whole or sharded, see [`crate::shard`]): the replies of its `n_batches`
+/// batches in `parts`, in batch order, into the stage's reply file; the counts in `stats` are taken from the
+/// committed records themselves (a kill between a commit and the manifest update must not lose a batch).
+pub fn merge_replies(run: &RunDir, name: &str, parts: &Path, n_batches: usize, stats: &mut StageStats) -> Result<()> {
+    let mut all = Vec::new();
+    for b in 0..n_batches {
+        all.extend(read_records(&part_file(parts, b, "jsonl"))?);
+    }
+    write_atomic(&run.replies(name), records_jsonl(&all).as_bytes())?;
+    stats.prompts = all.len();
+    stats.new_tokens = all.iter().map(|r| r.new_tokens).sum();
+    stats.prompt_tokens = all.iter().map(|r| r.prompt_tokens).sum();
+    Ok(())
 }

@@ -2,6 +2,8 @@
 //! interventions, reduce statistics): work in fixed batches, each batch committed as its own part files (the
 //! commit marker written last, atomically), so a run killed at any moment resumes at the first uncommitted
 //! batch and recomputes nothing finished. The stage's settings are checked on resume, with a readable diff.
+//! The same loop runs one shard of a stage's batches ([`crate::shard`]), whose merge is the stage's own
+//! [`StageWork::finish`] logic.
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -12,8 +14,9 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::error::{io, Result, RunError};
-use crate::folder::{Manifest, RunDir, StageInfo, StageStats};
-use crate::store::write_json;
+use crate::folder::{RunDir, StageInfo, StageStats};
+use crate::shard::Shard;
+use crate::shard_progress::{finished_shards, ShardProgress};
 
 /// The work of one stage, batch by batch. [`run_stage`] drives it.
 pub trait StageWork {
@@ -32,13 +35,6 @@ pub trait StageWork {
     /// Whether batch `b` is committed in `parts` (the stage's part folder).
     fn committed(&self, parts: &Path, b: usize) -> bool;
 
-    /// Called once, before the first batch this session runs (or before [`StageWork::finish`] when none is
-    /// left), with the number of batches already committed (e.g. to reload a running reduction). The
-    /// default does nothing.
-    fn resume(&mut self, _parts: &Path, _committed: usize) -> Result<()> {
-        Ok(())
-    }
-
     /// Runs batch `b` (its items start at `first` in the stage's order) and commits it in `parts`, the
     /// commit marker last. Adds what it did to `stats` (prompts, tokens, model seconds).
     fn run_batch(&mut self, parts: &Path, b: usize, first: usize, stats: &mut StageStats) -> Result<()>;
@@ -51,26 +47,37 @@ pub trait StageWork {
 
 /// Runs (or resumes) the stage `name` of `run`: every missing batch, then [`StageWork::finish`]. The manifest
 /// is updated after each batch. Returns the stage's statistics.
+///
+/// When `run` is [sharded](RunDir::sharded), only the shard's batches run, its progress goes to its own file
+/// beside them, and the result is [`RunError::ShardPending`] once they are committed: the stage is complete
+/// only when `emo merge` ([`crate::merge::merge_stage`]) has combined every shard. Run whole, a stage that
+/// was sharded is merged here when every shard has finished, and refused, naming the shards left, when not.
 pub fn run_stage<W: StageWork>(run: &RunDir, name: &str, work: &mut W, progress: bool) -> Result<StageStats> {
     let total_start = Instant::now();
-    let mut manifest = run.require_manifest()?;
-    let mut stats = match manifest.stages.get(name) {
-        Some(info) => {
-            check_resumable(run, name, info, work)?;
-            info.stats.clone()
-        }
-        None => StageStats::default(),
-    };
-    // Time of earlier sessions of a resumed stage; this session's is added batch by batch.
-    let earlier_seconds = stats.seconds;
+    let sizes = work.batch_sizes();
+    let recorded = register(run, name, work)?;
+    if recorded.stats.complete {
+        return Ok(recorded.stats);
+    }
     let parts = run.parts(name);
     fs::create_dir_all(&parts).map_err(io(&parts))?;
-    let sizes = work.batch_sizes();
+    if let Some(shard) = run.shard {
+        return run_shard(run, name, work, shard, &sizes, progress);
+    }
+    if let Some(count) = recorded.shards {
+        // Sharded before: every batch must be committed by its shard; merging is then all that is left.
+        let (mut stats, _) = finished_shards(&parts, name, count)?;
+        work.finish(run, name, &parts, &mut stats)?;
+        stats.complete = true;
+        save_stats(run, name, &stats)?;
+        return Ok(stats);
+    }
+    let mut stats = recorded.stats;
+    // Time of earlier sessions of a resumed stage; this session's is added batch by batch.
+    let earlier_seconds = stats.seconds;
     let total: usize = sizes.iter().sum();
     let bar = progress_bar(progress, name, total as u64, "prompts");
     let committed: Vec<bool> = (0..sizes.len()).map(|b| work.committed(&parts, b)).collect();
-    let n_committed = committed.iter().filter(|&&c| c).count();
-    let mut resumed = false;
     let mut first = 0;
     for (b, &size) in sizes.iter().enumerate() {
         if committed[b] {
@@ -78,30 +85,90 @@ pub fn run_stage<W: StageWork>(run: &RunDir, name: &str, work: &mut W, progress:
             first += size;
             continue;
         }
-        if !resumed {
-            work.resume(&parts, n_committed)?;
-            resumed = true;
-        }
         work.run_batch(&parts, b, first, &mut stats)?;
         first += size;
         bar.inc(size as u64);
         stats.peak_rss_mb = stats.peak_rss_mb.max(peak_rss_mb().unwrap_or(0.0));
         stats.seconds = earlier_seconds + total_start.elapsed().as_secs_f64();
-        save_stage(run, &mut manifest, name, work, &stats)?;
+        save_stats(run, name, &stats)?;
     }
     bar.finish_and_clear();
-    let all_committed = (0..sizes.len()).all(|b| work.committed(&parts, b));
-    if all_committed && !(stats.complete && manifest.stages.contains_key(name)) {
-        if !resumed {
-            work.resume(&parts, n_committed)?;
-        }
+    if (0..sizes.len()).all(|b| work.committed(&parts, b)) {
         work.finish(run, name, &parts, &mut stats)?;
         stats.complete = true;
         stats.peak_rss_mb = stats.peak_rss_mb.max(peak_rss_mb().unwrap_or(0.0));
         stats.seconds = earlier_seconds + total_start.elapsed().as_secs_f64();
-        save_stage(run, &mut manifest, name, work, &stats)?;
+        save_stats(run, name, &stats)?;
     }
     Ok(stats)
+}
+
+/// Records the stage in the manifest (or checks that the recorded one may be resumed by `work`, and by
+/// `run`'s shard), under the run's lock, and returns what is recorded.
+fn register<W: StageWork>(run: &RunDir, name: &str, work: &W) -> Result<StageInfo> {
+    let settings =
+        serde_json::to_value(work.settings()).map_err(|e| RunError::Invalid(format!("stage `{name}`: settings cannot be recorded: {e}")))?;
+    run.update_manifest(|m| {
+        let info = m.stages.entry(name.to_string()).or_insert_with(|| StageInfo {
+            kind: work.kind().to_string(),
+            settings,
+            stats: StageStats::default(),
+            shards: run.shard.map(|s| s.count),
+        });
+        check_resumable(run, name, info, work)?;
+        if let (Some(shard), false) = (run.shard, info.stats.complete) {
+            match info.shards {
+                Some(n) if n != shard.count => {
+                    return Err(RunError::Invalid(format!(
+                        "{}: stage `{name}` is sharded in {n}, not {}: run it with --shard I/{n}",
+                        run.path.display(),
+                        shard.count
+                    )))
+                }
+                // Begun whole: its committed batches are the shards' too (a batch's parts do not depend on who
+                // ran it), so the stage goes on sharded.
+                _ => info.shards = Some(shard.count),
+            }
+        }
+        Ok(info.clone())
+    })
+}
+
+/// The shard's batches of a stage, its progress in its own file; [`RunError::ShardPending`] when done.
+fn run_shard<W: StageWork>(run: &RunDir, name: &str, work: &mut W, shard: Shard, sizes: &[usize], progress: bool) -> Result<StageStats> {
+    let total_start = Instant::now();
+    let parts = run.parts(name);
+    let mut state = ShardProgress::read(&parts, shard)?.unwrap_or_else(|| ShardProgress {
+        kind: work.kind().to_string(),
+        batch_sizes: sizes.to_vec(),
+        stats: StageStats::default(),
+        complete: false,
+    });
+    if state.batch_sizes != sizes || state.kind != work.kind() {
+        return Err(RunError::Format {
+            path: ShardProgress::path(&parts, shard),
+            msg: format!("stage `{name}`: shard {shard} was started with another split of the prompts"),
+        });
+    }
+    let earlier_seconds = state.stats.seconds;
+    let mine: Vec<usize> = (0..sizes.len()).filter(|&b| shard.owns(b)).collect();
+    let bar = progress_bar(progress, &format!("{name} [{shard}]"), mine.iter().map(|&b| sizes[b] as u64).sum(), "prompts");
+    for &b in &mine {
+        if !work.committed(&parts, b) {
+            let first = sizes[..b].iter().sum();
+            work.run_batch(&parts, b, first, &mut state.stats)?;
+            state.stats.peak_rss_mb = state.stats.peak_rss_mb.max(peak_rss_mb().unwrap_or(0.0));
+            state.stats.seconds = earlier_seconds + total_start.elapsed().as_secs_f64();
+            state.write(&parts, shard)?;
+        }
+        bar.inc(sizes[b] as u64);
+    }
+    bar.finish_and_clear();
+    if !state.complete {
+        state.complete = true;
+        state.write(&parts, shard)?;
+    }
+    Err(RunError::ShardPending { shard: shard.to_string(), stages: vec![name.to_string()] })
 }
 
 /// Ok when a recorded stage may be resumed by `work`: same kind, equal settings (compared as the kind's
@@ -121,11 +188,13 @@ fn check_resumable<W: StageWork>(run: &RunDir, name: &str, info: &StageInfo, wor
     }
 }
 
-fn save_stage<W: StageWork>(run: &RunDir, manifest: &mut Manifest, name: &str, work: &W, stats: &StageStats) -> Result<()> {
-    let settings =
-        serde_json::to_value(work.settings()).map_err(|e| RunError::Invalid(format!("stage `{name}`: settings cannot be recorded: {e}")))?;
-    manifest.stages.insert(name.to_string(), StageInfo { kind: work.kind().to_string(), settings, stats: stats.clone() });
-    write_json(&run.manifest(), manifest)
+/// Records a stage's statistics in the manifest (under the run's lock: other stages' shards may be writing).
+fn save_stats(run: &RunDir, name: &str, stats: &StageStats) -> Result<()> {
+    run.update_manifest(|m| {
+        let info = m.stages.get_mut(name).ok_or_else(|| RunError::Invalid(format!("stage `{name}` left the manifest while it ran")))?;
+        info.stats = stats.clone();
+        Ok(())
+    })
 }
 
 /// `key: was A, now B` for every top-level field that differs.

@@ -36,6 +36,11 @@ impl GroupedSums {
         GroupedSums { shape: shape.to_vec(), sums: zeros(), squares: squares.then(zeros), counts: vec![0; n_keys] }
     }
 
+    /// Empty sums of the same keys and shape (with sums of squares when these keep them).
+    pub fn empty_like(&self) -> GroupedSums {
+        GroupedSums::new(self.counts.len(), &self.shape, self.squares.is_some())
+    }
+
     /// Number of keys.
     pub fn n_keys(&self) -> usize {
         self.counts.len()

@@ -1,6 +1,7 @@
 //! Resumable stages on the real default model: a sweep stage and a reduce stage killed part-way resume at the
 //! first uncommitted batch and end with the results of one uninterrupted run; changed settings are refused
-//! with the diff; manifests of the previous format still load; a model folder is identified by its weights.
+//! with the diff; a reduce stage sharded in 2 merges to the same bits; manifests of the previous format still
+//! load; a model folder is identified by its weights.
 #[path = "../../emo-model/tests/common/mod.rs"]
 mod common;
 
@@ -8,6 +9,8 @@ use std::ops::Range;
 
 use emo_model::{Capture, Edit, HookPoint, HookSet, Intervention, LogitsFor, Positions};
 use emo_run::folder::model_identity;
+use emo_run::merge::merge_stage;
+use emo_run::shard::Shard;
 use emo_run::{run_stage, GroupedSums, Metric, ModelInfo, ReduceStage, Reduction, RunDir, RunError, Sweep, SweepStage};
 use emo_test_support::max_diff;
 use serde_json::json;
@@ -92,7 +95,7 @@ fn mlp_post(prompts: &[Vec<u32>]) -> Tensor {
 }
 
 #[test]
-fn reduce_stage_commits_running_sums_and_resumes_from_them() {
+fn reduce_stage_commits_each_batchs_sums_resumes_and_shards_to_the_same_bits() {
     let m = common::smollm2();
     let d_mlp = m.transformer.config().d_mlp as i64;
     let prompts = prompts(5);
@@ -111,19 +114,21 @@ fn reduce_stage_commits_running_sums_and_resumes_from_them() {
     };
     let run = new_run("reduce-stage");
     let settings = json!({"statistics": "mlp_post.3 by parity"});
-    // Killed in its third batch: two batches' sums are committed, as one file.
+    // Killed in its third batch: two batches' sums are committed, each its own file.
     let mut stage = ReduceStage { settings: settings.clone(), items: 5, batch_items: 2, state: empty(), reduce: reduce(Some(4)) };
     let err = run_stage(&run, "reduce-test", &mut stage, false).unwrap_err().to_string();
     assert!(err.contains("killed"), "{err}");
     let states: Vec<String> =
         std::fs::read_dir(run.parts("reduce-test")).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
-    assert_eq!(states, vec!["state-00001.safetensors".to_string()]);
+    let mut states = states;
+    states.sort();
+    assert_eq!(states, vec!["sums-00000.safetensors".to_string(), "sums-00001.safetensors".to_string()]);
     let manifest = run.require_manifest().unwrap();
     assert_eq!(manifest.stages["reduce-test"].stats.prompts, 4);
     assert!(!manifest.stages["reduce-test"].stats.complete);
 
     // A new process resumes from the committed sums and runs the last batch only.
-    let mut stage = ReduceStage { settings, items: 5, batch_items: 2, state: empty(), reduce: reduce(Some(0)) };
+    let mut stage = ReduceStage { settings: settings.clone(), items: 5, batch_items: 2, state: empty(), reduce: reduce(Some(0)) };
     let stats = run_stage(&run, "reduce-test", &mut stage, false).unwrap();
     assert!(stats.complete);
     let loaded = ReduceStage::<(), ()>::load(&run, "reduce-test").unwrap();
@@ -137,6 +142,27 @@ fn reduce_stage_commits_running_sums_and_resumes_from_them() {
         assert!(max_diff(&got.mean(k).unwrap(), &want.mean_dim(0, false, Kind::Double)) < 1e-5);
         assert!(max_diff(&got.std(k).unwrap(), &want.std_dim(0, true, false)) < 1e-5);
     }
+
+    // Sharded in 2 (batches 0 and 2, and batch 1), then merged: the same file, bit for bit.
+    let sharded = new_run("reduce-stage-sharded");
+    for index in 0..2 {
+        let shard = sharded.clone().sharded(Some(Shard { index, count: 2 }));
+        let mut stage = ReduceStage { settings: settings.clone(), items: 5, batch_items: 2, state: empty(), reduce: reduce(None) };
+        let err = run_stage(&shard, "reduce-test", &mut stage, false).unwrap_err();
+        assert!(matches!(&err, RunError::ShardPending { shard, stages } if *shard == format!("{index}/2") && stages == &["reduce-test"]), "{err}");
+        if index == 0 {
+            let err = merge_stage(&sharded, "reduce-test").unwrap_err().to_string();
+            assert!(err.contains("shard(s) 1/2 have not finished"), "{err}");
+            let mut whole = ReduceStage { settings: settings.clone(), items: 5, batch_items: 2, state: empty(), reduce: reduce(None) };
+            let err = run_stage(&sharded, "reduce-test", &mut whole, false).unwrap_err().to_string();
+            assert!(err.contains("sharded in 2") && err.contains("1/2"), "{err}");
+        }
+    }
+    let stats = merge_stage(&sharded, "reduce-test").unwrap();
+    assert!(stats.complete && stats.prompts == 5, "{stats:?}");
+    let bytes = |run: &RunDir| std::fs::read(run.output("reduce-test", "safetensors")).unwrap();
+    assert!(bytes(&run) == bytes(&sharded), "the merged sums differ from the whole stage's");
+    assert!(sharded.require_manifest().unwrap().stages["reduce-test"].stats.complete);
 }
 
 #[test]
@@ -247,7 +273,7 @@ fn a_run_keeps_one_prompt_set() {
     run.use_prompts(&mut m, &PromptSet::strong()).unwrap();
     // With a stage recorded, another set is refused and the manifest is left alone.
     let stats = emo_run::StageStats { prompts: 1, ..Default::default() };
-    m.stages.insert("elicit".into(), emo_run::StageInfo { kind: "generation".into(), settings: json!({}), stats });
+    m.stages.insert("elicit".into(), emo_run::StageInfo { kind: "generation".into(), settings: json!({}), stats, shards: None });
     emo_run::store::write_json(&run.manifest(), &m).unwrap();
     let e = run.use_prompts(&mut m, &PromptSet::paper()).unwrap_err().to_string();
     assert!(e.contains("prompt set `strong`") && e.contains("`paper` differs") && e.contains("another run folder"), "{e}");

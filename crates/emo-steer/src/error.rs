@@ -25,6 +25,15 @@ pub enum Error {
     /// A request that cannot be met (unknown layer, empty selection, mismatched run...).
     #[error("{0}")]
     Invalid(String),
+    /// Not a failure: a shard of a sharded run committed its part of `stages`, which the other shards
+    /// share, so nothing that reads them may start before `emo merge` (the CLI exits 0 on it).
+    #[error("shard {shard} committed its part of {}; they need the other shards and `emo merge RUN` before the run can go on", list_some(stages))]
+    ShardPending {
+        /// `I/N`.
+        shard: String,
+        /// The stages left unmerged, in the order they ran.
+        stages: Vec<String>,
+    },
     /// An error from the data layer (datasets, prompts, judges).
     #[error(transparent)]
     Data(#[from] emo_data::DataError),
@@ -36,6 +45,14 @@ pub enum Error {
 impl From<tch::TchError> for Error {
     fn from(e: tch::TchError) -> Self {
         Error::Model(emo_model::ModelError::Torch(e))
+    }
+}
+
+/// `a, b, c` for a few names; the first three and how many more for many.
+fn list_some(names: &[String]) -> String {
+    match names.len() {
+        0..=4 => names.join(", "),
+        n => format!("{} and {} more stages", names[..3].join(", "), n - 3),
     }
 }
 

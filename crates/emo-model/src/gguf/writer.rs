@@ -89,8 +89,12 @@ impl GgufWriter {
         }
         pad_to(&mut head, alignment);
 
+        // One temporary name per process and call: processes sharing a folder (a run's shards) may write the
+        // same file at once, and each must rename only what it wrote.
+        static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut tmp = path.as_os_str().to_owned();
-        tmp.push(".tmp");
+        tmp.push(format!(".{}.{n}.tmp", std::process::id()));
         let tmp = PathBuf::from(tmp);
         let result = (|| -> std::io::Result<()> {
             let mut out = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
