@@ -323,6 +323,7 @@ pub fn run_sweep_with(run: &RunDir, model: &Model, opts: &SweepOptions, prefixes
     let bar = emo_run::stage::rows_bar(opts.progress, &format!("{} {} {}", opts.kind, opts.units, opts.positions), &manifest, &stages);
     let prompt_set = manifest.prompt_set();
     let mut rows = Vec::new();
+    let mut pending = emo_run::Pending::default();
     for (emotion, items, columns) in per_emotion {
         bar.set_message(format!("{} {} {}: {}", opts.kind, opts.units, opts.positions, emotion.name()));
         let prompts = items
@@ -360,12 +361,16 @@ pub fn run_sweep_with(run: &RunDir, model: &Model, opts: &SweepOptions, prefixes
             ranking: opts.ranking,
         };
         let mut stage = SweepStage { settings, model, sweep, batch_prompts: opts.batch_prompts };
-        run_stage(run, &name(emotion), &mut stage, false)?;
+        // A shard goes on with the other emotions' stages; what reads the tables waits for `emo merge`.
+        if pending.take(run_stage(run, &name(emotion), &mut stage, false))?.is_none() {
+            continue;
+        }
         let table = SweepStage::<()>::load(run, &name(emotion))?.to_kind(Kind::Double);
         let delta = &table - table.select(1, 0).unsqueeze(1);
         rows.extend(summarise(emotion, &opts.ks, &columns, &delta)?);
     }
     bar.finish_and_clear();
+    pending.check()?;
     write_atomic(&csv_path(run, opts), csv(&rows).as_bytes())?;
     Ok(rows)
 }

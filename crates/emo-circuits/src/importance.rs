@@ -347,6 +347,7 @@ pub fn sublayer_importance(run: &RunDir, model: &Model, opts: &ImportanceOptions
     let mut prompts_per_emotion = [0usize; 6];
     // Neutral prompts do not name the emotion: with every sample, all six sweeps run the same prompts.
     let prefixes = PrefixCache::new(PrefixCache::DEFAULT_BYTES);
+    let mut pending = emo_run::Pending::default();
     for (emotion, picked) in per_emotion {
         bar.set_message(format!("sublayer importance: {}", emotion.name()));
         let prompts = picked
@@ -391,7 +392,10 @@ pub fn sublayer_importance(run: &RunDir, model: &Model, opts: &ImportanceOptions
         };
         let name = stage_name(opts.samples, emotion);
         let mut stage = SweepStage { settings, model, sweep, batch_prompts: opts.batch_prompts };
-        run_stage(run, &name, &mut stage, false)?;
+        // A shard goes on with the other emotions' stages; what reads the tables waits for `emo merge`.
+        if pending.take(run_stage(run, &name, &mut stage, false))?.is_none() {
+            continue;
+        }
         let table = SweepStage::<()>::load(run, &name)?.to_kind(Kind::Double);
         // Mean over prompts of s_injected - s_base, per column, then / (alpha * sigma).
         let delta = (&table - table.select(1, 0).unsqueeze(1)).mean_dim(0, false, Kind::Double);
@@ -401,6 +405,7 @@ pub fn sublayer_importance(run: &RunDir, model: &Model, opts: &ImportanceOptions
         per_alpha.push(shifts / (alphas * sig));
     }
     bar.finish_and_clear();
+    pending.check()?;
     let got = SublayerImportance {
         samples: opts.samples,
         alphas: opts.alphas.clone(),

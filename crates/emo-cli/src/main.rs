@@ -15,6 +15,7 @@ mod section5;
 mod section6;
 mod section7;
 mod serve;
+mod shard;
 
 #[derive(Parser)]
 #[command(name = "emo", version, about = "Find and control the emotion circuits of language models")]
@@ -56,6 +57,8 @@ enum Command {
     Section5(section5::Section5Args),
     /// The whole paper on one model: sections 5, 6 and 7 end to end, resumable, one report.
     Paper(section7::PaperArgs),
+    /// Combine the shards of a run's sharded stages (`--shard I/N`) into the outputs an unsharded run writes.
+    Merge(shard::MergeArgs),
     /// An OpenAI-compatible chat-completion server; each request may steer or modulate its own reply.
     Serve(serve::ServeArgs),
     /// SEV scenario-event data: the built-in set or another in the paper's schema.
@@ -185,6 +188,11 @@ fn main() {
         if e.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe) {
             return;
         }
+        // A shard that has done its part of the stages the other shards share has succeeded.
+        if shard::stopped_for_merge(&e) {
+            println!("{e}");
+            return;
+        }
         eprintln!("emo: error: {e:#}");
         std::process::exit(1);
     }
@@ -212,6 +220,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Circuits { command } => section7::circuits_cmd(&command)?,
         Command::Modulate(a) => section7::modulate_cmd(&a)?,
         Command::Paper(a) => section7::paper(&a)?,
+        Command::Merge(a) => shard::merge_cmd(&a)?,
         Command::Serve(a) => serve::serve_cmd(&a)?,
         Command::Dataset { command: DatasetCommand::Export { split, dataset } } => {
             let split: emo_data::Split = split.parse()?;

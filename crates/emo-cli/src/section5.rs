@@ -17,6 +17,7 @@ use emo_steer::Steering;
 
 use crate::args::{GenerateArgs, LoadArgs, ModelArgs, ProgressArgs, StageNameArgs};
 use crate::emit;
+use crate::shard::{ShardArgs, Waves};
 
 /// Where the prompts come from.
 #[derive(Args, Clone, Debug)]
@@ -103,6 +104,8 @@ pub struct ElicitArgs {
     #[arg(long)]
     pub no_capture: bool,
     #[command(flatten)]
+    pub shard: ShardArgs,
+    #[command(flatten)]
     pub progress: ProgressArgs,
 }
 
@@ -115,7 +118,7 @@ pub fn elicit(a: &ElicitArgs) -> Result<()> {
 /// `emo elicit` with a model and a judge already loaded (a pipeline loads each once).
 fn elicit_with(a: &ElicitArgs, model: &Model, judge: &mut dyn Judge) -> Result<()> {
     let (split, scenarios, info) = a.data.load(Split::Sev)?;
-    let run = RunDir::new(&a.out);
+    let run = a.shard.run(&a.out);
     let mut manifest = open_run(&run, model, &a.model.model)?;
     if let Some(p) = &a.prompt {
         run.use_prompts(&mut manifest, &emo_data::PromptSet::parse(p)?)?;
@@ -223,6 +226,8 @@ pub struct SteerArgs {
     #[command(flatten)]
     pub stage: StageNameArgs,
     #[command(flatten)]
+    pub shard: ShardArgs,
+    #[command(flatten)]
     pub progress: ProgressArgs,
 }
 
@@ -239,7 +244,7 @@ pub fn steer(a: &SteerArgs) -> Result<()> {
 
 /// `emo steer` with the run's model (checked against the run) and a judge already loaded.
 fn steer_with(a: &SteerArgs, model: &Model, judge: &mut dyn Judge) -> Result<()> {
-    let run = RunDir::new(&a.run);
+    let run = a.shard.run(&a.run);
     let manifest = run.require_manifest()?;
     let directions = match &a.directions {
         Some(p) => emo_steer::import::import_directions(p, manifest.model.n_layers, manifest.model.d_model)?,
@@ -310,7 +315,8 @@ pub struct PipelineArgs {
     pub full: bool,
     #[command(flatten)]
     pub judge: JudgeArgs,
-    /// Prompts per batch (32: the best throughput per prompt on a 2-core CPU within 2 GB).
+    /// Prompts per batch, in every stage (32: the best throughput per prompt on a 2-core CPU within 2 GB);
+    /// also the unit a shard takes (--shard).
     #[arg(long, default_value_t = 32)]
     pub batch: usize,
     /// New tokens per reply in every generating stage (the paper: 100); fewer for a quick look at the
@@ -322,6 +328,8 @@ pub struct PipelineArgs {
     /// it; asking an existing run for another set is an error.
     #[arg(long)]
     pub prompt: Option<String>,
+    #[command(flatten)]
+    pub shard: ShardArgs,
     #[command(flatten)]
     pub progress: ProgressArgs,
 }
@@ -363,47 +371,61 @@ pub fn section5(s5: &Section5Args) -> Result<()> {
     section5_with(s5, &model, judge.as_mut())
 }
 
-/// `emo section5` with the model and the judge loaded once for all its stages (`emo paper` goes on with
-/// them).
+/// `emo section5` with the model and the judge loaded once for all its stages.
 pub(crate) fn section5_with(s5: &Section5Args, model: &Model, judge: &mut dyn Judge) -> Result<()> {
-    let a = &s5.pipeline;
-    let data = |split: &str| a.data(split);
     let t = Instant::now();
-    for split in ["sev", "test"] {
-        elicit_with(
-            &ElicitArgs {
-                out: s5.out.clone(),
-                model: a.model.clone(),
-                data: data(split),
-                judge: a.judge.clone(),
-                generate: GenerateArgs { batch: a.batch, max_new_tokens: a.max_new_tokens },
-                prompt: a.prompt.clone(),
-                no_capture: false,
-                progress: a.progress.clone(),
-            },
-            model,
-            judge,
-        )?;
-    }
+    let mut waves = Waves::default();
+    elicit_both(s5, model, judge, &mut waves)?;
+    waves.check()?;
+    directions_of(s5)?;
+    steer_paper(s5, model, judge)?;
     let run = RunDir::new(&s5.out);
-    directions(&DirectionsArgs { run: s5.out.clone(), all_groups: false, groups: s5.groups.clone(), npz: true, no_analysis: false })?;
-    steer_with(
-        &SteerArgs {
-            run: s5.out.clone(),
-            data: data("test"),
-            judge: a.judge.clone(),
-            directions: None,
-            alpha: emo_steer::paper::STEERING_ALPHA,
-            layers: None,
-            positions: "last-prompt-and-generated".into(),
-            generate: GenerateArgs { batch: a.batch, max_new_tokens: a.max_new_tokens },
-            model: a.run_model(),
-            stage: StageNameArgs::default(),
-            progress: a.progress.clone(),
-        },
-        model,
-        judge,
-    )?;
     report(&ReportArgs { run: s5.out.clone() })?;
     emit(format!("section 5 done in {:.0} s; report: {}\n", t.elapsed().as_secs_f64(), run.report().display()))
+}
+
+/// Section 5's elicitations, on the discovery split (the directions' activations) and on the test split
+/// (prompting accuracy); a shard runs its part of both before stopping.
+pub(crate) fn elicit_both(s5: &Section5Args, model: &Model, judge: &mut dyn Judge, waves: &mut Waves) -> Result<()> {
+    let a = &s5.pipeline;
+    for split in ["sev", "test"] {
+        let args = ElicitArgs {
+            out: s5.out.clone(),
+            model: a.model.clone(),
+            data: a.data(split),
+            judge: a.judge.clone(),
+            generate: GenerateArgs { batch: a.batch, max_new_tokens: a.max_new_tokens },
+            prompt: a.prompt.clone(),
+            no_capture: false,
+            shard: a.shard.clone(),
+            progress: a.progress.clone(),
+        };
+        waves.take(elicit_with(&args, model, judge))?;
+    }
+    Ok(())
+}
+
+/// The directions of a complete elicitation, with their exports and analyses.
+pub(crate) fn directions_of(s5: &Section5Args) -> Result<()> {
+    directions(&DirectionsArgs { run: s5.out.clone(), all_groups: false, groups: s5.groups.clone(), npz: true, no_analysis: false })
+}
+
+/// Steering on the test split with the paper's settings.
+pub(crate) fn steer_paper(s5: &Section5Args, model: &Model, judge: &mut dyn Judge) -> Result<()> {
+    let a = &s5.pipeline;
+    let args = SteerArgs {
+        run: s5.out.clone(),
+        data: a.data("test"),
+        judge: a.judge.clone(),
+        directions: None,
+        alpha: emo_steer::paper::STEERING_ALPHA,
+        layers: None,
+        positions: "last-prompt-and-generated".into(),
+        generate: GenerateArgs { batch: a.batch, max_new_tokens: a.max_new_tokens },
+        model: a.run_model(),
+        stage: StageNameArgs::default(),
+        shard: a.shard.clone(),
+        progress: a.progress.clone(),
+    };
+    steer_with(&args, model, judge)
 }

@@ -9,6 +9,7 @@ use emo_directions::RunDir;
 
 use crate::args::{LoadArgs, ProgressArgs};
 use crate::emit;
+use crate::shard::ShardArgs;
 
 /// `emo attribute`.
 #[derive(Args, Clone, Debug)]
@@ -31,11 +32,13 @@ pub struct AttributeArgs {
     #[command(flatten)]
     pub model: LoadArgs,
     #[command(flatten)]
+    pub shard: ShardArgs,
+    #[command(flatten)]
     pub progress: ProgressArgs,
 }
 
 pub fn attribute_cmd(a: &AttributeArgs) -> Result<()> {
-    let run = RunDir::new(&a.run);
+    let run = a.shard.run(&a.run);
     match a.method.as_str() {
         "analytic" => {}
         "attribution-patching" => return patching_cmd(a, &run),
@@ -125,12 +128,14 @@ pub struct SweepArgs {
     #[command(flatten)]
     pub model: LoadArgs,
     #[command(flatten)]
+    pub shard: ShardArgs,
+    #[command(flatten)]
     pub progress: ProgressArgs,
 }
 
 pub fn sweep_cmd(a: &SweepArgs) -> Result<()> {
     use emo_attribution::sweeps::{run_sweep, SweepOptions, MEAN_OVER_SEEDS};
-    let run = RunDir::new(&a.run);
+    let run = a.shard.run(&a.run);
     let model = a.model.load_run(&run)?;
     let mut opts = SweepOptions::paper(a.kind.parse()?, a.units.parse()?, model.transformer.config());
     opts.positions = a.positions.parse()?;

@@ -18,6 +18,7 @@ use emo_run::generation::run_stage;
 use crate::args::{GenerateArgs, LoadArgs, ModelArgs, ProgressArgs, StageNameArgs};
 use crate::emit;
 use crate::section5::{DataArgs, JudgeArgs, PipelineArgs};
+use crate::shard::{ShardArgs, Waves};
 
 /// `emo importance`.
 #[derive(Args, Clone, Debug)]
@@ -42,11 +43,13 @@ pub struct ImportanceArgs {
     #[command(flatten)]
     pub model: LoadArgs,
     #[command(flatten)]
+    pub shard: ShardArgs,
+    #[command(flatten)]
     pub progress: ProgressArgs,
 }
 
 pub fn importance_cmd(a: &ImportanceArgs) -> Result<()> {
-    let run = RunDir::new(&a.run);
+    let run = a.shard.run(&a.run);
     let model = a.model.load_run(&run)?;
     let opts = ImportanceOptions {
         samples: a.samples.parse()?,
@@ -194,11 +197,13 @@ pub struct ModulateArgs {
     #[command(flatten)]
     pub stage: StageNameArgs,
     #[command(flatten)]
+    pub shard: ShardArgs,
+    #[command(flatten)]
     pub progress: ProgressArgs,
 }
 
 pub fn modulate_cmd(a: &ModulateArgs) -> Result<()> {
-    let run = RunDir::new(&a.run);
+    let run = a.shard.run(&a.run);
     let model = a.model.load_run(&run)?;
     let cfg = model.transformer.config().clone();
     let samples: SampleFilter = a.samples.parse()?;
@@ -269,14 +274,22 @@ pub fn paper(p: &PaperArgs) -> Result<()> {
     // One model and one judge for every stage: a load of the 1.5B model is seconds of dequantizing.
     let model = a.model.load()?;
     let mut judge = a.judge.load()?;
+    let run = a.shard.run(&p.out);
     let s5 = crate::section5::Section5Args { out: p.out.clone(), pipeline: a.clone(), groups: "auto".into() };
-    crate::section5::section5_with(&s5, &model, judge.as_mut())?;
+    // The pipeline in waves: each wave's stages read only what earlier waves wrote, so a shard (--shard I/N)
+    // runs its part of a whole wave, and stops at its end until `emo merge` has combined every shard's.
+    let mut waves = Waves::default();
+    crate::section5::elicit_both(&s5, &model, judge.as_mut(), &mut waves)?;
+    waves.check()?;
+    crate::section5::directions_of(&s5)?;
+    waves.take(crate::section5::steer_paper(&s5, &model, judge.as_mut()))?;
     times.push(("section 5", t.elapsed().as_secs_f64()));
-    let run = RunDir::new(&p.out);
     let samples: SampleFilter = p.samples.parse()?;
     let step = Instant::now();
-    let attribution =
-        emo_attribution::attribute(&run, &model, &emo_attribution::AttributeOptions { samples, batch_size: a.batch, progress: a.progress.shown() })?;
+    let opts = emo_attribution::AttributeOptions { samples, batch_size: a.batch, progress: a.progress.shown() };
+    let attribution = waves.take(emo_attribution::attribute(&run, &model, &opts).map_err(Into::into))?;
+    waves.check()?;
+    let attribution = attribution.expect("a complete wave");
     emo_attribution::figures::write_figures(&run, &attribution)?;
     times.push(("attribution", step.elapsed().as_secs_f64()));
     let step = Instant::now();
@@ -290,14 +303,19 @@ pub fn paper(p: &PaperArgs) -> Result<()> {
             opts.samples = samples;
             opts.limit = a.limit();
             opts.progress = a.progress.shown();
-            let rows = run_sweep_with(&run, &model, &opts, &prefixes)?;
-            emo_attribution::figures::write_sweep_figure(&run, &opts, &rows)?;
+            opts.batch_prompts = a.batch;
+            if let Some(rows) = waves.take(run_sweep_with(&run, &model, &opts, &prefixes).map_err(Into::into))? {
+                emo_attribution::figures::write_sweep_figure(&run, &opts, &rows)?;
+            }
         }
     }
-    emo_attribution::figures::write_fig3(&run)?;
     times.push(("section 6 sweeps", step.elapsed().as_secs_f64()));
     let step = Instant::now();
-    let imp = sublayer_importance(&run, &model, &ImportanceOptions { samples, progress: a.progress.shown(), ..Default::default() })?;
+    let importance = ImportanceOptions { samples, batch_prompts: a.batch, progress: a.progress.shown(), ..Default::default() };
+    let imp = waves.take(sublayer_importance(&run, &model, &importance).map_err(Into::into))?;
+    waves.check()?;
+    let imp = imp.expect("a complete wave");
+    emo_attribution::figures::write_fig3(&run)?;
     emo_circuits::figures::write_importance_figure(&run, &imp)?;
     times.push(("sublayer importance", step.elapsed().as_secs_f64()));
     let shape = Shape::of(&cfg);
@@ -310,10 +328,15 @@ pub fn paper(p: &PaperArgs) -> Result<()> {
     let opts = ModulateOptions { batch_size: a.batch, generation, progress: a.progress.shown(), ..Default::default() };
     let name = format!("modulation-{split}");
     let stage = modulation_stage(name, &scenarios, info, &judge.name(), &set, &cfg, &opts)?;
-    run_stage(&run, &model, judge.as_mut(), &stage)?;
+    waves.take(run_stage(&run, &model, judge.as_mut(), &stage).map_err(Into::into))?;
+    waves.check()?;
     emo_circuits::figures::write_modulation_pca(&run, &model, &set, &emo_data::sev::spread(&scenarios, 8))?;
     times.push(("circuit modulation", step.elapsed().as_secs_f64()));
     drop(model);
+    if let Some(shard) = run.shard {
+        // Shards writing one report at once would race for nothing: the run without --shard writes it.
+        return emit(format!("shard {shard}: every stage is merged; run `emo paper` without --shard for the report\n"));
+    }
     crate::section5::report(&crate::section5::ReportArgs { run: p.out.clone() })?;
     let lines: Vec<String> = times.iter().map(|(what, s)| format!("  {what}: {s:.0} s")).collect();
     emit(format!("paper (sections 5-7) done in {:.0} s:\n{}\nreport: {}\n", t.elapsed().as_secs_f64(), lines.join("\n"), run.report().display()))

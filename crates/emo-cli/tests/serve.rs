@@ -30,7 +30,8 @@ fn serves_plain_steered_modulated_and_streamed_replies_as_the_cli_gives_them() {
     let dir = scratch("serve");
     let (dirs, circuits) = synthetic_controls(&dir);
     let (d, c) = (format!("syn={}", dirs.display()), format!("syn={}", circuits.display()));
-    let server = Server::start(&["--directions", &d, "--circuits", &c, "--api-key", KEY, "--max-tokens", "400"]);
+    // The model's layers over two devices (the same CPU twice): every reply still equals the CLI's on one.
+    let server = Server::start(&["--device", "cpu,cpu", "--directions", &d, "--circuits", &c, "--api-key", KEY, "--max-tokens", "400"]);
     let prompts = ["Tell me about your weekend.", "What is your favourite food?", "Describe a rainy day."];
     let steer = json!({"steering": {"emotion": "anger", "alpha": 8.0}});
     let modulate = json!({"circuit": {"emotion": "fear", "scale": 1.0}});

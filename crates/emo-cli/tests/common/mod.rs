@@ -64,8 +64,11 @@ pub struct Server {
 
 impl Server {
     pub fn start(extra: &[&str]) -> Server {
+        // On the CPU unless the test names its devices.
+        let device: &[&str] = if extra.contains(&"--device") { &[] } else { &["--device", "cpu"] };
         let mut child = Command::new(env!("CARGO_BIN_EXE_emo"))
-            .args(["serve", "--device", "cpu", "--port", "0"])
+            .args(["serve", "--port", "0"])
+            .args(device)
             .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
