@@ -62,11 +62,15 @@ if [ "$WANT_TEST" = 1 ]; then
     say "installing test dependencies: ${TEST_PKGS[*]}"
     "$VENV/bin/python" -m pip install --progress-bar on "${TEST_PKGS[@]}"
   fi
-  # The playground's browser test drives Debian's Chromium over DevTools (never a downloaded browser).
-  if ! command -v chromium >/dev/null 2>&1; then
-    say "installing chromium from Debian (for the playground's browser test)"
+  # From Debian: Chromium for the playground's browser test (driven over DevTools, never a downloaded
+  # browser), and Slurm with munge for the sharded paper's test on a single-node cluster.
+  apt_pkgs=()
+  command -v chromium >/dev/null 2>&1 || apt_pkgs+=(chromium)
+  command -v slurmctld >/dev/null 2>&1 || apt_pkgs+=(slurmctld slurmd slurm-client munge)
+  if [ "${#apt_pkgs[@]}" -gt 0 ]; then
+    say "installing ${apt_pkgs[*]} from Debian (the playground's browser test, the Slurm test)"
     SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
-    apt_install() { $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium; }
+    apt_install() { $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${apt_pkgs[@]}"; }
     apt_install || { $SUDO apt-get update && apt_install; }
   fi
 fi
