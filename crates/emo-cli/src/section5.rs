@@ -407,7 +407,10 @@ pub(crate) fn elicit_both(s5: &Section5Args, model: &Model, judge: &mut dyn Judg
 
 /// The directions of a complete elicitation, with their exports and analyses.
 pub(crate) fn directions_of(s5: &Section5Args) -> Result<()> {
-    directions(&DirectionsArgs { run: s5.out.clone(), all_groups: false, groups: s5.groups.clone(), npz: true, no_analysis: false })
+    // A shard needs the directions only: the probes and PCA are the report's, which the run without --shard
+    // writes (and each of many shards would redo them, seconds each).
+    let no_analysis = s5.pipeline.shard.shard.is_some();
+    directions(&DirectionsArgs { run: s5.out.clone(), all_groups: false, groups: s5.groups.clone(), npz: true, no_analysis })
 }
 
 /// Steering on the test split with the paper's settings.

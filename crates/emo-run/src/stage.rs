@@ -69,7 +69,7 @@ pub fn run_stage<W: StageWork>(run: &RunDir, name: &str, work: &mut W, progress:
         let (mut stats, _) = finished_shards(&parts, name, count)?;
         work.finish(run, name, &parts, &mut stats)?;
         stats.complete = true;
-        save_stats(run, name, &stats)?;
+        save_stats(run, name, work, &stats)?;
         return Ok(stats);
     }
     let mut stats = recorded.stats;
@@ -90,7 +90,7 @@ pub fn run_stage<W: StageWork>(run: &RunDir, name: &str, work: &mut W, progress:
         bar.inc(size as u64);
         stats.peak_rss_mb = stats.peak_rss_mb.max(peak_rss_mb().unwrap_or(0.0));
         stats.seconds = earlier_seconds + total_start.elapsed().as_secs_f64();
-        save_stats(run, name, &stats)?;
+        save_stats(run, name, work, &stats)?;
     }
     bar.finish_and_clear();
     if (0..sizes.len()).all(|b| work.committed(&parts, b)) {
@@ -98,23 +98,23 @@ pub fn run_stage<W: StageWork>(run: &RunDir, name: &str, work: &mut W, progress:
         stats.complete = true;
         stats.peak_rss_mb = stats.peak_rss_mb.max(peak_rss_mb().unwrap_or(0.0));
         stats.seconds = earlier_seconds + total_start.elapsed().as_secs_f64();
-        save_stats(run, name, &stats)?;
+        save_stats(run, name, work, &stats)?;
     }
     Ok(stats)
 }
 
-/// Records the stage in the manifest (or checks that the recorded one may be resumed by `work`, and by
-/// `run`'s shard), under the run's lock, and returns what is recorded.
+/// Checks that a recorded stage may be resumed by `work` (and by `run`'s shard), under the run's lock, and
+/// returns what is recorded. A shard records a new stage at once, as sharded; a whole run records it with
+/// its first batch (so that a stage failing before any batch may be started again with other settings).
 fn register<W: StageWork>(run: &RunDir, name: &str, work: &W) -> Result<StageInfo> {
-    let settings =
-        serde_json::to_value(work.settings()).map_err(|e| RunError::Invalid(format!("stage `{name}`: settings cannot be recorded: {e}")))?;
     run.update_manifest(|m| {
-        let info = m.stages.entry(name.to_string()).or_insert_with(|| StageInfo {
-            kind: work.kind().to_string(),
-            settings,
-            stats: StageStats::default(),
-            shards: run.shard.map(|s| s.count),
-        });
+        if run.shard.is_none() && !m.stages.contains_key(name) {
+            return new_info(name, work, None);
+        }
+        if !m.stages.contains_key(name) {
+            m.stages.insert(name.to_string(), new_info(name, work, run.shard.map(|s| s.count))?);
+        }
+        let info = m.stages.get_mut(name).expect("recorded above");
         check_resumable(run, name, info, work)?;
         if let (Some(shard), false) = (run.shard, info.stats.complete) {
             match info.shards {
@@ -188,11 +188,19 @@ fn check_resumable<W: StageWork>(run: &RunDir, name: &str, info: &StageInfo, wor
     }
 }
 
-/// Records a stage's statistics in the manifest (under the run's lock: other stages' shards may be writing).
-fn save_stats(run: &RunDir, name: &str, stats: &StageStats) -> Result<()> {
+/// A stage not yet recorded: `work`'s kind and settings, no progress.
+fn new_info<W: StageWork>(name: &str, work: &W, shards: Option<usize>) -> Result<StageInfo> {
+    let settings =
+        serde_json::to_value(work.settings()).map_err(|e| RunError::Invalid(format!("stage `{name}`: settings cannot be recorded: {e}")))?;
+    Ok(StageInfo { kind: work.kind().to_string(), settings, stats: StageStats::default(), shards })
+}
+
+/// Records a stage's statistics in the manifest, with the stage itself the first time (under the run's
+/// lock: other stages' shards may be writing).
+fn save_stats<W: StageWork>(run: &RunDir, name: &str, work: &W, stats: &StageStats) -> Result<()> {
+    let info = new_info(name, work, None)?;
     run.update_manifest(|m| {
-        let info = m.stages.get_mut(name).ok_or_else(|| RunError::Invalid(format!("stage `{name}` left the manifest while it ran")))?;
-        info.stats = stats.clone();
+        m.stages.entry(name.to_string()).or_insert(info).stats = stats.clone();
         Ok(())
     })
 }

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use super::emo;
 
 /// Short replies and two prompts per batch: many batches for the shards to split, in little time.
-const PAPER: [&str; 10] = ["--limit", "1", "--seeds", "1", "--max-new-tokens", "12", "--quiet", "--batch", "2", "--device"];
+const PAPER: [&str; 10] = ["--limit", "1", "--seeds", "1", "--max-new-tokens", "8", "--quiet", "--batch", "2", "--device"];
 
 fn paper_args<'a>(out: &'a str, device: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
     let mut args = vec!["paper", "--out", out];
