@@ -242,7 +242,9 @@ impl<'a> Sweep<'a> {
                         cap.per_row(self.metric.points[k], chunk.len())
                     } else {
                         let clean = prefix.clean(self.metric.points[k]).expect("metric points are kept clean");
-                        Ok(clean.index_select(0, &Tensor::from_slice(&which.iter().map(|&q| q as i64).collect::<Vec<_>>())))
+                        // The index on the activation's device: a GPU (or a later device of a placed model) holds it.
+                        let rows = Tensor::from_slice(&which.iter().map(|&q| q as i64).collect::<Vec<_>>()).to_device(clean.device());
+                        Ok(clean.index_select(0, &rows))
                     }
                 })?;
                 for (r, &(i, q)) in chunk.iter().enumerate() {
