@@ -69,9 +69,7 @@ impl Waves {
     pub(crate) fn take<T>(&mut self, result: Result<T>) -> Result<Option<T>> {
         match result {
             Ok(v) => Ok(Some(v)),
-            Err(e) if matches!(e.downcast_ref::<RunError>(), Some(RunError::ShardPending { .. })) => {
-                Ok(self.pending.take(Err(e.downcast::<RunError>().expect("checked")))?)
-            }
+            Err(e) if stopped_for_merge(&e) => Ok(self.pending.take(Err(e.downcast::<RunError>().expect("checked")))?),
             Err(e) => Err(e),
         }
     }

@@ -61,9 +61,13 @@ impl RunDir {
     /// (`.manifest.lock`), so that processes sharing the folder (shards) never lose each other's changes.
     pub fn update_manifest<T>(&self, change: impl FnOnce(&mut Manifest) -> Result<T>) -> Result<T> {
         let _lock = self.lock()?;
-        let mut manifest = self.require_manifest()?;
+        let before = self.require_manifest()?;
+        let mut manifest = before.clone();
         let out = change(&mut manifest)?;
-        write_json(&self.manifest(), &manifest)?;
+        // Most calls (a stage resumed, a complete stage met again) change nothing: no write then.
+        if manifest != before {
+            write_json(&self.manifest(), &manifest)?;
+        }
         Ok(out)
     }
 

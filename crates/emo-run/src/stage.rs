@@ -88,16 +88,14 @@ pub fn run_stage<W: StageWork>(run: &RunDir, name: &str, work: &mut W, progress:
         work.run_batch(&parts, b, first, &mut stats)?;
         first += size;
         bar.inc(size as u64);
-        stats.peak_rss_mb = stats.peak_rss_mb.max(peak_rss_mb().unwrap_or(0.0));
-        stats.seconds = earlier_seconds + total_start.elapsed().as_secs_f64();
+        account(&mut stats, earlier_seconds, total_start);
         save_stats(run, name, work, &stats)?;
     }
     bar.finish_and_clear();
     if (0..sizes.len()).all(|b| work.committed(&parts, b)) {
         work.finish(run, name, &parts, &mut stats)?;
         stats.complete = true;
-        stats.peak_rss_mb = stats.peak_rss_mb.max(peak_rss_mb().unwrap_or(0.0));
-        stats.seconds = earlier_seconds + total_start.elapsed().as_secs_f64();
+        account(&mut stats, earlier_seconds, total_start);
         save_stats(run, name, work, &stats)?;
     }
     Ok(stats)
@@ -157,8 +155,7 @@ fn run_shard<W: StageWork>(run: &RunDir, name: &str, work: &mut W, shard: Shard,
         if !work.committed(&parts, b) {
             let first = sizes[..b].iter().sum();
             work.run_batch(&parts, b, first, &mut state.stats)?;
-            state.stats.peak_rss_mb = state.stats.peak_rss_mb.max(peak_rss_mb().unwrap_or(0.0));
-            state.stats.seconds = earlier_seconds + total_start.elapsed().as_secs_f64();
+            account(&mut state.stats, earlier_seconds, total_start);
             state.write(&parts, shard)?;
         }
         bar.inc(sizes[b] as u64);
@@ -169,6 +166,12 @@ fn run_shard<W: StageWork>(run: &RunDir, name: &str, work: &mut W, shard: Shard,
         state.write(&parts, shard)?;
     }
     Err(RunError::ShardPending { shard: shard.to_string(), stages: vec![name.to_string()] })
+}
+
+/// Brings `stats`' peak memory and time up to now: the time of earlier sessions plus this one's since `start`.
+fn account(stats: &mut StageStats, earlier_seconds: f64, start: Instant) {
+    stats.peak_rss_mb = stats.peak_rss_mb.max(peak_rss_mb().unwrap_or(0.0));
+    stats.seconds = earlier_seconds + start.elapsed().as_secs_f64();
 }
 
 /// Ok when a recorded stage may be resumed by `work`: same kind, equal settings (compared as the kind's
