@@ -9,7 +9,8 @@
 //! - sweeps of many interventions over many prompts, through prefix branching wherever it is exact
 //!   ([`Sweep`]), and streaming statistics ([`GroupedSums`]);
 //! - files: atomic writes and safetensors ([`store`]), NumPy ([`npy`]), reply records ([`records`]),
-//!   accuracy tables ([`accuracy`]), figures ([`figures`]) and Markdown reports ([`report`]).
+//!   accuracy tables ([`accuracy`]), figures ([`figures`]) and Markdown reports ([`report`]);
+//! - progress bars, drawn on stderr or handed to an embedder's sink ([`progress`]).
 #![warn(missing_docs)]
 
 pub mod accuracy;
@@ -21,6 +22,7 @@ pub mod forward;
 pub mod generation;
 pub use emo_steer::{npy, paper};
 pub mod merge;
+pub mod progress;
 pub mod records;
 pub mod report;
 pub mod shard;

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use crate::bench::peak_rss_mb;
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{ProgressBar, ProgressStyle};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -243,9 +243,9 @@ pub fn rows_bar(show: bool, message: &str, manifest: &crate::folder::Manifest, s
 }
 
 /// A bar counting `total` `unit`s (prompts, rows), labelled `message`, with rate and ETA; hidden unless
-/// `show`. One bar may be shared by several stages or sweeps (see `Sweep::bar`).
+/// `show` (drawn where [`crate::progress::draw_target`] says). One bar may be shared by several stages or sweeps (see `Sweep::bar`).
 pub fn progress_bar(show: bool, message: &str, total: u64, unit: &str) -> ProgressBar {
-    let bar = if show { ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr()) } else { ProgressBar::hidden() };
+    let bar = ProgressBar::with_draw_target(Some(total), crate::progress::draw_target(show));
     let template = format!("{{msg}} [{{elapsed_precise}}] {{bar:30}} {{pos}}/{{len}} {unit}, {{per_sec}}, ETA {{eta}}");
     bar.set_style(ProgressStyle::with_template(&template).expect("valid template"));
     bar.set_message(message.to_string());
