@@ -21,15 +21,17 @@ pub fn draw_target(show: bool) -> ProgressDrawTarget {
         return ProgressDrawTarget::hidden();
     }
     match SINK.read().unwrap_or_else(|e| e.into_inner()).clone() {
-        Some(sink) => ProgressDrawTarget::term_like_with_hz(Box::new(SinkTerm { sink, line: Mutex::new(String::new()) }), 2),
+        Some(sink) => ProgressDrawTarget::term_like_with_hz(Box::new(SinkTerm { sink, line: Mutex::new(String::new()), cleared: true.into() }), 2),
         None => ProgressDrawTarget::stderr(),
     }
 }
 
-/// A terminal of one line whose every flush hands the line to the sink.
+/// A terminal of one line whose every flush hands the line to the sink; a bar cleared away arrives as one
+/// empty line (so the sink can end the line it was redrawing).
 struct SinkTerm {
     sink: Sink,
     line: Mutex<String>,
+    cleared: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for SinkTerm {
@@ -66,8 +68,12 @@ impl TermLike for SinkTerm {
         Ok(())
     }
     fn flush(&self) -> std::io::Result<()> {
+        use std::sync::atomic::Ordering;
         let line = std::mem::take(&mut *self.line.lock().unwrap_or_else(|e| e.into_inner()));
-        if !line.trim().is_empty() {
+        let empty = line.trim().is_empty();
+        // Only the first of several empty redraws is passed on.
+        if !(empty && self.cleared.swap(true, Ordering::Relaxed)) {
+            self.cleared.store(empty, Ordering::Relaxed);
             (self.sink)(line.trim_end());
         }
         Ok(())

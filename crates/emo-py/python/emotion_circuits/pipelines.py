@@ -27,21 +27,24 @@ def _flags(options: dict) -> list:
 @contextlib.contextmanager
 def _progress(stream=None):
     """Draws the core's progress bars on `stream` (default: sys.stderr, which Jupyter shows under the
-    cell), each redraw replacing the line."""
+    cell), each redraw replacing the line; a bar cleared away (an empty line) ends its line."""
     out = stream or sys.stderr
-    drawn = [False]
+    open_line = [False]
 
     def draw(line: str) -> None:
-        out.write("\r" + line)
+        if line:
+            out.write("\r" + line)
+        elif open_line[0]:
+            out.write("\n")
+        open_line[0] = bool(line)
         out.flush()
-        drawn[0] = True
 
     _native.set_progress(draw)
     try:
         yield
     finally:
         _native.set_progress(None)
-        if drawn[0]:
+        if open_line[0]:
             out.write("\n")
             out.flush()
 
