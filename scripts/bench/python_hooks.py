@@ -1,7 +1,8 @@
 """Python hooks, side by side: one forward of a T-token prompt (T = 1, a decoding step's size, and 64) through the default model (SmolLM2-135M, f32,
 CPU) with no hooks and with one Python hook per layer that edits the residual stream (adds a vector at every
 block's output), in emotion_circuits, TransformerLens (TransformerBridge) and nnsight, all in this process on
-the same torch, weights and threads. Rounds are interleaved; each number is a median.
+the same torch, weights and threads; and, for the cost of one Python hook call, an identity hook at every
+hook point emotion_circuits and TransformerLens offer. Rounds are interleaved; each number is a median.
 
 usage: python_hooks.py [--reps N] [--tokens T,T...] [--threads K] [--json OUT]
 """
@@ -75,6 +76,20 @@ def main() -> None:
                 out = nn_model.output.save()
             return out
 
+        # The cost of one Python hook call: an identity hook at every hook point each library offers.
+        calls = {"emotion_circuits": 0, "TransformerLens": 0}
+
+        def counting(lib):
+            def hook(act, hook):
+                calls[lib] += 1
+
+            return [(lambda name: True, hook)]
+
+        with torch.inference_mode():
+            ours.run_with_hooks(ids, fwd_hooks=counting("emotion_circuits"))
+            bridge.run_with_hooks(ids, fwd_hooks=counting("TransformerLens"))
+        every = {lib: [(lambda name: True, lambda act, hook: None)] for lib in calls}
+
         cases = {
             "emotion_circuits": lambda: ours(ids),
             "emotion_circuits + Python hooks": lambda: ours.run_with_hooks(ids, fwd_hooks=ours_hooks),
@@ -82,6 +97,8 @@ def main() -> None:
             "transformers": lambda: hf(ids),
             "TransformerLens": lambda: bridge(ids),
             "TransformerLens + hooks": lambda: bridge.run_with_hooks(ids, fwd_hooks=tl_hooks),
+            "emotion_circuits + a hook at every point": lambda: ours.run_with_hooks(ids, fwd_hooks=every["emotion_circuits"]),
+            "TransformerLens + a hook at every point": lambda: bridge.run_with_hooks(ids, fwd_hooks=every["TransformerLens"]),
             "nnsight": nn_plain,
             "nnsight + edits": nn_edit,
         }
@@ -109,12 +126,14 @@ def main() -> None:
         ms = {k: statistics.median(v) for k, v in times.items()}
         for k in cases:
             base = k.split(" + ")[0]
-            rows.append({"tokens": tokens, "case": k, "ms": round(ms[k], 2), "x_unhooked": round(ms[k] / ms[base], 3), "overhead_ms_per_hook": round((ms[k] - ms[base]) / n_layers, 3)})
-        print(f"\n{tokens} tokens, batch 1, {n_layers} hooks (one per layer), {a.threads} threads, median of {a.reps}")
-        print("| case | ms | x unhooked | ms per hook |")
-        print("|---|---:|---:|---:|")
+            n_hooks = calls[base] if "every point" in k else n_layers
+            rows.append({"tokens": tokens, "case": k, "hooks": n_hooks if base != k else 0, "ms": round(ms[k], 2), "x_unhooked": round(ms[k] / ms[base], 3),
+                         "overhead_ms_per_hook": round((ms[k] - ms[base]) / n_hooks, 4)})
+        print(f"\n{tokens} tokens, batch 1, {a.threads} threads, median of {a.reps}")
+        print("| case | hooks | ms | x unhooked | ms per hook |")
+        print("|---|---:|---:|---:|---:|")
         for r in [r for r in rows if r["tokens"] == tokens]:
-            print(f"| {r['case']} | {r['ms']:.1f} | {r['x_unhooked']:.2f} | {r['overhead_ms_per_hook']:.3f} |")
+            print(f"| {r['case']} | {r['hooks']} | {r['ms']:.1f} | {r['x_unhooked']:.2f} | {r['overhead_ms_per_hook']:.4f} |")
     if a.json:
         with open(a.json, "w") as f:
             json.dump(rows, f, indent=1)
