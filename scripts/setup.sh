@@ -189,6 +189,10 @@ file_from_wheel matplotlib==3.10.7 matplotlib/mpl-data/fonts/ttf/DejaVuSans.ttf 
 PY_PROFILE="${EMO_PY_PROFILE:-release}"
 case "$PY_PROFILE" in release) build_dir=release ;; dev) build_dir=debug ;; *) echo "setup.sh: EMO_PY_PROFILE is release or dev" >&2; exit 2 ;; esac
 say "building the Python package emotion_circuits ($PY_PROFILE)"
+# maturin sets this for pyo3's build script when it builds the wheel; setting the same value here lets both
+# builds share one pyo3 instead of rebuilding it each time the other ran.
+PYO3_ENVIRONMENT_SIGNATURE="$("$VENV/bin/python" -c 'import sys; print(f"{sys.implementation.name}-{sys.version_info[0]}.{sys.version_info[1]}-64bit")')"
+export PYO3_ENVIRONMENT_SIGNATURE
 (cd "$ROOT" && cargo build --quiet --profile "$PY_PROFILE" -p emo-py)
 TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"
 case "$TARGET" in /*) ;; *) TARGET="$ROOT/$TARGET" ;; esac

@@ -11,7 +11,7 @@ import emotion_circuits as ec
 @pytest.fixture(scope="module")
 def paper_run(tmp_path_factory):
     run = tmp_path_factory.mktemp("paper") / "run"
-    ec.paper(out=str(run), limit=1, seeds=1, max_new_tokens=8, device="cpu", quiet=True)
+    ec.paper(out=str(run), limit=1, seeds=1, max_new_tokens=4, device="cpu", quiet=True)
     return run
 
 
@@ -22,7 +22,7 @@ def test_paper_writes_its_report_and_circuits(paper_run):
     assert (paper_run / "circuits" / "all").is_dir()
     # Run again, it resumes: everything is complete, nothing is recomputed, the report is the same.
     before = (paper_run / "modulation-test.jsonl").stat().st_mtime_ns
-    ec.paper(out=str(paper_run), limit=1, seeds=1, max_new_tokens=8, device="cpu", quiet=True)
+    ec.paper(out=str(paper_run), limit=1, seeds=1, max_new_tokens=4, device="cpu", quiet=True)
     assert (paper_run / "modulation-test.jsonl").stat().st_mtime_ns == before
 
 

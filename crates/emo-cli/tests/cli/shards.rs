@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 
 use super::emo;
 
-/// Short replies and two prompts per batch: many batches for the shards to split, in little time.
-const PAPER: [&str; 10] = ["--limit", "1", "--seeds", "1", "--max-new-tokens", "8", "--quiet", "--batch", "2", "--device"];
+/// Short replies and three prompts per batch: six batches a stage for the shards to split, in little time.
+const PAPER: [&str; 10] = ["--limit", "1", "--seeds", "1", "--max-new-tokens", "4", "--quiet", "--batch", "3", "--device"];
 
 fn paper_args<'a>(out: &'a str, device: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
     let mut args = vec!["paper", "--out", out];
@@ -160,7 +160,7 @@ fn paper_runs_whole_sharded_and_on_slurm_to_the_same_files() {
             })
             .collect();
         if wave == 1 {
-            // Shard 2 owns batches 2, 5, 8 of the elicitation's 9: kill it once its first is committed.
+            // Shard 2 owns batches 2 and 5 of the elicitation's 6: kill it once its first is committed.
             let first = sharded.join("parts/elicit/00002.jsonl");
             assert!(wait_for(&first, Duration::from_secs(300)), "shard 2 never committed a batch");
             shards[2].kill().unwrap();
