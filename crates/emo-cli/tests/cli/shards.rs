@@ -145,6 +145,20 @@ fn paper_runs_whole_sharded_and_on_slurm_to_the_same_files() {
     }
     assert_eq!(std::fs::read(whole.join("manifest.json")).unwrap(), manifest, "the manifest changed");
 
+    // The by-hand shards and the Slurm run are independent: they run side by side, so that the Slurm run's
+    // waiting (scheduling, polling) overlaps the shards' work.
+    std::thread::scope(|scope| {
+        let on_slurm = scope.spawn(|| sharded_on_slurm(&tmp, &whole));
+        sharded_by_hand(&tmp, &whole);
+        if let Err(panic) = on_slurm.join() {
+            std::panic::resume_unwind(panic);
+        }
+    });
+    let _ = std::fs::remove_dir_all(&tmp);
+}
+
+/// Sharded in 3 by hand, wave by wave, to the same files as `whole`.
+fn sharded_by_hand(tmp: &Path, whole: &Path) {
     // Sharded in 3 by hand, wave by wave: shard 1 with its layers over two devices, shard 2 killed in the
     // middle of the first wave and run again.
     let sharded = tmp.join("sharded");
@@ -190,8 +204,11 @@ fn paper_runs_whole_sharded_and_on_slurm_to_the_same_files() {
     }
     assert_eq!(wave, 5, "four waves of stages, then one with nothing left");
     ok(&emo(&paper_args(s, "cpu", &[])), "the report after the shards");
-    assert_same_run(&whole, &sharded, "sharded in 3");
+    assert_same_run(whole, &sharded, "sharded in 3");
+}
 
+/// The paper on Slurm in 2 shards through `scripts/slurm/emo-paper.sh`, to the same files as `whole`.
+fn sharded_on_slurm(tmp: &Path, whole: &Path) {
     // On Slurm, 2 shards per wave, through the script users call; one task of wave 1 fails once, and the
     // same command then continues where it stopped (the other task's batches are kept).
     let cluster = Cluster::start(&tmp.join("slurm-cluster"));
@@ -215,7 +232,7 @@ fn paper_runs_whole_sharded_and_on_slurm_to_the_same_files() {
     let slurm_paper = || {
         let mut args = vec!["--shards", "2", "--"];
         args.extend(paper_args(on_slurm.to_str().unwrap(), "cpu", &[])[1..].iter());
-        Command::new(&script).args(args).env("SLURM_CONF", &cluster.conf).env("EMO", &flaky).current_dir(&tmp).output().unwrap()
+        Command::new(&script).args(args).env("SLURM_CONF", &cluster.conf).env("EMO", &flaky).current_dir(tmp).output().unwrap()
     };
     let out = slurm_paper();
     let err = String::from_utf8_lossy(&out.stderr);
@@ -225,6 +242,5 @@ fn paper_runs_whole_sharded_and_on_slurm_to_the_same_files() {
     let text = ok(&slurm_paper(), "the Slurm run continued");
     assert!(text.contains("wave 1 (elicitation), 2 shards: COMPLETED") && text.contains("report: COMPLETED"), "{text}");
     drop(cluster);
-    assert_same_run(&whole, &on_slurm, "on Slurm in 2 shards");
-    let _ = std::fs::remove_dir_all(&tmp);
+    assert_same_run(whole, &on_slurm, "on Slurm in 2 shards");
 }
