@@ -1,7 +1,7 @@
 //! `Model`: load a chat model and run it as TransformerLens users do (`to_tokens`, `run_with_cache`,
 //! `run_with_hooks`, `generate`), with hooks written in Python or native ones.
 use emotion_circuits::model::device::{parse_devices, parse_kind};
-use emotion_circuits::model::{GenerationConfig, HookPoint, Input, LoadOptions, Model, Sampling, WeightFormat};
+use emotion_circuits::model::{GenerationConfig, HookPoint, HookSet, Input, LoadOptions, Model, Sampling, WeightFormat};
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
@@ -105,12 +105,7 @@ impl PyModel {
     #[pyo3(signature = (input, fwd_hooks = None))]
     fn run_with_hooks(&self, py: Python<'_>, input: &Bound<'_, PyAny>, fwd_hooks: Option<&Bound<'_, PyAny>>) -> PyResult<PyObject> {
         let (input, _) = self::input(input)?;
-        let mut hooks = CallHooks::parse(fwd_hooks)?;
-        let out = {
-            let mut set = hooks.set();
-            without_gil(py, || self.model.run_with_hooks(input, &mut set))
-        };
-        let logits = finish(py, &hooks, out)?;
+        let logits = hooked(py, fwd_hooks, |set| self.model.run_with_hooks(input, set))?;
         to_py(py, &logits)
     }
 
@@ -126,12 +121,7 @@ impl PyModel {
     ) -> PyResult<(PyObject, PyActivationCache)> {
         let (input, _) = self::input(input)?;
         let keep = names(names_filter, self.model.transformer.config().n_layers)?;
-        let mut hooks = CallHooks::parse(fwd_hooks)?;
-        let out = {
-            let mut set = hooks.set();
-            without_gil(py, || self.model.run_with_cache_and_hooks(input, |p| keep.contains(&p), &mut set))
-        };
-        let (logits, cache) = finish(py, &hooks, out)?;
+        let (logits, cache) = hooked(py, fwd_hooks, |set| self.model.run_with_cache_and_hooks(input, |p| keep.contains(&p), set))?;
         Ok((to_py(py, &logits)?, PyActivationCache { cache }))
     }
 
@@ -167,12 +157,7 @@ impl PyModel {
             sampling: Sampling { temperature, top_p, top_k, seed },
             ..Default::default()
         };
-        let mut hooks = CallHooks::parse(fwd_hooks)?;
-        let out = {
-            let mut set = hooks.set();
-            without_gil(py, || self.model.generate_ids(&rows, &cfg, &mut set))
-        };
-        let generated = finish(py, &hooks, out)?;
+        let generated = hooked(py, fwd_hooks, |set| self.model.generate_ids(&rows, &cfg, set))?;
         if return_tokens {
             let ids: Vec<Vec<u32>> = generated.into_iter().map(|g| g.tokens).collect();
             return if single { Ok(ids[0].clone().into_pyobject(py)?.into_any().unbind()) } else { Ok(ids.into_pyobject(py)?.into_any().unbind()) };
@@ -187,9 +172,18 @@ impl PyModel {
     }
 }
 
-/// A call's result, or the error to raise: a Python hook's own exception first (also when the forward
-/// went on, as after a name filter raised).
-fn finish<T, E: std::fmt::Display>(py: Python<'_>, hooks: &CallHooks, out: Result<T, E>) -> PyResult<T> {
+/// Runs `f` with the hooks of `fwd_hooks` and the GIL released. Returns its result, or the error to raise:
+/// a Python hook's own exception first (also when the forward went on, as after a name filter raised).
+fn hooked<T, E: std::fmt::Display>(
+    py: Python<'_>,
+    fwd_hooks: Option<&Bound<'_, PyAny>>,
+    f: impl FnOnce(&mut HookSet) -> Result<T, E>,
+) -> PyResult<T> {
+    let mut hooks = CallHooks::parse(fwd_hooks)?;
+    let out = {
+        let mut set = hooks.set();
+        without_gil(py, || f(&mut set))
+    };
     match out {
         Err(e) => Err(hooks.error(py, e)),
         Ok(_) if hooks.raised.borrow().is_some() => Err(hooks.error(py, "a hook raised")),
