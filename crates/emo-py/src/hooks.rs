@@ -36,6 +36,11 @@ pub fn point(name: &str) -> PyResult<HookPoint> {
     HookPoint::from_str(name).map_err(|e| PyValueError::new_err(e.to_string()))
 }
 
+/// Positions by name (`all`, `last-prompt`, ...), as a `ValueError` naming them when unknown.
+pub fn positions(name: &str) -> PyResult<Positions> {
+    Positions::from_str(name).map_err(|e| PyValueError::new_err(e.to_string()))
+}
+
 /// A hook that runs in Rust: an ablation, a scaling, an added vector, or a steerer's or modulator's edit.
 /// Pass it in `fwd_hooks` beside `(name, fn)` pairs.
 #[pyclass(name = "Hook", module = "emotion_circuits", unsendable)]
@@ -56,8 +61,7 @@ impl NativeHook {
 impl NativeHook {
     /// A hook applying `edit` at `name` to every row at `positions`.
     fn one(name: &str, edit: Edit, positions: &str, label: String) -> PyResult<NativeHook> {
-        let positions = Positions::from_str(positions).map_err(|e| PyValueError::new_err(e.to_string()))?;
-        Ok(NativeHook { parts: vec![(vec![Intervention::none().with(point(name)?, edit)], positions)], label })
+        Ok(NativeHook { parts: vec![(vec![Intervention::none().with(point(name)?, edit)], self::positions(positions)?)], label })
     }
 
     /// The core's hooks, fresh for one call.

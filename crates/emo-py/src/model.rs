@@ -1,11 +1,11 @@
 //! `Model`: load a chat model and run it as TransformerLens users do (`to_tokens`, `run_with_cache`,
 //! `run_with_hooks`, `generate`), with hooks written in Python or native ones.
 use emotion_circuits::model::device::{parse_devices, parse_kind};
+use emotion_circuits::model::kv_cache::left_pad;
 use emotion_circuits::model::{GenerationConfig, HookPoint, HookSet, Input, LoadOptions, Model, Sampling, WeightFormat};
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
-use tch::Tensor;
 
 use crate::cache::PyActivationCache;
 use crate::error::emo;
@@ -73,10 +73,9 @@ impl PyModel {
     /// `tokenizer(text)` gives them, conversations through the chat template, ids as they are.
     fn to_tokens(&self, py: Python<'_>, input: &Bound<'_, PyAny>) -> PyResult<PyObject> {
         let rows = self.model.to_tokens(self::input(input)?.0).map_err(emo)?;
-        let pad = self.model.pad_token_id() as i64;
-        let width = rows.iter().map(Vec::len).max().unwrap_or(0);
-        let flat: Vec<i64> = rows.iter().flat_map(|r| std::iter::repeat_n(pad, width - r.len()).chain(r.iter().map(|&t| t as i64))).collect();
-        to_py(py, &Tensor::from_slice(&flat).view([rows.len() as i64, width as i64]))
+        // The padding every forward uses, so the tensor is what the model runs.
+        let (tokens, _, _) = left_pad(&rows, self.model.pad_token_id()).map_err(emo)?;
+        to_py(py, &tokens)
     }
 
     /// The text of token ids (`[pos]` gives a str, `[batch, pos]` a list), special tokens kept.

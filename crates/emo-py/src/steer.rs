@@ -24,10 +24,6 @@ fn site(name: &str) -> PyResult<Site> {
     Site::ALL.into_iter().find(|s| s.name() == name).ok_or_else(|| PyValueError::new_err(format!("unknown site {name:?} (resid_mid or resid_post)")))
 }
 
-fn positions(name: &str) -> PyResult<Positions> {
-    Positions::from_str(name).map_err(|e| PyValueError::new_err(e.to_string()))
-}
-
 /// One conversation: a str is one user message.
 fn messages(obj: &Bound<'_, PyAny>) -> PyResult<Vec<ChatMessage>> {
     match input(obj)? {
@@ -134,7 +130,7 @@ impl PySteerer {
 impl PySteerer {
     /// `directions`: an `EmotionDirections` or the path of a `directions.safetensors`.
     #[new]
-    #[pyo3(signature = (model, directions, alpha = 8.0, layers = None, positions = "last-prompt-and-generated", site = "resid_post"))]
+    #[pyo3(signature = (model, directions, alpha = emotion_circuits::steer::paper::STEERING_ALPHA, layers = None, positions = "last-prompt-and-generated", site = "resid_post"))]
     fn new(
         py: Python<'_>,
         model: Py<PyModel>,
@@ -148,7 +144,7 @@ impl PySteerer {
             Ok(d) => d.borrow().directions.clone(),
             Err(_) => EmotionDirections::load(&directions.extract::<PathBuf>()?).map_err(emo)?,
         };
-        let s = PySteerer { model, directions, alpha, layers, positions: self::positions(positions)?, site: self::site(site)? };
+        let s = PySteerer { model, directions, alpha, layers, positions: crate::hooks::positions(positions)?, site: self::site(site)? };
         s.with(py, |_| Ok(()))?; // checks the directions fit the model
         Ok(s)
     }
