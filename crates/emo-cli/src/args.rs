@@ -4,7 +4,7 @@
 //! [`LoadArgs`] and reaches every model-running command.
 use anyhow::{Context, Result};
 use clap::Args;
-use emo_model::device::{parse_devices, parse_kind};
+use emo_model::device::{parse_devices, parse_kind_on};
 use emo_model::{LoadOptions, Model, WeightFormat};
 
 /// How a model is loaded: device, dtype, CPU threads, weight format.
@@ -14,8 +14,9 @@ pub(crate) struct LoadArgs {
     /// contiguous layer ranges on each device in proportion to its free memory.
     #[arg(long, default_value = "auto")]
     pub(crate) device: String,
-    /// f32, bf16 or f16 (default f32; on a CPU with AMX, bf16 ran the 1.5B model 3x faster than f32:
-    /// docs/performance.md).
+    /// f32, bf16, f16, or auto: bf16 on CUDA and on a CPU with avx512_bf16 or AMX (there bf16 ran the 1.5B
+    /// model up to 3x faster than f32), f32 on other CPUs (where bf16 ran it about 4x slower):
+    /// docs/performance.md.
     #[arg(long, default_value = "f32")]
     pub(crate) dtype: String,
     /// CPU threads for LibTorch (default: LibTorch's choice).
@@ -38,7 +39,7 @@ impl LoadArgs {
             tch::set_num_threads(n);
         }
         let devices = parse_devices(&self.device).with_context(|| format!("--device {}", self.device))?;
-        Ok(LoadOptions::new(devices[0], parse_kind(&self.dtype)?).devices(devices).weights(WeightFormat::parse(&self.weights)?))
+        Ok(LoadOptions::new(devices[0], parse_kind_on(&self.dtype, devices[0])?).devices(devices).weights(WeightFormat::parse(&self.weights)?))
     }
 
     /// Loads `model`.

@@ -6,7 +6,7 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use args::ModelArgs;
 use clap::{Parser, Subcommand};
-use emo_model::device::device_name;
+use emo_model::device::{device_name, kind_name};
 use emo_model::{Capture, ChatMessage, DecodeState, GenerationConfig, HookPoint, HookSet, Interventions, LogitsFor, Positions};
 use emo_run::bench::{hooks_for, peak_rss_mb, HookLoad};
 use tch::Tensor;
@@ -385,7 +385,7 @@ fn run(cli: Cli) -> Result<()> {
             let mut line = serde_json::json!({
                 "model": model.model,
                 "device": device_name(t.device()),
-                "dtype": model.load.dtype,
+                "dtype": kind_name(t.kind()),
                 "weights": model.load.weights,
                 "weight_mb": t.weight_bytes().0 as f64 / 1e6,
                 "threads": tch::get_num_threads(),
@@ -477,7 +477,7 @@ fn bench_branching(model: &ModelArgs, ns: &[usize], tokens: usize, batch: usize,
         let line = serde_json::json!({
             "model": model.model,
             "device": device_name(t.device()),
-            "dtype": model.load.dtype,
+            "dtype": kind_name(t.kind()),
             "threads": tch::get_num_threads(),
             "tokens": tokens,
             "interventions": n,

@@ -80,6 +80,22 @@ fn packed_weights_generate_and_bench_from_the_command_line() {
 }
 
 #[test]
+fn dtype_auto_is_bf16_only_where_the_cpu_multiplies_bf16_natively() {
+    // The kernel's own account of the CPU, read independently of the detection the binary uses.
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").expect("read /proc/cpuinfo");
+    let flags = cpuinfo.lines().find(|l| l.starts_with("flags")).expect("a flags line in /proc/cpuinfo");
+    let native_bf16 = flags.split_whitespace().any(|f| f == "avx512_bf16");
+    let out = emo(&["bench", "--device", "cpu", "--dtype", "auto", "--batch", "1", "--tokens", "4", "--new-tokens", "1", "--reps", "1"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["dtype"], if native_bf16 { "bf16" } else { "f32" }, "{v}");
+    let out = emo(&["bench", "--dtype", "f8"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("f8") && err.contains("auto"), "{err}");
+}
+
+#[test]
 fn resolve_prints_the_model_file() {
     let out = emo(&["resolve", "qwen2.5-coder-0.5b"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

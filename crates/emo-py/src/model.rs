@@ -1,6 +1,6 @@
 //! `Model`: load a chat model and run it as TransformerLens users do (`to_tokens`, `run_with_cache`,
 //! `run_with_hooks`, `generate`), with hooks written in Python or native ones.
-use emotion_circuits::model::device::{parse_devices, parse_kind};
+use emotion_circuits::model::device::{parse_devices, parse_kind_on};
 use emotion_circuits::model::kv_cache::left_pad;
 use emotion_circuits::model::{GenerationConfig, HookPoint, HookSet, Input, LoadOptions, Model, Sampling, WeightFormat};
 use pyo3::exceptions::{PyTypeError, PyValueError};
@@ -23,13 +23,14 @@ pub struct PyModel {
 #[pymethods]
 impl PyModel {
     /// Loads a model. `device`: `cpu`, `cuda`, `cuda:N`, `auto` or a comma list spreading the layers;
-    /// `dtype`: `float32`/`f32`, `bfloat16`/`bf16`, `float16`/`f16`; `weights`: `dequantized` (exact) or
+    /// `dtype`: `float32`/`f32`, `bfloat16`/`bf16`, `float16`/`f16`, or `auto` (bf16 on CUDA and on CPUs with
+    /// avx512_bf16 or AMX, else f32); `weights`: `dequantized` (exact) or
     /// `packed` (int4 GGUF matrices, CPU).
     #[staticmethod]
     #[pyo3(signature = (name_or_path = "smollm2-135m", device = "cpu", dtype = "float32", weights = "dequantized", chat_template = None))]
     fn load(py: Python<'_>, name_or_path: &str, device: &str, dtype: &str, weights: &str, chat_template: Option<&str>) -> PyResult<PyModel> {
         let devices = parse_devices(device).map_err(|e| PyValueError::new_err(format!("device={device:?}: {e}")))?;
-        let kind = parse_kind(torch_dtype_name(dtype)).map_err(|e| PyValueError::new_err(format!("dtype={dtype:?}: {e}")))?;
+        let kind = parse_kind_on(torch_dtype_name(dtype), devices[0]).map_err(|e| PyValueError::new_err(format!("dtype={dtype:?}: {e}")))?;
         let format = WeightFormat::parse(weights).map_err(|e| PyValueError::new_err(format!("weights={weights:?}: {e}")))?;
         let opts = LoadOptions::new(devices[0], kind).devices(devices).weights(format);
         let model = without_gil(py, || Model::load(name_or_path, opts)).map_err(emo)?;
