@@ -15,7 +15,7 @@ pub(crate) struct LoadArgs {
     #[arg(long, default_value = "auto")]
     pub(crate) device: String,
     /// f32, bf16, f16, or auto: bf16 on CUDA and on a CPU with avx512_bf16 or AMX (there bf16 ran the 1.5B
-    /// model up to 3x faster than f32), f32 on other CPUs (where bf16 generated 3.3-3.7x slower):
+    /// model up to 3x faster than f32), f32 on other CPUs (where bf16 generated 3.2-3.6x slower):
     /// docs/performance.md.
     #[arg(long, default_value = "f32")]
     pub(crate) dtype: String,

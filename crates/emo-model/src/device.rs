@@ -175,7 +175,7 @@ pub fn parse_kind_on(s: &str, device: Device) -> Result<Kind> {
 
 /// The faster dtype on `device`: bf16 on CUDA and on a CPU with native bf16 dot products (`avx512_bf16`,
 /// which every CPU with AMX also has), f32 on other CPUs. Without those instructions LibTorch's bf16
-/// matrix products are emulated: on a 2-core AVX2 EPYC the 1.5B model generated 3.3-3.7x slower in bf16
+/// matrix products are emulated: on a 2-core AVX2 EPYC the 1.5B model generated 3.2-3.6x slower in bf16
 /// than in f32, and its prefill ran 6x slower (docs/performance.md).
 pub fn auto_kind(device: Device) -> Kind {
     match device {
